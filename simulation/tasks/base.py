@@ -1,0 +1,250 @@
+"""What every simulated task shares: observation modes, fast offscreen rendering, seeding.
+
+A task subclasses :class:`TaskEnv` and implements the ``_task_*`` hooks; the base class
+turns them into a gymnasium environment with two observation modes:
+
+* ``obs="state"`` — EARL's flat ``float32`` vector (``Box``);
+* ``obs="pixels"`` — a ``Dict`` with one ``uint8 (3, H, W)`` image per camera (channel
+  first, as the encoder and the wire take them) plus ``"proprio"`` (``float32``).
+
+Rewards are sparse (1.0 on success, else 0.0) and ``info["success"]`` is always set. The
+environment never terminates by itself (EARL's setting is non-episodic); ``truncated`` is
+raised only by wrappers such as gymnasium's ``TimeLimit`` or :mod:`simulation.nonepisodic`.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+ObsMode = Literal["state", "pixels"]
+RenderQuality = Literal["fast", "pretty"]
+
+
+class SimulationError(Exception):
+    """Base class of errors raised by ``simulation``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskInfo:
+    """Static facts about a task, usable before the environment is built."""
+
+    name: str
+    """Short task name: ``tabletop``, ``door``, ``peg`` or ``cube``."""
+    eval_horizon: int
+    """Steps per deployed-policy evaluation episode (EARL's value)."""
+    reset_interval: int | None
+    """Steps between environment resets in the non-episodic protocol; ``None`` = never."""
+    success_threshold: float
+    """Distance (task units) under which the task counts as solved."""
+    cameras: tuple[str, ...]
+    """Cameras rendered in pixel mode, in observation order."""
+    state_dim: int
+    """Length of the state-mode observation vector."""
+    proprio_dim: int
+    """Length of the pixel-mode ``proprio`` vector."""
+    action_dim: int
+    """Length of the action vector (every element in ``[-1, 1]``)."""
+
+    def __post_init__(self) -> None:
+        for field_name in ("eval_horizon", "state_dim", "proprio_dim", "action_dim"):
+            if getattr(self, field_name) <= 0:
+                raise ValueError(f"{field_name}: must be positive, got {getattr(self, field_name)}")
+        if self.reset_interval is not None and self.reset_interval <= 0:
+            raise ValueError(f"reset_interval: must be positive or None, got {self.reset_interval}")
+        if self.success_threshold <= 0:
+            raise ValueError(f"success_threshold: must be positive, got {self.success_threshold}")
+
+
+def make_fast_renderer(model: mujoco.MjModel, height: int, width: int) -> mujoco.Renderer:
+    """Returns an offscreen renderer tuned for training frames.
+
+    Shadows, reflections and multisampling are switched off: on a software-EGL CPU that
+    takes an 84x84 frame from tens of milliseconds to a few (design §7). The model's
+    visual options are changed in place (``offsamples``, ``shadowsize``), so build the
+    renderer on a model that only this environment uses.
+    """
+    model.vis.quality.offsamples = 0
+    model.vis.quality.shadowsize = 0
+    model.vis.global_.offwidth = max(model.vis.global_.offwidth, width)
+    model.vis.global_.offheight = max(model.vis.global_.offheight, height)
+    return mujoco.Renderer(model, height=height, width=width)
+
+
+def fast_scene_option() -> mujoco.MjvOption:
+    """Returns scene options with nothing optional drawn (no frames, contacts, sites)."""
+    option = mujoco.MjvOption()
+    mujoco.mjv_defaultOption(option)
+    return option
+
+
+def disable_costly_flags(renderer: mujoco.Renderer) -> None:
+    """Turns off shadows, reflections and skybox on a renderer's scene (call after update_scene)."""
+    flags = renderer.scene.flags
+    flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+    flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+    flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = 0
+
+
+class TaskEnv(gym.Env[Any, np.ndarray], abc.ABC):
+    """Base class of every simulated task (see the module docstring).
+
+    Subclasses set :attr:`info` and implement the ``_task_*`` hooks. Construction builds
+    the MuJoCo model (no rendering context is created until the first pixel observation
+    or ``render()``).
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    info: TaskInfo
+
+    def __init__(
+        self,
+        *,
+        obs: ObsMode = "state",
+        image_size: int = 84,
+        cameras: tuple[str, ...] | None = None,
+        render_quality: RenderQuality = "fast",
+        render_mode: str | None = None,
+    ) -> None:
+        if obs not in ("state", "pixels"):
+            raise ValueError(f"obs: must be 'state' or 'pixels', got {obs!r}")
+        if image_size < 16 or image_size > 1024:
+            raise ValueError(f"image_size: must be in [16, 1024], got {image_size}")
+        if render_quality not in ("fast", "pretty"):
+            raise ValueError(f"render_quality: must be 'fast' or 'pretty', got {render_quality!r}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode: only 'rgb_array' is supported, got {render_mode!r}")
+        self.obs_mode: ObsMode = obs
+        self.image_size = image_size
+        self.cameras = tuple(cameras) if cameras is not None else self.info.cameras
+        unknown = set(self.cameras) - set(self.info.cameras)
+        if unknown:
+            raise ValueError(f"cameras: unknown {sorted(unknown)} for task {self.info.name}; "
+                             f"available {list(self.info.cameras)}")
+        self.render_quality: RenderQuality = render_quality
+        self.render_mode = render_mode
+        self.model, self.data = self._task_build()
+        self._renderer: mujoco.Renderer | None = None
+        self._renderer_size: tuple[int, int] | None = None
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (self.info.action_dim,), np.float32)
+        self.observation_space = self._build_observation_space()
+        self._rng = np.random.default_rng()
+
+    # ------------------------------------------------------------------ task hooks
+    @abc.abstractmethod
+    def _task_build(self) -> tuple[mujoco.MjModel, mujoco.MjData]:
+        """Builds and returns the model and data (called once, from ``__init__``)."""
+
+    @abc.abstractmethod
+    def _task_reset(self, rng: np.random.Generator, options: dict[str, Any]) -> None:
+        """Puts the scene in an initial state drawn from the task's distribution."""
+
+    @abc.abstractmethod
+    def _task_step(self, action: np.ndarray) -> None:
+        """Applies one action (already clipped to ``[-1, 1]``) and advances the physics."""
+
+    @abc.abstractmethod
+    def _task_state(self) -> np.ndarray:
+        """Returns the state-mode observation (EARL's vector), ``float32``."""
+
+    @abc.abstractmethod
+    def _task_proprio(self) -> np.ndarray:
+        """Returns the pixel-mode proprio vector, ``float32``."""
+
+    @abc.abstractmethod
+    def _task_success(self) -> bool:
+        """Returns whether the current state solves the task."""
+
+    def _task_extra_images(self) -> dict[str, np.ndarray]:
+        """Returns extra pixel-mode images (e.g. a goal image), ``uint8 (3, H, W)`` each."""
+        return {}
+
+    def _task_extra_image_names(self) -> tuple[str, ...]:
+        """Names of the images ``_task_extra_images`` returns (fixed per task)."""
+        return ()
+
+    # ------------------------------------------------------------------ gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
+        super().reset(seed=seed)
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        self._task_reset(self._rng, dict(options or {}))
+        return self._observation(), {"success": self._task_success()}
+
+    def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict]:
+        action = np.asarray(action, dtype=np.float32).reshape(self.info.action_dim)
+        if not np.all(np.isfinite(action)):
+            raise ValueError(f"action: must be finite, got {action}")
+        self._task_step(np.clip(action, -1.0, 1.0))
+        success = self._task_success()
+        return self._observation(), float(success), False, False, {"success": success}
+
+    def render(self) -> np.ndarray:
+        """Returns an RGB ``(H, W, 3)`` frame of the first camera (``render_mode='rgb_array'``)."""
+        image = self.render_camera(self.cameras[0], size=max(self.image_size, 256))
+        return np.ascontiguousarray(image.transpose(1, 2, 0))
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+    # ------------------------------------------------------------------ helpers
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Returns the full simulator state (for re-rendering demos and replays)."""
+        return {"qpos": self.data.qpos.copy(), "qvel": self.data.qvel.copy(),
+                "mocap_pos": self.data.mocap_pos.copy(), "mocap_quat": self.data.mocap_quat.copy()}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restores a state from :meth:`get_state` and recomputes derived quantities."""
+        self.data.qpos[:] = state["qpos"]
+        self.data.qvel[:] = state["qvel"]
+        if self.model.nmocap:
+            self.data.mocap_pos[:] = state["mocap_pos"]
+            self.data.mocap_quat[:] = state["mocap_quat"]
+        mujoco.mj_forward(self.model, self.data)
+
+    def render_camera(self, camera: str, size: int | None = None) -> np.ndarray:
+        """Renders one camera and returns ``uint8 (3, H, W)``.
+
+        Raises:
+            SimulationError: when the camera is not in the model.
+        """
+        size = size or self.image_size
+        if self._renderer is None or self._renderer_size != (size, size):
+            if self._renderer is not None:
+                self._renderer.close()
+            self._renderer = make_fast_renderer(self.model, size, size)
+            self._renderer_size = (size, size)
+        camera_id = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+        if camera_id < 0:
+            raise SimulationError(f"camera {camera!r} is not in the {self.info.name} model")
+        self._renderer.update_scene(self.data, camera=camera_id)
+        if self.render_quality == "fast":
+            disable_costly_flags(self._renderer)
+        return np.ascontiguousarray(self._renderer.render().transpose(2, 0, 1))
+
+    def _observation(self) -> Any:
+        if self.obs_mode == "state":
+            return self._task_state().astype(np.float32, copy=False)
+        images = {name: self.render_camera(name) for name in self.cameras}
+        images.update(self._task_extra_images())
+        images["proprio"] = self._task_proprio().astype(np.float32, copy=False)
+        return images
+
+    def _build_observation_space(self) -> gym.spaces.Space:
+        if self.obs_mode == "state":
+            return gym.spaces.Box(-np.inf, np.inf, (self.info.state_dim,), np.float32)
+        image = gym.spaces.Box(0, 255, (3, self.image_size, self.image_size), np.uint8)
+        spaces: dict[str, gym.spaces.Space] = {name: image for name in self.cameras}
+        spaces.update({name: image for name in self._task_extra_image_names()})
+        spaces["proprio"] = gym.spaces.Box(-np.inf, np.inf, (self.info.proprio_dim,), np.float32)
+        return gym.spaces.Dict(spaces)
