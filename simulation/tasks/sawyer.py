@@ -1,0 +1,180 @@
+"""Shared Sawyer/mocap machinery for the EARL door and peg twins (metaworld's Sawyer assets).
+
+The twins load metaworld's own MJCF files with the official ``mujoco`` bindings (no
+metaworld environment class is used) and apply EARL's changes through ``mujoco.MjSpec``
+before compiling: two extra cameras (``doorview``, ``clearview``) and, for the door, a
+lighter door with a narrower joint range (see :mod:`simulation.tasks.door`).
+
+The hand follows metaworld's ``SawyerXYZEnv``: a mocap body welded to the hand, moved by
+``0.01 * action[:3]`` per step and clipped to EARL's hand box; the gripper action drives the
+two finger position actuators with ``ctrl = [a, -a]``; every step runs ``FRAME_SKIP``
+physics steps and then ``mj_forward`` so that positions read afterwards are current.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+import mujoco
+import numpy as np
+
+from simulation.tasks.base import SimulationError, TaskEnv
+
+logger = logging.getLogger(__name__)
+
+HAND_LOW = np.array([-0.5, 0.40, 0.05])
+"""Lower corner of the box the mocap target is clipped to (EARL / metaworld ``hand_low``)."""
+HAND_HIGH = np.array([0.5, 1.0, 0.5])
+"""Upper corner of the box the mocap target is clipped to (``hand_high``)."""
+ACTION_SCALE = 0.01
+"""Mocap displacement per unit action and step (metres)."""
+FRAME_SKIP = 5
+"""Physics steps per environment step (timestep 2.5 ms, so 12.5 ms per step)."""
+HAND_QUAT = np.array([1.0, 0.0, 1.0, 0.0])
+"""Mocap orientation metaworld writes every step (gripper pointing down; MuJoCo normalises it)."""
+RESET_HAND_STEPS = 50
+"""Environment steps metaworld spends driving the hand to its start position on reset."""
+WELD_DATA = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 5.0])
+"""Mocap weld parameters metaworld 3 sets (anchor, zero relative pose, torque scale 5)."""
+CAMERA_EULER = (3.6, 2.3, 4.0)
+"""Orientation (radians, xyz Euler) of both EARL cameras."""
+EARL_CAMERAS: dict[str, tuple[tuple[float, float, float], float]] = {
+    "doorview": ((0.8, 0.3, 0.8), 45.0),
+    "clearview": ((1.2, 0.3, 0.8), 60.0),
+}
+"""EARL's added cameras: name -> (position, vertical field of view in degrees)."""
+
+
+def metaworld_asset_path(xml_name: str) -> Path:
+    """Returns the path of a metaworld Sawyer MJCF file (without importing metaworld).
+
+    Raises:
+        SimulationError: when metaworld is not installed or the file is missing.
+    """
+    spec = importlib.util.find_spec("metaworld")
+    if spec is None or not spec.submodule_search_locations:
+        raise SimulationError("metaworld is not installed; the Sawyer twins need its assets")
+    path = Path(next(iter(spec.submodule_search_locations))) / "assets" / "sawyer_xyz" / xml_name
+    if not path.is_file():
+        raise SimulationError(f"metaworld asset {path} is missing")
+    return path
+
+
+def load_sawyer_spec(xml_name: str) -> mujoco.MjSpec:
+    """Returns the editable spec of a metaworld Sawyer scene with EARL's two cameras added.
+
+    Raises:
+        SimulationError: when the asset is missing or does not parse.
+    """
+    path = metaworld_asset_path(xml_name)
+    try:
+        spec = mujoco.MjSpec.from_file(str(path))
+    except ValueError as e:
+        raise SimulationError(f"cannot parse {path}: {e}") from e
+    for name, (pos, fovy) in EARL_CAMERAS.items():
+        camera = spec.worldbody.add_camera(name=name, pos=list(pos), fovy=fovy)
+        camera.alt.type = mujoco.mjtOrientation.mjORIENTATION_EULER
+        camera.alt.euler = list(CAMERA_EULER)
+    return spec
+
+
+def compile_sawyer(spec: mujoco.MjSpec) -> tuple[mujoco.MjModel, mujoco.MjData]:
+    """Compiles a Sawyer spec and sets the mocap weld as metaworld does; returns model and data.
+
+    Raises:
+        SimulationError: when the spec does not compile.
+    """
+    try:
+        model = spec.compile()
+    except ValueError as e:
+        raise SimulationError(f"cannot compile the Sawyer scene: {e}") from e
+    for i in range(model.neq):
+        if model.eq_type[i] == mujoco.mjtEq.mjEQ_WELD:
+            model.eq_data[i] = WELD_DATA
+    return model, mujoco.MjData(model)
+
+
+class SawyerTaskEnv(TaskEnv, abc.ABC):
+    """A :class:`TaskEnv` on a mocap-driven Sawyer: hand control, proprio, backward success.
+
+    Subclasses still implement the scene-specific ``_task_*`` hooks, plus
+    :meth:`backward_success` (the "undone" predicate the backward expert and evaluation use).
+    ``info["backward_success"]`` is reported beside ``info["success"]`` on every step.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._mocap_id = int(self.model.body("mocap").mocapid[0])
+        self._hand_id = self.model.body("hand").id
+        self._right_claw = self.model.body("rightclaw").id
+        self._left_claw = self.model.body("leftclaw").id
+        self._right_tip = self.model.site("rightEndEffector").id
+        self._left_tip = self.model.site("leftEndEffector").id
+
+    # ------------------------------------------------------------------ hand
+    def hand_pos(self) -> np.ndarray:
+        """Returns the hand body's world position (EARL's ``hand xyz``), a copy."""
+        return self.data.xpos[self._hand_id].copy()
+
+    def tcp_pos(self) -> np.ndarray:
+        """Returns the point between the two fingertips (where a grasp happens)."""
+        return (self.data.site_xpos[self._right_tip] + self.data.site_xpos[self._left_tip]) / 2.0
+
+    def gripper_opening(self) -> float:
+        """Returns the finger separation normalised to ``[0, 1]`` (1 = fully open), as EARL."""
+        gap = np.linalg.norm(self.data.xpos[self._right_claw] - self.data.xpos[self._left_claw])
+        return float(np.clip(gap / 0.1, 0.0, 1.0))
+
+    def _simulate(self, gripper: float) -> None:
+        self.data.ctrl[:2] = (gripper, -gripper)
+        mujoco.mj_step(self.model, self.data, nstep=FRAME_SKIP)
+        # mj_step leaves body positions from before the last integration; refresh them.
+        mujoco.mj_forward(self.model, self.data)
+
+    def _reset_hand(self, position: np.ndarray) -> None:
+        """Resets the simulation and drives the hand to ``position`` with the gripper open."""
+        mujoco.mj_resetData(self.model, self.data)
+        for _ in range(RESET_HAND_STEPS):
+            self.data.mocap_pos[self._mocap_id] = position
+            self.data.mocap_quat[self._mocap_id] = HAND_QUAT
+            self._simulate(-1.0)
+
+    def _task_step(self, action: np.ndarray) -> None:
+        target = self.data.mocap_pos[self._mocap_id] + ACTION_SCALE * action[:3]
+        self.data.mocap_pos[self._mocap_id] = np.clip(target, HAND_LOW, HAND_HIGH)
+        self.data.mocap_quat[self._mocap_id] = HAND_QUAT
+        self._simulate(float(action[3]))
+
+    def _task_proprio(self) -> np.ndarray:
+        return np.append(self.hand_pos(), self.gripper_opening()).astype(np.float32)
+
+    # ------------------------------------------------------------------ success
+    @abc.abstractmethod
+    def backward_success(self) -> bool:
+        """Returns whether the scene is back in the initial (forward start) configuration."""
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
+        observation, info = super().reset(seed=seed, options=options)
+        info["backward_success"] = self.backward_success()
+        return observation, info
+
+    def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict]:
+        observation, reward, terminated, truncated, info = super().step(action)
+        info["backward_success"] = self.backward_success()
+        return observation, reward, terminated, truncated, info
+
+
+def parse_init(options: dict[str, Any]) -> str:
+    """Returns ``options["init"]`` (default ``"initial"``).
+
+    Raises:
+        ValueError: for anything but ``"initial"`` or ``"goal"``.
+    """
+    init = options.get("init", "initial")
+    if init not in ("initial", "goal"):
+        raise ValueError(f"options['init']: must be 'initial' or 'goal', got {init!r}")
+    return str(init)
