@@ -1,0 +1,316 @@
+"""Networks shared by the learner and the runtime: encoder, actor, critic ensemble.
+
+The encoder is DrQ-v2's conv trunk (Yarats et al., 2021). Design choices, measured on the
+2-core CPU this project targets (see ``learner/bench.py``):
+
+* **One conv for every camera.** Cameras share the conv weights and are stacked on the batch
+  dimension, so a two-camera batch of 256 is one conv call on 512 images (fewer, larger
+  kernels), not one call per camera. Each camera keeps its own slice of the projection.
+* **The projection lives in the encoder** (DrQ style: Linear → LayerNorm → tanh to
+  ``feature_dim``), computed once and shared by the actor and the critics, then late fusion
+  with the proprio vector. The actor trains on detached features (DrQ-v2), so only the
+  critic's loss trains the conv trunk and the projection.
+* **The critic ensemble is one module**: weights carry a leading critic dimension and the
+  members run as one batched matmul (``torch.baddbmm``) instead of a Python loop.
+
+Images enter as ``uint8 (B, C, H, W)`` and are converted to ``x / 255 - 0.5`` on the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+logger = logging.getLogger(__name__)
+
+#: name -> (shape, dtype); images are ``uint8 (C, H, W)``, vectors ``float32 (D,)``.
+ObsSpec = Mapping[str, tuple[tuple[int, ...], str]]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NetworkConfig:
+    """Architecture of the encoder, actor and critics (must match between learner and runtime)."""
+
+    feature_dim: int = 50
+    """Width of the encoder's projection (DrQ-v2: 50; the authors' robot code: 256)."""
+    hidden_dim: int = 1024
+    """Width of the actor's and critics' hidden layers (DrQ-v2: 1024)."""
+    conv_channels: int = 32
+    """Channels of each of the four DrQ-v2 conv layers."""
+    num_critics: int = 5
+    """Critics in the REDQ ensemble (paper Table 1: 5)."""
+    num_min_target: int = 2
+    """Target critics the REDQ target takes the minimum over (paper: 2)."""
+    log_std_min: float = -5.0
+    """Lower clamp of the actor's log standard deviation."""
+    log_std_max: float = 2.0
+    """Upper clamp of the actor's log standard deviation."""
+    cameras: tuple[str, ...] | None = None
+    """Image keys the encoder uses; None uses every image key of the observation spec."""
+    use_proprio: bool = True
+    """Whether vector keys (``proprio``) are fused with the image features in pixel mode."""
+
+    def __post_init__(self) -> None:
+        for name in ("feature_dim", "hidden_dim", "conv_channels", "num_critics", "num_min_target"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"NetworkConfig.{name} must be a positive int, got {value!r}")
+        if self.num_min_target > self.num_critics:
+            raise ValueError(
+                f"NetworkConfig.num_min_target ({self.num_min_target}) exceeds num_critics ({self.num_critics})"
+            )
+        if not self.log_std_min < self.log_std_max:
+            raise ValueError("NetworkConfig.log_std_min must be below log_std_max")
+        if self.cameras is not None:
+            if isinstance(self.cameras, str) or not all(isinstance(c, str) for c in self.cameras):
+                raise ValueError(f"NetworkConfig.cameras must be a tuple of names, got {self.cameras!r}")
+            object.__setattr__(self, "cameras", tuple(self.cameras))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the config as JSON-ready builtins (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        if out["cameras"] is not None:
+            out["cameras"] = list(out["cameras"])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NetworkConfig:
+        """Builds a config from :meth:`to_dict` output; raises ValueError on unknown keys."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"NetworkConfig: unknown key(s) {unknown}")
+        kwargs = dict(data)
+        if kwargs.get("cameras") is not None:
+            kwargs["cameras"] = tuple(kwargs["cameras"])
+        return cls(**kwargs)
+
+
+def is_image(shape: Sequence[int], dtype: str) -> bool:
+    """Returns whether a spec entry is an image (``uint8`` with three dimensions)."""
+    return len(shape) == 3 and str(dtype) == "uint8"
+
+
+def weight_init(module: nn.Module) -> None:
+    """DrQ-v2 initialisation: orthogonal weights (ReLU gain for convs), zero biases."""
+    if isinstance(module, nn.Linear):
+        nn.init.orthogonal_(module.weight.data)
+        if module.bias is not None:
+            module.bias.data.fill_(0.0)
+    elif isinstance(module, nn.Conv2d):
+        nn.init.orthogonal_(module.weight.data, nn.init.calculate_gain("relu"))
+        if module.bias is not None:
+            module.bias.data.fill_(0.0)
+
+
+class Encoder(nn.Module):
+    """Observation dict → feature vector ``(B, repr_dim)``.
+
+    Pixel mode: shared DrQ-v2 conv trunk over the selected cameras (stacked on the batch
+    dimension), one Linear+LayerNorm+tanh projection of all cameras to ``feature_dim``, then
+    concatenation with the vector keys when ``use_proprio``. State mode (no image keys): the
+    vector keys concatenated (identity), ``repr_dim`` = their total width.
+    """
+
+    def __init__(self, obs_spec: ObsSpec, cfg: NetworkConfig) -> None:
+        super().__init__()
+        all_images = sorted(k for k, (shape, dtype) in obs_spec.items() if is_image(shape, dtype))
+        vectors = sorted(k for k, (shape, dtype) in obs_spec.items() if not is_image(shape, dtype))
+        for key in vectors:
+            if len(obs_spec[key][0]) != 1:
+                raise ValueError(f"obs_spec[{key!r}]: vector keys must be 1-D, got {obs_spec[key][0]}")
+        if cfg.cameras is not None:
+            missing = [c for c in cfg.cameras if c not in all_images]
+            if missing:
+                raise ValueError(f"NetworkConfig.cameras: {missing} are not image keys of {all_images}")
+            all_images = sorted(cfg.cameras)
+        self.image_keys: tuple[str, ...] = tuple(all_images)
+        use_vectors = cfg.use_proprio or not self.image_keys
+        self.vector_keys: tuple[str, ...] = tuple(vectors) if use_vectors else ()
+        self.vector_dim = sum(int(obs_spec[k][0][0]) for k in self.vector_keys)
+        self.image_shape: tuple[int, ...] | None = None
+        if self.image_keys:
+            shapes = {tuple(obs_spec[k][0]) for k in self.image_keys}
+            if len(shapes) != 1:
+                raise ValueError(f"obs_spec: cameras {self.image_keys} must share one shape, got {shapes}")
+            self.image_shape = shapes.pop()
+            ch = cfg.conv_channels
+            self.convnet = nn.Sequential(
+                nn.Conv2d(self.image_shape[0], ch, 3, stride=2), nn.ReLU(),
+                nn.Conv2d(ch, ch, 3, stride=1), nn.ReLU(),
+                nn.Conv2d(ch, ch, 3, stride=1), nn.ReLU(),
+                nn.Conv2d(ch, ch, 3, stride=1), nn.ReLU(),
+            )
+            with torch.no_grad():  # conv output size by a dummy pass, never hard-coded
+                self.conv_dim = int(self.convnet(torch.zeros(1, *self.image_shape)).numel())
+            self.projection = nn.Sequential(
+                nn.Linear(self.conv_dim * len(self.image_keys), cfg.feature_dim),
+                nn.LayerNorm(cfg.feature_dim),
+                nn.Tanh(),
+            )
+            self.repr_dim = cfg.feature_dim + self.vector_dim
+        else:
+            self.conv_dim = 0
+            self.repr_dim = self.vector_dim
+        if self.repr_dim == 0:
+            raise ValueError("obs_spec: the encoder selects no keys")
+        self.apply(weight_init)
+
+    def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
+        """Returns features ``(B, repr_dim)``; images may be uint8 or float in [0, 255]."""
+        parts: list[Tensor] = []
+        if self.image_keys:
+            images = torch.stack([obs[k] for k in self.image_keys], dim=1)  # (B, N, C, H, W)
+            batch, n_cams = images.shape[:2]
+            x = images.flatten(0, 1).float().div_(255.0).sub_(0.5)
+            x = x.contiguous(memory_format=torch.channels_last)
+            conv = self.convnet(x)  # (B*N, ch, h, w)
+            parts.append(self.projection(conv.reshape(batch, n_cams * self.conv_dim)))
+        parts.extend(obs[k].float() for k in self.vector_keys)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+
+def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.ReLU(inplace=True),
+        nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+        nn.Linear(hidden, out_dim),
+    )
+
+
+class Actor(nn.Module):
+    """Tanh-Gaussian policy head on encoder features (SAC; DrQ-v2's MLP widths)."""
+
+    def __init__(self, repr_dim: int, action_dim: int, cfg: NetworkConfig) -> None:
+        super().__init__()
+        self.action_dim = action_dim
+        self.log_std_min = cfg.log_std_min
+        self.log_std_max = cfg.log_std_max
+        self.policy = _mlp(repr_dim, cfg.hidden_dim, 2 * action_dim)
+        self.apply(weight_init)
+
+    def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns ``(mu, log_std)`` of the pre-tanh Gaussian, each ``(B, A)``."""
+        mu, log_std = self.policy(h).chunk(2, dim=-1)
+        # SAC-style soft clamp keeps gradients alive near the bounds.
+        log_std = torch.tanh(log_std)
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (log_std + 1.0)
+        return mu, log_std
+
+    def sample(self, h: Tensor, *, noise_clip: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Draws a reparameterised action.
+
+        Returns ``(action, log_prob, mean_action)``: ``action`` ``(B, A)`` in (-1, 1),
+        ``log_prob`` ``(B,)`` with the tanh correction, ``mean_action`` = ``tanh(mu)``.
+        ``noise_clip`` clips the pre-tanh noise ``std * eps`` as DrQ-v2 does (the log-prob
+        is then that of the unclipped Gaussian, an approximation used only with entropy > 0).
+        """
+        mu, log_std = self(h)
+        std = log_std.exp()
+        eps = torch.randn_like(mu)
+        noise = std * eps
+        if noise_clip is not None:
+            noise = noise.clamp(-noise_clip, noise_clip)
+        pre = mu + noise
+        action = torch.tanh(pre)
+        gauss = -0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
+        # log(1 - tanh(x)^2), numerically stable form
+        correction = 2.0 * (math.log(2.0) - pre - F.softplus(-2.0 * pre))
+        log_prob = (gauss - correction).sum(-1)
+        return action, log_prob, torch.tanh(mu)
+
+
+class EnsembleLinear(nn.Module):
+    """``E`` independent linear layers evaluated as one batched matmul.
+
+    Input ``(B, in)`` (shared by all members) or ``(E, B, in)``; output ``(E, B, out)``.
+    """
+
+    def __init__(self, ensemble: int, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(ensemble, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.zeros(ensemble, 1, out_dim))
+        for i in range(ensemble):  # orthogonal per member, as nn.Linear under weight_init
+            nn.init.orthogonal_(self.weight.data[i].T)
+
+    def forward(self, x: Tensor, members: Tensor | None = None) -> Tensor:
+        """Returns ``(E', B, out)``; ``members`` (indices) selects a subset of the ensemble."""
+        weight, bias = self.weight, self.bias
+        if members is not None:
+            weight, bias = weight[members], bias[members]
+        if x.dim() == 2:
+            # Shared input: one (B, in) @ (in, E*out) matmul beats E separate ones.
+            e, i, o = weight.shape
+            flat = weight.permute(1, 0, 2).reshape(i, e * o)
+            out = x @ flat  # (B, E*out)
+            return out.view(x.shape[0], e, o).transpose(0, 1) + bias
+        return torch.baddbmm(bias, x, weight)
+
+
+class CriticEnsemble(nn.Module):
+    """REDQ's ensemble of Q functions ``Q_i(h, a)``, one batched module; ``forward -> (E, B)``."""
+
+    def __init__(self, repr_dim: int, action_dim: int, cfg: NetworkConfig) -> None:
+        super().__init__()
+        self.num_critics = cfg.num_critics
+        self.l1 = EnsembleLinear(cfg.num_critics, repr_dim + action_dim, cfg.hidden_dim)
+        self.l2 = EnsembleLinear(cfg.num_critics, cfg.hidden_dim, cfg.hidden_dim)
+        self.l3 = EnsembleLinear(cfg.num_critics, cfg.hidden_dim, 1)
+
+    def forward(self, h: Tensor, a: Tensor, members: Tensor | None = None) -> Tensor:
+        """Returns Q values ``(E, B)`` (or ``(len(members), B)`` for a subset of critics)."""
+        x = torch.cat([h, a], dim=-1)
+        x = F.relu(self.l1(x, members))
+        x = F.relu(self.l2(x, members))
+        return self.l3(x, members).squeeze(-1)
+
+    def member(self, i: int, h: Tensor, a: Tensor) -> Tensor:
+        """Returns critic ``i``'s Q values ``(B,)`` computed on its own (reference for tests)."""
+        x = torch.cat([h, a], dim=-1)
+        for layer, act in ((self.l1, True), (self.l2, True), (self.l3, False)):
+            x = x @ layer.weight[i] + layer.bias[i]
+            x = F.relu(x) if act else x
+        return x.squeeze(-1)
+
+
+class PolicyNetwork(nn.Module):
+    """Encoder + actor: the module the runtime runs; ``forward(obs) -> (B, A)`` in [-1, 1]."""
+
+    def __init__(self, encoder: Encoder, actor: Actor) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.actor = actor
+
+    def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
+        """Returns the deterministic action ``tanh(mu)``, shape ``(B, A)``."""
+        mu, _ = self.actor(self.encoder(obs))
+        return torch.tanh(mu)
+
+
+def as_network_config(net_config: NetworkConfig | Mapping[str, Any]) -> NetworkConfig:
+    """Returns ``net_config`` as a :class:`NetworkConfig` (accepts its ``to_dict`` form)."""
+    if isinstance(net_config, NetworkConfig):
+        return net_config
+    return NetworkConfig.from_dict(net_config)
+
+
+def build_actor(
+    obs_spec: ObsSpec, action_dim: int, net_config: NetworkConfig | Mapping[str, Any]
+) -> PolicyNetwork:
+    """Builds the runtime's policy (encoder + actor) for ``obs_spec`` and ``action_dim``.
+
+    Returns a :class:`PolicyNetwork` whose ``state_dict()`` names match
+    ``RedqAgent.policy_state_dict()``. Raises ValueError on a bad config or spec.
+    """
+    if action_dim < 1:
+        raise ValueError(f"action_dim must be positive, got {action_dim}")
+    cfg = as_network_config(net_config)
+    encoder = Encoder(obs_spec, cfg)
+    return PolicyNetwork(encoder, Actor(encoder.repr_dim, action_dim, cfg))

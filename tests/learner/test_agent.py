@@ -1,0 +1,195 @@
+"""REDQ agent: gradient routing, REDQ target, Polyak, BC term, state round trips, a bandit."""
+
+import numpy as np
+import pytest
+import torch
+
+from learner.agent import AgentConfig, RedqAgent
+from learner.batch import Batch
+from learner.networks import NetworkConfig, build_actor
+
+torch.set_num_threads(1)
+
+SPEC = {
+    "wrist": ((3, 32, 32), "uint8"),
+    "third_person": ((3, 32, 32), "uint8"),
+    "proprio": ((4,), "float32"),
+}
+NET = NetworkConfig(feature_dim=8, hidden_dim=32, conv_channels=4, num_critics=5, num_min_target=2)
+A = 3
+
+
+def make_obs(b, spec=SPEC, g=None):
+    g = g or torch.Generator().manual_seed(0)
+    return {
+        k: torch.randint(0, 256, (b, *s), dtype=torch.uint8, generator=g) if d == "uint8"
+        else torch.randn(b, *s, generator=g)
+        for k, (s, d) in spec.items()
+    }
+
+
+def make_batch(b=8, spec=SPEC, n_demo=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    is_demo = torch.zeros(b, dtype=torch.bool)
+    is_demo[:n_demo] = True
+    return Batch(
+        obs=make_obs(b, spec, g), action=torch.rand(b, A, generator=g) * 2 - 1,
+        next_obs=make_obs(b, spec, g), discount=torch.full((b,), 0.99), is_demo=is_demo,
+    )
+
+
+def make_agent(**kw):
+    torch.manual_seed(0)
+    return RedqAgent(SPEC, A, AgentConfig(**kw), NET, "cpu")
+
+
+def params(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def changed(before, module):
+    return any(not torch.equal(b, p) for b, p in zip(before, module.parameters()))
+
+
+def test_act_shapes_and_bounds():
+    agent = make_agent()
+    obs = {k: v.numpy() for k, v in make_obs(5).items()}
+    batch_act = agent.act(obs, explore=True)
+    assert batch_act.shape == (5, A) and np.abs(batch_act).max() <= 1
+    single = agent.act({k: v[0] for k, v in obs.items()}, explore=False)
+    assert single.shape == (A,)
+    np.testing.assert_allclose(single, agent.act(obs, explore=False)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_update_trains_encoder_by_critic_only(bf16):
+    agent = make_agent(encoder_bf16=bf16)
+    enc0, act0, crit0, targ0 = (params(m) for m in (agent.encoder, agent.actor, agent.critic, agent.critic_target))
+    hits = {"n": 0}
+    for p in agent.encoder.parameters():
+        p.register_hook(lambda g: hits.__setitem__("n", hits["n"] + 1))
+    metrics = agent.update(make_batch(), torch.randn(8), bc_weight=1.0, step=1)
+    # one backward pass reached each encoder parameter: the critic's, not the actor's
+    assert hits["n"] == len(list(agent.encoder.parameters()))
+    assert changed(enc0, agent.encoder) and changed(act0, agent.actor) and changed(crit0, agent.critic)
+    assert changed(targ0, agent.critic_target)
+    for key in ("losses/critic", "losses/actor", "losses/bc", "values/q_mean"):
+        assert np.isfinite(metrics[key])
+
+
+def test_actor_step_does_not_touch_encoder_or_critics():
+    agent = make_agent()
+    batch = make_batch()
+    h = agent.encoder(batch.obs)
+    enc0, crit0 = params(agent.encoder), params(agent.critic)
+    agent.update_actor(h.detach(), batch.action, batch.is_demo, bc_weight=1.0)
+    assert all(p.grad is None for p in agent.encoder.parameters())
+    assert all(p.grad is None for p in agent.critic.parameters())
+    assert not changed(enc0, agent.encoder) and not changed(crit0, agent.critic)
+    assert all(p.requires_grad for p in agent.critic.parameters())  # restored
+
+
+def test_redq_target_uses_exactly_num_min_target_critics():
+    agent = make_agent()
+    b = 16
+    h_next, reward, discount = torch.randn(b, agent.encoder.repr_dim), torch.randn(b), torch.full((b,), 0.9)
+    seen = set()
+    for seed in range(30):
+        torch.manual_seed(seed)
+        target, members = agent.target_q(h_next, reward, discount)
+        assert members.numel() == NET.num_min_target and members.unique().numel() == NET.num_min_target
+        seen.add(tuple(sorted(members.tolist())))
+        torch.manual_seed(seed)
+        action, _, _ = agent.actor.sample(h_next, noise_clip=agent.cfg.stddev_clip)
+        q_all = agent.critic_target(h_next, action)
+        expected = reward + discount * q_all[members].min(0).values
+        torch.testing.assert_close(target, expected)
+    assert len(seen) > 3  # random subsets, not a fixed pair
+
+
+def test_polyak_update():
+    agent = make_agent(tau=0.1)
+    with torch.no_grad():
+        for p in agent.critic.parameters():
+            p.add_(1.0)
+    before_t, online = params(agent.critic_target), params(agent.critic)
+    agent.soft_update_targets()
+    for t0, o, t1 in zip(before_t, online, agent.critic_target.parameters()):
+        torch.testing.assert_close(t1, 0.9 * t0 + 0.1 * o)
+
+
+def test_bc_term_on_demo_rows_only():
+    agent = make_agent()
+    batch = make_batch(n_demo=3)
+    h = torch.randn(8, agent.encoder.repr_dim)
+    torch.manual_seed(1)
+    loss1, m1 = agent.actor_loss(h, batch.action, batch.is_demo, 2.0)
+    torch.manual_seed(1)
+    loss0, m0 = agent.actor_loss(h, batch.action, batch.is_demo, 0.0)
+    mean_action = torch.tanh(agent.actor(h)[0])
+    bc = (mean_action[:3] - batch.action[:3]).pow(2).sum(-1).mean()
+    torch.testing.assert_close(loss1 - loss0, 2.0 * bc)
+    _, m_none = agent.actor_loss(h, batch.action, torch.zeros(8, dtype=torch.bool), 2.0)
+    assert m_none["losses/bc"] == 0.0
+
+
+def test_bc_pulls_policy_to_demo_actions():
+    agent = make_agent(lr=1e-3)
+    batch = make_batch(n_demo=8)
+    batch.action[:] = torch.tensor([0.5, -0.5, 0.25])
+    h = agent.encoder(batch.obs).detach()
+    for _ in range(150):
+        agent.update_actor(h, batch.action, batch.is_demo, bc_weight=100.0)
+    mean_action = torch.tanh(agent.actor(h)[0])
+    assert (mean_action - batch.action).abs().max() < 0.1
+
+
+def test_policy_state_dict_loads_into_build_actor():
+    agent = make_agent()
+    agent.update(make_batch(), torch.randn(8), bc_weight=0.5, step=1)
+    policy = build_actor(SPEC, A, NET.to_dict())
+    policy.load_state_dict(agent.policy_state_dict())
+    obs = make_obs(4)
+    expected = agent.act({k: v.numpy() for k, v in obs.items()}, explore=False)
+    np.testing.assert_allclose(policy(obs).detach().numpy(), expected, atol=1e-6)
+
+
+def test_state_dict_round_trip_continues_identically():
+    agent = make_agent(init_temperature=0.1, learnable_temperature=True)
+    agent.update(make_batch(), torch.randn(8), bc_weight=0.5, step=1)
+    other = RedqAgent(SPEC, A, agent.cfg, NET, "cpu")
+    other.load_state_dict(agent.state_dict())
+    assert float(other.alpha) == pytest.approx(float(agent.alpha))
+    for ag in (agent, other):
+        torch.manual_seed(7)
+        ag.update(make_batch(seed=3), torch.randn(8), bc_weight=0.5, step=2)
+    for m in ("encoder", "actor", "critic", "critic_target"):
+        for p, q in zip(getattr(agent, m).parameters(), getattr(other, m).parameters()):
+            torch.testing.assert_close(p, q)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="learnable_temperature"):
+        AgentConfig(learnable_temperature=True)
+    with pytest.raises(ValueError, match="tau"):
+        AgentConfig(tau=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        AgentConfig(batch_size=0)
+
+
+def test_learns_a_one_step_bandit_from_state():
+    """Discount 0, reward −‖a − a*‖²: the critic must learn Q and the actor its argmax."""
+    spec = {"state": ((2,), "float32")}
+    torch.manual_seed(0)
+    agent = RedqAgent(spec, 2, AgentConfig(lr=1e-3), NetworkConfig(hidden_dim=64), "cpu")
+    best = torch.tensor([0.6, -0.3])
+    rng = torch.Generator().manual_seed(0)
+    for step in range(400):
+        s = torch.randn(64, 2, generator=rng)
+        a = torch.rand(64, 2, generator=rng) * 2 - 1
+        reward = -(a - best).pow(2).sum(-1)
+        batch = Batch(obs={"state": s}, action=a, next_obs={"state": s},
+                      discount=torch.zeros(64), is_demo=torch.zeros(64, dtype=torch.bool))
+        agent.update(batch, reward, bc_weight=0.0, step=step)
+    act = agent.act({"state": np.zeros((8, 2), np.float32)}, explore=False)
+    assert np.abs(act - best.numpy()).max() < 0.15
