@@ -1,0 +1,717 @@
+"""Franka Emika Panda / FR3 adapter over panda-py (``pip install panda-python``).
+
+How it drives the arm: ``connect()`` starts one panda-py ``CartesianImpedance`` controller,
+whose 1 kHz torque loop runs in panda-py's C++ thread. Every tick ``send_action`` computes a
+new Cartesian setpoint from the *current* pose and hands it to the controller with the
+non-blocking ``set_control``; Python only supervises (checks ``is_moving`` every tick and
+recovers from reflexes in a thread). panda-py's impedance controller has no force bound,
+so the setpoint is clamped to the current pose plus or minus an error clip (as SERL's
+controller clips the pose error): the spring force can never exceed stiffness × clip.
+
+The gripper (``libfranka.Gripper``) is slow (a grasp blocks for up to a second), so its
+commands run in a worker thread that keeps only the latest request.
+
+Nothing here ever calls ``PandaContext.ok()`` or another GIL-holding sleep: this module is
+driven from an asyncio loop.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import importlib
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from types import ModuleType
+
+import numpy as np
+
+from hardware.interfaces import (
+    ArraySpec,
+    DeviceAlreadyConnectedError,
+    DeviceFailedError,
+    DeviceNotConnectedError,
+    HardwareError,
+    Robot,
+    RobotState,
+    Workspace,
+)
+
+logger = logging.getLogger(__name__)
+
+ApiCall = tuple[int, tuple[str, ...]]
+"""How the adapter calls a library member: (number of positional arguments, keyword names)."""
+
+PANDA_PY_API: dict[str, tuple[ApiCall, ...]] = {
+    # name -> every call shape this module uses; () for an attribute read (no call).
+    "panda_py.Panda": ((1, ()),),
+    "panda_py.Panda.start_controller": ((1, ()),),
+    "panda_py.Panda.stop_controller": ((0, ()),),
+    "panda_py.Panda.is_moving": ((0, ()),),
+    "panda_py.Panda.raise_error": ((0, ()),),
+    "panda_py.Panda.recover": ((0, ()),),
+    "panda_py.Panda.get_state": ((0, ()),),
+    "panda_py.Panda.get_position": ((0, ()),),
+    "panda_py.Panda.get_orientation": ((0, ()),),
+    "panda_py.Panda.get_robot": ((0, ()),),
+    "panda_py.Panda.move_to_joint_position": ((1, ("speed_factor",)),),
+    "panda_py.controllers.CartesianImpedance": ((0, ("impedance", "damping_ratio", "nullspace_stiffness", "filter_coeff")),),
+    "panda_py.controllers.CartesianImpedance.set_control": ((2, ()),),
+    "panda_py.libfranka.Gripper": ((1, ()),),
+    "panda_py.libfranka.Gripper.move": ((2, ()),),
+    "panda_py.libfranka.Gripper.grasp": ((3, ("epsilon_inner", "epsilon_outer")),),
+    "panda_py.libfranka.Gripper.read_once": ((0, ()),),
+    "panda_py.libfranka.Gripper.stop": ((0, ()),),
+    "panda_py.libfranka.GripperState.width": (),
+    "panda_py.libfranka.GripperState.max_width": (),
+    "panda_py.libfranka.Robot.stop": ((0, ()),),
+    "panda_py.libfranka.RobotState.robot_mode": (),
+    "panda_py.libfranka.RobotState.last_motion_errors": (),
+}
+"""Every panda-py member this module touches: the single source the conformance test checks
+against the installed package and the fakes (and against this module's own AST)."""
+
+PANDA_PY_HANDLES: dict[str, str] = {
+    "lib": "panda_py",
+    "lib.controllers": "panda_py.controllers",
+    "lib.libfranka": "panda_py.libfranka",
+    "panda": "panda_py.Panda",
+    "controller": "panda_py.controllers.CartesianImpedance",
+    "gripper": "panda_py.libfranka.Gripper",
+    "gripper_state": "panda_py.libfranka.GripperState",
+    "robot": "panda_py.libfranka.Robot",
+    "state": "panda_py.libfranka.RobotState",
+}
+"""Local names this module binds to panda-py objects (the AST check resolves through them)."""
+
+HOME_JOINTS = (0.0, -math.pi / 4, 0.0, -3 * math.pi / 4, 0.0, math.pi / 2, math.pi / 4)
+"""panda-py's ``constants.JOINT_POSITION_START``: gripper above the table, pointing down."""
+
+
+# --------------------------------------------------------------------------- config
+@dataclass(frozen=True, kw_only=True)
+class FrankaConfig:
+    """Connection, limits and gains of one Franka arm."""
+
+    hostname: str
+    """IP or host name of the robot's control box (FCI must be active in Desk)."""
+    workspace: Workspace = field(
+        default_factory=lambda: Workspace(low=(0.30, -0.25, 0.02), high=(0.70, 0.25, 0.45))
+    )
+    """Box (m, robot base frame) no setpoint ever leaves."""
+    max_translation_step: float = 0.02
+    """Metres per tick for a full-scale (±1) translation action."""
+    max_rotation_step: float = 0.10
+    """Radians of yaw per tick for a full-scale dyaw action."""
+    translation_error_clip: float = 0.02
+    """Setpoint is kept within this many metres of the measured position (force bound)."""
+    rotation_error_clip: float = 0.15
+    """Setpoint orientation is kept within this angle (rad) of the measured orientation."""
+    yaw_limit: float = math.pi / 2
+    """Largest yaw (rad) away from ``reference_orientation`` a setpoint may ask for."""
+    reference_orientation: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0)
+    """Gripper-down orientation (x, y, z, w; panda-py's scalar-last order) at zero yaw;
+    setpoints keep its roll and pitch."""
+    translational_stiffness: float = 600.0
+    """Cartesian impedance stiffness (N/m) on x, y, z."""
+    rotational_stiffness: float = 30.0
+    """Cartesian impedance stiffness (Nm/rad) on roll, pitch, yaw."""
+    damping_ratio: float = 1.0
+    """Cartesian damping ratio of the impedance controller."""
+    nullspace_stiffness: float = 0.5
+    """Gain pulling the elbow toward the posture the controller started in."""
+    filter_coeff: float = 1.0
+    """panda-py's first-order input filter coefficient (1.0 = no filtering)."""
+    home_joints: tuple[float, ...] = HOME_JOINTS
+    """Joint angles (rad) of the home pose."""
+    home_speed_factor: float = 0.1
+    """Fraction of the maximum joint speed used by ``home()``."""
+    gripper_speed: float = 0.1
+    """Finger speed (m/s) for opening and grasping."""
+    gripper_force: float = 40.0
+    """Grasp force (N)."""
+    gripper_threshold: float = 0.5
+    """Gripper action above this closes (grasps), below minus this opens; between holds."""
+    control_rate_hz: float = 10.0
+    """Rate the runtime calls ``send_action`` at (for logs and step-limit sanity checks)."""
+    max_recoveries: int = 3
+    """Reflex recoveries allowed within ``recovery_window_s`` before the robot is FAILED."""
+    recovery_window_s: float = 60.0
+    """Window (s) over which ``max_recoveries`` counts."""
+
+    def __post_init__(self) -> None:
+        if not self.hostname:
+            raise ValueError("hostname: must not be empty")
+        for name in ("max_translation_step", "max_rotation_step", "translation_error_clip",
+                     "rotation_error_clip", "yaw_limit", "translational_stiffness",
+                     "rotational_stiffness", "damping_ratio", "gripper_speed", "gripper_force",
+                     "control_rate_hz", "recovery_window_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}: must be a positive finite number, got {value}")
+        if self.max_translation_step > 0.05:
+            raise ValueError(f"max_translation_step: {self.max_translation_step} m/tick exceeds 0.05")
+        if self.nullspace_stiffness < 0:
+            raise ValueError("nullspace_stiffness: must be >= 0")
+        if not 0 < self.filter_coeff <= 1:
+            raise ValueError("filter_coeff: must be in (0, 1]")
+        if len(self.home_joints) != 7:
+            raise ValueError("home_joints: need 7 joint angles")
+        if not 0 < self.home_speed_factor <= 0.5:
+            raise ValueError("home_speed_factor: must be in (0, 0.5]")
+        if not 0 <= self.gripper_threshold < 1:
+            raise ValueError("gripper_threshold: must be in [0, 1)")
+        if self.max_recoveries < 0:
+            raise ValueError("max_recoveries: must be >= 0")
+        norm = math.sqrt(sum(c * c for c in self.reference_orientation))
+        if len(self.reference_orientation) != 4 or abs(norm - 1) > 1e-3:
+            raise ValueError("reference_orientation: need a unit quaternion (x, y, z, w)")
+
+    def impedance(self) -> np.ndarray:
+        """Returns the 6×6 diagonal Cartesian impedance matrix."""
+        return np.diag([self.translational_stiffness] * 3 + [self.rotational_stiffness] * 3)
+
+
+# --------------------------------------------------------------------------- quaternions (x, y, z, w)
+def quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Returns the Hamilton product ``a ⊗ b`` of scalar-last quaternions."""
+    ax, ay, az, aw = a
+    bx, by, bz, bw = b
+    return np.array([
+        aw * bx + ax * bw + ay * bz - az * by,
+        aw * by - ax * bz + ay * bw + az * bx,
+        aw * bz + ax * by - ay * bx + az * bw,
+        aw * bw - ax * bx - ay * by - az * bz,
+    ])
+
+
+def quat_conjugate(q: np.ndarray) -> np.ndarray:
+    """Returns the inverse of a unit quaternion."""
+    return np.array([-q[0], -q[1], -q[2], q[3]])
+
+
+def quat_from_yaw(yaw: float) -> np.ndarray:
+    """Returns the rotation by ``yaw`` radians about the base z axis."""
+    return np.array([0.0, 0.0, math.sin(yaw / 2), math.cos(yaw / 2)])
+
+
+def quat_yaw(q: np.ndarray) -> float:
+    """Returns the rotation angle of ``q`` about the base z axis (its yaw)."""
+    x, y, z, w = q
+    return math.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+
+
+def quat_angle(a: np.ndarray, b: np.ndarray) -> float:
+    """Returns the angle (rad, in [0, π]) of the rotation taking ``a`` to ``b``."""
+    dot = min(1.0, abs(float(np.dot(a, b))))
+    return 2 * math.acos(dot)
+
+
+def quat_slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    """Returns the unit quaternion a fraction ``t`` of the way from ``a`` to ``b``."""
+    dot = float(np.dot(a, b))
+    if dot < 0:
+        b, dot = -b, -dot
+    if dot > 0.9995:
+        out = a + t * (b - a)
+        return out / np.linalg.norm(out)
+    theta = math.acos(dot)
+    out = (math.sin((1 - t) * theta) * a + math.sin(t * theta) * b) / math.sin(theta)
+    return out / np.linalg.norm(out)
+
+
+# --------------------------------------------------------------------------- setpoint
+@dataclass(frozen=True)
+class Setpoint:
+    """The pose handed to the impedance controller for one tick."""
+
+    position: np.ndarray
+    """Target position (3,), metres."""
+    orientation: np.ndarray
+    """Target orientation (x, y, z, w)."""
+    applied: np.ndarray
+    """The motion part of the action actually applied, ``(4,)`` in ``[-1, 1]``."""
+    workspace_clipped: bool
+    """Whether the workspace box changed the target."""
+    error_clipped: bool
+    """Whether the error clip (translation or rotation) changed the target."""
+
+
+def compute_setpoint(
+    position: np.ndarray, orientation: np.ndarray, action: np.ndarray, config: FrankaConfig
+) -> Setpoint:
+    """Returns the next setpoint for a motion action ``(dx, dy, dz, dyaw)`` in ``[-1, 1]``.
+
+    Pure. The target starts from the measured pose, moves by the scaled action, is clamped to
+    the workspace and then to the measured position ± ``translation_error_clip`` (so a robot
+    pushed outside the box is pulled back at most one clip per tick); roll and pitch follow
+    ``reference_orientation``, yaw is the measured yaw plus the action, limited to
+    ``yaw_limit``, and the rotation is slerped to at most ``rotation_error_clip`` away.
+    """
+    lo = np.asarray(config.workspace.low)
+    hi = np.asarray(config.workspace.high)
+    raw = position + action[:3] * config.max_translation_step
+    in_box = np.clip(raw, lo, hi)
+    clip = config.translation_error_clip
+    target = np.clip(in_box, position - clip, position + clip)
+    workspace_clipped = bool(np.any(in_box != raw))
+    error_clipped = bool(np.any(target != in_box))
+
+    reference = np.asarray(config.reference_orientation, dtype=np.float64)
+    yaw = quat_yaw(quat_multiply(orientation, quat_conjugate(reference)))
+    wanted_yaw = yaw + float(action[3]) * config.max_rotation_step
+    limited_yaw = float(np.clip(wanted_yaw, -config.yaw_limit, config.yaw_limit))
+    workspace_clipped |= limited_yaw != wanted_yaw
+    desired = quat_multiply(quat_from_yaw(limited_yaw), reference)
+    angle = quat_angle(orientation, desired)
+    if angle > config.rotation_error_clip:
+        desired = quat_slerp(orientation, desired, config.rotation_error_clip / angle)
+        error_clipped = True
+    applied_yaw = quat_yaw(quat_multiply(desired, quat_conjugate(reference))) - yaw
+    applied_yaw = (applied_yaw + math.pi) % (2 * math.pi) - math.pi
+    applied = np.concatenate([
+        (target - position) / config.max_translation_step,
+        [applied_yaw / config.max_rotation_step],
+    ])
+    return Setpoint(
+        position=target,
+        orientation=desired,
+        applied=np.clip(applied, -1.0, 1.0),
+        workspace_clipped=workspace_clipped,
+        error_clipped=error_clipped,
+    )
+
+
+# --------------------------------------------------------------------------- gripper worker
+class GripperWorker:
+    """Runs gripper commands in a thread, keeping only the latest request.
+
+    ``request`` never blocks; ``width`` is the opening measured after the last command.
+    """
+
+    def __init__(self, gripper: object, config: FrankaConfig, *, max_width: float, width: float) -> None:
+        self._gripper = gripper
+        self._config = config
+        self._max_width = max_width
+        self._cond = threading.Condition()
+        self._pending: bool | None = None
+        self._closing = False
+        self._width = width
+        self.commands_done = 0
+        """Gripper commands executed (superseded requests are not counted)."""
+        self.failures = 0
+        """Gripper commands that raised."""
+        self._thread = threading.Thread(target=self._run, name="franka-gripper", daemon=True)
+
+    @property
+    def width(self) -> float:
+        """Returns the finger opening (m) measured after the last command. Non-blocking."""
+        return self._width
+
+    def start(self) -> None:
+        """Starts the worker thread."""
+        self._thread.start()
+
+    def request(self, close: bool) -> None:
+        """Asks for the gripper to close (grasp) or open; replaces any request not yet started.
+
+        Non-blocking.
+        """
+        with self._cond:
+            self._pending = close
+            self._cond.notify()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stops the worker; waits up to ``timeout`` s for a running command to finish."""
+        with self._cond:
+            self._closing = True
+            self._pending = None
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closing:
+                    self._cond.wait(timeout=0.5)
+                if self._closing:
+                    return
+                close, self._pending = self._pending, None
+            self._execute(bool(close))
+
+    def _execute(self, close: bool) -> None:
+        gripper = self._gripper
+        cfg = self._config
+        try:
+            if close:
+                # width 0 with a wide outer epsilon: "grasp whatever is between the fingers".
+                gripper.grasp(0.0, cfg.gripper_speed, cfg.gripper_force,
+                              epsilon_inner=0.005, epsilon_outer=self._max_width)
+            else:
+                gripper.move(self._max_width, cfg.gripper_speed)
+            gripper_state = gripper.read_once()
+            self._width = float(gripper_state.width)
+            self.commands_done += 1
+        except RuntimeError as e:
+            self.failures += 1
+            logger.warning("franka gripper: %s command failed: %s", "grasp" if close else "open", e)
+
+
+# --------------------------------------------------------------------------- robot
+def import_panda_py() -> ModuleType:
+    """Returns the ``panda_py`` module with its ``controllers`` and ``libfranka`` submodules.
+
+    Raises:
+        HardwareError: when panda-py is not installed (``pip install 'resetfree[robot]'``).
+    """
+    try:
+        lib = importlib.import_module("panda_py")
+        importlib.import_module("panda_py.controllers")
+        importlib.import_module("panda_py.libfranka")
+    except ImportError as e:
+        raise HardwareError("panda-py is not installed: pip install 'resetfree[robot]'") from e
+    return lib
+
+
+class FrankaRobot(Robot):
+    """A Franka arm under Cartesian impedance control, driven by delta actions.
+
+    Action ``(dx, dy, dz, dyaw, gripper)`` in ``[-1, 1]``; proprio ``(x, y, z, width)``.
+    ``library`` replaces the ``panda_py`` module (tests pass a fake with the same API).
+    """
+
+    name = "franka"
+
+    def __init__(self, config: FrankaConfig, *, library: ModuleType | None = None) -> None:
+        self.config = config
+        self._library = library
+        self._lib: ModuleType | None = None
+        self._panda: object | None = None
+        self._controller: object | None = None
+        self._gripper: GripperWorker | None = None
+        self._lock = threading.Lock()  # held by home()/recovery; send_action never waits on it
+        self._halted = False
+        self._failed = False
+        self._recovering = False
+        self._recoveries: collections.deque[float] = collections.deque()
+        self._gripper_closed: bool | None = None
+        self._last_state: RobotState | None = None
+        self.clip_counts: dict[str, int] = {"workspace": 0, "error_clip": 0, "nonfinite": 0}
+        """How often each of this adapter's own limits changed an action."""
+        self.recovery_count = 0
+        """Automatic recoveries performed since ``connect()``."""
+
+    # -- description
+    @property
+    def action_spec(self) -> ArraySpec:
+        """``(dx, dy, dz, dyaw, gripper)``, each in ``[-1, 1]``."""
+        return ArraySpec(shape=(5,), dtype="float32", low=-1.0, high=1.0)
+
+    @property
+    def state_spec(self) -> dict[str, ArraySpec]:
+        """``{"proprio": (x, y, z, gripper width)}``."""
+        ws = self.config.workspace
+        return {"proprio": ArraySpec(shape=(4,), dtype="float32",
+                                     low=(*ws.low, 0.0), high=(*ws.high, 0.1))}
+
+    @property
+    def workspace(self) -> Workspace:
+        """The configured end-effector box."""
+        return self.config.workspace
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether ``connect()`` succeeded and ``disconnect()`` has not run since."""
+        return self._panda is not None
+
+    @property
+    def is_failed(self) -> bool:
+        """Whether recovery gave up; ``send_action`` then raises ``DeviceFailedError``."""
+        return self._failed
+
+    # -- lifecycle
+    def connect(self) -> None:
+        """Connects to the arm and gripper and starts the impedance controller at the current
+        pose. Moves nothing. Blocks (network handshakes, ~1 s).
+
+        Raises:
+            DeviceAlreadyConnectedError: when already connected.
+            HardwareError: when the robot or gripper cannot be reached.
+        """
+        if self._panda is not None:
+            raise DeviceAlreadyConnectedError(f"franka {self.config.hostname}: already connected")
+        lib = self._library if self._library is not None else import_panda_py()
+        try:
+            panda = lib.Panda(self.config.hostname)
+            gripper = lib.libfranka.Gripper(self.config.hostname)
+            gripper_state = gripper.read_once()
+        except RuntimeError as e:
+            raise HardwareError(f"franka {self.config.hostname}: cannot connect: {e}") from e
+        self._lib = lib
+        self._panda = panda
+        self._gripper = GripperWorker(gripper, self.config, max_width=float(gripper_state.max_width) or 0.08,
+                                      width=float(gripper_state.width))
+        self._gripper.start()
+        self._halted = False
+        self._failed = False
+        try:
+            self._start_controller()
+        except RuntimeError as e:
+            self.disconnect()
+            raise HardwareError(f"franka {self.config.hostname}: controller did not start: {e}") from e
+        atexit.register(self._stop_at_exit)
+        logger.info("franka %s: connected, impedance controller running", self.config.hostname)
+
+    def disconnect(self) -> None:
+        """Stops the controller (the arm holds still under the robot's own brakes/hold) and
+        releases the connection. Idempotent; never raises."""
+        if self._panda is None:
+            return
+        self.stop()
+        if self._gripper is not None:
+            self._gripper.close()
+        atexit.unregister(self._stop_at_exit)
+        self._panda = None
+        self._controller = None
+        self._gripper = None
+        logger.info("franka %s: disconnected", self.config.hostname)
+
+    def _stop_at_exit(self) -> None:
+        logger.warning("franka %s: interpreter exiting; stopping the arm", self.config.hostname)
+        self.disconnect()
+
+    def _start_controller(self) -> None:
+        """Starts a fresh impedance controller holding the current pose. Blocks briefly."""
+        cfg = self.config
+        lib = self._lib
+        panda = self._panda
+        controller = lib.controllers.CartesianImpedance(
+            impedance=cfg.impedance(), damping_ratio=cfg.damping_ratio,
+            nullspace_stiffness=cfg.nullspace_stiffness, filter_coeff=cfg.filter_coeff)
+        panda.start_controller(controller)
+        controller.set_control(panda.get_position(), panda.get_orientation())
+        self._controller = controller
+
+    # -- per tick
+    def read_state(self) -> RobotState:
+        """Returns the newest pose and gripper width. Non-blocking: while ``home()`` or a
+        recovery owns the arm it returns the last reading (with its old timestamp).
+
+        Raises:
+            DeviceNotConnectedError: when not connected.
+        """
+        panda = self._require()
+        if not self._lock.acquire(blocking=False):
+            if self._last_state is None:
+                raise DeviceNotConnectedError("franka: no state read yet")
+            return self._last_state
+        try:
+            position = np.asarray(panda.get_position(), dtype=np.float64).reshape(3)
+            xyzw = np.asarray(panda.get_orientation(), dtype=np.float64).reshape(4)
+        finally:
+            self._lock.release()
+        width = self._gripper.width if self._gripper is not None else 0.0
+        state = RobotState(
+            timestamp=time.monotonic(),
+            ee_position=position,
+            gripper=width,
+            arrays={"proprio": np.array([*position, width], dtype=np.float32)},
+            ee_orientation=np.array([xyzw[3], xyzw[0], xyzw[1], xyzw[2]]),
+        )
+        self._last_state = state
+        return state
+
+    def send_action(self, action: np.ndarray) -> np.ndarray:
+        """Moves the impedance setpoint one step and queues a gripper command. Non-blocking:
+        returns at once; the arm moves under the 1 kHz controller.
+
+        Returns the applied action; all zeros when the arm is held (after ``stop()``, during
+        ``home()`` or a recovery, or when the controller has stopped and a recovery starts).
+
+        Raises:
+            DeviceNotConnectedError: when not connected.
+            DeviceFailedError: when automatic recovery gave up.
+            ValueError: when ``action`` is not a 5-vector.
+        """
+        panda = self._require()
+        if self._failed:
+            raise DeviceFailedError(f"franka {self.config.hostname}: failed; recovery gave up")
+        act = np.asarray(action, dtype=np.float64).reshape(-1)
+        if act.shape != (5,):
+            raise ValueError(f"action: expected 5 values, got shape {np.shape(action)}")
+        if not np.all(np.isfinite(act)):
+            self._count("nonfinite")
+            return np.zeros(5, dtype=np.float32)
+        act = np.clip(act, -1.0, 1.0)
+        if self._halted or not self._lock.acquire(blocking=False):
+            return np.zeros(5, dtype=np.float32)
+        try:
+            if not panda.is_moving():
+                self._begin_recovery()
+                return np.zeros(5, dtype=np.float32)
+            position = np.asarray(panda.get_position(), dtype=np.float64).reshape(3)
+            orientation = np.asarray(panda.get_orientation(), dtype=np.float64).reshape(4)
+            setpoint = compute_setpoint(position, orientation, act, self.config)
+            controller = self._controller
+            controller.set_control(setpoint.position, setpoint.orientation)
+        finally:
+            self._lock.release()
+        if setpoint.workspace_clipped:
+            self._count("workspace")
+        if setpoint.error_clipped:
+            self._count("error_clip")
+        gripper_cmd = self._command_gripper(float(act[4]))
+        return np.append(setpoint.applied, gripper_cmd).astype(np.float32)
+
+    def _command_gripper(self, value: float) -> float:
+        """Queues open/close when ``value`` crosses the threshold; returns the applied value."""
+        threshold = self.config.gripper_threshold
+        if value > threshold:
+            want_closed: bool | None = True
+        elif value < -threshold:
+            want_closed = False
+        else:
+            want_closed = None
+        if want_closed is not None and want_closed != self._gripper_closed and self._gripper:
+            self._gripper_closed = want_closed
+            self._gripper.request(want_closed)
+        return value
+
+    def _count(self, kind: str) -> None:
+        self.clip_counts[kind] += 1
+        logger.debug("franka: %s clip (%d so far)", kind, self.clip_counts[kind])
+
+    # -- recovery
+    def _begin_recovery(self) -> None:
+        """Starts a recovery thread unless one is running or the budget is spent. Called
+        with ``_lock`` held."""
+        if self._recovering:
+            return
+        now = time.monotonic()
+        while self._recoveries and now - self._recoveries[0] > self.config.recovery_window_s:
+            self._recoveries.popleft()
+        if len(self._recoveries) >= self.config.max_recoveries:
+            self._failed = True
+            logger.error("franka %s: %d recoveries within %.0f s; giving up (FAILED)",
+                         self.config.hostname, len(self._recoveries), self.config.recovery_window_s)
+            return
+        self._recoveries.append(now)
+        self._recovering = True
+        threading.Thread(target=self._recover, name="franka-recover", daemon=True).start()
+
+    def _error_reason(self) -> str:
+        panda = self._panda
+        try:
+            panda.raise_error()
+        except RuntimeError as e:
+            return str(e)
+        state = panda.get_state()
+        return f"mode={state.robot_mode} last_motion_errors={state.last_motion_errors}"
+
+    def _recover(self) -> None:
+        """Clears the reflex (``Panda.recover``, blocks ~100 ms) and restarts the controller
+        at the current pose. Runs in its own thread; the arm is held meanwhile."""
+        with self._lock:
+            try:
+                if self._panda is None or self._halted:
+                    return
+                reason = self._error_reason()
+                logger.warning("franka %s: controller stopped (%s); recovering (%d in window)",
+                               self.config.hostname, reason, len(self._recoveries))
+                self._panda.recover()
+                self._start_controller()
+                self.recovery_count += 1
+                logger.info("franka %s: recovered, controller restarted", self.config.hostname)
+            except RuntimeError as e:
+                logger.error("franka %s: recovery failed: %s", self.config.hostname, e)
+            finally:
+                self._recovering = False
+
+    def recover(self) -> None:
+        """Clears a reflex and restarts the controller now. Blocks (call from a thread).
+
+        Raises:
+            DeviceNotConnectedError: when not connected.
+            HardwareError: when libfranka refuses to recover.
+        """
+        panda = self._require()
+        with self._lock:
+            try:
+                panda.stop_controller()
+                panda.recover()
+                self._failed = False
+                self._recoveries.clear()
+                self._start_controller()
+                self._halted = False
+            except RuntimeError as e:
+                raise HardwareError(f"franka {self.config.hostname}: recover failed: {e}") from e
+
+    # -- occasional, blocking
+    def home(self) -> None:
+        """Stops the controller, moves the joints to ``home_joints`` at a low speed factor and
+        restarts the controller there. The arm moves physically; blocks until it arrives
+        (seconds). Call from a thread, never from the event loop.
+
+        Raises:
+            DeviceNotConnectedError: when not connected.
+            HardwareError: when the motion fails (a reflex, an unreachable pose).
+        """
+        panda = self._require()
+        with self._lock:
+            try:
+                panda.stop_controller()
+                self._halted = False  # a stop() from here on aborts the motion via libfranka
+                reached = panda.move_to_joint_position(
+                    np.asarray(self.config.home_joints), speed_factor=self.config.home_speed_factor)
+                if self._halted:
+                    logger.warning("franka %s: stopped during home()", self.config.hostname)
+                    return
+                self._start_controller()
+            except RuntimeError as e:
+                raise HardwareError(f"franka {self.config.hostname}: home failed: {e}") from e
+        if not reached:
+            logger.warning("franka %s: home() ended outside the success threshold", self.config.hostname)
+
+    def resume(self) -> None:
+        """Restarts the controller at the current pose after ``stop()``. Blocks briefly.
+
+        Raises:
+            DeviceNotConnectedError: when not connected.
+            HardwareError: when the controller does not start.
+        """
+        self._require()
+        with self._lock:
+            try:
+                self._start_controller()
+            except RuntimeError as e:
+                raise HardwareError(f"franka {self.config.hostname}: resume failed: {e}") from e
+            self._halted = False
+
+    def stop(self) -> None:
+        """Stops all motion at once: the impedance controller and any ``home()`` motion end
+        and the robot holds where it is. ``send_action`` then holds until ``resume()`` or
+        ``home()``. Any thread, any time, repeatedly; never raises."""
+        self._halted = True
+        panda = self._panda
+        if panda is None:
+            return
+        try:
+            panda.stop_controller()
+        except RuntimeError as e:
+            logger.error("franka %s: stop_controller failed: %s", self.config.hostname, e)
+        try:
+            robot = panda.get_robot()
+            robot.stop()
+        except RuntimeError as e:
+            logger.error("franka %s: libfranka stop failed: %s", self.config.hostname, e)
+        logger.info("franka %s: stopped", self.config.hostname)
+
+    def _require(self) -> object:
+        panda = self._panda
+        if panda is None:
+            raise DeviceNotConnectedError(f"franka {self.config.hostname}: not connected")
+        return panda
