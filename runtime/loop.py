@@ -1,0 +1,393 @@
+"""The fixed-rate control loop: observe → policy → shield → act → record, every tick.
+
+One :meth:`ControlLoop.run` coroutine; cancelling it stops the loop and ``robot.stop()``
+runs in ``finally``. A tick never waits: camera frames come from ``read_latest``, the robot
+state from ``read_state``, the policy runs in ~1–2 ms, recorded steps go to a non-blocking
+sink (the outbox). The loop holds the robot (zero motion, gripper unchanged) when paused,
+when the sink cannot take data, and whenever the shield's watchdog fires; e-stop calls
+``robot.stop()`` at once and sends nothing until :meth:`ControlLoop.resume`.
+
+Recording follows RLDS (docs/architecture.md): the builder keeps the newest step back one
+tick so that, when a segment ends (pause, hold without observation, e-stop, go-home,
+environment reset, shutdown), that step can be marked ``is_last``; the next recorded step
+is ``is_first``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from hardware.interfaces import Camera, Frame, HardwareError, Robot, RobotState, StaleFrameError
+from runtime.clock import Clock, Tick
+from runtime.errors import OutboxError, PolicyError
+from runtime.outbox import StepBatch
+from runtime.policy_slot import PolicySlot
+from runtime.schedule import AGENT_NAMES, Schedule
+from runtime.shield import Shield, ShieldResult
+from runtime.stats import LoopStatsSnapshot
+
+logger = logging.getLogger(__name__)
+
+
+class StepSink(Protocol):
+    """Where recorded batches go (the :class:`~runtime.outbox.Outbox`)."""
+
+    @property
+    def accepting(self) -> bool:
+        """Whether ``put_steps`` will take a batch now."""
+
+    @property
+    def depth(self) -> int:
+        """Batches waiting to be acked."""
+
+    @property
+    def spilled_bytes(self) -> int:
+        """Bytes on disk."""
+
+    def put_steps(self, batch: StepBatch) -> int:
+        """Queues a batch without blocking; returns its first seq; raises OutboxError."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoopConfig:
+    """Behaviour of the control loop."""
+
+    max_frame_age_s: float = 0.2
+    """Camera frames older than this are not used (the shield then holds)."""
+    batch_steps: int = 16
+    """Flush recorded steps to the sink every this many steps…"""
+    batch_interval_s: float = 0.5
+    """…or when the oldest waiting step is this old."""
+    stats_log_interval_s: float = 5.0
+    """Interval of the INFO stats line."""
+    env_reset_every: int | None = None
+    """Simulated robots only: call ``robot.reset_environment()`` every this many recorded steps."""
+    record: bool = True
+    """Record steps to the sink (False: evaluation runs)."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.max_frame_age_s) and self.max_frame_age_s > 0):
+            raise ValueError(f"max_frame_age_s: must be positive, got {self.max_frame_age_s}")
+        if self.batch_steps < 1:
+            raise ValueError(f"batch_steps: must be positive, got {self.batch_steps}")
+        if not self.batch_interval_s > 0:
+            raise ValueError(f"batch_interval_s: must be positive, got {self.batch_interval_s}")
+        if not self.stats_log_interval_s > 0:
+            raise ValueError(f"stats_log_interval_s: must be positive, got {self.stats_log_interval_s}")
+        if self.env_reset_every is not None and self.env_reset_every < 1:
+            raise ValueError(f"env_reset_every: must be positive or None, got {self.env_reset_every}")
+
+
+class BatchBuilder:
+    """Collects steps column-wise, holding the newest back so a segment end can mark it last."""
+
+    def __init__(self) -> None:
+        self._done: list[tuple[dict[str, np.ndarray], np.ndarray, int, float, bool, bool]] = []
+        self._pending: tuple[dict[str, np.ndarray], np.ndarray, int, float, bool] | None = None
+        self._new_segment = True
+        self._oldest: float | None = None
+
+    def add(self, observation: dict[str, np.ndarray], action: np.ndarray, agent: int, timestamp: float) -> None:
+        """Records one step; the previous one becomes complete (not last)."""
+        if self._pending is not None:
+            self._done.append((*self._pending, False))
+        obs = {name: np.array(value, copy=True) for name, value in observation.items()}
+        self._pending = (obs, action.astype(np.float32), agent, timestamp, self._new_segment)
+        self._new_segment = False
+        if self._oldest is None:
+            self._oldest = time.monotonic()
+
+    def end_segment(self) -> None:
+        """Marks the held-back step as last; the next step starts a segment. Idempotent."""
+        if self._pending is not None:
+            self._done.append((*self._pending, True))
+            self._pending = None
+        self._new_segment = True
+
+    def ready(self, steps: int, interval_s: float) -> bool:
+        """Whether ``steps`` complete steps wait or the oldest is ``interval_s`` old."""
+        if not self._done:
+            return False
+        return len(self._done) >= steps or (
+            self._oldest is not None and time.monotonic() - self._oldest >= interval_s)
+
+    def take(self) -> StepBatch | None:
+        """Returns the complete steps as one batch (None when there are none) and forgets them."""
+        if not self._done:
+            return None
+        rows, self._done = self._done, []
+        self._oldest = None if self._pending is None else time.monotonic()
+        names = rows[0][0].keys()
+        return StepBatch(
+            observations={name: np.stack([r[0][name] for r in rows]) for name in names},
+            actions=np.stack([r[1] for r in rows]),
+            agents=np.asarray([r[2] for r in rows], dtype=np.uint8),
+            timestamps=np.asarray([r[3] for r in rows], dtype=np.float64),
+            is_first=np.asarray([r[4] for r in rows], dtype=bool),
+            is_last=np.asarray([r[5] for r in rows], dtype=bool),
+        )
+
+
+@dataclass
+class _TickReading:
+    now: float
+    frames: dict[str, Frame]
+    ages: dict[str, float]
+    state: RobotState | None
+
+
+class ControlLoop:
+    """Runs the robot at the clock's rate; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        robot: Robot,
+        cameras: Sequence[Camera],
+        policy: PolicySlot,
+        shield: Shield,
+        schedule: Schedule,
+        clock: Clock,
+        sink: StepSink | None,
+        config: LoopConfig | None = None,
+        gate: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """``gate`` (optional) is awaited before every tick — lock-step simulation waits there
+        for the learner; the clock restarts its grid after a gate that blocked."""
+        self.config = config or LoopConfig()
+        self.robot, self.cameras, self.policy = robot, list(cameras), policy
+        self.shield, self.schedule, self.clock, self.sink = shield, schedule, clock, sink
+        self._gate = gate
+        self._builder = BatchBuilder()
+        self._paused = False
+        self._estopped = False
+        self._homing = False
+        self._blocked = False
+        self.steps = 0
+        self.held_ticks = 0
+        self.send_errors = 0
+        self.last_result: ShieldResult | None = None
+        self._steps_since_reset = 0
+        self._last_stats_log = time.monotonic()
+
+    # ------------------------------------------------------------------ commands
+    def pause(self) -> None:
+        """Holds the robot and stops recording until :meth:`resume`."""
+        self._paused = True
+        logger.info("loop: paused")
+
+    def resume(self) -> None:
+        """Leaves pause and e-stop; the next step starts a new segment."""
+        if self._estopped:
+            logger.warning("loop: e-stop released by resume")
+        self._paused = self._estopped = False
+        logger.info("loop: resumed")
+
+    def estop(self) -> None:
+        """Stops the robot at once (``robot.stop()``) and sends nothing until :meth:`resume`."""
+        self._estopped = True
+        self._builder.end_segment()
+        self.robot.stop()
+        logger.warning("loop: E-STOP")
+
+    def switch_agent(self, agent: int | str | None = None) -> int:
+        """Switches the acting agent (None: the other one); returns the new one."""
+        self._builder.end_segment()
+        return self.schedule.switch_agent(agent)
+
+    async def go_home(self) -> None:
+        """Runs ``robot.home()`` in a thread while the loop holds; returns when the robot is home.
+
+        Blocks the caller (not the loop) for the motion; a second call while homing returns at once.
+        """
+        if self._homing:
+            return
+        self._homing = True
+        self._builder.end_segment()
+        try:
+            await asyncio.to_thread(self.robot.home)
+        finally:
+            self._homing = False
+
+    @property
+    def holding(self) -> bool:
+        """Whether the loop currently holds instead of acting."""
+        return self._paused or self._estopped or self._homing or self._blocked
+
+    # ------------------------------------------------------------------ run
+    async def run(self) -> None:
+        """Ticks until cancelled; ``robot.stop()`` and a final flush run in ``finally``."""
+        logger.info("loop: starting at %.1f Hz with %d camera(s)", self.clock.config.rate_hz, len(self.cameras))
+        try:
+            while True:
+                if self._gate is not None:
+                    await self._await_gate()
+                tick = await self.clock.wait_next()
+                self.tick(tick)
+                if self._reset_due():
+                    await self._reset_environment()
+                self._maybe_log_stats()
+        finally:
+            self.robot.stop()
+            self._builder.end_segment()
+            self._flush(force=True)
+            logger.info("loop: stopped after %d steps", self.steps)
+
+    def tick(self, tick: Tick) -> None:
+        """One control step (public for tests and benchmarks). Never blocks; never raises for
+        device, policy or sink trouble (they are logged, counted and the robot is held)."""
+        reading = self._read_sensors()                                  # 1. observe
+        if self._estopped or self._homing:
+            self._builder.end_segment()
+            return
+        hold_reason = self._hold_reason()
+        observation = self._observation(reading)
+        if hold_reason is not None:                                     # 2. hold on command
+            result, agent = self.shield.hold(hold_reason), self.schedule.agent
+        else:
+            agent, action = self._decide(observation)                   # 3. policy / seed
+            result = self.shield.filter(action, reading.state, reading.now,   # 4. shield
+                                        reading.ages, tick.late)
+        self.last_result = result
+        self.held_ticks += result.held
+        applied = self._send(result)                                    # 5. act
+        if hold_reason is None and observation is not None and self.config.record:
+            timestamp = reading.state.timestamp if reading.state is not None else reading.now
+            self._builder.add(observation, applied, agent, timestamp)   # 6. record
+            self.steps += 1
+            self._steps_since_reset += 1
+        else:
+            self._builder.end_segment()
+        self._flush(force=False)                                        # 7. flush
+
+    # ------------------------------------------------------------------ tick steps
+    def _read_sensors(self) -> _TickReading:
+        now = time.monotonic()
+        frames: dict[str, Frame] = {}
+        ages: dict[str, float] = {}
+        for camera in self.cameras:
+            try:
+                frame = camera.read_latest(self.config.max_frame_age_s)
+            except (StaleFrameError, HardwareError) as e:
+                logger.debug("loop: camera %s gave no frame: %s", camera.name, e)
+                ages[camera.name] = math.inf
+                continue
+            frames[camera.name] = frame
+            ages[camera.name] = now - frame.timestamp
+        try:
+            state: RobotState | None = self.robot.read_state()
+        except HardwareError as e:
+            logger.debug("loop: no robot state: %s", e)
+            state = None
+        return _TickReading(now=now, frames=frames, ages=ages, state=state)
+
+    def _hold_reason(self) -> str | None:
+        if self._paused:
+            return "paused"
+        self._blocked = self.config.record and self.sink is not None and not self.sink.accepting
+        return "sink_blocked" if self._blocked else None
+
+    def _observation(self, reading: _TickReading) -> dict[str, np.ndarray] | None:
+        if reading.state is None or len(reading.frames) != len(self.cameras):
+            return None
+        observation = {name: frame.image for name, frame in reading.frames.items()}
+        observation.update(reading.state.arrays)
+        return observation
+
+    def _decide(self, observation: dict[str, np.ndarray] | None) -> tuple[int, np.ndarray | None]:
+        if observation is None:
+            return self.schedule.agent, None
+        plan = self.schedule.next_step(self.policy.has_policy)
+        if plan.random:
+            return plan.agent, self.schedule.random_action()
+        try:
+            return plan.agent, self.policy.act(plan.agent, observation)
+        except PolicyError as e:
+            logger.error("loop: %s; holding", e)
+            return plan.agent, None
+
+    def _send(self, result: ShieldResult) -> np.ndarray:
+        try:
+            applied = self.robot.send_action(result.command)
+        except HardwareError as e:
+            self.send_errors += 1
+            logger.error("loop: send_action failed (%d so far): %s", self.send_errors, e)
+            return result.command
+        if not isinstance(applied, np.ndarray) or applied.shape != result.command.shape \
+                or not np.all(np.isfinite(applied)):
+            return result.command
+        low, high = self.shield.config.action_low, self.shield.config.action_high
+        return np.clip(applied, low, high).astype(np.float32)
+
+    def _flush(self, *, force: bool) -> None:
+        if self.sink is None or not self.config.record:
+            return
+        if not force and not self._builder.ready(self.config.batch_steps, self.config.batch_interval_s):
+            return
+        if not self.sink.accepting:
+            return  # steps wait in the builder (bounded: recording stops while blocked)
+        batch = self._builder.take()
+        if batch is None:
+            return
+        try:
+            self.sink.put_steps(batch)
+        except OutboxError as e:
+            logger.error("loop: sink refused %d steps: %s", len(batch), e)
+
+    # ------------------------------------------------------------------ around ticks
+    async def _await_gate(self) -> None:
+        assert self._gate is not None
+        await self._gate()
+        deadline = self.clock.next_deadline
+        if deadline is not None and time.perf_counter() > deadline:
+            self.clock.rebase()
+
+    def _reset_due(self) -> bool:
+        every = self.config.env_reset_every
+        return every is not None and self._steps_since_reset >= every
+
+    async def _reset_environment(self) -> None:
+        reset = getattr(self.robot, "reset_environment", None)
+        self._steps_since_reset = 0
+        if reset is None:
+            logger.error("loop: env_reset_every is set but %s has no reset_environment()", self.robot.name)
+            return
+        self._builder.end_segment()
+        await asyncio.to_thread(reset)
+        self.clock.rebase()
+        logger.info("loop: environment reset after %d steps", self.steps)
+
+    def stats(self) -> LoopStatsSnapshot:
+        """Returns the current statistics (for heartbeats and logs)."""
+        p50, p99, worst = self.clock.jitter_ms()
+        inference = self.policy.inference_s
+        return LoopStatsSnapshot(
+            steps=self.steps, loop_hz=self.clock.achieved_hz(), jitter_p50_ms=p50, jitter_p99_ms=p99,
+            jitter_max_ms=worst, overruns=self.clock.overruns,
+            inference_p50_ms=inference.percentile(50) * 1e3,
+            queue_depth=self.sink.depth if self.sink is not None else 0,
+            spilled_bytes=self.sink.spilled_bytes if self.sink is not None else 0,
+            agent=AGENT_NAMES[self.schedule.agent], paused=self.holding,
+            ticks=self.clock.ticks, skipped_ticks=self.clock.skipped,
+            inference_p99_ms=inference.percentile(99) * 1e3, held_ticks=self.held_ticks,
+            shield=self.shield.counters.snapshot(), policy=self.policy.counters(),
+        )
+
+    def _maybe_log_stats(self) -> None:
+        now = time.monotonic()
+        if now - self._last_stats_log < self.config.stats_log_interval_s:
+            return
+        self._last_stats_log = now
+        s = self.stats()
+        logger.info("loop: %d steps, %.1f Hz, jitter p50/p99/max %.3f/%.3f/%.3f ms, %d overruns, "
+                    "inference p50 %.2f ms, queue %d, spilled %d B, agent %s%s",
+                    s.steps, s.loop_hz, s.jitter_p50_ms, s.jitter_p99_ms, s.jitter_max_ms, s.overruns,
+                    s.inference_p50_ms, s.queue_depth, s.spilled_bytes, s.agent, " (holding)" if s.paused else "")

@@ -1,0 +1,182 @@
+"""Outbox: in-order, exactly-once replay from memory and spill across disconnects and restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.errors import OutboxError
+from runtime.outbox import Outbox, OutboxConfig, StepBatch
+from runtime.spill import SpillConfig, SpillLog
+
+
+def encode(session_id: str, first_seq: int, batch: StepBatch) -> bytes:
+    """Test encoder: seq header + the raw actions (enough to check identity and order)."""
+    return struct.pack("<QI", first_seq, len(batch)) + batch.actions.tobytes()
+
+
+def steps(n: int, marker: float) -> StepBatch:
+    return StepBatch(observations={"proprio": np.zeros((n, 2), np.float32)},
+                     actions=np.full((n, 2), marker, np.float32), agents=np.zeros(n, np.uint8),
+                     timestamps=np.zeros(n), is_first=np.zeros(n, bool), is_last=np.zeros(n, bool))
+
+
+class Learner:
+    """Cumulative-ack receiver that records every step it ingests (must be exactly once)."""
+
+    def __init__(self) -> None:
+        self.expected = 0
+        self.markers: list[float] = []
+
+    def receive(self, first_seq: int, count: int, payload: bytes) -> None:
+        seq, n = struct.unpack_from("<QI", payload)
+        assert (seq, n) == (first_seq, count)
+        actions = np.frombuffer(payload, np.float32, offset=12).reshape(n, 2)
+        assert first_seq <= self.expected, f"gap: got {first_seq}, expected {self.expected}"
+        skip = self.expected - first_seq  # dedupe an overlapping resend
+        self.markers.extend(actions[skip:, 0].tolist())
+        self.expected = max(self.expected, first_seq + count)
+
+
+async def drain(outbox: Outbox, learner: Learner, batches: int, ack: bool = True) -> None:
+    for _ in range(batches):
+        async with asyncio.timeout(5):
+            out = await outbox.next_batch()
+        learner.receive(out.first_seq, out.count, out.payload)
+        if ack:
+            outbox.on_ack(learner.expected)
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+def run(coro: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(coro())
+
+
+def open_outbox(directory: Path, **cfg: int) -> Outbox:
+    spill = SpillLog.open(SpillConfig(directory=directory, segment_bytes=2000, max_bytes=1_000_000))
+    return Outbox(spill, encode, OutboxConfig(**cfg))
+
+
+def test_disconnect_spills_and_replay_is_in_order_and_exactly_once(tmp_path: Path) -> None:
+    async def body() -> None:
+        outbox = open_outbox(tmp_path)
+        outbox.start()
+        learner = Learner()
+        try:
+            outbox.set_connected(True)
+            for i in range(5):
+                outbox.put_steps(steps(3, float(i)))
+            await drain(outbox, learner, 3, ack=False)
+            outbox.on_ack(6)  # only the first two batches are acked
+            outbox.set_connected(False)  # link drops: unacked memory entries go to disk
+            for i in range(5, 12):
+                outbox.put_steps(steps(3, float(i)))
+            await until(lambda: outbox.memory_bytes == 0)
+            assert outbox.spilled_bytes > 0 and outbox.depth == 10
+            learner.expected = 6  # the learner kept what it had durably ingested
+            learner.markers = learner.markers[:6]
+            outbox.set_connected(True)
+            outbox.rewind(6)
+            await drain(outbox, learner, 10)
+            assert learner.markers == [float(i) for i in range(12) for _ in range(3)]
+            assert outbox.depth == 0
+            await until(lambda: outbox.spilled_bytes == 0)
+        finally:
+            outbox.close()
+    run(body)
+
+
+def test_memory_bound_spills_new_batches_and_sends_them_in_order(tmp_path: Path) -> None:
+    async def body() -> None:
+        outbox = open_outbox(tmp_path, max_memory_batches=2)
+        outbox.start()
+        learner = Learner()
+        try:
+            outbox.set_connected(True)
+            for i in range(8):
+                outbox.put_steps(steps(2, float(i)))
+            await until(lambda: outbox.memory_bytes <= 2 * (12 + 16))
+            await drain(outbox, learner, 8)
+            assert learner.markers == [float(i) for i in range(8) for _ in range(2)]
+        finally:
+            outbox.close()
+    run(body)
+
+
+def test_restart_resends_spilled_batches_and_continues_numbering(tmp_path: Path) -> None:
+    async def first_life() -> None:
+        outbox = open_outbox(tmp_path)
+        outbox.start()
+        try:
+            for i in range(4):  # never connected: everything spills
+                outbox.put_steps(steps(5, float(i)))
+            await until(lambda: outbox.memory_bytes == 0)
+        finally:
+            outbox.close()
+
+    async def second_life() -> None:
+        outbox = open_outbox(tmp_path)
+        outbox.start()
+        learner = Learner()
+        learner.expected = 10  # the learner had ingested 0..9 before the runtime restarted
+        learner.markers = [0.0] * 5 + [1.0] * 5
+        try:
+            assert outbox.next_seq == 20 and outbox.depth == 4
+            outbox.set_connected(True)
+            outbox.rewind(10)
+            assert outbox.depth == 2
+            assert outbox.put_steps(steps(5, 4.0)) == 20
+            await drain(outbox, learner, 3)
+            assert learner.markers == [float(i) for i in range(5) for _ in range(5)]
+        finally:
+            outbox.close()
+
+    run(first_life)
+    session = SpillLog.open(SpillConfig(directory=tmp_path)).session_id
+    run(second_life)
+    assert SpillLog.open(SpillConfig(directory=tmp_path)).session_id == session
+
+
+def test_spill_full_stops_accepting_without_losing_the_batch(tmp_path: Path) -> None:
+    async def body() -> None:
+        spill = SpillLog.open(SpillConfig(directory=tmp_path, segment_bytes=200, max_bytes=400))
+        outbox = Outbox(spill, encode, OutboxConfig())
+        outbox.start()
+        learner = Learner()
+        try:
+            for i in range(6):
+                if not outbox.accepting:
+                    break
+                outbox.put_steps(steps(4, float(i)))
+                await asyncio.sleep(0.05)
+            assert not outbox.accepting
+            with pytest.raises(OutboxError):
+                outbox.put_steps(steps(1, 99.0))
+            put = outbox.depth
+            outbox.set_connected(True)
+            outbox.rewind(0)
+            await drain(outbox, learner, put)
+            assert learner.markers == [float(i) for i in range(put) for _ in range(4)]
+            await until(lambda: outbox.accepting)
+        finally:
+            outbox.close()
+    run(body)
+
+
+def test_put_rejects_a_seq_gap(tmp_path: Path) -> None:
+    outbox = open_outbox(tmp_path)
+    with pytest.raises(OutboxError):
+        outbox.put(5, 1, b"x")
+    outbox.close()
