@@ -1,1 +1,30 @@
+"""The wire protocol: typed messages, a defensive msgpack codec, exactly-once bookkeeping
+and the ZeroMQ transport (uplink, weights, control) with optional CURVE security.
 
+Imports no other project package. See ``docs/protocol.md`` for the wire format.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from protocol.codec import Limits, Spaces, decode, encode
+from protocol.errors import (
+    ChecksumError, HandshakeError, PeerTimeout, ProtocolError, SequenceGap, TransportClosed,
+)
+from protocol.keys import CurveClientKeys, CurveServerKeys, client_keys, server_keys
+from protocol.messages import (
+    PROTOCOL_VERSION, Ack, ArraySpec, Command, Heartbeat, Hello, LoopStats, Message, Status,
+    TransitionBatch, Weights, Welcome, messages_equal, weights_sha256,
+)
+from protocol.reliability import ReceiveTracker, SendWindow, WindowFull
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PROTOCOL_VERSION", "Ack", "ArraySpec", "ChecksumError", "Command", "CurveClientKeys",
+    "CurveServerKeys", "HandshakeError", "Heartbeat", "Hello", "Limits", "LoopStats", "Message",
+    "PeerTimeout", "ProtocolError", "ReceiveTracker", "SendWindow", "SequenceGap", "Spaces",
+    "Status", "TransitionBatch", "TransportClosed", "Weights", "Welcome", "WindowFull",
+    "client_keys", "decode", "encode", "messages_equal", "server_keys", "weights_sha256",
+]

@@ -1,0 +1,376 @@
+"""Typed protocol messages: frozen dataclasses, one per wire ``type``.
+
+Each message checks its own invariants in ``__post_init__`` and raises
+:class:`~protocol.errors.ProtocolError` naming the offending field, so a message that exists
+is a valid message whether it was built locally or decoded from a peer. Messages holding
+arrays compare by identity (``eq=False``); use :func:`messages_equal` to compare contents.
+Arrays decoded from the wire are read-only views of the received frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Union
+
+import numpy as np
+
+from protocol.errors import ChecksumError, ProtocolError
+
+logger = logging.getLogger(__name__)
+
+#: The protocol version every message carries; a different one is a ProtocolError.
+PROTOCOL_VERSION = 1
+
+#: Array dtypes allowed on the wire (numpy names; all little-endian, bool is one byte 0/1).
+ALLOWED_DTYPES: frozenset[str] = frozenset(
+    {"uint8", "int8", "int16", "int32", "int64", "uint16", "uint32",
+     "float16", "float32", "float64", "bool"}
+)
+
+AGENTS: tuple[str, str] = ("forward", "backward")
+COMMAND_KINDS: frozenset[str] = frozenset(
+    {"pause", "resume", "estop", "switch_agent", "go_home", "status"}
+)
+_MAX_SEQ = 2**63 - 1
+
+Scalar = Union[None, bool, int, float, str]
+
+
+def _require(cond: bool, field: str, what: str) -> None:
+    if not cond:
+        raise ProtocolError(f"{field}: {what}")
+
+
+def _check_seq(value: int, field: str) -> None:
+    _require(0 <= value <= _MAX_SEQ, field, f"must be in [0, 2**63-1], got {value}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArraySpec:
+    """The dtype and shape of one array (per step, without the batch dimension)."""
+
+    dtype: str
+    """numpy dtype name, one of :data:`ALLOWED_DTYPES`."""
+    shape: tuple[int, ...]
+    """Non-negative dimensions."""
+
+    def __post_init__(self) -> None:
+        _require(self.dtype in ALLOWED_DTYPES, "ArraySpec.dtype", f"{self.dtype!r} not allowed")
+        _require(all(d >= 0 for d in self.shape), "ArraySpec.shape", f"negative dim in {self.shape}")
+
+
+Space = dict[str, ArraySpec]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hello:
+    """runtime → learner: opens (or resumes) a session and declares its spaces."""
+
+    TYPE: ClassVar[str] = "hello"
+    session_id: str
+    """Stable id of this runtime's session (persisted by the runtime)."""
+    robot: str
+    """Robot name, e.g. ``franka`` or ``sim``."""
+    task: str
+    """Task name, e.g. ``door``."""
+    observation_space: Space
+    """Observation name → per-step spec."""
+    action_space: ArraySpec
+    """Per-step action spec (``float32 (A,)``)."""
+    config_hash: str
+    """Hash of the runtime's config, so a learner can refuse a mismatched runtime."""
+    next_seq: int
+    """The next seq the runtime will assign; lower than the learner's ack ⇒ runtime lost state."""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.session_id), "hello.session_id", "must be non-empty")
+        _require(bool(self.observation_space), "hello.observation_space", "must be non-empty")
+        _check_seq(self.next_seq, "hello.next_seq")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Welcome:
+    """learner → runtime: the answer to a hello."""
+
+    TYPE: ClassVar[str] = "welcome"
+    session_id: str
+    """Echo of the hello's session id."""
+    accepted: bool
+    """False: the learner refuses this runtime (``reason`` says why)."""
+    reason: str
+    """Human-readable reason (empty when accepted)."""
+    resume_seq: int
+    """First seq the learner has NOT ingested for this session; the runtime resends from here."""
+    net_config: dict[str, Any]
+    """JSON-compatible network config the runtime builds its actor from."""
+    weights_endpoint: str
+    """ZeroMQ endpoint of the learner's weights PUB socket."""
+
+    def __post_init__(self) -> None:
+        _check_seq(self.resume_seq, "welcome.resume_seq")
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class TransitionBatch:
+    """runtime → learner: B consecutive steps, seqs ``first_seq .. first_seq+B-1``, columnar."""
+
+    TYPE: ClassVar[str] = "transitions"
+    session_id: str
+    """Session the steps belong to."""
+    first_seq: int
+    """Seq of the first step."""
+    observations: dict[str, np.ndarray]
+    """Observation name → ``(B, ...)`` array."""
+    actions: np.ndarray
+    """``float32 (B, A)``, finite."""
+    agents: np.ndarray
+    """``uint8 (B,)``: 0 forward, 1 backward."""
+    timestamps: np.ndarray
+    """``float64 (B,)`` seconds (runtime clock), finite."""
+    is_first: np.ndarray
+    """``bool (B,)``: the observation starts a segment."""
+    is_last: np.ndarray
+    """``bool (B,)``: the observation ends a segment (its action is padding)."""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.session_id), "transitions.session_id", "must be non-empty")
+        _check_seq(self.first_seq, "transitions.first_seq")
+        n = self.actions.shape[0] if self.actions.ndim >= 1 else -1
+        _require(n >= 1, "transitions.actions", "must have shape (B, A) with B >= 1")
+        _check_seq(self.first_seq + n - 1, "transitions.first_seq+B-1")
+        _require(self.actions.ndim == 2 and self.actions.dtype == np.float32,
+                 "transitions.actions", f"must be float32 (B, A), got {self.actions.dtype} {self.actions.shape}")
+        _require(bool(np.isfinite(self.actions).all()), "transitions.actions", "must be finite")
+        for name, arr, dtype in (("agents", self.agents, np.uint8), ("timestamps", self.timestamps, np.float64),
+                                 ("is_first", self.is_first, np.bool_), ("is_last", self.is_last, np.bool_)):
+            _require(arr.shape == (n,) and arr.dtype == dtype, f"transitions.{name}",
+                     f"must be {np.dtype(dtype).name} ({n},), got {arr.dtype} {arr.shape}")
+        _require(bool((self.agents <= 1).all()), "transitions.agents", "must be 0 or 1")
+        _require(bool(np.isfinite(self.timestamps).all()), "transitions.timestamps", "must be finite")
+        _require(bool(self.observations), "transitions.observations", "must be non-empty")
+        for key, arr in self.observations.items():
+            _require(arr.ndim >= 1 and arr.shape[0] == n, f"transitions.observations.{key}",
+                     f"leading dim must be B={n}, got shape {arr.shape}")
+
+    @property
+    def size(self) -> int:
+        """Returns the number of steps B."""
+        return int(self.actions.shape[0])
+
+    @property
+    def end_seq(self) -> int:
+        """Returns one past the last seq (``first_seq + B``)."""
+        return self.first_seq + self.size
+
+    @property
+    def nbytes(self) -> int:
+        """Returns the total bytes of all arrays (what this batch costs in memory)."""
+        arrays = [*self.observations.values(), self.actions, self.agents, self.timestamps,
+                  self.is_first, self.is_last]
+        return int(sum(a.nbytes for a in arrays))
+
+    def tail(self, seq: int) -> TransitionBatch:
+        """Returns the steps with seq ≥ ``seq`` as a new batch (views, no copy).
+
+        Raises ProtocolError if that would be empty or ``seq`` is below ``first_seq``.
+        """
+        _require(self.first_seq <= seq < self.end_seq, "transitions.tail",
+                 f"seq {seq} outside [{self.first_seq}, {self.end_seq})")
+        k = seq - self.first_seq
+        return dataclasses.replace(
+            self, first_seq=seq, observations={n: a[k:] for n, a in self.observations.items()},
+            actions=self.actions[k:], agents=self.agents[k:], timestamps=self.timestamps[k:],
+            is_first=self.is_first[k:], is_last=self.is_last[k:])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ack:
+    """learner → runtime: cumulative ack; every seq < ``seq`` is durably ingested."""
+
+    TYPE: ClassVar[str] = "ack"
+    session_id: str
+    """Session acknowledged."""
+    seq: int
+    """Next expected seq (all below are durable)."""
+    trained_through: int
+    """Seq up to which (exclusive) the learner has trained; lock-step runtimes wait on it."""
+
+    def __post_init__(self) -> None:
+        _check_seq(self.seq, "ack.seq")
+        _check_seq(self.trained_through, "ack.trained_through")
+
+
+def weights_sha256(tensors: dict[str, np.ndarray]) -> str:
+    """Returns the hex SHA-256 of ``tensors``, independent of dict order.
+
+    For each name in sorted (code point) order the hash absorbs: the UTF-8 name, a 0 byte,
+    the dtype name, a 0 byte, the shape as decimal dims joined by ``,``, a 0 byte, the data
+    length as 8-byte little-endian, then the raw little-endian C-order bytes.
+    Does not block beyond hashing (≈ 2 ms per 5 MB).
+    """
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name])
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        data = memoryview(arr).cast("B") if arr.ndim and arr.size else arr.tobytes()
+        h.update(name.encode() + b"\0" + arr.dtype.name.encode() + b"\0"
+                 + ",".join(str(d) for d in arr.shape).encode() + b"\0"
+                 + len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Weights:
+    """learner → runtime: one agent's actor ``state_dict`` tensors, versioned and checksummed."""
+
+    TYPE: ClassVar[str] = "weights"
+    agent: str
+    """``forward`` or ``backward``."""
+    version: int
+    """Monotonic per agent (the learner's update count at publish time)."""
+    tensors: dict[str, np.ndarray]
+    """Parameter name → array."""
+    sha256: str
+    """:func:`weights_sha256` of ``tensors`` (64 lowercase hex digits)."""
+
+    def __post_init__(self) -> None:
+        _require(self.agent in AGENTS, "weights.agent", f"must be one of {AGENTS}, got {self.agent!r}")
+        _check_seq(self.version, "weights.version")
+        _require(len(self.sha256) == 64 and all(c in "0123456789abcdef" for c in self.sha256),
+                 "weights.sha256", "must be 64 lowercase hex digits")
+
+    @classmethod
+    def create(cls, *, agent: str, version: int, tensors: dict[str, np.ndarray]) -> Weights:
+        """Returns a Weights message with its checksum computed over ``tensors``."""
+        return cls(agent=agent, version=version, tensors=tensors, sha256=weights_sha256(tensors))
+
+    def verify(self) -> None:
+        """Checks the checksum; returns None, raises ChecksumError on mismatch."""
+        actual = weights_sha256(self.tensors)
+        if actual != self.sha256:
+            raise ChecksumError(f"weights.sha256: {self.agent} v{self.version} declared "
+                                f"{self.sha256[:12]}…, tensors hash to {actual[:12]}…")
+
+    @property
+    def nbytes(self) -> int:
+        """Returns the total tensor bytes."""
+        return int(sum(a.nbytes for a in self.tensors.values()))
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoopStats:
+    """The runtime's control-loop figures, carried in its heartbeats."""
+
+    steps: int
+    """Ticks since start."""
+    loop_hz: float
+    """Configured control rate."""
+    jitter_p50_ms: float
+    """Median period jitter (ms)."""
+    jitter_p99_ms: float
+    """99th percentile period jitter (ms)."""
+    jitter_max_ms: float
+    """Worst period jitter (ms)."""
+    overruns: int
+    """Missed deadlines."""
+    inference_p50_ms: float
+    """Median policy inference time (ms)."""
+    queue_depth: int
+    """Steps waiting in the outbox."""
+    spilled_bytes: int
+    """Bytes in the outbox's spill log."""
+    agent: str
+    """The acting agent."""
+    paused: bool
+    """Whether the loop is paused."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Heartbeat:
+    """Both directions on the uplink: liveness (+ the runtime's loop stats)."""
+
+    TYPE: ClassVar[str] = "heartbeat"
+    session_id: str
+    """Session (the learner echoes the peer's session, or ``""`` before hello)."""
+    role: str
+    """``runtime`` or ``learner``."""
+    sent_at: float
+    """Sender's wall clock (``time.time()``)."""
+    stats: LoopStats | None
+    """Runtime loop stats, or None."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Command:
+    """Operator/learner → process: a control request."""
+
+    TYPE: ClassVar[str] = "command"
+    kind: Literal["pause", "resume", "estop", "switch_agent", "go_home", "status"]
+    """What to do."""
+    agent: str | None
+    """Target agent for ``switch_agent`` (required there), else None or an agent name."""
+    request_id: int
+    """Echoed in the Status reply."""
+
+    def __post_init__(self) -> None:
+        _require(self.kind in COMMAND_KINDS, "command.kind", f"unknown kind {self.kind!r}")
+        _require(self.agent is None or self.agent in AGENTS, "command.agent", f"must be None or one of {AGENTS}")
+        _require(self.kind != "switch_agent" or self.agent is not None, "command.agent",
+                 "required for switch_agent")
+        _check_seq(self.request_id, "command.request_id")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Status:
+    """Reply to a Command."""
+
+    TYPE: ClassVar[str] = "status"
+    request_id: int
+    """The command's request id."""
+    role: str
+    """``runtime`` or ``learner``."""
+    state: str
+    """Process state, e.g. ``running``, ``paused``, ``estopped``."""
+    detail: dict[str, Scalar]
+    """Name → scalar figures."""
+    ok: bool
+    """Whether the command was carried out."""
+    message: str
+    """Human-readable outcome."""
+
+    def __post_init__(self) -> None:
+        _check_seq(self.request_id, "status.request_id")
+        for key, value in self.detail.items():
+            _require(value is None or isinstance(value, (bool, int, float, str)), f"status.detail.{key}",
+                     f"must be a scalar, got {type(value).__name__}")
+
+
+Message = Union[Hello, Welcome, TransitionBatch, Ack, Weights, Heartbeat, Command, Status]
+MESSAGE_TYPES: dict[str, type] = {cls.TYPE: cls for cls in
+                                  (Hello, Welcome, TransitionBatch, Ack, Weights, Heartbeat, Command, Status)}
+
+
+def _values_equal(a: Any, b: Any) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype
+                and a.shape == b.shape and a.tobytes() == b.tobytes())
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_values_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_values_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return type(a) is type(b) and a == b
+
+
+def messages_equal(a: Message, b: Message) -> bool:
+    """Returns True when two messages have the same type and bitwise-equal contents."""
+    if type(a) is not type(b):
+        return False
+    return all(_values_equal(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))

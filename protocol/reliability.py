@@ -1,0 +1,207 @@
+"""Exactly-once bookkeeping for the transitions channel; pure, socket-free classes.
+
+Sender side, :class:`SendWindow` keeps every batch until a cumulative ack covers it and
+replays from any seq after a reconnect. Receiver side, :class:`ReceiveTracker` keeps per
+session the next seq it will admit (``admitted``) and the next seq durably ingested
+(``committed``); duplicates are dropped, overlaps trimmed, gaps rejected. Its state is a
+small JSON-able dict the learner stores with its data so dedupe survives restarts.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from protocol.errors import ProtocolError, SequenceGap
+from protocol.messages import TransitionBatch
+
+logger = logging.getLogger(__name__)
+
+_STATE_VERSION = 1
+
+
+@dataclass
+class _Cursor:
+    admitted: int
+    committed: int
+
+
+class ReceiveTracker:
+    """Per-session sequence state of a receiver (the learner). Not thread-safe."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, _Cursor] = {}
+
+    def _cursor(self, session_id: str) -> _Cursor:
+        return self._sessions.setdefault(session_id, _Cursor(0, 0))
+
+    def committed(self, session_id: str) -> int:
+        """Returns the next seq not yet durably ingested (what to ack / resume from)."""
+        return self._sessions[session_id].committed if session_id in self._sessions else 0
+
+    def admitted(self, session_id: str) -> int:
+        """Returns the next seq :meth:`admit` will accept."""
+        return self._sessions[session_id].admitted if session_id in self._sessions else 0
+
+    def sessions(self) -> list[str]:
+        """Returns the known session ids."""
+        return list(self._sessions)
+
+    def admit(self, batch: TransitionBatch) -> TransitionBatch | None:
+        """Returns the part of ``batch`` not admitted before (None for a pure duplicate).
+
+        Advances ``admitted`` past the returned steps; call :meth:`commit` once they are
+        durable. Raises SequenceGap (a ProtocolError; ``.expected`` says where to resend
+        from) when the batch starts beyond the next expected seq.
+        """
+        cur = self._cursor(batch.session_id)
+        if batch.first_seq > cur.admitted:
+            raise SequenceGap(batch.session_id, cur.admitted, batch.first_seq)
+        if batch.end_seq <= cur.admitted:
+            logger.debug("session %s: duplicate seqs %d..%d dropped", batch.session_id,
+                         batch.first_seq, batch.end_seq - 1)
+            return None
+        fresh = batch if batch.first_seq == cur.admitted else batch.tail(cur.admitted)
+        cur.admitted = fresh.end_seq
+        return fresh
+
+    def commit(self, session_id: str, next_seq: int) -> None:
+        """Records that every seq < ``next_seq`` of the session is durable. Returns None.
+
+        Raises ProtocolError if ``next_seq`` goes backwards or beyond what was admitted.
+        """
+        cur = self._cursor(session_id)
+        if not cur.committed <= next_seq <= cur.admitted:
+            raise ProtocolError(f"commit.next_seq: {next_seq} outside [{cur.committed}, {cur.admitted}] "
+                                f"for session {session_id!r}")
+        cur.committed = next_seq
+
+    def rewind(self, session_id: str) -> None:
+        """Forgets admitted-but-uncommitted steps (their ingest failed); they will be re-admitted."""
+        cur = self._cursor(session_id)
+        cur.admitted = cur.committed
+
+    def resume_point(self, session_id: str, runtime_next_seq: int) -> int:
+        """Returns the seq a (re)connecting runtime should resend from (its Welcome.resume_seq).
+
+        Raises ProtocolError when the runtime's ``next_seq`` is below what was already
+        ingested: it lost its state and would reuse seqs.
+        """
+        committed = self.committed(session_id)
+        if runtime_next_seq < committed:
+            raise ProtocolError(f"hello.next_seq: runtime {session_id!r} would assign seq {runtime_next_seq} "
+                                f"but {committed} are already ingested (runtime lost its state)")
+        self.rewind(session_id)
+        return committed
+
+    def export_state(self) -> dict[str, Any]:
+        """Returns the committed state as a JSON-able dict (persist it with the ingested data)."""
+        return {"version": _STATE_VERSION,
+                "sessions": {sid: cur.committed for sid, cur in self._sessions.items()}}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ReceiveTracker:
+        """Returns a tracker restored from :meth:`export_state` output; raises ProtocolError if malformed."""
+        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION \
+                or not isinstance(state.get("sessions"), dict):
+            raise ProtocolError(f"tracker state: expected {{'version': {_STATE_VERSION}, 'sessions': {{...}}}}")
+        tracker = cls()
+        for sid, seq in state["sessions"].items():
+            if not isinstance(sid, str) or isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+                raise ProtocolError(f"tracker state: bad entry {sid!r}: {seq!r}")
+            tracker._sessions[sid] = _Cursor(seq, seq)
+        return tracker
+
+
+class WindowFull(ProtocolError):
+    """The send window holds its maximum count or bytes of unacked batches."""
+
+
+class SendWindow:
+    """Sender-side record of unacked batches for one session, bounded by count and bytes.
+
+    Batches must be pushed in seq order without gaps, starting at ``next_seq``.
+    Storage is an in-memory deque; a spilling outbox can keep its own log and use this
+    class only for what is in memory.
+    """
+
+    def __init__(self, *, next_seq: int = 0, max_batches: int = 1024, max_bytes: int = 512 * 2**20) -> None:
+        if next_seq < 0:
+            raise ValueError(f"next_seq must be >= 0, got {next_seq}")
+        if max_batches < 1:
+            raise ValueError(f"max_batches must be >= 1, got {max_batches}")
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
+        self._batches: collections.deque[TransitionBatch] = collections.deque()
+        self._next_seq = next_seq
+        self._acked = next_seq
+        self._bytes = 0
+        self.max_batches = max_batches
+        self.max_bytes = max_bytes
+
+    @property
+    def next_seq(self) -> int:
+        """Returns the seq the next pushed batch must start at."""
+        return self._next_seq
+
+    @property
+    def acked(self) -> int:
+        """Returns the highest cumulative ack seen (every seq below is released)."""
+        return self._acked
+
+    @property
+    def nbytes(self) -> int:
+        """Returns the bytes held."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def has_room(self, nbytes: int = 0) -> bool:
+        """Returns whether one more batch of ``nbytes`` fits."""
+        return len(self._batches) < self.max_batches and self._bytes + nbytes <= self.max_bytes
+
+    def push(self, batch: TransitionBatch) -> None:
+        """Stores ``batch`` until acked. Returns None.
+
+        Raises WindowFull when over the bounds (the caller spills or waits) and
+        ProtocolError when ``batch.first_seq`` is not ``next_seq``.
+        """
+        if batch.first_seq != self._next_seq:
+            raise ProtocolError(f"transitions.first_seq: expected {self._next_seq}, got {batch.first_seq}")
+        if not self.has_room(batch.nbytes):
+            raise WindowFull(f"send window: {len(self._batches)} batches / {self._bytes} bytes held "
+                             f"(max_batches={self.max_batches}, max_bytes={self.max_bytes})")
+        self._batches.append(batch)
+        self._bytes += batch.nbytes
+        self._next_seq = batch.end_seq
+
+    def on_ack(self, seq: int) -> int:
+        """Releases every step below ``seq``; returns the number of batches released.
+
+        A stale (lower) ack is ignored. Raises ProtocolError for an ack beyond ``next_seq``.
+        """
+        if seq > self._next_seq:
+            raise ProtocolError(f"ack.seq: {seq} beyond the next seq to send {self._next_seq}")
+        if seq <= self._acked:
+            return 0
+        self._acked = seq
+        released = 0
+        while self._batches and self._batches[0].end_seq <= seq:
+            self._bytes -= self._batches.popleft().nbytes
+            released += 1
+        return released
+
+    def resend_from(self, seq: int) -> Iterator[TransitionBatch]:
+        """Yields the held steps with seq ≥ ``seq`` (first batch trimmed), in order.
+
+        Acks everything below ``seq`` first (the peer says it has them). Raises ProtocolError
+        if steps from ``seq`` were already released, or ``seq`` is beyond ``next_seq``.
+        """
+        if seq < self._acked:
+            raise ProtocolError(f"welcome.resume_seq: {seq} is below {self._acked}, already acked and released")
+        self.on_ack(seq)
+        for batch in list(self._batches):
+            yield batch if batch.first_seq >= seq else batch.tail(seq)
