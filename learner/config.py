@@ -1,0 +1,310 @@
+"""The learner's whole configuration: every section, two paper profiles, TOML and overrides.
+
+Profiles (MEDAL++, Sharma et al. 2023): ``sim`` follows Table 1, ``robot`` Appendix A.2 (with
+the authors' robot feature dim of 256). A run is ``profile`` → TOML file → ``--set`` overrides,
+each layer naming fields as ``section.field``; unknown keys raise ValueError naming the key.
+
+``config_hash()`` fingerprints what must agree between a runtime and the learner it feeds
+(the network architecture, the agent-switch schedule and the seed-frame count); the runtime
+sends its hash in ``hello`` and the learner refuses a mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import sys
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - 3.10
+    import tomli as tomllib
+
+from learner.agent import AgentConfig
+from learner.discriminators import DiscriminatorConfig
+from learner.networks import NetworkConfig
+from learner.replay import ReplayConfig
+from learner.trainer import ScheduleConfig
+
+logger = logging.getLogger(__name__)
+
+PROFILES = ("sim", "robot")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SwitchConfig:
+    """Forward/backward agent switching, executed by the runtime (fixed interval, paper)."""
+
+    interval: int = 200
+    """Environment steps one agent acts before control passes to the other (authors' code: 200)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.interval, int) or self.interval < 1:
+            raise ValueError(f"SwitchConfig.interval must be a positive int, got {self.interval!r}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ServiceConfig:
+    """The learner process: endpoints, device, publishing and checkpoint cadence."""
+
+    uplink: str = "tcp://127.0.0.1:5555"
+    """ROUTER endpoint the runtimes' uplink connects to (loopback by default)."""
+    weights: str = "tcp://127.0.0.1:5556"
+    """PUB endpoint the actor weights are published on."""
+    control: str = "tcp://127.0.0.1:5557"
+    """REP endpoint of the control channel."""
+    run_dir: str = "runs/default"
+    """Directory of checkpoints and TensorBoard logs."""
+    device: str = "auto"
+    """Torch device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:N``."""
+    torch_threads: int = 1
+    """Intra-op threads on CPU (leave cores to a runtime on the same machine)."""
+    tune_allocator: bool = True
+    """Keep freed activations in glibc's heap (``learner.agent.tune_cpu_allocator``)."""
+    publish_every: int = 100
+    """Agent updates between weight publications."""
+    checkpoint_every: int = 10_000
+    """Agent updates between checkpoints."""
+    keep_checkpoints: int = 3
+    """Checkpoints kept on disk (newest first)."""
+    log_every: int = 100
+    """Agent updates between metric logs."""
+
+    def __post_init__(self) -> None:
+        for name in ("torch_threads", "publish_every", "checkpoint_every", "keep_checkpoints", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ServiceConfig.{name} must be a positive int, got {value!r}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"ServiceConfig.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+#: section name -> config class, in the order they appear in to_dict()
+SECTIONS: dict[str, type] = {
+    "network": NetworkConfig,
+    "agent": AgentConfig,
+    "replay": ReplayConfig,
+    "vice": DiscriminatorConfig,
+    "medal": DiscriminatorConfig,
+    "schedule": ScheduleConfig,
+    "switch": SwitchConfig,
+    "service": ServiceConfig,
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LearnerConfig:
+    """Everything the learner process needs; build with :func:`profile`, not field by field."""
+
+    profile: str = "sim"
+    """Name of the profile the config started from (``sim`` or ``robot``)."""
+    seed: int = 0
+    """Seed of torch, numpy and Python RNGs."""
+    network: NetworkConfig = dataclasses.field(default_factory=NetworkConfig)
+    """Encoder / actor / critic architecture (shared with the runtime)."""
+    agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
+    """REDQ optimisation."""
+    replay: ReplayConfig = dataclasses.field(default_factory=ReplayConfig)
+    """Replay capacity and demo oversampling."""
+    vice: DiscriminatorConfig = dataclasses.field(default_factory=DiscriminatorConfig)
+    """Forward-goal discriminator (VICE)."""
+    medal: DiscriminatorConfig = dataclasses.field(default_factory=DiscriminatorConfig)
+    """Backward state-distribution discriminator (MEDAL)."""
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    """Seed frames, BC decay, VICE positives."""
+    switch: SwitchConfig = dataclasses.field(default_factory=SwitchConfig)
+    """Agent switching interval (runtime side)."""
+    service: ServiceConfig = dataclasses.field(default_factory=ServiceConfig)
+    """Endpoints, device, cadence."""
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(f"LearnerConfig.profile must be one of {PROFILES}, got {self.profile!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"LearnerConfig.seed must be an int, got {self.seed!r}")
+        for name, cls in SECTIONS.items():
+            if not isinstance(getattr(self, name), cls):
+                raise ValueError(f"LearnerConfig.{name} must be a {cls.__name__}")
+        if self.replay.batch_size != self.agent.batch_size:
+            raise ValueError(
+                f"replay.batch_size ({self.replay.batch_size}) must equal agent.batch_size ({self.agent.batch_size})"
+            )
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the config as JSON/TOML-ready builtins (tuples as lists, None kept)."""
+        out: dict[str, Any] = {"profile": self.profile, "seed": self.seed}
+        for name in SECTIONS:
+            out[name] = _jsonable(dataclasses.asdict(getattr(self, name)))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, base: LearnerConfig | None = None) -> LearnerConfig:
+        """Overlays ``data`` on ``base`` (default: the profile ``data`` names, else ``sim``).
+
+        Sections may be partial. Raises ValueError naming an unknown key or a bad value.
+        """
+        unknown = sorted(set(data) - {"profile", "seed", *SECTIONS})
+        if unknown:
+            raise ValueError(f"unknown config key(s): {unknown}")
+        if base is None or ("profile" in data and data["profile"] != base.profile):
+            base = profile(str(data.get("profile", base.profile if base else "sim")))
+        kwargs: dict[str, Any] = {"profile": base.profile, "seed": data.get("seed", base.seed)}
+        for name, section_cls in SECTIONS.items():
+            current = getattr(base, name)
+            patch = data.get(name, {})
+            if not isinstance(patch, Mapping):
+                raise ValueError(f"config section {name!r} must be a table, got {type(patch).__name__}")
+            kwargs[name] = _replace_section(name, section_cls, current, patch)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, *, base: LearnerConfig | None = None) -> LearnerConfig:
+        """Loads a TOML file (``profile = "robot"``, ``[agent]`` tables…) over ``base``.
+
+        Raises ValueError on unknown keys or bad values, OSError when unreadable.
+        """
+        with open(path, "rb") as f:
+            try:
+                data = tomllib.load(f)
+            except tomllib.TOMLDecodeError as e:
+                raise ValueError(f"{path}: invalid TOML: {e}") from e
+        return cls.from_dict(data, base=base)
+
+    def with_overrides(self, overrides: Sequence[str]) -> LearnerConfig:
+        """Returns a copy with ``section.field=value`` overrides applied (values in TOML syntax,
+        bare words taken as strings). Raises ValueError naming a malformed or unknown key."""
+        patch: dict[str, Any] = {}
+        for item in overrides:
+            key, sep, raw = item.partition("=")
+            key = key.strip()
+            if not sep or not key:
+                raise ValueError(f"override {item!r} is not KEY=VALUE")
+            value = _parse_value(raw.strip())
+            parts = key.split(".")
+            if len(parts) == 1 and key in ("profile", "seed"):
+                patch[key] = value
+            elif len(parts) == 2 and parts[0] in SECTIONS:
+                patch.setdefault(parts[0], {})[parts[1]] = value
+            else:
+                raise ValueError(f"unknown config key {key!r}")
+        return LearnerConfig.from_dict(patch, base=self)
+
+    def config_hash(self) -> str:
+        """Returns the sha256 hex of what runtime and learner must share (spaces-independent):
+        the network, the agent switch and the seed-frame count, as canonical JSON."""
+        shared = {
+            "network": self.network.to_dict(),
+            "switch": _jsonable(dataclasses.asdict(self.switch)),
+            "seed_frames": self.schedule.seed_frames,
+        }
+        canonical = json.dumps(shared, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def profile(name: str) -> LearnerConfig:
+    """Returns the paper profile ``sim`` (Table 1) or ``robot`` (A.2); ValueError otherwise."""
+    if name == "sim":
+        return LearnerConfig(
+            profile="sim",
+            replay=ReplayConfig(demo_per_batch=16),
+            vice=DiscriminatorConfig(updates_every=500, updates_per_round=10, batch_size=512, share_encoder=True),
+            medal=DiscriminatorConfig(updates_every=100, updates_per_round=10, batch_size=512, share_encoder=False),
+            # Table 1: BC regulariser "on" — a constant weight of 1.
+            schedule=ScheduleConfig(seed_frames=10_000, bc_weight_start=1.0, bc_weight_end=1.0),
+        )
+    if name == "robot":
+        return LearnerConfig(
+            profile="robot",
+            network=NetworkConfig(feature_dim=256),
+            replay=ReplayConfig(demo_per_batch=32),
+            vice=DiscriminatorConfig(updates_every=1000, updates_per_round=1, batch_size=512,
+                                     cameras=("wrist",), use_proprio=False, share_encoder=True),
+            medal=DiscriminatorConfig(updates_every=500, updates_per_round=1, batch_size=512,
+                                      cameras=("wrist",), use_proprio=True, share_encoder=False),
+            schedule=ScheduleConfig(seed_frames=2_000, bc_weight_start=1.0, bc_weight_end=0.0,
+                                    bc_decay_steps=10_000),
+        )
+    raise ValueError(f"unknown profile {name!r}; expected one of {PROFILES}")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--profile``, ``--config FILE`` and repeatable ``--set KEY=VALUE`` to ``parser``."""
+    parser.add_argument("--profile", choices=PROFILES, default=None, help="paper profile (default: sim)")
+    parser.add_argument("--config", type=Path, default=None, help="TOML file layered over the profile")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override, e.g. --set agent.lr=1e-4 (repeatable, applied last)")
+
+
+def config_from_args(args: argparse.Namespace) -> LearnerConfig:
+    """Builds the config from :func:`add_config_arguments`' options: profile → file → --set.
+
+    Raises ValueError on unknown keys or bad values.
+    """
+    cfg = profile(args.profile or "sim")
+    if args.config is not None:
+        cfg = LearnerConfig.from_toml(args.config, base=cfg)
+        if args.profile is not None and cfg.profile != args.profile:
+            raise ValueError(f"--profile {args.profile} contradicts profile = {cfg.profile!r} in {args.config}")
+    return cfg.with_overrides(args.overrides)
+
+
+# ---------------------------------------------------------------------- helpers
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _parse_value(raw: str) -> Any:
+    """TOML literal (``1e-4``, ``true``, ``["wrist"]``, ``"x"``); a bare word is a string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _replace_section(name: str, cls: type, current: Any, patch: Mapping[str, Any]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(patch) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown config key(s) in [{name}]: {[f'{name}.{k}' for k in unknown]}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _coerce(f"{name}.{k}", hints[k], v) for k, v in patch.items()}
+    try:
+        return dataclasses.replace(current, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"[{name}]: {e}") from e
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    """Converts TOML values to the field's type: lists → tuples, ints → floats, "none" → None."""
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    optional = origin in (typing.Union, types.UnionType) and type(None) in args
+    if optional and (value is None or (isinstance(value, str) and value.lower() == "none")):
+        return None
+    inner = [a for a in args if a is not type(None)] if optional else [hint]
+    target = inner[0] if len(inner) == 1 else hint
+    t_origin = typing.get_origin(target)
+    if t_origin is tuple or target is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key} must be a list, got {value!r}")
+        return tuple(value)
+    if target is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if target in (int, float, bool, str) and not isinstance(value, target):
+        raise ValueError(f"{key} must be {target.__name__}, got {value!r}")
+    if target is int and isinstance(value, bool):
+        raise ValueError(f"{key} must be int, got {value!r}")
+    return value
