@@ -95,7 +95,8 @@ class CubeGraspEnv(TaskEnv):
     def _task_build(self) -> tuple[mujoco.MjModel, mujoco.MjData]:
         model = load_model("cube_grasp.xml")
         data = mujoco.MjData(model)
-        name = lambda kind, n: mujoco.mj_name2id(model, kind, n)  # noqa: E731
+        def name(kind: mujoco.mjtObj, n: str) -> int:
+            return mujoco.mj_name2id(model, kind, n)
         self._cube_qpos = model.jnt_qposadr[name(mujoco.mjtObj.mjOBJ_JOINT, "cube")]
         self._cube_qvel = model.jnt_dofadr[name(mujoco.mjtObj.mjOBJ_JOINT, "cube")]
         self._finger_qpos = [model.jnt_qposadr[name(mujoco.mjtObj.mjOBJ_JOINT, f)]
