@@ -232,6 +232,10 @@ class TaskEnv(gym.Env[Any, np.ndarray], abc.ABC):
             disable_costly_flags(self._renderer)
         return np.ascontiguousarray(self._renderer.render().transpose(2, 0, 1))
 
+    def observe(self) -> Any:
+        """Returns the observation of the current state (renders in pixel mode); no side effects."""
+        return self._observation()
+
     def _observation(self) -> Any:
         if self.obs_mode == "state":
             return self._task_state().astype(np.float32, copy=False)
