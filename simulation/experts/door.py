@@ -3,8 +3,9 @@ pulls the door back open to EARL's initial angle (-pi/3).
 
 Both work in the door's own frame (origin at the hinge, x along the panel, y out of the
 handle face), so the same contact point follows the door as it swings. The fingertip centre
-(tcp) is steered with a saturated proportional law; the push/pull depth is proportional to
-the remaining angle so the door stops near its target instead of overshooting.
+(tcp) is placed with a saturated proportional law; the push/pull depth is proportional to
+the remaining angle so the door slows down near its target instead of overshooting. The
+mocap target (not the lagging hand) is steered, so a blocked hand's lead stays bounded.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from simulation.tasks.door import INIT_ANGLE, DoorEnv
 logger = logging.getLogger(__name__)
 
 GAIN = 60.0
-"""Action per metre of tcp error (an action of 1 moves the mocap 1 cm)."""
+"""Action per metre of mocap error (an action of 1 moves the mocap 1 cm)."""
 WORK_Z = 0.1
-"""Fingertip height while pushing or pulling (the handle's height)."""
+"""Fingertip height while pushing (the handle's height)."""
 TRANSIT_Z = 0.25
 """Fingertip height for moving around the door (above its top edge at 0.223)."""
 PUSH_X = 0.2
