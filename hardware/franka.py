@@ -64,7 +64,6 @@ PANDA_PY_API: dict[str, tuple[ApiCall, ...]] = {
     "panda_py.libfranka.Gripper.move": ((2, ()),),
     "panda_py.libfranka.Gripper.grasp": ((3, ("epsilon_inner", "epsilon_outer")),),
     "panda_py.libfranka.Gripper.read_once": ((0, ()),),
-    "panda_py.libfranka.Gripper.stop": ((0, ()),),
     "panda_py.libfranka.GripperState.width": (),
     "panda_py.libfranka.GripperState.max_width": (),
     "panda_py.libfranka.Robot.stop": ((0, ()),),
@@ -79,6 +78,7 @@ PANDA_PY_HANDLES: dict[str, str] = {
     "lib.controllers": "panda_py.controllers",
     "lib.libfranka": "panda_py.libfranka",
     "panda": "panda_py.Panda",
+    "self._panda": "panda_py.Panda",
     "controller": "panda_py.controllers.CartesianImpedance",
     "gripper": "panda_py.libfranka.Gripper",
     "gripper_state": "panda_py.libfranka.GripperState",
@@ -323,6 +323,11 @@ class GripperWorker:
         with self._cond:
             self._pending = close
             self._cond.notify()
+
+    def cancel_pending(self) -> None:
+        """Drops a request that has not started (a running command finishes). Non-blocking."""
+        with self._cond:
+            self._pending = None
 
     def close(self, timeout: float = 2.0) -> None:
         """Stops the worker; waits up to ``timeout`` s for a running command to finish."""
@@ -699,6 +704,8 @@ class FrankaRobot(Robot):
         panda = self._panda
         if panda is None:
             return
+        if self._gripper is not None:
+            self._gripper.cancel_pending()
         try:
             panda.stop_controller()
         except RuntimeError as e:
