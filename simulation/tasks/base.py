@@ -15,7 +15,9 @@ raised only by wrappers such as gymnasium's ``TimeLimit`` or :mod:`simulation.no
 from __future__ import annotations
 
 import abc
+import atexit
 import logging
+import weakref
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -94,6 +96,17 @@ def disable_costly_flags(renderer: mujoco.Renderer) -> None:
     flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = 0
 
 
+_LIVE_ENVS: "weakref.WeakSet[TaskEnv]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_envs() -> None:
+    # A renderer destroyed during interpreter teardown (after EGL is gone) prints an
+    # error; closing the survivors while everything is still alive avoids it.
+    for env in list(_LIVE_ENVS):
+        env.close()
+
+
 class TaskEnv(gym.Env[Any, np.ndarray], abc.ABC):
     """Base class of every simulated task (see the module docstring).
 
@@ -137,6 +150,7 @@ class TaskEnv(gym.Env[Any, np.ndarray], abc.ABC):
         self.action_space = gym.spaces.Box(-1.0, 1.0, (self.info.action_dim,), np.float32)
         self.observation_space = self._build_observation_space()
         self._rng = np.random.default_rng()
+        _LIVE_ENVS.add(self)
 
     # ------------------------------------------------------------------ task hooks
     @abc.abstractmethod
