@@ -97,14 +97,23 @@ def disable_costly_flags(renderer: mujoco.Renderer) -> None:
 
 
 _LIVE_ENVS: "weakref.WeakSet[TaskEnv]" = weakref.WeakSet()
+_exit_hook_registered = False
 
 
-@atexit.register
 def _close_live_envs() -> None:
     # A renderer destroyed during interpreter teardown (after EGL is gone) prints an
     # error; closing the survivors while everything is still alive avoids it.
     for env in list(_LIVE_ENVS):
         env.close()
+
+
+def _register_exit_hook() -> None:
+    # mujoco.egl registers eglTerminate at exit when the first GL context is made; atexit
+    # runs hooks last-in first-out, so ours must be registered after that one.
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        atexit.register(_close_live_envs)
+        _exit_hook_registered = True
 
 
 class TaskEnv(gym.Env[Any, np.ndarray], abc.ABC):
@@ -237,6 +246,7 @@ class TaskEnv(gym.Env[Any, np.ndarray], abc.ABC):
             if self._renderer is not None:
                 self._renderer.close()
             self._renderer = make_fast_renderer(self.model, size, size)
+            _register_exit_hook()
             self._renderer_size = (size, size)
         camera_id = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
         if camera_id < 0:
