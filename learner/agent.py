@@ -160,9 +160,9 @@ class RedqAgent:
         self.policy = PolicyNetwork(self.encoder, self.actor)
         self.augment = RandomShift(agent_cfg.augment_pad)
         self.critic_opt = torch.optim.Adam(
-            [*self.encoder.parameters(), *self.critic.parameters()], lr=agent_cfg.lr
+            [*self.encoder.parameters(), *self.critic.parameters()], lr=agent_cfg.lr, fused=True
         )
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=agent_cfg.lr)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=agent_cfg.lr, fused=True)
         init_alpha = max(agent_cfg.init_temperature, 1e-30)
         self.log_alpha = torch.tensor(math.log(init_alpha), device=self.device,
                                       requires_grad=agent_cfg.learnable_temperature)
