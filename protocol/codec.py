@@ -91,7 +91,7 @@ def _array_to_wire(arr: np.ndarray, oob: list[Buffer] | None, field: str) -> dic
         raise ProtocolError(f"{field}: dtype {arr.dtype} not in the allowed dtypes")
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
-    arr = np.ascontiguousarray(arr)
+    arr = arr if arr.flags.c_contiguous else arr.copy(order="C")  # ascontiguousarray would make 0-d 1-d
     raw: Buffer = memoryview(arr.reshape(-1).view(np.uint8))
     wire: dict[str, Any] = {"dtype": arr.dtype.name, "shape": list(arr.shape)}
     if oob is not None and arr.nbytes >= OUT_OF_BAND_BYTES:

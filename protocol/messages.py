@@ -214,7 +214,8 @@ def weights_sha256(tensors: dict[str, np.ndarray]) -> str:
     """
     h = hashlib.sha256()
     for name in sorted(tensors):
-        arr = np.ascontiguousarray(tensors[name])
+        arr = np.asarray(tensors[name])
+        arr = arr if arr.flags.c_contiguous else arr.copy(order="C")  # ascontiguousarray would make 0-d 1-d
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         data = memoryview(arr).cast("B") if arr.ndim and arr.size else arr.tobytes()
