@@ -190,7 +190,7 @@ def save_checkpoint(
             "format_version": FORMAT_VERSION,
             "updates": updates,
             "config": dict(config or {}),
-            "counters": dict(counters or {}),
+            "counters": {k: int(v) for k, v in (counters or {}).items()},
             "state": structure,
             "sha256": digests,
         }

@@ -195,6 +195,14 @@ class ReplayBuffer:
         """Number of sampleable transitions (O(capacity))."""
         return int(self._valid(np.arange(len(self))).sum())
 
+    def has_transition(self) -> bool:
+        """Return whether any transition is sampleable (probes the newest rows, then scans)."""
+        size = len(self)
+        if size == 0:
+            return False
+        probe = (self._total - 1 - np.arange(min(size, 64))) % self.capacity
+        return bool(self._valid(probe).any()) or self.num_transitions() > 0
+
     def _valid(self, rows: np.ndarray) -> np.ndarray:
         nxt = self._next_uid[rows]
         return ~self._is_last[rows] & self._stored(nxt)

@@ -1,0 +1,417 @@
+"""The MEDAL++ trainer: two REDQ agents, their replay and demo buffers, VICE and MEDAL.
+
+Sharma et al. 2023 (MEDAL++): the forward agent is rewarded by VICE (positives: goal frames of
+the forward demos), the backward agent by MEDAL (positives: demo states), each agent trains
+REDQ with demo oversampling and a behaviour-cloning term that decays linearly. Rewards are
+computed here at sampling time with the current discriminators, never stored.
+
+`train_step()` is one labelled recipe: discriminator rounds that are due → one update of
+each agent that has update credit (credit = `update_to_data` per ingested step after the
+seed frames). Everything that makes the next update what it is — networks, optimisers,
+discriminators, counters, RNG states (torch, numpy, python) and, optionally, replay — is in
+`state_dict()`, so a restored trainer makes bit-for-bit the update an uninterrupted one
+would (on CPU).
+"""
+
+import copy
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+
+from learner import checkpoint
+from learner.agent import AgentConfig, RedqAgent
+from learner.discriminators import Discriminator, DiscriminatorConfig
+from learner.errors import DiscriminatorError, TrainerError
+from learner.networks import NetworkConfig, ObsSpec
+from learner.replay import ReplayBuffer, ReplayConfig, sample_mixed
+from learner.rewards import VICE_REWARD_FORMS, medal_reward, vice_reward
+
+logger = logging.getLogger(__name__)
+
+FORWARD, BACKWARD = 0, 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleConfig:
+    """When things train: seed frames, BC decay, VICE positives, reward form, safety nets."""
+
+    seed_frames: int = 10_000
+    """Environment steps of random actions before any update (paper: 10k sim, 2k robot)."""
+    bc_weight_start: float = 1.0
+    """BC weight at update 0 (paper robot: 1.0)."""
+    bc_weight_end: float = 0.0
+    """BC weight after the decay (paper robot: 0; the authors' sim code: 0.1)."""
+    bc_decay_steps: int = 10_000
+    """Agent updates over which the BC weight decays linearly (paper: 10k)."""
+    bc_agents: tuple[int, ...] = (FORWARD, BACKWARD)
+    """Agents with the BC term (the authors' sim code: forward only)."""
+    goal_frames: int = 10
+    """H_goal: VICE positives are the last `goal_frames` observations of each forward demo episode."""
+    vice_positives: Literal["auto", "last_frames", "reward"] = "auto"
+    """`reward`: observations reached with reward ≥ 1 (the authors' code); `auto`: that when demos carry such rewards, else last frames."""
+    vice_reward_form: str = "neg_log_one_minus_d"
+    """Forward reward: `log_d` = log σ(D) or `neg_log_one_minus_d` = −log(1 − σ(D)) (paper)."""
+    snapshot_every: int = 1000
+    """Agent updates between in-memory snapshots restored after a non-finite update."""
+
+    def __post_init__(self) -> None:
+        for name in ("seed_frames",):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ScheduleConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("bc_decay_steps", "goal_frames", "snapshot_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ScheduleConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("bc_weight_start", "bc_weight_end"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ScheduleConfig.{name} must be >= 0, got {getattr(self, name)}")
+        object.__setattr__(self, "bc_agents", tuple(self.bc_agents))
+        if not set(self.bc_agents) <= {FORWARD, BACKWARD}:
+            raise ValueError(f"ScheduleConfig.bc_agents must be within (0, 1), got {self.bc_agents}")
+        if self.vice_positives not in ("auto", "last_frames", "reward"):
+            raise ValueError(f"ScheduleConfig.vice_positives unknown: {self.vice_positives!r}")
+        if self.vice_reward_form not in VICE_REWARD_FORMS:
+            raise ValueError(f"ScheduleConfig.vice_reward_form must be one of {VICE_REWARD_FORMS}")
+
+    def bc_weight(self, update: int) -> float:
+        """Returns the linearly decayed BC weight at agent update `update`."""
+        frac = min(max(update, 0) / self.bc_decay_steps, 1.0)
+        return self.bc_weight_start + (self.bc_weight_end - self.bc_weight_start) * frac
+
+
+class TrainerSections(Protocol):
+    """The config sections the trainer reads (`learner.config.LearnerConfig` has them)."""
+
+    network: NetworkConfig
+    agent: AgentConfig
+    replay: ReplayConfig
+    vice: DiscriminatorConfig
+    medal: DiscriminatorConfig
+    schedule: ScheduleConfig
+
+
+class DemoData(Protocol):
+    """Demo arrays in the project's RLDS layout (`protocol.demos.Demos` satisfies it)."""
+
+    observations: Mapping[str, np.ndarray]
+    actions: np.ndarray
+    rewards: np.ndarray
+    is_first: np.ndarray
+    is_last: np.ndarray
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoArrays:
+    """Plain demo arrays, for callers without `protocol.demos` (rows = steps incl. final obs)."""
+
+    observations: Mapping[str, np.ndarray]
+    """Observation arrays by key, N rows."""
+    actions: np.ndarray
+    """float32 (N, A); the final row of each episode is padding."""
+    rewards: np.ndarray
+    """float32 (N,); reward following `actions[i]`."""
+    is_first: np.ndarray
+    """bool (N,)."""
+    is_last: np.ndarray
+    """bool (N,)."""
+
+
+def vice_positive_rows(demos: DemoData, goal_frames: int, mode: str) -> np.ndarray:
+    """Returns demo rows used as VICE positives (goal observations).
+
+    `reward` mode: rows i+1 where `rewards[i] ≥ 1` and row i is not last (the observation
+    the rewarded action reached); `last_frames`: the last `goal_frames` rows of each episode;
+    `auto`: `reward` when any such row exists, else `last_frames`.
+    """
+    rewards = np.asarray(demos.rewards, dtype=np.float64)
+    is_last = np.asarray(demos.is_last, dtype=bool)
+    reached = np.flatnonzero((rewards[:-1] >= 1.0) & ~is_last[:-1]) + 1
+    if mode == "reward" or (mode == "auto" and len(reached)):
+        return reached
+    ends = np.flatnonzero(is_last)
+    starts = np.flatnonzero(np.asarray(demos.is_first, dtype=bool))
+    rows = [np.arange(max(s, e - goal_frames + 1), e + 1) for s, e in zip(starts, ends)]
+    return np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+
+
+class MedalTrainer:
+    """Owns both agents, their buffers and both discriminators; not thread-safe.
+
+    `ingest*` and `train_step` block for their work (a `train_step` for at most one update per
+    agent plus one round per due discriminator). Agents: 0 forward, 1 backward.
+    """
+
+    def __init__(
+        self,
+        config: TrainerSections,
+        obs_spec: ObsSpec,
+        action_dim: int,
+        demos: tuple[DemoData | None, DemoData | None],
+        device: torch.device | str = "cpu",
+        *,
+        seed: int = 0,
+    ) -> None:
+        self.config = config
+        self.sched = config.schedule
+        self.obs_spec = dict(obs_spec)
+        self.action_dim = action_dim
+        self.device = torch.device(device)
+        self.rng = np.random.default_rng(seed)
+        torch.manual_seed(seed)
+        if demos[FORWARD] is None:
+            raise TrainerError("forward demos are required: VICE's positives come from them")
+        gamma = config.agent.gamma
+        self.agents = [RedqAgent(obs_spec, action_dim, config.agent, config.network, self.device) for _ in range(2)]
+        self.replay = [ReplayBuffer(obs_spec, action_dim, config.replay.capacity, discount=gamma) for _ in range(2)]
+        self.demo_buffers: list[ReplayBuffer | None] = [self._demo_buffer(d, gamma) for d in demos]
+        fwd = demos[FORWARD]
+        rows = vice_positive_rows(fwd, self.sched.goal_frames, self.sched.vice_positives)
+        if len(rows) == 0:
+            raise TrainerError("forward demos yield no VICE positives")
+        self.vice_pos = {k: torch.from_numpy(np.ascontiguousarray(np.asarray(v)[rows])) for k, v in fwd.observations.items()}
+        # MEDAL positives: every forward demo state (as the authors' code does).
+        self.medal_pos = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in fwd.observations.items()}
+        self.vice = Discriminator(obs_spec, config.vice, self.device, shared_encoder=self._vice_encoder(), name="vice")
+        self.medal = Discriminator(obs_spec, config.medal, self.device, name="medal")
+        self.env_steps = 0
+        self.agent_steps = [0, 0]
+        self.updates = [0, 0]
+        self.credit = [0, 0]
+        # First rounds right when the seed phase ends, then every `updates_every` steps.
+        self.disc_next_at = [self.sched.seed_frames, self.sched.seed_frames]
+        self.skipped_nonfinite = 0
+        self._streams: dict[int, tuple[int, bool]] = {}  # stream -> (last agent, its last step open)
+        self._snapshots: list[dict[str, Any]] = [copy.deepcopy(a.state_dict()) for a in self.agents]
+        logger.info("MEDAL++ trainer: VICE positives %d, MEDAL positives %d", len(rows), len(fwd.actions))
+
+    def _demo_buffer(self, demos: DemoData | None, gamma: float) -> ReplayBuffer | None:
+        if demos is None:
+            return None
+        n = len(demos.actions)
+        buf = ReplayBuffer(self.obs_spec, self.action_dim, max(n, 2), discount=gamma)
+        obs = {k: np.asarray(demos.observations[k]) for k in self.obs_spec}
+        buf.add_steps(obs, np.asarray(demos.actions, np.float32), np.asarray(demos.is_first, bool),
+                      np.asarray(demos.is_last, bool))
+        if buf.num_transitions() == 0:
+            raise TrainerError("a demo set has no transition")
+        return buf
+
+    def _vice_encoder(self) -> Any:
+        cfg, enc = self.config.vice, self.agents[FORWARD].encoder
+        same_cams = cfg.cameras is None or tuple(sorted(cfg.cameras)) == enc.image_keys
+        same_vec = cfg.use_proprio == self.config.network.use_proprio or not enc.image_keys
+        if cfg.share_encoder and same_cams and same_vec:
+            return enc
+        if cfg.share_encoder:
+            logger.info("VICE inputs differ from the forward agent's encoder: VICE builds its own")
+        return None
+
+    # -- ingest ------------------------------------------------------------------------
+    @property
+    def seed_phase(self) -> bool:
+        """True while fewer than `seed_frames` steps were ingested (runtimes act randomly)."""
+        return self.env_steps < self.sched.seed_frames
+
+    def ingest(self, agent: int, observations: Mapping[str, np.ndarray], actions: np.ndarray,
+               is_first: np.ndarray, is_last: np.ndarray, *, stream: int = 0) -> None:
+        """Ingest consecutive steps that one agent took (one stream). See `ingest_steps`."""
+        agents = np.full(len(actions), agent, dtype=np.int64)
+        self.ingest_steps(observations, actions, agents, is_first, is_last, stream=stream)
+
+    def ingest_steps(self, observations: Mapping[str, np.ndarray], actions: np.ndarray, agents: np.ndarray,
+                     is_first: np.ndarray, is_last: np.ndarray, *, stream: int = 0) -> None:
+        """Ingest consecutive steps of one stream, each tagged with the agent that acted.
+
+        Each run of one agent goes to its buffer; where the next step belongs to the other
+        agent, that step's observation is stored once more as an `is_last` closing step in
+        the first agent's buffer (one frame per switch). Raises TrainerError on an unknown
+        agent, ReplayError on malformed arrays. Blocks for the copies.
+        """
+        n = len(actions)
+        agents = np.asarray(agents, dtype=np.int64)
+        if n == 0:
+            return
+        if agents.shape != (n,) or not np.isin(agents, (FORWARD, BACKWARD)).all():
+            raise TrainerError(f"agents must be ({n},) of 0/1, got {agents!r}")
+        is_first = np.asarray(is_first, dtype=bool).copy()
+        is_last = np.asarray(is_last, dtype=bool)
+        prev_agent, prev_open = self._streams.get(stream, (-1, False))
+        bounds = np.flatnonzero(np.diff(agents)) + 1
+        for lo_, hi_ in zip(np.r_[0, bounds], np.r_[bounds, n]):
+            lo, hi, a = int(lo_), int(hi_), int(agents[lo_])
+            if prev_agent not in (-1, a):
+                if prev_open and not is_first[lo]:
+                    self._close(prev_agent, {k: v[lo : lo + 1] for k, v in observations.items()}, stream)
+                is_first[lo] = True  # a new segment for `a`; its old tail was closed at the switch
+            run = {k: v[lo:hi] for k, v in observations.items()}
+            self.replay[a].add_steps(run, np.asarray(actions[lo:hi], np.float32), is_first[lo:hi], is_last[lo:hi],
+                                     stream=stream)
+            self.agent_steps[a] += hi - lo
+            # Update credit only for steps past the seed frames (no backlog from the seed phase).
+            after_seed = self.env_steps + (hi - lo) - max(self.env_steps, self.sched.seed_frames)
+            self.credit[a] += self.config.agent.update_to_data * max(after_seed, 0)
+            self.env_steps += hi - lo
+            prev_agent, prev_open = a, not bool(is_last[hi - 1])
+        self._streams[stream] = (prev_agent, prev_open)
+
+    def _close(self, agent: int, obs: Mapping[str, np.ndarray], stream: int) -> None:
+        pad = np.zeros((1, self.action_dim), dtype=np.float32)
+        self.replay[agent].add_steps(obs, pad, np.zeros(1, bool), np.ones(1, bool), stream=stream)
+
+    # -- training ----------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        """Run the discriminator rounds that are due, then one update per agent with credit.
+
+        Returns grouped metrics (`vice/*`, `medal/*`, `forward/*`, `backward/*`, `charts/*`);
+        empty during the seed phase or when nothing is due. Blocks for the updates.
+        """
+        metrics: dict[str, float] = {}
+        if self.seed_phase:
+            return metrics
+        # 1. discriminators on their own schedule of environment steps
+        for idx, disc, pos, name in ((FORWARD, self.vice, self.vice_pos, "vice"),
+                                     (BACKWARD, self.medal, self.medal_pos, "medal")):
+            if self.env_steps >= self.disc_next_at[idx] and len(self.replay[idx]) > 0:
+                metrics.update(self._disc_round(idx, disc, pos, name))
+                self.disc_next_at[idx] += disc.cfg.updates_every
+        # 2. agents
+        for a, name in ((FORWARD, "forward"), (BACKWARD, "backward")):
+            if self.credit[a] >= 1 and self.replay[a].has_transition():
+                metrics.update({f"{name}/{k}": v for k, v in self._agent_update(a).items()})
+                self.credit[a] -= 1
+        metrics["charts/env_steps"] = float(self.env_steps)
+        metrics["charts/skipped_nonfinite"] = float(self.skipped_nonfinite)
+        return metrics
+
+    def _disc_round(self, idx: int, disc: Discriminator, pos: Mapping[str, torch.Tensor], name: str) -> dict[str, float]:
+        half = disc.cfg.batch_size // 2
+        out: dict[str, float] = {}
+        for _ in range(disc.cfg.updates_per_round):
+            rows = torch.from_numpy(self.rng.integers(0, len(next(iter(pos.values()))), size=half))
+            neg = self.replay[idx].sample_observations(half, self.rng)
+            out = disc.update({k: v[rows] for k, v in pos.items()}, neg)
+        return {f"{name}/{k}": v for k, v in out.items()}
+
+    def reward(self, agent: int, next_obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Returns the agent's reward `(B,)` for next observations, from the current discriminator."""
+        if agent == FORWARD:
+            return vice_reward(self.vice.logits(next_obs), self.sched.vice_reward_form)  # type: ignore[arg-type]
+        return medal_reward(self.medal.logits(next_obs))
+
+    def _agent_update(self, a: int) -> dict[str, float]:
+        rcfg = self.config.replay
+        batch = sample_mixed(self.replay[a], self.demo_buffers[a], rcfg.batch_size, rcfg.demo_per_batch, self.rng)
+        reward = self.reward(a, batch.next_obs)
+        bc = self.sched.bc_weight(self.updates[a]) if a in self.sched.bc_agents else 0.0
+        if not (_finite(reward) and all(_finite(v) for v in (*batch.obs.values(), *batch.next_obs.values()))):
+            return self._skip(a, "non-finite reward or observation in the batch")
+        utd = self.config.agent.update_to_data
+        # REDQ with G = update_to_data: G critic steps per environment step, one actor step.
+        update_actor = self.updates[a] % utd == utd - 1
+        metrics = self.agents[a].update(batch, reward, bc_weight=bc, step=self.updates[a], update_actor=update_actor)
+        if not all(np.isfinite(v) for v in metrics.values()):
+            self.agents[a].load_state_dict(self._snapshots[a])
+            return self._skip(a, f"non-finite losses {metrics}; restored the last good snapshot")
+        self.updates[a] += 1
+        if self.updates[a] % self.sched.snapshot_every == 0:
+            self._snapshots[a] = copy.deepcopy(self.agents[a].state_dict())
+        metrics["charts/demo_fraction"] = batch.demo_fraction
+        metrics["skipped_nonfinite"] = 0.0
+        return metrics
+
+    def _skip(self, a: int, why: str) -> dict[str, float]:
+        self.skipped_nonfinite += 1
+        logger.warning("agent %d: update skipped: %s", a, why)
+        return {"skipped_nonfinite": 1.0}
+
+    def publishable_weights(self, agent: int) -> dict[str, np.ndarray] | None:
+        """Returns the agent's policy tensors as numpy, or None (logged) when any is non-finite."""
+        state = self.agents[agent].policy_state_dict()
+        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            logger.error("agent %d: not publishing, non-finite tensors %s", agent, bad)
+            return None
+        return {k: v.numpy() for k, v in state.items()}
+
+    # -- state -------------------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        """Returns the step counters (`env_steps`, `updates` = both agents' updates)."""
+        return {"env_steps": self.env_steps, "updates": sum(self.updates),
+                "updates_forward": self.updates[0], "updates_backward": self.updates[1]}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Returns everything the next update depends on except replay (see `replay_state`)."""
+        return {
+            "agents": [a.state_dict() for a in self.agents],
+            "vice": self.vice.state_dict(),
+            "medal": self.medal.state_dict(),
+            "counters": {"env_steps": self.env_steps, "agent_steps": list(self.agent_steps),
+                         "updates": list(self.updates), "credit": list(self.credit),
+                         "disc_next_at": list(self.disc_next_at), "skipped_nonfinite": self.skipped_nonfinite},
+            "streams": {s: [a, o] for s, (a, o) in self._streams.items()},
+            "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state(),
+                    "numpy_global": np.random.get_state(), "python": random.getstate()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restores `state_dict()` output in place. Raises TrainerError on a mismatch."""
+        try:
+            for agent, s in zip(self.agents, state["agents"]):
+                agent.load_state_dict(s)
+            self.vice.load_state_dict(state["vice"])
+            self.medal.load_state_dict(state["medal"])
+            c = state["counters"]
+            self.env_steps = int(c["env_steps"])
+            self.agent_steps, self.updates = list(c["agent_steps"]), list(c["updates"])
+            self.credit, self.disc_next_at = list(c["credit"]), list(c["disc_next_at"])
+            self.skipped_nonfinite = int(c["skipped_nonfinite"])
+            self._streams = {int(s): (int(v[0]), bool(v[1])) for s, v in state["streams"].items()}
+            rng = state["rng"]
+            self.rng.bit_generator.state = rng["numpy"]
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy_global"])
+            random.setstate(rng["python"])
+            # The restored weights are good ones: they become the non-finite fallback.
+            self._snapshots = [copy.deepcopy(a.state_dict()) for a in self.agents]
+        except (KeyError, RuntimeError, ValueError, TypeError, DiscriminatorError) as e:
+            raise TrainerError(f"trainer state does not match this trainer: {e}") from e
+
+    def replay_state(self) -> dict[str, np.ndarray]:
+        """Returns both agent buffers' arrays, keyed `agent<i>/<name>`."""
+        return {f"agent{i}/{k}": v for i, buf in enumerate(self.replay) for k, v in buf.state_dict().items()}
+
+    def load_replay_state(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Restores `replay_state()` output. Raises ReplayError on a mismatch."""
+        for i, buf in enumerate(self.replay):
+            prefix = f"agent{i}/"
+            buf.load_state_dict({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+
+    def save(self, run_dir: Path | str, *, config: Mapping[str, Any] | None = None, keep: int = 3) -> Path:
+        """Atomically checkpoint the trainer (replay too when `replay.save_in_checkpoint`). Blocks on disk."""
+        replay = self.replay_state() if self.config.replay.save_in_checkpoint else None
+        return checkpoint.save_checkpoint(run_dir, updates=sum(self.updates), state=self.state_dict(),
+                                          config=config, counters=self.counters(), replay=replay, keep=keep)
+
+    def restore_latest(self, run_dir: Path | str) -> Path | None:
+        """Load the newest good checkpoint in `run_dir` (falling back past corrupt ones).
+
+        Returns its path, or None when there is none. Raises CheckpointError when all are
+        corrupt, TrainerError when one does not fit this trainer. Blocks on disk.
+        """
+        ckpt = checkpoint.load_latest(run_dir, with_replay=self.config.replay.save_in_checkpoint)
+        if ckpt is None:
+            return None
+        self.load_state_dict(ckpt.state)
+        if ckpt.replay is not None:
+            self.load_replay_state(ckpt.replay)
+        logger.info("restored %s (env_steps %d)", ckpt.path, self.env_steps)
+        return ckpt.path
+
+
+def _finite(t: torch.Tensor) -> bool:
+    return not t.is_floating_point() or bool(torch.isfinite(t).all())
