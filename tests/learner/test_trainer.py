@@ -269,3 +269,37 @@ def test_learns_to_reach_and_return_from_state() -> None:
             p = point_env_step(p, tr.agents[1].act({"state": p}, explore=False))
         ends.append(np.linalg.norm(p - START))
     assert np.mean(ends) < 0.3, ends
+
+
+def test_pixel_trainer_with_the_robot_profile_shapes() -> None:
+    """Pixels, the project's LearnerConfig: VICE on the wrist camera builds its own encoder."""
+    from learner.config import profile
+
+    cfg = profile("robot").with_overrides([
+        "network.hidden_dim=32", "network.conv_channels=8", "network.feature_dim=16",
+        "agent.batch_size=8", "replay.batch_size=8", "replay.demo_per_batch=2", "replay.capacity=100",
+        "vice.batch_size=8", "medal.batch_size=8", "vice.updates_every=5", "medal.updates_every=5",
+        "schedule.seed_frames=4", "schedule.goal_frames=2",
+    ])
+    spec = {"wrist": ((3, 16, 16), "uint8"), "third": ((3, 16, 16), "uint8"), "proprio": ((3,), "float32")}
+    rng = np.random.default_rng(0)
+
+    def pix(n: int) -> dict[str, np.ndarray]:
+        return {"wrist": rng.integers(0, 255, (n, 3, 16, 16), dtype=np.uint8),
+                "third": rng.integers(0, 255, (n, 3, 16, 16), dtype=np.uint8),
+                "proprio": rng.normal(size=(n, 3)).astype(np.float32)}
+
+    flags = np.zeros(10, bool)
+    first, last = flags.copy(), flags.copy()
+    first[0], last[-1] = True, True
+    demo = DemoArrays(observations=pix(10), actions=rng.uniform(-1, 1, (10, 4)).astype(np.float32),
+                      rewards=np.zeros(10, np.float32), is_first=first, is_last=last)
+    tr = MedalTrainer(cfg, spec, 4, (demo, demo))
+    assert tr.vice.net.encoder is not None and tr.vice.net.encoder.image_keys == ("wrist",)
+    assert tr.vice.net.encoder.vector_keys == ()
+    tr.ingest_steps(pix(16), rng.uniform(-1, 1, (16, 4)).astype(np.float32), np.repeat([0, 1], 8),
+                    np.eye(1, 16, dtype=bool)[0], np.zeros(16, bool))
+    m = tr.train_step()
+    assert {"vice/loss", "medal/loss", "forward/losses/critic", "backward/losses/critic"} <= set(m)
+    weights = tr.publishable_weights(0)
+    assert weights is not None and all(np.isfinite(v).all() for v in weights.values())
