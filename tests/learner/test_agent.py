@@ -193,3 +193,29 @@ def test_learns_a_one_step_bandit_from_state():
         agent.update(batch, reward, bc_weight=0.0, step=step)
     act = agent.act({"state": np.zeros((8, 2), np.float32)}, explore=False)
     assert np.abs(act - best.numpy()).max() < 0.15
+
+
+def test_bf16_encoder_stays_close_to_fp32():
+    agent = make_agent()
+    obs = make_obs(16)
+    with torch.no_grad():
+        full = agent.encoder(obs)
+        with agent._autocast():
+            half = agent.encoder(obs).float()
+    assert (full - half).abs().max() < 0.05
+
+
+def test_tune_cpu_allocator_keeps_fresh_memory_lazy():
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, numpy as np\n"
+        "from learner.agent import tune_cpu_allocator\n"
+        "assert tune_cpu_allocator()\n"
+        "a = np.zeros(2**30, np.uint8)\n"
+        "assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 900_000, 'calloc committed memory'\n"
+        "a[::4096] = 1\n"
+        "assert int(a.sum()) == 2**30 // 4096\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
