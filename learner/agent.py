@@ -150,7 +150,7 @@ class RedqAgent:
         self.device = torch.device(device)
         self.obs_spec = dict(obs_spec)
         self.action_dim = action_dim
-        self.encoder = (encoder or Encoder(obs_spec, net_cfg)).to(self.device)
+        self.encoder = (encoder if encoder is not None else Encoder(obs_spec, net_cfg)).to(self.device)
         if self.encoder.image_keys:
             self.encoder.to(memory_format=torch.channels_last)
         rd = self.encoder.repr_dim
