@@ -68,6 +68,7 @@ def test_encoder_rejects_mismatched_camera_shapes():
 
 
 def test_actor_sample_bounds_and_log_prob():
+    torch.manual_seed(0)
     actor = Actor(12, 3, SMALL)
     h = torch.randn(64, 12)
     a, logp, mean = actor.sample(h)
@@ -79,7 +80,10 @@ def test_actor_sample_bounds_and_log_prob():
     dist = torch.distributions.TransformedDistribution(
         torch.distributions.Normal(mu, log_std.exp()), [torch.distributions.TanhTransform()]
     )
-    torch.testing.assert_close(dist.log_prob(a.clamp(-0.999999, 0.999999)).sum(-1), logp, atol=2e-3, rtol=1e-3)
+    # compare where tanh is not saturated (inverting a saturated tanh loses precision)
+    ok = a.abs().max(-1).values < 0.99
+    assert ok.sum() > 32
+    torch.testing.assert_close(dist.log_prob(a).sum(-1)[ok], logp[ok], atol=2e-3, rtol=1e-3)
 
 
 def test_ensemble_equals_loop_over_members():
