@@ -33,6 +33,7 @@ from learner.discriminators import DiscriminatorConfig
 from learner.networks import NetworkConfig
 from learner.replay import ReplayConfig
 from learner.trainer import ScheduleConfig
+from protocol.session import SessionSettings
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +198,10 @@ class LearnerConfig:
             else:
                 raise ValueError(f"unknown config key {key!r}")
         return LearnerConfig.from_dict(patch, base=self)
+
+    def session_settings(self) -> SessionSettings:
+        """Returns the runtime-shared settings in the wire's form (``protocol.session``)."""
+        return SessionSettings(switch_interval=self.switch.interval)
 
     def config_hash(self) -> str:
         """Returns the sha256 hex of what runtime and learner must share (spaces-independent):

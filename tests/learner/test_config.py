@@ -91,3 +91,8 @@ def test_config_hash_is_stable_and_covers_shared_fields_only():
     assert a.with_overrides(["switch.interval=100"]).config_hash() != a.config_hash()
     assert a.with_overrides(["schedule.seed_frames=5"]).config_hash() != a.config_hash()
     assert profile("robot").config_hash() != a.config_hash()
+
+
+def test_session_settings_follow_the_switch_section():
+    cfg = profile("sim").with_overrides(["switch.interval=150"])
+    assert cfg.session_settings().switch_interval == 150
