@@ -4,6 +4,7 @@ inspect demo files. Every file it writes is in the ``protocol.demos`` format.
     resetfree-demos generate --task door --direction forward --out door_fwd.npz
     resetfree-demos import-earl demo_data.pkl --task door --direction forward --out d.npz
     resetfree-demos inspect d.npz --sheet d.png
+    resetfree-demos record --robot sim:cube --teleop keyboard --episodes 5 --out cube_fwd.npz
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from hardware.interfaces import HardwareError
 from protocol.demos import DemoFormatError, DemoMeta, DemoRecorder, Demos, load_demos, save_demos
 from simulation.earl_import import EarlImportError, earl_to_demos, load_earl_arrays
 from simulation.experts import Expert, get_expert
+from simulation.record import add_record_parser, run_record
 from simulation.tasks import make, task_info
 from simulation.tasks.base import SimulationError, TaskEnv
 
@@ -222,6 +225,7 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("path", type=Path)
     ins.add_argument("--sheet", type=Path, default=None, help="write a contact-sheet PNG of frames")
     ins.add_argument("--camera", default=None, help="camera for the sheet (default: the first)")
+    add_record_parser(sub)
     return parser
 
 
@@ -234,6 +238,8 @@ def _run(args: argparse.Namespace) -> None:
         save_demos(args.out, demos)
         print(f"wrote {args.out}: {demos.num_episodes} episodes, "
               f"{int(demos.episode_success.sum())} successful, {demos.num_transitions} transitions")
+    elif args.command == "record":
+        run_record(args)
     elif args.command == "import-earl":
         demos = import_earl(args.path, args.task, args.direction, render_pixels=args.render_pixels,
                             image_size=args.image_size)
@@ -252,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         _run(args)
-    except (ValueError, SimulationError, DemoFormatError, EarlImportError, OSError) as e:
+    except (ValueError, SimulationError, DemoFormatError, EarlImportError, HardwareError, OSError) as e:
         print(f"resetfree-demos {args.command}: error: {e}", file=sys.stderr)
         return 1
     return 0
