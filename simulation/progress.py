@@ -1,0 +1,117 @@
+"""Console progress of a ``resetfree-sim`` run: one line every couple of seconds, or one
+refreshing status line on a terminal.
+
+The display only formats what the orchestrator hands it (:class:`Snapshot`); rates are
+computed here from consecutive snapshots, so the orchestrator keeps no timing state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from typing import TextIO
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Snapshot:
+    """What the run looks like now (from the learner's and the runtimes' status)."""
+
+    env_steps: int = 0
+    """Unique environment steps the learner has ingested."""
+    updates: int = 0
+    """Agent updates the learner has done."""
+    utd: float = 0.0
+    """Achieved updates per env step after the seed phase (learner's figure)."""
+    agent: str = "-"
+    """Agent acting on the first runtime (``forward``/``backward``)."""
+    seed_phase: bool = False
+    """Whether the learner is still in its random-action seed phase."""
+    success: float | None = None
+    """Latest evaluated success rate, or None before the first evaluation."""
+    success_step: int | None = None
+    """Env steps of that evaluation."""
+    bc_success: float | None = None
+    """BC baseline success rate, or None while it is computed."""
+    evaluating: bool = False
+    """Whether an evaluation is running now."""
+    target_steps: int | None = None
+    """Total env steps of the run, when bounded."""
+
+
+class ProgressDisplay:
+    """Prints :class:`Snapshot` lines at most every ``interval`` seconds.
+
+    On a TTY the line is rewritten in place (``\\r``); elsewhere each update is a new line,
+    so logs and pipes stay readable. Not thread-safe: call from one thread.
+    """
+
+    def __init__(self, stream: TextIO | None = None, *, interval: float = 2.0, tty: bool | None = None) -> None:
+        if interval <= 0:
+            raise ValueError(f"interval: must be positive, got {interval}")
+        self.stream = stream if stream is not None else sys.stdout
+        self.interval = interval
+        self.tty = self.stream.isatty() if tty is None else tty
+        self._last_print = -float("inf")
+        self._prev: tuple[float, int, int] | None = None
+        self._rates = (0.0, 0.0)
+        self._width = 0
+
+    def rates(self, snap: Snapshot, now: float) -> tuple[float, float]:
+        """Updates and returns ``(env steps/s, updates/s)`` since the previous snapshot."""
+        if self._prev is not None and now > self._prev[0]:
+            dt = now - self._prev[0]
+            self._rates = ((snap.env_steps - self._prev[1]) / dt, (snap.updates - self._prev[2]) / dt)
+        self._prev = (now, snap.env_steps, snap.updates)
+        return self._rates
+
+    def update(self, snap: Snapshot, *, now: float | None = None, force: bool = False) -> str | None:
+        """Shows ``snap`` when ``interval`` has passed (or ``force``); returns the line shown or None.
+
+        Blocks only on writing to the stream.
+        """
+        now = time.monotonic() if now is None else now
+        if not force and now - self._last_print < self.interval:
+            return None
+        line = format_line(snap, *self.rates(snap, now))
+        self._last_print = now
+        if self.tty:
+            pad = max(0, self._width - len(line))
+            self.stream.write("\r" + line + " " * pad)
+            self._width = len(line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+        return line
+
+    def message(self, text: str) -> None:
+        """Prints ``text`` on its own line (ending a refreshing status line first)."""
+        if self.tty and self._width:
+            self.stream.write("\n")
+            self._width = 0
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Ends a refreshing status line with a newline."""
+        if self.tty and self._width:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._width = 0
+
+
+def format_line(snap: Snapshot, steps_per_s: float, updates_per_s: float) -> str:
+    """Returns the one-line summary of ``snap`` with the given rates."""
+    steps = f"{snap.env_steps:,}" + (f"/{snap.target_steps:,}" if snap.target_steps else "")
+    if snap.success is None:
+        success = "success -"
+    else:
+        success = f"success {snap.success:.0%} @{snap.success_step:,}"
+    bc = "BC …" if snap.bc_success is None else f"BC {snap.bc_success:.0%}"
+    phase = " seed" if snap.seed_phase else ""
+    evaluating = " (evaluating)" if snap.evaluating else ""
+    return (f"steps {steps}  {steps_per_s:6.1f} steps/s  updates {snap.updates:,} ({updates_per_s:.1f}/s)  "
+            f"UTD {snap.utd:.2f}  agent {snap.agent}{phase}  {success}{evaluating}  {bc}")
