@@ -1,0 +1,267 @@
+"""An in-process MEDAL++ practice loop for fast experiments (no processes, no sockets).
+
+:func:`practice` runs the whole algorithm the way ``resetfree-sim`` does, minus the wire:
+a :class:`~simulation.nonepisodic.NonEpisodic` task in state mode (reset only on the task's
+schedule), forward/backward agents alternating every ``switch.interval`` steps, random
+actions during the seed frames, a :class:`~learner.trainer.MedalTrainer` (REDQ agents, VICE
+and MEDAL rewards) trained in lock-step — every update the UTD owes is done before the next
+environment step — and EARL's deployed-policy evaluation
+(:func:`simulation.evaluation.evaluate`) of the forward agent's mean action every
+``eval_every`` steps. :func:`bc_baseline` trains and evaluates behaviour cloning on the same
+forward demos by the same protocol, the bar the practice run has to clear (issue #7).
+
+Wall-clock budgets count training only (environment steps + updates); evaluation time is
+reported beside it, so a curve's minutes mean the same on a busy and on an idle machine
+only up to CPU contention — the CLI in ``scripts/config_search.py`` runs one at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from learner.bc import BCConfig, train_bc_from_demos
+from learner.config import LearnerConfig
+from learner.networks import NetworkConfig, build_actor
+from learner.trainer import BACKWARD, FORWARD, MedalTrainer
+from protocol.demos import Demos, concatenate, load_demos
+from simulation.demos_cli import generate, import_earl
+from simulation.evaluation import EvalResult, evaluate
+from simulation.nonepisodic import NonEpisodic
+from simulation.tasks import make, task_info
+
+logger = logging.getLogger(__name__)
+
+EARL_DEMO_DIR = Path(__file__).resolve().parents[2] / "shared" / "earl-demos"
+"""Where EARL's own state demos live in this workspace (``<task>_{forward,backward}.npz``)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PracticeConfig:
+    """What a practice run does besides the learner's own config."""
+
+    task: str = "tabletop"
+    """EARL task in state mode: ``tabletop``, ``door`` or ``peg``."""
+    max_env_steps: int = 100_000
+    """Stop after this many environment steps."""
+    max_minutes: float | None = None
+    """Stop once training (steps + updates, evaluation excluded) has taken this long."""
+    eval_every: int = 5_000
+    """Environment steps between deployed-policy evaluations (EARL: 10k)."""
+    eval_episodes: int = 10
+    """Episodes per evaluation, from the initial-state distribution (EARL: 10)."""
+    eval_seed: int = 10_000
+    """Seed of evaluation episode 0 (episode i uses eval_seed + i; apart from demo seeds)."""
+    reset_every: int | None = None
+    """Steps between scheduled environment resets; None = the task's EARL schedule."""
+    seed: int = 0
+    """Seed of the environment, the random seed actions and the trainer."""
+
+    def __post_init__(self) -> None:
+        task_info(self.task)  # ValueError for an unknown task
+        for name in ("max_env_steps", "eval_every", "eval_episodes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"PracticeConfig.{name} must be a positive int, got {value!r}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"PracticeConfig.max_minutes must be > 0 or None, got {self.max_minutes}")
+        if self.reset_every is not None and self.reset_every < 0:
+            raise ValueError(f"PracticeConfig.reset_every must be >= 0 or None, got {self.reset_every}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalPoint:
+    """One point of a learning curve."""
+
+    env_steps: int
+    """Environment steps so far."""
+    updates: int
+    """Agent updates so far (both agents)."""
+    train_minutes: float
+    """Training wall clock so far (evaluation excluded)."""
+    success_rate: float
+    """Deployed-policy success of the forward agent (mean action)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PracticeResult:
+    """The outcome of :func:`practice`."""
+
+    curve: list[EvalPoint]
+    """Every evaluation, in order (the last one is at the end of the run)."""
+    env_steps: int
+    """Environment steps taken."""
+    updates: int
+    """Agent updates done (both agents)."""
+    train_minutes: float
+    """Training wall clock (evaluation excluded)."""
+    eval_minutes: float
+    """Wall clock spent evaluating."""
+    env_resets: int
+    """Scheduled environment resets during the run."""
+    forward_successes: int
+    """Steps of the practice stream itself on which the task counted as solved."""
+
+    @property
+    def final_success(self) -> float:
+        """Success rate at the last evaluation (0.0 when none ran)."""
+        return self.curve[-1].success_rate if self.curve else 0.0
+
+    @property
+    def best_success(self) -> float:
+        """Best success rate over the curve (0.0 when none ran)."""
+        return max((p.success_rate for p in self.curve), default=0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the result as JSON-ready builtins."""
+        out = dataclasses.asdict(self)
+        out.update(final_success=self.final_success, best_success=self.best_success)
+        return out
+
+
+def state_spec(task: str) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Returns the learner's observation spec of ``task`` in state mode (``{"state": ...}``)."""
+    return {"state": ((task_info(task).state_dim,), "float32")}
+
+
+def load_task_demos(task: str, direction: str, *, source: str = "earl", episodes: int | None = None,
+                    seed: int = 0, noise: float = 0.0) -> Demos:
+    """Returns state demos of ``task`` in ``direction``.
+
+    ``source="earl"`` converts EARL's own demos (``EARL_DEMO_DIR``); ``"expert"`` runs the
+    scripted expert (``episodes`` default 10); a path loads a demo file. ``episodes`` keeps
+    the first that many episodes. Blocks while converting or simulating.
+
+    Raises:
+        ValueError: for an unknown source, or more episodes than the set holds.
+        DemoFormatError / EarlImportError: for a broken file.
+    """
+    if source == "earl":
+        demos = import_earl(EARL_DEMO_DIR / f"{task}_{direction}.npz", task, direction)
+    elif source == "expert":
+        demos = generate(task, direction, episodes=episodes or 10, seed=seed, noise=noise)
+    elif Path(source).is_file():
+        demos = load_demos(source)
+    else:
+        raise ValueError(f"source: must be 'earl', 'expert' or a demo file, got {source!r}")
+    if episodes is not None and episodes != demos.num_episodes:
+        if episodes > demos.num_episodes:
+            raise ValueError(f"episodes: asked for {episodes}, the set has {demos.num_episodes}")
+        demos = concatenate([demos.episode(i) for i in range(episodes)])
+    return demos
+
+
+def actor_policy(act: Callable[[dict[str, np.ndarray]], np.ndarray]) -> Callable[[Any], np.ndarray]:
+    """Wraps a dict-observation policy for :func:`evaluate`, which passes flat state vectors."""
+    return lambda observation: act({"state": np.asarray(observation, dtype=np.float32)})
+
+
+def practice(config: LearnerConfig, task: str | PracticeConfig, demos: tuple[Demos, Demos],
+             *, on_eval: Callable[[EvalPoint], None] | None = None) -> PracticeResult:
+    """Runs MEDAL++ in-process on ``task`` (state mode) and returns its learning curve.
+
+    ``config`` is the learner's (its ``switch.interval`` is the agent alternation);
+    ``task`` a task name or a :class:`PracticeConfig`; ``demos`` the (forward, backward)
+    state demos. ``on_eval`` is called with each curve point as it is measured. Stops at
+    ``max_env_steps`` or ``max_minutes`` of training, then evaluates once more unless the
+    last step was just evaluated. Blocks for the whole run (single process, the caller's
+    torch thread settings).
+
+    Raises:
+        ValueError: for an unknown task or demos of another task's shape.
+        TrainerError: when the demos give the trainer nothing to learn from.
+    """
+    pcfg = task if isinstance(task, PracticeConfig) else PracticeConfig(task=task)
+    spec = state_spec(pcfg.task)
+    env = NonEpisodic(make(pcfg.task, obs="state"), reset_every=pcfg.reset_every)
+    for d in demos:
+        if d.observations["state"].shape[1:] != spec["state"][0]:
+            raise ValueError(f"demos: state shape {d.observations['state'].shape[1:]} != task's {spec['state'][0]}")
+    trainer = MedalTrainer(config, spec, env.action_space.shape[0], demos, seed=pcfg.seed)
+    rng = np.random.default_rng(pcfg.seed)
+    low, high = env.action_space.low, env.action_space.high
+    curve: list[EvalPoint] = []
+    train_s = eval_s = 0.0
+    successes = 0
+    obs, _ = env.reset(seed=pcfg.seed)
+    first = True
+    interval = config.switch.interval
+    steps_done = 0
+    try:
+        for step in range(pcfg.max_env_steps):
+            started = time.perf_counter()
+            agent = FORWARD if (step // interval) % 2 == 0 else BACKWARD
+            state = np.asarray(obs, dtype=np.float32)
+            if trainer.seed_phase:
+                action = rng.uniform(low, high).astype(np.float32)
+            else:
+                action = trainer.agents[agent].act({"state": state}, explore=True)
+            obs, _, _, _, info = env.step(action)
+            steps_done = step + 1
+            successes += int(bool(info.get("success")))
+            _ingest(trainer, agent, state, action, first, info)
+            first = bool(info["env_reset"])  # the post-reset observation starts a new segment
+            while trainer.credit[FORWARD] >= 1 or trainer.credit[BACKWARD] >= 1:
+                trainer.train_step()
+            train_s += time.perf_counter() - started
+            done = steps_done == pcfg.max_env_steps or (pcfg.max_minutes is not None
+                                                      and train_s >= pcfg.max_minutes * 60)
+            if steps_done % pcfg.eval_every == 0 or done:
+                t0 = time.perf_counter()
+                point = _evaluate_point(trainer, pcfg, steps_done, train_s)
+                eval_s += time.perf_counter() - t0
+                curve.append(point)
+                logger.info("practice %s: %d steps, %d updates, %.1f min: success %.2f", pcfg.task,
+                            point.env_steps, point.updates, point.train_minutes, point.success_rate)
+                if on_eval is not None:
+                    on_eval(point)
+            if done:
+                break
+    finally:
+        env.close()
+    return PracticeResult(curve=curve, env_steps=steps_done, updates=sum(trainer.updates),
+                          train_minutes=train_s / 60, eval_minutes=eval_s / 60, env_resets=env.resets,
+                          forward_successes=successes)
+
+
+def _ingest(trainer: MedalTrainer, agent: int, state: np.ndarray, action: np.ndarray, first: bool,
+            info: dict[str, Any]) -> None:
+    """One step into the trainer; on a scheduled reset also the pre-reset final observation."""
+    trainer.ingest(agent, {"state": state[None]}, action[None], np.array([first]), np.array([False]))
+    if info["env_reset"]:
+        final = np.asarray(info["final_observation"], dtype=np.float32)[None]
+        trainer.ingest(agent, {"state": final}, np.zeros_like(action)[None], np.array([False]), np.array([True]))
+
+
+def _evaluate_point(trainer: MedalTrainer, pcfg: PracticeConfig, env_steps: int, train_s: float) -> EvalPoint:
+    agent = trainer.agents[FORWARD]
+    result = evaluate(actor_policy(lambda o: agent.act(o, explore=False)), pcfg.task,
+                      episodes=pcfg.eval_episodes, seed=pcfg.eval_seed)
+    return EvalPoint(env_steps=env_steps, updates=sum(trainer.updates), train_minutes=train_s / 60,
+                     success_rate=result.success_rate)
+
+
+def bc_baseline(task: str, forward_demos: Demos, net_config: NetworkConfig, bc: BCConfig, *,
+                episodes: int = 10, eval_seed: int = 10_000) -> EvalResult:
+    """Trains BC on ``forward_demos`` and evaluates it like :func:`practice` evaluates.
+
+    Returns the :class:`EvalResult`. Blocks for training and evaluation.
+    """
+    spec = state_spec(task)
+    weights = train_bc_from_demos(forward_demos, spec, net_config, bc)
+    policy = build_actor(spec, forward_demos.action_dim, net_config)
+    policy.load_state_dict(weights)
+    policy.eval()
+
+    def act(observation: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.no_grad():
+            return policy({"state": torch.as_tensor(observation["state"])[None]})[0].numpy()
+
+    return evaluate(actor_policy(act), task, episodes=episodes, seed=eval_seed)

@@ -1,0 +1,101 @@
+"""simulation.practice: the in-process MEDAL++ loop, the BC baseline and the state preset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from learner.bc import BCConfig
+from learner.config import LearnerConfig, profile
+from learner.networks import NetworkConfig
+from simulation.practice import (
+    PracticeConfig, bc_baseline, load_task_demos, practice, state_spec,
+)
+
+torch.set_num_threads(1)
+
+PRESET = Path(__file__).resolve().parents[2] / "simulation" / "configs" / "tabletop_state.toml"
+
+TINY = [
+    "network.hidden_dim=32", "network.num_critics=2",
+    "agent.batch_size=32", "replay.batch_size=32", "replay.demo_per_batch=8", "replay.capacity=2000",
+    "vice.batch_size=32", "vice.hidden_dim=16", "vice.updates_every=50", "vice.updates_per_round=2",
+    "medal.batch_size=32", "medal.hidden_dim=16", "medal.updates_every=50", "medal.updates_per_round=2",
+    "schedule.seed_frames=100", "switch.interval=60",
+]
+
+
+@pytest.fixture(scope="module")
+def tabletop_demos() -> tuple:
+    return (load_task_demos("tabletop", "forward", source="expert", episodes=2),
+            load_task_demos("tabletop", "backward", source="expert", episodes=2))
+
+
+def test_practice_runs_switches_resets_and_evaluates(tabletop_demos: tuple) -> None:
+    cfg = profile("sim").with_overrides(TINY)
+    seen = []
+    pcfg = PracticeConfig(task="tabletop", max_env_steps=330, eval_every=150, eval_episodes=1, reset_every=100)
+    result = practice(cfg, pcfg, tabletop_demos, on_eval=seen.append)
+    assert result.env_steps == 330
+    # UTD 1 after 100 seed frames: one update per later step (each agent for its own steps);
+    # the trainer also credits the closing row it stores at each of the 3 scheduled resets.
+    assert result.updates == 330 - 100 + 3
+    assert result.env_resets == 3
+    assert [p.env_steps for p in result.curve] == [150, 300, 330]  # every 150 steps, plus the end
+    assert seen == result.curve
+    assert all(0.0 <= p.success_rate <= 1.0 for p in result.curve)
+    assert result.train_minutes > 0 and result.eval_minutes > 0
+    assert result.to_dict()["final_success"] == result.final_success
+
+
+def test_practice_stops_on_the_wall_clock_budget(tabletop_demos: tuple) -> None:
+    cfg = profile("sim").with_overrides(TINY)
+    pcfg = PracticeConfig(task="tabletop", max_env_steps=10**6, max_minutes=0.02, eval_every=10**6,
+                          eval_episodes=1)
+    result = practice(cfg, pcfg, tabletop_demos)
+    assert 0 < result.env_steps < 10**6
+    assert 0.02 <= result.train_minutes < 0.2
+    assert len(result.curve) == 1  # the closing evaluation
+
+
+def test_practice_rejects_demos_of_another_task(tabletop_demos: tuple) -> None:
+    door = load_task_demos("door", "forward", source="earl", episodes=1)
+    with pytest.raises(ValueError, match="state shape"):
+        practice(profile("sim").with_overrides(TINY), PracticeConfig(task="tabletop", max_env_steps=5),
+                 (door, tabletop_demos[1]))
+
+
+def test_bc_baseline_learns_the_expert_on_tabletop(tabletop_demos: tuple) -> None:
+    # BC from 2 scripted episodes, enough steps to fit them: the evaluation protocol scores it.
+    result = bc_baseline("tabletop", tabletop_demos[0], NetworkConfig(hidden_dim=64),
+                         BCConfig(steps=300, batch_size=64, augment_pad=0), episodes=2)
+    assert len(result.successes) == 2 and 0.0 <= result.success_rate <= 1.0
+
+
+def test_load_task_demos_sources() -> None:
+    earl = load_task_demos("tabletop", "forward", source="earl")
+    assert earl.num_episodes == 12 and earl.observations["state"].shape[1:] == state_spec("tabletop")["state"][0]
+    three = load_task_demos("tabletop", "forward", source="earl", episodes=3)
+    assert three.num_episodes == 3
+    np.testing.assert_array_equal(three.actions, earl.actions[: three.num_steps])
+    with pytest.raises(ValueError, match="episodes"):
+        load_task_demos("tabletop", "forward", source="earl", episodes=13)
+    with pytest.raises(ValueError, match="source"):
+        load_task_demos("tabletop", "forward", source="nowhere")
+
+
+@pytest.mark.parametrize("field,value", [("task", "chess"), ("eval_every", 0), ("max_minutes", 0.0),
+                                         ("reset_every", -1), ("max_env_steps", True)])
+def test_practice_config_validation_names_the_field(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field if field != "task" else "chess"):
+        PracticeConfig(**{field: value})
+
+
+def test_state_preset_loads_over_the_sim_profile() -> None:
+    cfg = LearnerConfig.from_toml(PRESET, base=profile("sim"))
+    assert cfg.profile == "sim"
+    assert cfg != profile("sim")
+    assert cfg.replay.batch_size == cfg.agent.batch_size
