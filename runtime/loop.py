@@ -46,7 +46,7 @@ class StepSink(Protocol):
 
     @property
     def depth(self) -> int:
-        """Batches waiting to be acked."""
+        """Steps waiting to be acked."""
 
     @property
     def spilled_bytes(self) -> int:

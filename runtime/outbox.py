@@ -184,6 +184,11 @@ class Outbox:
 
     @property
     def depth(self) -> int:
+        """Unacked steps (memory and spill), as ``LoopStats.queue_depth`` reports them."""
+        return self._next_seq - self.oldest_seq
+
+    @property
+    def batches(self) -> int:
         """Unacked batches (memory and spill)."""
         return len(self._entries)
 

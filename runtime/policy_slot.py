@@ -10,13 +10,12 @@ counted and rejected; the current policy stays.
 
 The weights object is ``protocol.messages.Weights`` or anything with ``agent`` (``"forward"``/
 ``"backward"`` or 0/1), ``version: int``, ``tensors: dict[str, np.ndarray]`` and ``sha256: str``.
-The checksum is :func:`weights_sha256`.
+The checksum is ``protocol.messages.weights_sha256`` (re-exported here).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import threading
 import time
@@ -29,32 +28,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from protocol.messages import weights_sha256
 from runtime.errors import PolicyError, WeightsRejected
 from runtime.schedule import AGENT_NAMES, agent_index
 from runtime.stats import Ring
 
 logger = logging.getLogger(__name__)
 
-
-def weights_sha256(tensors: Mapping[str, np.ndarray]) -> str:
-    """Returns the hex sha256 of a tensor dict, the way ``protocol`` defines it.
-
-    For each name in sorted order: the name (utf-8), the dtype name (utf-8, e.g.
-    ``float32``), the shape (``"2,3"``, utf-8; ``""`` for a scalar) and the raw
-    little-endian C-order bytes, each part preceded by its length as 8-byte little-endian.
-    Raises TypeError when a value is not an ndarray.
-    """
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        array = tensors[name]
-        if not isinstance(array, np.ndarray):
-            raise TypeError(f"tensors[{name!r}]: expected ndarray, got {type(array).__name__}")
-        data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-        for part in (name.encode(), array.dtype.name.encode(),
-                     ",".join(str(d) for d in array.shape).encode(), memoryview(data).cast("B")):
-            digest.update(len(part).to_bytes(8, "little"))
-            digest.update(part)
-    return digest.hexdigest()
+__all__ = ["OfferResult", "PolicySlot", "PolicySlotConfig", "weights_sha256"]
 
 
 @dataclass(frozen=True, kw_only=True)

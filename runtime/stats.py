@@ -81,7 +81,7 @@ class LoopStatsSnapshot:
     inference_p50_ms: float
     """Median policy inference time (ms)."""
     queue_depth: int
-    """Batches waiting in the outbox (memory and spill)."""
+    """Steps waiting in the outbox (memory and spill)."""
     spilled_bytes: int
     """Bytes currently held in the spill log."""
     agent: str

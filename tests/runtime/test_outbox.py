@@ -84,7 +84,7 @@ def test_disconnect_spills_and_replay_is_in_order_and_exactly_once(tmp_path: Pat
             for i in range(5, 12):
                 outbox.put_steps(steps(3, float(i)))
             await until(lambda: outbox.memory_bytes == 0)
-            assert outbox.spilled_bytes > 0 and outbox.depth == 10
+            assert outbox.spilled_bytes > 0 and outbox.batches == 10 and outbox.depth == 30
             learner.expected = 6  # the learner kept what it had durably ingested
             learner.markers = learner.markers[:6]
             outbox.set_connected(True)
@@ -133,10 +133,10 @@ def test_restart_resends_spilled_batches_and_continues_numbering(tmp_path: Path)
         learner.expected = 10  # the learner had ingested 0..9 before the runtime restarted
         learner.markers = [0.0] * 5 + [1.0] * 5
         try:
-            assert outbox.next_seq == 20 and outbox.depth == 4
+            assert outbox.next_seq == 20 and outbox.batches == 4
             outbox.set_connected(True)
             outbox.rewind(10)
-            assert outbox.depth == 2
+            assert outbox.batches == 2 and outbox.depth == 10
             assert outbox.put_steps(steps(5, 4.0)) == 20
             await drain(outbox, learner, 3)
             assert learner.markers == [float(i) for i in range(5) for _ in range(5)]
@@ -164,7 +164,7 @@ def test_spill_full_stops_accepting_without_losing_the_batch(tmp_path: Path) -> 
             assert not outbox.accepting
             with pytest.raises(OutboxError):
                 outbox.put_steps(steps(1, 99.0))
-            put = outbox.depth
+            put = outbox.batches
             outbox.set_connected(True)
             outbox.rewind(0)
             await drain(outbox, learner, put)

@@ -98,6 +98,18 @@ def test_newer_versions_swap_and_the_old_module_is_reused() -> None:
         slot.close()
 
 
+def test_accepts_a_protocol_weights_message() -> None:
+    from protocol.messages import Weights
+
+    slot = PolicySlot(TinyPolicy)
+    try:
+        tensors = make_weights("forward", 1, seed=4).tensors
+        assert slot.offer_blocking(Weights.create(agent="backward", version=3, tensors=tensors)).accepted
+        assert slot.version(1) == 3
+    finally:
+        slot.close()
+
+
 def test_checksum_is_order_independent_and_content_sensitive() -> None:
     a = {"x": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(2, np.int64)}
     b = {"b": np.ones(2, np.int64), "x": np.arange(6, dtype=np.float32).reshape(2, 3)}
