@@ -47,3 +47,11 @@ class PeerTimeout(ProtocolError):
 
 class TransportClosed(ProtocolError):
     """The transport was closed (or never opened) when an operation needed it."""
+
+
+class SeqLogError(ProtocolError):
+    """The on-disk seq log (:mod:`protocol.seqlog`) could not be read or written."""
+
+
+class SeqLogFullError(SeqLogError):
+    """The seq log reached its disk cap and its policy is to refuse records (hold)."""

@@ -1,50 +1,38 @@
-"""Append-only on-disk log of encoded batches, surviving crashes and learner outages.
+"""The runtime's spill log: a :class:`protocol.seqlog.SeqLog` of encoded batches plus the
+session's identity and numbering, surviving crashes and learner outages.
 
-Layout of ``directory``:
+Layout of ``directory``: the seq log's ``<first_seq:020d>.seg`` segment files (record
+format in :mod:`protocol.seqlog`) and ``state.json`` — ``{"session_id": str, "next_seq":
+int}``, replaced atomically (temp + fsync + rename), so a restarted runtime keeps its
+session and its numbering.
 
-* ``state.json`` — ``{"session_id": str, "next_seq": int}``, replaced atomically
-  (temp + fsync + rename), so a restarted runtime keeps its session and its numbering;
-* ``<first_seq:020d>.seg`` — segment files of records; a new segment starts when the
-  active one reaches ``segment_bytes``.
-
-A record is a 24-byte little-endian header — magic ``b"RFSP"``, ``seq`` (u64), ``count``
-(u32, steps in the batch), ``length`` (u32), ``crc`` (u32: CRC32 of the 16 bytes seq..length
-followed by the payload) — then ``length`` payload bytes. On open, each segment is scanned;
-the first record that is short, has a bad magic, or fails its CRC marks a torn write: the
-file is truncated there (logged), never a crash. Records may arrive out of seq order (a
-batch kept in memory can spill after a newer one); the index is kept sorted by seq.
-
-The log has a disk cap: a WARNING at ``warn_fraction`` of it, and at 100 % the configured
-policy — ``"hold"`` (default: refuse the record with :class:`SpillFullError` so the loop
-stops recording and holds the robot) or ``"drop_oldest"`` (delete the oldest segments, with
-an ERROR naming the steps lost). Never silent loss. All methods block on the disk: call
-them from a worker thread, never from the event loop. Thread-safe (one internal lock).
+The disk cap (WARNING at ``warn_fraction``; at 100 % ``"hold"`` refuses the record with
+:class:`SpillFullError` so the loop stops recording and holds the robot, ``"drop_oldest"``
+deletes the oldest segments with an ERROR naming the steps lost) is the seq log's. All
+methods block on the disk: call them from a worker thread, never from the event loop.
+Thread-safe (one internal lock).
 """
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import os
-import struct
 import threading
 import uuid
-import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from protocol.errors import SeqLogError, SeqLogFullError
+from protocol.seqlog import FULL_POLICIES, HEADER_BYTES, SeqLog, SeqLogConfig
 from runtime.errors import SpillError, SpillFullError
 
 logger = logging.getLogger(__name__)
 
-MAGIC = b"RFSP"
-_HEADER = struct.Struct("<4sQIII")
-_CRC_FIELDS = struct.Struct("<QII")
-HEADER_BYTES = _HEADER.size
-SPILL_POLICIES = ("hold", "drop_oldest")
+SPILL_POLICIES = FULL_POLICIES
+__all__ = ["HEADER_BYTES", "SPILL_POLICIES", "SpillConfig", "SpillLog"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,99 +53,85 @@ class SpillConfig:
     """fsync after every record (slower; otherwise on rotation, state writes and close)."""
 
     def __post_init__(self) -> None:
-        if self.segment_bytes < HEADER_BYTES + 1:
-            raise ValueError(f"segment_bytes: must exceed {HEADER_BYTES}, got {self.segment_bytes}")
-        if self.max_bytes < self.segment_bytes:
-            raise ValueError(f"max_bytes: must be >= segment_bytes, got {self.max_bytes}")
-        if not 0 < self.warn_fraction < 1:
-            raise ValueError(f"warn_fraction: must be in (0, 1), got {self.warn_fraction}")
-        if self.full_policy not in SPILL_POLICIES:
-            raise ValueError(f"full_policy: must be one of {SPILL_POLICIES}, got {self.full_policy!r}")
+        self.seqlog_config()  # validates every field, naming it
 
-
-@dataclass
-class _Segment:
-    path: Path
-    size: int = 0
-    max_end: int = 0
-    records: int = 0
-
-
-@dataclass(order=True)
-class _Record:
-    seq: int
-    count: int = field(compare=False)
-    segment: _Segment = field(compare=False, repr=False)
-    offset: int = field(compare=False)
-    length: int = field(compare=False)
+    def seqlog_config(self) -> SeqLogConfig:
+        """Returns the underlying seq log's config. Raises ValueError naming a bad field."""
+        return SeqLogConfig(directory=Path(self.directory), segment_bytes=self.segment_bytes,
+                            max_bytes=self.max_bytes, warn_fraction=self.warn_fraction,
+                            full_policy=self.full_policy, fsync=self.fsync, name="spill")
 
 
 class SpillLog:
-    """The on-disk log; open with :meth:`open`. See the module docstring."""
+    """The runtime's spill log; open with :meth:`open`. See the module docstring."""
 
-    def __init__(self, config: SpillConfig, session_id: str, next_seq: int) -> None:
+    def __init__(self, config: SpillConfig, log: SeqLog, session_id: str, next_seq: int) -> None:
         """Use :meth:`open`; this only stores state."""
         self.config = config
         self.session_id = session_id
+        self._log = log
         self._next_seq = next_seq
-        self._persisted_seq = next_seq
-        self._segments: list[_Segment] = []
-        self._records: list[_Record] = []
-        self._active: _Segment | None = None
-        self._file: BinaryIO | None = None
+        self._persisted_seq = -1
         self._lock = threading.RLock()
-        self._warned = False
-        self.dropped_steps = 0
-        """Steps deleted by the ``drop_oldest`` policy."""
-        self.truncated_bytes = 0
-        """Bytes cut from torn tails during recovery."""
 
-    # ------------------------------------------------------------------ open / close
     @classmethod
     def open(cls, config: SpillConfig) -> SpillLog:
         """Opens (or creates) the log in ``config.directory`` and recovers it.
 
         Returns the log with its session id and next seq restored. Blocks on the disk.
-        Raises SpillError when the directory or state file is unusable.
+        Raises SpillError when the directory, a segment or the state file is unusable.
         """
         directory = Path(config.directory)
         try:
             directory.mkdir(parents=True, exist_ok=True)
             state = _read_state(directory / "state.json")
+            log = SeqLog.open(config.seqlog_config())
         except OSError as e:
             raise SpillError(f"cannot open spill directory {directory}: {e}") from e
-        log = cls(config, state.get("session_id") or uuid.uuid4().hex, int(state.get("next_seq", 0)))
-        for path in sorted(directory.glob("*.seg")):
-            log._recover_segment(path)
-        log._records.sort()
-        if log._records:
-            log._next_seq = max(log._next_seq, max(s.max_end for s in log._segments))
-        log._write_state(log._next_seq)
+        except SeqLogError as e:
+            raise SpillError(str(e)) from e
+        spill = cls(config, log, str(state.get("session_id") or uuid.uuid4().hex), int(state.get("next_seq", 0)))
+        spill._next_seq = max(spill._next_seq, log.end_seq)
+        spill._write_state(spill._next_seq)
         logger.info("spill: session %s, next seq %d, %d records (%d bytes) recovered",
-                    log.session_id, log._next_seq, len(log._records), log.bytes_used)
-        return log
+                    spill.session_id, spill._next_seq, len(log.records()), log.bytes_used)
+        return spill
 
     def close(self) -> None:
         """Flushes, fsyncs and closes the active segment and persists the state. Idempotent."""
         with self._lock:
-            self._close_active()
+            self._log.close()
             self._write_state(self._next_seq)
 
     # ------------------------------------------------------------------ queries
     @property
     def bytes_used(self) -> int:
         """Bytes in all segment files."""
-        return sum(s.size for s in self._segments)
+        return self._log.bytes_used
 
     @property
     def next_seq(self) -> int:
         """The next seq the runtime will assign (persisted in ``state.json``)."""
         return self._next_seq
 
+    @property
+    def dropped_steps(self) -> int:
+        """Steps deleted by the ``drop_oldest`` policy."""
+        return self._log.dropped_steps
+
+    @property
+    def truncated_bytes(self) -> int:
+        """Bytes cut from torn tails during recovery."""
+        return self._log.truncated_bytes
+
     def records(self) -> list[tuple[int, int]]:
         """Returns ``(seq, count)`` of every stored record, sorted by seq."""
-        with self._lock:
-            return [(r.seq, r.count) for r in self._records]
+        return self._log.records()
+
+    @property
+    def _file(self) -> BinaryIO | None:
+        """The active segment file of the underlying seq log (crash-simulation tests flush it)."""
+        return self._log._file
 
     # ------------------------------------------------------------------ write
     def set_next_seq(self, next_seq: int) -> None:
@@ -174,41 +148,23 @@ class SpillLog:
         A record whose seq is already stored is ignored. Raises SpillFullError at the cap
         under the ``hold`` policy, SpillError when the disk write fails.
         """
-        size = HEADER_BYTES + len(payload)
         with self._lock:
-            index = bisect.bisect_left(self._records, _Record(seq, 0, None, 0, 0))  # type: ignore[arg-type]
-            if index < len(self._records) and self._records[index].seq == seq:
-                return
-            self._make_room(size)
-            segment = self._writable_segment(seq)
-            crc = zlib.crc32(payload, zlib.crc32(_CRC_FIELDS.pack(seq, count, len(payload))))
             try:
-                self._file.write(_HEADER.pack(MAGIC, seq, count, len(payload), crc))
-                self._file.write(payload)
-                self._file.flush()
-                if self.config.fsync:
-                    os.fsync(self._file.fileno())
-            except OSError as e:
-                raise SpillError(f"spill write failed: {e}") from e
-            record = _Record(seq, count, segment, segment.size + HEADER_BYTES, len(payload))
-            segment.size += size
-            segment.records += 1
-            segment.max_end = max(segment.max_end, seq + count)
-            self._records.insert(index, record)
+                self._log.append(seq, payload, count)
+            except SeqLogFullError as e:
+                logger.warning("spill: the learner is not keeping up or is gone")
+                raise SpillFullError(str(e)) from e
+            except SeqLogError as e:
+                raise SpillError(str(e)) from e
             self._next_seq = max(self._next_seq, seq + count)
-            self._check_warning()
 
     def release_through(self, seq: int) -> int:
         """Deletes every segment whose records all end at or before ``seq`` (inclusive,
-        i.e. acked). Returns the bytes freed. Blocks on the disk."""
-        freed = 0
-        with self._lock:
-            for segment in [s for s in self._segments if s.max_end - 1 <= seq]:
-                freed += self._delete_segment(segment)
-            self._records = [r for r in self._records if r.segment in self._segments]
-            if freed and self.bytes_used < self.config.warn_fraction * self.config.max_bytes * 0.9:
-                self._warned = False
-        return freed
+        i.e. acked). Returns the bytes freed. Blocks on the disk. Raises SpillError."""
+        try:
+            return self._log.release_through(seq)
+        except SeqLogError as e:
+            raise SpillError(str(e)) from e
 
     # ------------------------------------------------------------------ read
     def read(self, seq: int) -> bytes:
@@ -216,134 +172,20 @@ class SpillLog:
 
         Raises SpillError when no such record is stored (released or dropped) or it is corrupt.
         """
-        with self._lock:
-            index = bisect.bisect_left(self._records, _Record(seq, 0, None, 0, 0))  # type: ignore[arg-type]
-            if index >= len(self._records) or self._records[index].seq != seq:
-                raise SpillError(f"no spilled record starts at seq {seq}")
-            record = self._records[index]
-            if self._active is record.segment and self._file is not None:
-                self._file.flush()
-        return self._read_record(record)
+        try:
+            return self._log.read(seq)
+        except SeqLogError as e:
+            raise SpillError(str(e)) from e
 
     def iter_from(self, seq: int) -> Iterator[tuple[int, int, bytes]]:
         """Yields ``(seq, count, payload)`` for every stored record that holds a step at or
-        after ``seq``, in seq order. Blocks on the disk. Records released meanwhile are skipped."""
-        with self._lock:
-            wanted = [r for r in self._records if r.seq + r.count > seq]
-        for record in wanted:
-            try:
-                payload = self._read_record(record)
-            except SpillError as e:
-                if record.segment not in self._segments:
-                    continue  # released while iterating
-                raise e
-            yield record.seq, record.count, payload
-
-    # ------------------------------------------------------------------ internals
-    def _read_record(self, record: _Record) -> bytes:
+        after ``seq``, in seq order. Blocks on the disk. Raises SpillError for a corrupt record."""
         try:
-            with open(record.segment.path, "rb") as f:
-                f.seek(record.offset - HEADER_BYTES)
-                header = f.read(HEADER_BYTES)
-                payload = f.read(record.length)
-        except OSError as e:
-            raise SpillError(f"cannot read seq {record.seq} from {record.segment.path}: {e}") from e
-        magic, seq, count, length, crc = _HEADER.unpack(header)
-        if (magic != MAGIC or seq != record.seq or length != len(payload)
-                or zlib.crc32(payload, zlib.crc32(_CRC_FIELDS.pack(seq, count, length))) != crc):
-            raise SpillError(f"spilled record at seq {record.seq} is corrupt")
-        return payload
+            yield from self._log.iter_from(seq)
+        except SeqLogError as e:
+            raise SpillError(str(e)) from e
 
-    def _recover_segment(self, path: Path) -> None:
-        segment = _Segment(path=path)
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise SpillError(f"cannot read spill segment {path}: {e}") from e
-        offset = 0
-        while offset + HEADER_BYTES <= len(data):
-            magic, seq, count, length, crc = _HEADER.unpack_from(data, offset)
-            end = offset + HEADER_BYTES + length
-            if magic != MAGIC or end > len(data):
-                break
-            payload = memoryview(data)[offset + HEADER_BYTES : end]
-            if zlib.crc32(payload, zlib.crc32(_CRC_FIELDS.pack(seq, count, length))) != crc:
-                break
-            self._records.append(_Record(seq, count, segment, offset + HEADER_BYTES, length))
-            segment.records += 1
-            segment.max_end = max(segment.max_end, seq + count)
-            offset = end
-        if offset < len(data):
-            logger.warning("spill: %s has a torn or corrupt record at byte %d; truncating %d bytes",
-                           path.name, offset, len(data) - offset)
-            self.truncated_bytes += len(data) - offset
-            try:
-                os.truncate(path, offset)
-            except OSError as e:
-                raise SpillError(f"cannot truncate {path}: {e}") from e
-        segment.size = offset
-        if segment.records == 0:
-            path.unlink(missing_ok=True)
-            return
-        self._segments.append(segment)
-
-    def _writable_segment(self, seq: int) -> _Segment:
-        if self._active is not None and self._active.size >= self.config.segment_bytes:
-            self._close_active()
-        if self._active is None:
-            path = Path(self.config.directory) / f"{seq:020d}.seg"
-            while path.exists():  # out-of-order spill can reuse a start seq
-                path = path.with_name(path.stem + "_.seg")
-            try:
-                self._file = open(path, "ab")
-            except OSError as e:
-                raise SpillError(f"cannot create spill segment {path}: {e}") from e
-            self._active = _Segment(path=path)
-            self._segments.append(self._active)
-        return self._active
-
-    def _close_active(self) -> None:
-        if self._file is not None:
-            try:
-                self._file.flush()
-                os.fsync(self._file.fileno())
-                self._file.close()
-            except OSError as e:
-                logger.error("spill: closing %s failed: %s", self._active.path if self._active else "?", e)
-        self._file = None
-        self._active = None
-
-    def _delete_segment(self, segment: _Segment) -> int:
-        if segment is self._active:
-            self._close_active()
-        try:
-            segment.path.unlink(missing_ok=True)
-        except OSError as e:
-            raise SpillError(f"cannot delete spill segment {segment.path}: {e}") from e
-        self._segments.remove(segment)
-        return segment.size
-
-    def _make_room(self, size: int) -> None:
-        cap = self.config.max_bytes
-        while self.bytes_used + size > cap:
-            victims = [s for s in self._segments if s is not self._active] or self._segments[:1]
-            if self.config.full_policy == "hold" or not victims:
-                raise SpillFullError(f"spill log at its cap of {cap} bytes; holding (policy 'hold')")
-            victim = victims[0]
-            lost = [r for r in self._records if r.segment is victim]
-            self.dropped_steps += sum(r.count for r in lost)
-            logger.error("spill: cap %d bytes reached; dropping %s (%d steps, seq %s..) — data lost",
-                         cap, victim.path.name, sum(r.count for r in lost), lost[0].seq if lost else "?")
-            self._delete_segment(victim)
-            self._records = [r for r in self._records if r.segment is not victim]
-
-    def _check_warning(self) -> None:
-        used, cap = self.bytes_used, self.config.max_bytes
-        if not self._warned and used >= self.config.warn_fraction * cap:
-            self._warned = True
-            logger.warning("spill: %.0f%% of the %d-byte disk cap used (%d bytes); the learner "
-                           "is not keeping up or is gone", 100 * used / cap, cap, used)
-
+    # ------------------------------------------------------------------ state file
     def _write_state(self, next_seq: int) -> None:
         path = Path(self.config.directory) / "state.json"
         tmp = path.with_suffix(".json.tmp")
