@@ -323,6 +323,10 @@ class Teleop(abc.ABC):
     def read(self) -> TeleopCommand:
         """Returns the current command and the buttons pressed since the last call. Non-blocking."""
 
+    def reset(self) -> None:
+        """Returns latched state (a toggled gripper) to neutral — gripper open — at the start
+        of an episode. Devices without latched state need not override it."""
+
     def __enter__(self) -> "Teleop":
         self.connect()
         return self

@@ -179,6 +179,11 @@ class SpaceMouseTeleop(Teleop):
             if cfg.success_button in pressed:
                 self._pending.add(TeleopButton.SUCCESS)
 
+    def reset(self) -> None:
+        """Opens the latched gripper toggle, so each episode starts with the gripper open."""
+        with self._lock:
+            self._gripper_closed = False
+
     def read(self) -> TeleopCommand:
         """Returns the action from the newest device state and the buttons raised since the
         last call. Non-blocking."""

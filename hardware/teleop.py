@@ -196,6 +196,11 @@ class KeyboardTeleop(Teleop):
             elif key in BUTTON_KEYS:
                 self._buttons.add(BUTTON_KEYS[key])
 
+    def reset(self) -> None:
+        """Opens the latched gripper toggle, so each episode starts with the gripper open."""
+        with self._lock:
+            self._gripper_closed = False
+
     def read(self) -> TeleopCommand:
         """Returns the action from keys held or pressed since the last call, and the buttons
         pressed since then. Non-blocking."""

@@ -385,9 +385,11 @@ def _place_object(rig: Rig, teleop: Teleop, config: RecordConfig, ticker: Ticker
         init = "initial" if config.direction == "forward" else "goal"
         rig.reset_sim({"init": init, "split": config.split})
         teleop.read()  # drop buttons pressed during the reset
+        teleop.reset()
         return
     out("homing the arm ...")
     rig.robot.home()
+    teleop.reset()
     out("place the object, then press success (Enter / SpaceMouse button) to start; quit (Esc) stops")
     teleop.read()
     ticker.start()

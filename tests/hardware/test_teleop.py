@@ -96,3 +96,13 @@ def test_spacemouse_missing_device() -> None:
     fake_sm._DEVICES.clear()
     with pytest.raises(HardwareError, match="cannot open"):
         SpaceMouseTeleop(library=fake_sm).connect()
+
+
+def test_keyboard_reset_opens_latched_gripper() -> None:
+    keys: queue.Queue = queue.Queue()
+    teleop = KeyboardTeleop(KeyboardTeleopConfig(key_hold_s=0.0), keys=keys)
+    with teleop:
+        keys.put("space")
+        assert wait_until(lambda: teleop.read().action[4] == 1.0)
+        teleop.reset()
+        assert teleop.read().action[4] == -1.0
