@@ -1,0 +1,115 @@
+"""``resetfree-sim``: watch MEDAL++ learn in simulation, with no hardware and no flags.
+
+With no arguments it generates expert demos, starts a learner and a lock-step simulated
+runtime as separate processes, evaluates the learner's forward policy every
+``--eval-every`` env steps and shows progress; Ctrl-C stops everything cleanly and leaves a
+run that ``--resume RUN_DIR`` continues. ``--bc`` runs only the behaviour-cloning baseline.
+
+    resetfree-sim
+    resetfree-sim --task door --steps 300000 --robots 2
+    resetfree-sim --resume runs/20260101-120000
+    resetfree-sim --bc --task tabletop
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from learner.errors import LearnerError
+from simulation.orchestrator import TASKS, Orchestrator, RunSpec
+from simulation.tasks.base import SimulationError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TASK = "tabletop"
+"""The task ``resetfree-sim`` runs with no ``--task`` (a state-based EARL task)."""
+DEFAULT_OBS = "state"
+"""The observation mode with no ``--obs``."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the ``resetfree-sim`` argument parser."""
+    parser = argparse.ArgumentParser(prog="resetfree-sim", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("--task", choices=TASKS, default=None, help=f"task (default {DEFAULT_TASK})")
+    parser.add_argument("--obs", choices=("state", "pixels"), default=None, help=f"observations (default {DEFAULT_OBS})")
+    parser.add_argument("--steps", type=int, default=200_000, help="total env steps, then stop cleanly (default 200000)")
+    parser.add_argument("--robots", type=int, default=1, help="simulated runtimes feeding the learner (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the learner; runtime i gets seed + i")
+    parser.add_argument("--run-dir", type=Path, default=None, help="run directory (default runs/<timestamp>)")
+    parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    parser.add_argument("--profile", choices=("sim", "robot"), default=None, help="learner profile (default sim)")
+    parser.add_argument("--config", type=Path, default=None, help="learner TOML layered over profile and preset")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="learner config override, e.g. --set agent.lr=1e-4 (repeatable)")
+    parser.add_argument("--bc", action="store_true", help="run only the BC baseline (same demos, same evaluation)")
+    parser.add_argument("--demos", type=Path, default=None, help="directory of demo files (default: generate)")
+    parser.add_argument("--no-video", action="store_true", help="do not write evaluation videos")
+    parser.add_argument("--eval-every", type=int, default=10_000, help="env steps between evaluations (default 10000)")
+    parser.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation (default 10)")
+    parser.add_argument("--bc-steps", type=int, default=10_000, help="BC gradient steps (default 10000)")
+    parser.add_argument("--minutes", type=float, default=None, help="stop cleanly after this many minutes")
+    parser.add_argument("--hz", type=float, default=None, help="runtime control rate (default: the runtime's)")
+    parser.add_argument("--device", default="auto", help="learner torch device: auto, cpu, cuda (default auto)")
+    parser.add_argument("--learner-threads", type=int, default=1, help="learner torch threads (default 1)")
+    parser.add_argument("--log-level", default="INFO", help="log level of this process and the children")
+    return parser
+
+
+def spec_from_args(args: argparse.Namespace) -> RunSpec:
+    """Builds the :class:`RunSpec` from parsed arguments. Raises ValueError on bad values."""
+    run_dir = args.resume or args.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    return RunSpec(run_dir=run_dir, task=args.task or DEFAULT_TASK, obs=args.obs or DEFAULT_OBS, steps=args.steps,
+                   robots=args.robots, seed=args.seed, resume=args.resume is not None, profile=args.profile,
+                   config=args.config, overrides=tuple(args.overrides), demos=args.demos,
+                   eval_every=args.eval_every, eval_episodes=args.eval_episodes, video=not args.no_video,
+                   bc_steps=args.bc_steps, max_wall_s=args.minutes * 60 if args.minutes else None, hz=args.hz,
+                   device=args.device, learner_threads=args.learner_threads, log_level=args.log_level.upper())
+
+
+def run_bc_only(spec: RunSpec) -> int:
+    """``--bc``: trains and evaluates only the BC baseline into ``RUN_DIR/bc.json``; returns 0/1."""
+    from learner.bc import BCConfig
+    from simulation.bc_baseline import BaselineConfig, run_baseline, write_json_atomic
+    from simulation.orchestrator import EVAL_SEED, prepare_demos, resolve_config
+
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = resolve_config(spec)
+    demos = prepare_demos(spec)
+    baseline = BaselineConfig(task=spec.task, obs=spec.obs, episodes=spec.eval_episodes, eval_seed=EVAL_SEED,
+                              bc=BCConfig(steps=spec.bc_steps, seed=spec.seed, log_every=max(1, spec.bc_steps // 10)))
+    result = run_baseline(baseline, demos, cfg.network)
+    write_json_atomic(spec.run_dir / "bc.json", result)
+    print(f"BC baseline on {spec.task}/{spec.obs}: success {result['success_rate']:.0%} "
+          f"({result['episodes']} episodes) -> {spec.run_dir / 'bc.json'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs ``resetfree-sim``. Returns 0 on a clean run (finished or stopped by Ctrl-C),
+    1 when a child failed or the setup was refused (the reason printed)."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        spec = spec_from_args(args)
+        if args.bc:
+            return run_bc_only(spec)
+        orchestrator = Orchestrator(spec)
+    except (ValueError, SimulationError, LearnerError, OSError) as e:
+        print(f"resetfree-sim: error: {e}", file=sys.stderr)
+        return 1
+    print(f"run directory: {orchestrator.spec.run_dir}  (resume with --resume {orchestrator.spec.run_dir})")
+    outcome = asyncio.run(orchestrator.run())
+    print(json.dumps(outcome.to_dict()))
+    return 0 if outcome.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

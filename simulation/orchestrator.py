@@ -1,0 +1,818 @@
+"""``resetfree-sim``'s process management: one learner and N simulated runtimes as OS
+processes over loopback, the BC baseline in a child, deployed-policy evaluation on a thread.
+
+Order of a run (:class:`Orchestrator`):
+
+1. the run directory: ``run.json`` (what was asked), ``config.toml`` (the resolved learner
+   config: profile → task preset → ``--config`` → ``--set``), ``logs/``, ``demos/`` (scripted
+   expert demos, forward + backward, unless ``--demos`` names a directory);
+2. ``python -m simulation.bc_baseline`` in a child (once per run: skipped when ``bc.json``
+   exists);
+3. ``python -m learner`` with every port 0; its bound endpoints are read from
+   ``RUN_DIR/endpoints.json``; a run with a checkpoint is resumed (``--resume RUN_DIR``);
+4. N × ``python -m runtime --robot sim:TASK --lockstep``, each with its own spill directory
+   (so a resumed run continues each session) and ``--max-steps`` = its share of the steps
+   left;
+5. supervision: status polls, the progress line, evaluations when due, and a stop when the
+   runtimes finish, the time limit passes, SIGINT/SIGTERM arrives or a child dies;
+6. shutdown: runtimes first (e-stop when interrupted, then SIGTERM: they flush), a final
+   evaluation when the run ended normally, then the learner (SIGTERM: it checkpoints).
+
+Children run in their own sessions, so a Ctrl-C in the terminal reaches only this process,
+which then stops them in that order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from learner.config import LearnerConfig, profile
+from protocol.errors import ProtocolError
+from protocol.messages import Command
+from protocol.transport import (ControlClient, ControlClientConfig, WeightsSubscriber,
+                                WeightsSubscriberConfig)
+from simulation.evaluator import EvalCancelled, EvalRecord, EvaluatorConfig, EvaluatorError, PolicyEvaluator
+from simulation.plot import plot_runs
+from simulation.progress import ProgressDisplay, Snapshot
+from simulation.tasks.base import ObsMode, SimulationError
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("tabletop", "door", "peg", "cube")
+
+
+class OrchestratorError(SimulationError):
+    """A child that does not come up, a malformed endpoints file, or a bad run directory."""
+
+
+# ============================================================================ run spec
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """Everything ``resetfree-sim`` was asked to do."""
+
+    run_dir: Path
+    """Run directory (created; reused on resume)."""
+    task: str = "tabletop"
+    """Task: tabletop, door, peg or cube."""
+    obs: ObsMode = "state"
+    """Observation mode of the runtimes and the learner."""
+    steps: int = 200_000
+    """Total env steps of the run (over all runtimes, across resumes)."""
+    robots: int = 1
+    """Simulated runtimes feeding the learner."""
+    seed: int = 0
+    """Seed of the learner; runtime i gets ``seed + i``."""
+    resume: bool = False
+    """Continue the run in ``run_dir`` (its ``run.json`` and ``config.toml``)."""
+    profile: str | None = None
+    """Learner profile (default: ``sim``, or what ``config.toml`` says on resume)."""
+    config: Path | None = None
+    """User TOML layered over the profile and the task preset."""
+    overrides: tuple[str, ...] = ()
+    """``section.key=value`` overrides, applied last."""
+    demos: Path | None = None
+    """Directory of demo files; None generates expert demos into ``RUN_DIR/demos``."""
+    eval_every: int = 10_000
+    """Env steps between deployed-policy evaluations."""
+    eval_episodes: int = 10
+    """Episodes per evaluation."""
+    video: bool = True
+    """Write ``videos/eval_<step>`` of the first two episodes."""
+    bc: bool = True
+    """Compute the BC baseline (``bc.json``) in a child at the start."""
+    bc_steps: int = 10_000
+    """BC gradient steps."""
+    max_wall_s: float | None = None
+    """Stop cleanly after this many seconds (benchmarks); None: only ``steps`` ends the run."""
+    hz: float | None = None
+    """Control rate passed to the runtimes (None: the runtime's default)."""
+    device: str = "auto"
+    """Learner torch device."""
+    learner_threads: int = 1
+    """Learner torch threads."""
+    log_level: str = "INFO"
+    """Log level of the children."""
+    status_every: float = 1.0
+    """Seconds between status polls."""
+    display_every: float = 2.0
+    """Seconds between progress lines."""
+    start_timeout: float = 90.0
+    """Seconds a child has to write its endpoints file."""
+    stop_timeout: float = 60.0
+    """Seconds a child has to exit after SIGTERM before it is killed."""
+    learner_module: str = "learner"
+    """Module run as ``python -m`` for the learner (tests substitute a stand-in)."""
+    runtime_module: str = "runtime"
+    """Module run as ``python -m`` for each runtime (tests substitute a stand-in)."""
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"RunSpec.task must be one of {TASKS}, got {self.task!r}")
+        if self.obs not in ("state", "pixels"):
+            raise ValueError(f"RunSpec.obs must be state or pixels, got {self.obs!r}")
+        for name in ("steps", "robots", "eval_every", "eval_episodes", "bc_steps", "learner_threads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"RunSpec.{name} must be a positive int, got {value!r}")
+        for name in ("max_wall_s", "hz"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"RunSpec.{name} must be positive or None, got {value!r}")
+        for name in ("status_every", "display_every", "start_timeout", "stop_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"RunSpec.{name} must be positive, got {getattr(self, name)!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """Returns the spec as JSON builtins (paths as strings) for ``run.json``."""
+        out = dataclasses.asdict(self)
+        for key, value in out.items():
+            if isinstance(value, Path):
+                out[key] = str(value)
+        out["overrides"] = list(self.overrides)
+        return out
+
+
+RESUMED_FIELDS = ("task", "obs", "robots", "seed", "demos", "eval_every", "eval_episodes", "video", "bc_steps")
+"""What a resumed run takes from its ``run.json`` (the rest comes from the new command line)."""
+
+
+def resumed_spec(spec: RunSpec) -> RunSpec:
+    """Returns ``spec`` with :data:`RESUMED_FIELDS` read from ``spec.run_dir/run.json``.
+
+    Raises OrchestratorError when the run directory has no readable ``run.json``.
+    """
+    path = spec.run_dir / "run.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise OrchestratorError(f"--resume {spec.run_dir}: cannot read {path}: {e}") from e
+    patch: dict[str, Any] = {k: saved[k] for k in RESUMED_FIELDS if k in saved}
+    if patch.get("demos") is not None:
+        patch["demos"] = Path(patch["demos"])
+    return dataclasses.replace(spec, **patch)
+
+
+# ============================================================================ config
+def preset_text(task: str, obs: str) -> str | None:
+    """Returns the shipped preset ``simulation/configs/<task>_<obs>.toml``, or None."""
+    from importlib import resources
+
+    entry = resources.files("simulation").joinpath("configs", f"{task}_{obs}.toml")
+    return entry.read_text(encoding="utf-8") if entry.is_file() else None
+
+
+def resolve_config(spec: RunSpec) -> LearnerConfig:
+    """Builds the learner config: profile → task preset → ``spec.config`` → ``spec.overrides``.
+
+    On resume the run's ``config.toml`` replaces profile, preset and file. The run's seed
+    is always ``spec.seed``. Raises ValueError on unknown keys or bad values.
+    """
+    saved = spec.run_dir / "config.toml"
+    if spec.resume and saved.exists():
+        cfg = LearnerConfig.from_toml(saved)
+    else:
+        cfg = profile(spec.profile or "sim")
+        text = preset_text(spec.task, spec.obs)
+        if text is not None:
+            import tomllib
+
+            cfg = LearnerConfig.from_dict(tomllib.loads(text), base=cfg)
+        if spec.config is not None:
+            cfg = LearnerConfig.from_toml(spec.config, base=cfg)
+    return cfg.with_overrides([*spec.overrides, f"seed={spec.seed}"])
+
+
+def to_toml(data: Mapping[str, Any]) -> str:
+    """Returns ``LearnerConfig.to_dict()``-shaped data as TOML (None written as ``"none"``,
+    which the config reads back as None). Raises ValueError for an unsupported value."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, Mapping)]
+    for name, section in data.items():
+        if isinstance(section, Mapping):
+            lines += ["", f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in section.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if value is None:
+        return '"none"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else ("inf" if value == math.inf else "-inf" if value == -math.inf
+                                                 else repr(value))
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ValueError(f"cannot write {type(value).__name__} {value!r} as TOML")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temp file and a rename. Blocks on disk I/O."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+# ============================================================================ demos
+def prepare_demos(spec: RunSpec) -> Path:
+    """Returns the demo directory: ``spec.demos``, or ``RUN_DIR/demos`` filled with expert
+    demos (forward + backward, the task's default episode count) when it has none.
+
+    Blocks while the experts run. Raises OrchestratorError when ``spec.demos`` is not a
+    directory with ``.npz`` files.
+    """
+    if spec.demos is not None:
+        if not spec.demos.is_dir() or not any(spec.demos.glob("*.npz")):
+            raise OrchestratorError(f"--demos {spec.demos}: not a directory of .npz demo files")
+        return spec.demos
+    from protocol.demos import save_demos
+    from simulation.demos_cli import CUBE_DEFAULT_EPISODES, EARL_DEFAULT_EPISODES, generate
+
+    out = spec.run_dir / "demos"
+    out.mkdir(parents=True, exist_ok=True)
+    episodes = CUBE_DEFAULT_EPISODES if spec.task == "cube" else EARL_DEFAULT_EPISODES
+    for direction in ("forward", "backward"):
+        path = out / f"{spec.task}_{direction}.npz"
+        if path.exists():
+            continue
+        demos = generate(spec.task, direction, episodes=episodes, obs=spec.obs, seed=spec.seed,
+                         split="id" if spec.task == "cube" else None)
+        save_demos(path, demos)
+        logger.info("wrote %s: %d episodes, %d transitions", path, demos.num_episodes, demos.num_transitions)
+    return out
+
+
+# ============================================================================ children
+def child_env() -> dict[str, str]:
+    """Returns the environment for children: one BLAS thread, headless MuJoCo, unbuffered."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("MUJOCO_GL", "egl")
+    env.setdefault("PYOPENGL_PLATFORM", env["MUJOCO_GL"])
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class ChildProcess:
+    """One child process with its output in a log file; stopped with a deadline.
+
+    The child runs in its own session (``start_new_session``) so a terminal's Ctrl-C
+    reaches only the orchestrator. Methods never block longer than their ``timeout``.
+    """
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.expected_exit = False
+        """Set when the orchestrator asked the child to stop (or it was meant to finish)."""
+
+    def start(self, env: Mapping[str, str] | None = None) -> None:
+        """Starts the child, appending its stdout and stderr to ``log_path``. Does not block."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.argv)}\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          env=dict(env) if env is not None else child_env(), start_new_session=True)
+        logger.info("started %s (pid %d): %s", self.name, self._proc.pid, " ".join(self.argv))
+
+    @property
+    def pid(self) -> int | None:
+        """Returns the child's pid, or None before :meth:`start`."""
+        return None if self._proc is None else self._proc.pid
+
+    def poll(self) -> int | None:
+        """Returns the exit code, or None while the child runs (or was never started)."""
+        return None if self._proc is None else self._proc.poll()
+
+    @property
+    def running(self) -> bool:
+        """Returns whether the child was started and has not exited."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def send_signal(self, sig: int) -> None:
+        """Sends ``sig`` to the child when it runs."""
+        if self.running:
+            assert self._proc is not None
+            try:
+                self._proc.send_signal(sig)
+            except ProcessLookupError:  # exited between the check and the signal
+                logger.debug("%s already gone", self.name)
+
+    async def wait(self, timeout: float) -> int | None:
+        """Waits up to ``timeout`` s for the child to exit; returns its exit code or None."""
+        deadline = time.monotonic() + timeout
+        while self.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.poll()
+
+    async def stop(self, timeout: float, sig: int = signal.SIGTERM) -> int | None:
+        """Sends ``sig`` and waits up to ``timeout`` s; kills the child when it is still there.
+
+        Returns the exit code (negative: killed by that signal), None when never started.
+        """
+        self.expected_exit = True
+        if self._proc is None:
+            return None
+        self.send_signal(sig)
+        code = await self.wait(timeout)
+        if code is None:
+            logger.warning("%s did not exit within %.0f s of %s: killing it", self.name, timeout,
+                           signal.Signals(sig).name)
+            self._proc.kill()
+            code = await self.wait(5.0)
+        return code
+
+    def tail(self, lines: int = 20) -> str:
+        """Returns the last ``lines`` lines of the child's log ('' when unreadable)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 16_384))
+                text = f.read().decode("utf-8", errors="replace")
+        except OSError as e:
+            logger.debug("cannot read %s: %s", self.log_path, e)
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def read_endpoints(path: Path) -> dict[str, str] | None:
+    """Returns the endpoints a child wrote to ``path`` (name → endpoint), None while absent.
+
+    Accepts a flat object of strings or one nested under ``"endpoints"``. Raises
+    OrchestratorError for a file that exists but is not such an object (a child writes it
+    atomically, so a partial file is never seen).
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as e:
+        raise OrchestratorError(f"{path}: unreadable endpoints file: {e}") from e
+    if isinstance(data, dict) and isinstance(data.get("endpoints"), dict):
+        data = data["endpoints"]
+    if not isinstance(data, dict):
+        raise OrchestratorError(f"{path}: expected a JSON object of endpoints")
+    return {str(k): str(v) for k, v in data.items() if isinstance(v, str)}
+
+
+def pick_endpoint(endpoints: Mapping[str, str], *names: str) -> str:
+    """Returns the first of ``names`` present in ``endpoints`` (also tried with ``_endpoint``
+    appended). Raises OrchestratorError naming what is there when none is."""
+    for name in names:
+        for key in (name, f"{name}_endpoint"):
+            if key in endpoints:
+                return endpoints[key]
+    raise OrchestratorError(f"endpoints file lacks {names[0]!r}: has {sorted(endpoints)}")
+
+
+async def wait_for_endpoints(path: Path, child: ChildProcess, timeout: float) -> dict[str, str]:
+    """Waits until ``child`` has written ``path``; returns the endpoints.
+
+    Raises OrchestratorError when the child exits first or ``timeout`` s pass.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = read_endpoints(path)
+        if found:
+            return found
+        code = child.poll()
+        if code is not None:
+            raise OrchestratorError(f"{child.name} exited with code {code} before writing {path}:\n{child.tail()}")
+        await asyncio.sleep(0.1)
+    raise OrchestratorError(f"{child.name} wrote no {path} within {timeout:.0f} s:\n{child.tail()}")
+
+
+def steps_per_runtime(total: int, done: int, robots: int) -> int:
+    """Returns each runtime's ``--max-steps`` so ``robots`` runtimes bring ``done`` to ``total``
+    (0 when nothing is left)."""
+    left = max(0, total - done)
+    return math.ceil(left / robots) if left else 0
+
+
+def learner_command(spec: RunSpec, cfg: LearnerConfig, demos: Path, *, resume: bool) -> list[str]:
+    """Returns the learner's command line (every port 0; endpoints in ``RUN_DIR/endpoints.json``)."""
+    any_port = "tcp://127.0.0.1:0"
+    argv = [sys.executable, "-m", spec.learner_module, "--profile", cfg.profile, "--config", str(spec.run_dir / "config.toml"),
+            "--demos", str(demos), "--bind", any_port, "--weights-bind", any_port, "--control-bind", any_port,
+            "--mode", "lockstep", "--device", spec.device, "--threads", str(spec.learner_threads),
+            "--seed", str(spec.seed), "--log-level", spec.log_level]
+    return argv + (["--resume", str(spec.run_dir)] if resume else ["--run-dir", str(spec.run_dir)])
+
+
+def runtime_spill_dir(run_dir: Path, index: int) -> Path:
+    """Returns runtime ``index``'s spill directory (session id, seq, endpoints.json)."""
+    return run_dir / "runtimes" / f"robot{index}"
+
+
+def runtime_command(spec: RunSpec, index: int, uplink: str, *, max_steps: int, switch_every: int) -> list[str]:
+    """Returns runtime ``index``'s command line (lock-step sim robot, control port 0)."""
+    argv = [sys.executable, "-m", spec.runtime_module, "--robot", f"sim:{spec.task}", "--learner", uplink,
+            "--obs", spec.obs, "--lockstep", "--spill-dir", str(runtime_spill_dir(spec.run_dir, index)),
+            "--control-bind", "tcp://127.0.0.1:0", "--seed", str(spec.seed + index),
+            "--switch-every", str(switch_every), "--max-steps", str(max_steps), "--log-level", spec.log_level]
+    return argv + (["--hz", f"{spec.hz:g}"] if spec.hz is not None else [])
+
+
+def bc_command(spec: RunSpec, demos: Path) -> list[str]:
+    """Returns the BC baseline child's command line (writes ``RUN_DIR/bc.json``)."""
+    return [sys.executable, "-m", "simulation.bc_baseline", "--task", spec.task, "--obs", spec.obs,
+            "--demos", str(demos), "--config", str(spec.run_dir / "config.toml"),
+            "--out", str(spec.run_dir / "bc.json"), "--steps", str(spec.bc_steps),
+            "--episodes", str(spec.eval_episodes), "--eval-seed", str(EVAL_SEED), "--seed", str(spec.seed),
+            "--log-level", spec.log_level]
+
+
+EVAL_SEED = 10_000
+"""Evaluation episode i of every evaluation (and of BC) resets with ``EVAL_SEED + i``."""
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Returns whether the learner left a checkpoint in ``run_dir``."""
+    from learner.checkpoint import checkpoint_dirs
+
+    try:
+        return bool(checkpoint_dirs(run_dir))
+    except OSError as e:
+        logger.debug("no checkpoints in %s: %s", run_dir, e)
+        return False
+
+
+# ============================================================================ the run
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunOutcome:
+    """How a run ended and what it reached."""
+
+    reason: str
+    """``finished`` (steps reached), ``time limit``, ``interrupted`` or ``failed: <child>``."""
+    ok: bool
+    """True when no child failed and every child exited cleanly."""
+    env_steps: int
+    """Learner env steps at the end."""
+    updates: int
+    """Learner updates at the end."""
+    wall_s: float
+    """Seconds this invocation ran."""
+    success_final: float | None
+    """Success rate of the last evaluation, None when none ran."""
+    success_best: float | None
+    """Best evaluated success rate, None when none ran."""
+    bc_success: float | None
+    """BC baseline success rate, None when not computed."""
+    resets: int
+    """Environment resets the runtimes reported (sum over runtimes)."""
+    exit_codes: dict[str, int | None]
+    """Child name → exit code."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the outcome as JSON builtins."""
+        return dataclasses.asdict(self)
+
+
+class Orchestrator:
+    """Runs one ``resetfree-sim`` run (see the module docstring). Use :meth:`run` once."""
+
+    def __init__(self, spec: RunSpec, display: ProgressDisplay | None = None) -> None:
+        self.spec = resumed_spec(spec) if spec.resume else spec
+        self.display = display if display is not None else ProgressDisplay(interval=self.spec.display_every)
+        self.learner: ChildProcess | None = None
+        self.runtimes: list[ChildProcess] = []
+        self.bc_child: ChildProcess | None = None
+        self.evaluator: PolicyEvaluator | None = None
+        self.learner_detail: dict[str, Any] = {}
+        self.runtime_details: list[dict[str, Any]] = []
+        self.bc_success: float | None = None
+        self.last_eval: EvalRecord | None = None
+        self._clients: dict[str, ControlClient] = {}
+        self._request_id = 0
+        self._interrupted = False
+        self._cancel_eval = threading.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval")
+        self._eval_future: asyncio.Future[EvalRecord] | None = None
+        self._started = time.monotonic()
+
+    # ------------------------------------------------------------------ public
+    def interrupt(self) -> None:
+        """Asks the run to stop cleanly (what SIGINT/SIGTERM do). Call from the event loop."""
+        if not self._interrupted:
+            self.display.message("stopping: runtimes first, then the learner checkpoints …")
+        self._interrupted = True
+
+    async def run(self) -> RunOutcome:
+        """Runs until the steps are done, the time limit passes, an interrupt or a child failure.
+
+        Returns the :class:`RunOutcome`; every child has exited when it returns. Blocks
+        (in the event loop) for the whole run; demo generation blocks the loop at the start.
+        """
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.interrupt)
+        reason = "failed: setup"
+        try:
+            cfg, demos = self._prepare()
+            self._start_bc(demos)
+            uplink, weights = await self._start_learner(cfg, demos)
+            if await self._start_runtimes(cfg, uplink):
+                async with asyncio.TaskGroup() as tg:
+                    receiver = tg.create_task(self._receive_weights(weights))
+                    try:
+                        reason = await self._supervise()
+                    finally:
+                        receiver.cancel()
+            else:
+                reason = "finished"
+        except OrchestratorError as e:
+            self.display.message(f"resetfree-sim: {e}")
+            reason = f"failed: {e}".splitlines()[0]
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            outcome = await self._shutdown(reason)
+        return outcome
+
+    # ------------------------------------------------------------------ setup
+    def _prepare(self) -> tuple[LearnerConfig, Path]:
+        spec = self.spec
+        if spec.resume and not spec.run_dir.is_dir():
+            raise OrchestratorError(f"--resume {spec.run_dir}: no such run directory")
+        (spec.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        try:
+            cfg = resolve_config(spec)
+        except ValueError as e:
+            raise OrchestratorError(f"config: {e}") from e
+        write_text_atomic(spec.run_dir / "config.toml", to_toml(cfg.to_dict()))
+        write_text_atomic(spec.run_dir / "run.json", json.dumps(spec.to_json(), indent=1) + "\n")
+        demos = prepare_demos(spec)
+        self.evaluator = PolicyEvaluator(
+            EvaluatorConfig(task=spec.task, obs=spec.obs, every=spec.eval_every, episodes=spec.eval_episodes,
+                            seed=EVAL_SEED, video=spec.video), spec.run_dir, cfg.network)
+        return cfg, demos
+
+    def _start_bc(self, demos: Path) -> None:
+        bc_json = self.spec.run_dir / "bc.json"
+        if bc_json.exists():
+            self._read_bc()
+        elif self.spec.bc:
+            self.bc_child = ChildProcess("bc", bc_command(self.spec, demos), self.spec.run_dir / "logs" / "bc.log")
+            self.bc_child.start()
+
+    async def _start_learner(self, cfg: LearnerConfig, demos: Path) -> tuple[str, str]:
+        spec = self.spec
+        endpoints_file = spec.run_dir / "endpoints.json"
+        endpoints_file.unlink(missing_ok=True)  # a stale file would name dead ports
+        resume = has_checkpoint(spec.run_dir)
+        self.learner = ChildProcess("learner", learner_command(spec, cfg, demos, resume=resume),
+                                    spec.run_dir / "logs" / "learner.log")
+        self.learner.start()
+        endpoints = await wait_for_endpoints(endpoints_file, self.learner, spec.start_timeout)
+        self._clients["learner"] = ControlClient(ControlClientConfig(endpoint=pick_endpoint(endpoints, "control")))
+        return pick_endpoint(endpoints, "uplink", "bind"), pick_endpoint(endpoints, "weights")
+
+    async def _start_runtimes(self, cfg: LearnerConfig, uplink: str) -> bool:
+        """Starts the runtimes; returns False when the run has no steps left."""
+        spec = self.spec
+        await self._poll_learner()
+        done = int(self.learner_detail.get("env_steps", 0) or 0)
+        share = steps_per_runtime(spec.steps, done, spec.robots)
+        if share == 0:
+            self.display.message(f"{done:,} of {spec.steps:,} env steps already done")
+            return False
+        for index in range(spec.robots):
+            spill = runtime_spill_dir(spec.run_dir, index)
+            spill.mkdir(parents=True, exist_ok=True)
+            (spill / "endpoints.json").unlink(missing_ok=True)
+            child = ChildProcess(f"runtime{index}", runtime_command(spec, index, uplink, max_steps=share,
+                                                                    switch_every=cfg.switch.interval),
+                                 spec.run_dir / "logs" / f"runtime{index}.log")
+            child.start()
+            self.runtimes.append(child)
+            self.runtime_details.append({})
+        return True
+
+    # ------------------------------------------------------------------ supervision
+    async def _supervise(self) -> str:
+        next_status = 0.0
+        while True:
+            if self._interrupted:
+                return "interrupted"
+            if self.spec.max_wall_s is not None and time.monotonic() - self._started >= self.spec.max_wall_s:
+                return "time limit"
+            failure = self._check_children()
+            if failure is not None:
+                return failure
+            if all(rt.poll() == 0 for rt in self.runtimes):
+                return "finished"
+            self._check_bc()
+            self._collect_eval()
+            if time.monotonic() >= next_status:
+                next_status = time.monotonic() + self.spec.status_every
+                await self._poll_all()
+            self._maybe_start_eval()
+            self.display.update(self.snapshot())
+            await asyncio.sleep(0.1)
+
+    def _check_children(self) -> str | None:
+        for child in [c for c in (self.learner, *self.runtimes) if c is not None]:
+            code = child.poll()
+            if code is None or (code == 0 and child is not self.learner):
+                continue
+            self.display.message(f"{child.name} exited unexpectedly with code {code}; "
+                                 f"last lines of {child.log_path}:\n{child.tail()}")
+            return f"failed: {child.name} exited with code {code}"
+        return None
+
+    def _check_bc(self) -> None:
+        if self.bc_child is None or self.bc_success is not None:
+            return
+        code = self.bc_child.poll()
+        if code == 0:
+            self._read_bc()
+            self.display.message(f"BC baseline: success {self.bc_success:.0%}")
+        elif code is not None and not self.bc_child.expected_exit:
+            self.bc_child.expected_exit = True  # report once
+            self.display.message(f"BC baseline failed with code {code}:\n{self.bc_child.tail(10)}")
+
+    def _read_bc(self) -> None:
+        try:
+            data = json.loads((self.spec.run_dir / "bc.json").read_text(encoding="utf-8"))
+            self.bc_success = float(data["success_rate"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            logger.warning("bc.json unreadable: %s", e)
+
+    async def _request(self, name: str, kind: str, timeout: float = 1.0) -> dict[str, Any] | None:
+        client = self._clients.get(name)
+        if client is None:
+            return None
+        self._request_id += 1
+        try:
+            status = await client.request(Command(kind=kind, agent=None, request_id=self._request_id), timeout)
+        except ProtocolError as e:
+            logger.debug("%s %s: %s", name, kind, e)
+            return None
+        return dict(status.detail)
+
+    async def _poll_learner(self) -> None:
+        detail = await self._request("learner", "status")
+        if detail is not None:
+            self.learner_detail = detail
+
+    async def _poll_all(self) -> None:
+        await self._poll_learner()
+        for index, child in enumerate(self.runtimes):
+            if not child.running:
+                continue
+            name = child.name
+            if name not in self._clients:
+                found = read_endpoints(runtime_spill_dir(self.spec.run_dir, index) / "endpoints.json")
+                if not found:
+                    continue
+                self._clients[name] = ControlClient(ControlClientConfig(endpoint=pick_endpoint(found, "control")))
+            detail = await self._request(name, "status")
+            if detail is not None:
+                self.runtime_details[index] = detail
+
+    async def _receive_weights(self, endpoint: str) -> None:
+        assert self.evaluator is not None
+        subscriber = WeightsSubscriber(WeightsSubscriberConfig(endpoint=endpoint))
+        try:
+            subscriber.connect()
+            while True:
+                weights = await subscriber.recv()
+                if self.evaluator.offer_weights(weights.agent, weights.version, weights.tensors):
+                    logger.debug("forward weights v%d received", weights.version)
+        finally:
+            subscriber.close()
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(self, step: int, wall_s: float) -> EvalRecord:
+        """Worker thread: evaluates, then refreshes ``curves.png``."""
+        assert self.evaluator is not None
+        record = self.evaluator.evaluate_latest(step, wall_s, cancel=self._cancel_eval)
+        try:
+            plot_runs([self.spec.run_dir], self.spec.run_dir / "curves.png")
+        except (ValueError, OSError) as e:
+            logger.warning("curves.png not refreshed: %s", e)
+        return record
+
+    def _maybe_start_eval(self) -> None:
+        env_steps = int(self.learner_detail.get("env_steps", 0) or 0)
+        if self._eval_future is None and self.evaluator is not None and self.evaluator.due(env_steps):
+            step = self.evaluator.mark_started(env_steps)
+            loop = asyncio.get_running_loop()
+            self._eval_future = loop.run_in_executor(self._executor, self._evaluate, step,
+                                                     time.monotonic() - self._started)
+
+    def _collect_eval(self) -> None:
+        future = self._eval_future
+        if future is None or not future.done():
+            return
+        self._eval_future = None
+        try:
+            self.last_eval = future.result()
+        except EvalCancelled as e:
+            logger.info("%s", e)
+            return
+        except EvaluatorError as e:
+            self.display.message(f"evaluation failed: {e}")
+            return
+        self.display.message(f"eval @ {self.last_eval.step:,} env steps: success {self.last_eval.success_rate:.0%}, "
+                             f"mean return {self.last_eval.mean_return:.1f}")
+
+    async def _final_eval(self) -> None:
+        if self.evaluator is None or self.learner is None or not self.learner.running:
+            return
+        await self._poll_learner()
+        env_steps = int(self.learner_detail.get("env_steps", 0) or 0)
+        last = self.evaluator.records[-1].step if self.evaluator.records else -1
+        if env_steps <= last or self.evaluator.latest_version is None:
+            return
+        self.evaluator.mark_started(env_steps)
+        loop = asyncio.get_running_loop()
+        self._eval_future = loop.run_in_executor(self._executor, self._evaluate, env_steps,
+                                                 time.monotonic() - self._started)
+        await asyncio.wait([self._eval_future], timeout=600.0)
+        self._collect_eval()
+
+    # ------------------------------------------------------------------ shutdown
+    async def _shutdown(self, reason: str) -> RunOutcome:
+        clean_end = reason in ("finished", "time limit")
+        running = [rt for rt in self.runtimes if rt.running]
+        if running and not clean_end:
+            await asyncio.gather(*(self._request(rt.name, "estop") for rt in running))
+        await asyncio.gather(*(rt.stop(self.spec.stop_timeout) for rt in self.runtimes))
+        if self._eval_future is not None:
+            if not clean_end:
+                self._cancel_eval.set()
+            await asyncio.wait([self._eval_future], timeout=600.0)
+            self._collect_eval()
+        if clean_end:
+            await self._final_eval()
+        else:
+            await self._poll_learner()
+        learner_code = await self.learner.stop(self.spec.stop_timeout) if self.learner is not None else None
+        await self._finish_bc(clean_end)
+        self._executor.shutdown(wait=True)
+        for client in self._clients.values():
+            client.close()
+        self.display.update(self.snapshot(), force=True)
+        self.display.close()
+        return self._outcome(reason, learner_code)
+
+    async def _finish_bc(self, wait: bool) -> None:
+        if self.bc_child is None:
+            return
+        if self.bc_child.running:
+            if wait:
+                self.display.message("waiting for the BC baseline …")
+                await self.bc_child.wait(600.0)
+            await self.bc_child.stop(10.0)
+        self._check_bc()
+
+    def _outcome(self, reason: str, learner_code: int | None) -> RunOutcome:
+        codes: dict[str, int | None] = {"learner": learner_code}
+        codes.update({rt.name: rt.poll() for rt in self.runtimes})
+        if self.bc_child is not None:
+            codes["bc"] = self.bc_child.poll()
+        records = self.evaluator.records if self.evaluator is not None else []
+        # A child stopped by us may die of the SIGTERM itself when it had not yet installed its
+        # handler (still importing): it had nothing to flush, so that counts as clean too.
+        ok = not reason.startswith("failed") and all(c in (0, -signal.SIGTERM) for n, c in codes.items() if n != "bc")
+        return RunOutcome(
+            reason=reason, ok=ok, env_steps=int(self.learner_detail.get("env_steps", 0) or 0),
+            updates=int(self.learner_detail.get("updates", 0) or 0), wall_s=time.monotonic() - self._started,
+            success_final=records[-1].success_rate if records else None,
+            success_best=max(r.success_rate for r in records) if records else None,
+            bc_success=self.bc_success,
+            resets=sum(int(d.get("env_resets", 0) or 0) for d in self.runtime_details), exit_codes=codes)
+
+    def snapshot(self) -> Snapshot:
+        """Returns what the progress display shows now."""
+        learner = self.learner_detail
+        first = self.runtime_details[0] if self.runtime_details else {}
+        return Snapshot(env_steps=int(learner.get("env_steps", 0) or 0), updates=int(learner.get("updates", 0) or 0),
+                        utd=float(learner.get("utd", 0.0) or 0.0), agent=str(first.get("agent", "-")),
+                        seed_phase=bool(learner.get("seed_phase", False)),
+                        success=self.last_eval.success_rate if self.last_eval else None,
+                        success_step=self.last_eval.step if self.last_eval else None,
+                        bc_success=self.bc_success, evaluating=self._eval_future is not None,
+                        target_steps=self.spec.steps)

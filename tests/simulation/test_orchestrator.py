@@ -1,0 +1,352 @@
+"""resetfree-sim's orchestrator: helpers, child processes, and whole runs against stand-ins.
+
+The stand-ins are this module run as ``python -m tests.simulation.test_orchestrator``: a
+learner that binds a real control server and weights publisher (port 0), writes
+``endpoints.json``, counts env steps at a fixed rate and publishes real forward actors; and
+a runtime that answers status, records an e-stop and exits after its ``--max-steps``. They
+speak the integration contract's command lines, so the orchestrator runs unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from learner.config import LearnerConfig, profile
+from simulation.orchestrator import (ChildProcess, Orchestrator, OrchestratorError, RunSpec, learner_command,
+                                     pick_endpoint, read_endpoints, resolve_config, resumed_spec, runtime_command,
+                                     steps_per_runtime, to_toml)
+from simulation.progress import ProgressDisplay, Snapshot, format_line
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ("network.hidden_dim=16",)
+
+
+# ============================================================================ helpers
+@pytest.mark.parametrize("name", ["sim", "robot"])
+def test_toml_round_trip_of_profiles(tmp_path: Path, name: str) -> None:
+    cfg = profile(name).with_overrides(["network.cameras=['wrist']", "seed=7"])
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml(cfg.to_dict()))
+    assert LearnerConfig.from_toml(path) == cfg
+
+
+def test_resolve_config_layers_file_overrides_and_seed(tmp_path: Path) -> None:
+    user = tmp_path / "user.toml"
+    user.write_text("[agent]\nlr = 1e-4\n[network]\nhidden_dim = 64\n")
+    spec = RunSpec(run_dir=tmp_path / "run", config=user, overrides=("network.hidden_dim=32",), seed=5)
+    cfg = resolve_config(spec)
+    assert (cfg.agent.lr, cfg.network.hidden_dim, cfg.seed) == (1e-4, 32, 5)
+    with pytest.raises(ValueError, match="nope"):
+        resolve_config(RunSpec(run_dir=tmp_path / "run", overrides=("agent.nope=1",)))
+
+
+def test_resume_reads_run_json_and_config(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(OrchestratorError, match="run.json"):
+        resumed_spec(RunSpec(run_dir=run, resume=True))
+    (run / "run.json").write_text(json.dumps(RunSpec(run_dir=run, task="door", robots=3, seed=4).to_json()))
+    (run / "config.toml").write_text(to_toml(profile("sim").with_overrides(["agent.lr=2e-4"]).to_dict()))
+    spec = resumed_spec(RunSpec(run_dir=run, resume=True, steps=999))
+    assert (spec.task, spec.robots, spec.seed, spec.steps) == ("door", 3, 4, 999)
+    assert resolve_config(spec).agent.lr == 2e-4
+
+
+def test_spec_validation_names_the_field(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="RunSpec.robots"):
+        RunSpec(run_dir=tmp_path, robots=0)
+    with pytest.raises(ValueError, match="RunSpec.task"):
+        RunSpec(run_dir=tmp_path, task="kitchen")
+
+
+def test_steps_per_runtime() -> None:
+    assert steps_per_runtime(1000, 0, 3) == 334
+    assert steps_per_runtime(1000, 400, 2) == 300
+    assert steps_per_runtime(1000, 1000, 2) == 0 and steps_per_runtime(1000, 1200, 1) == 0
+
+
+def test_commands_follow_the_contract(tmp_path: Path) -> None:
+    spec = RunSpec(run_dir=tmp_path, task="door", obs="pixels", seed=3, hz=20)
+    learner = learner_command(spec, profile("sim"), tmp_path / "demos", resume=False)
+    assert learner[1:3] == ["-m", "learner"]
+    for flag, value in [("--bind", "tcp://127.0.0.1:0"), ("--weights-bind", "tcp://127.0.0.1:0"),
+                        ("--control-bind", "tcp://127.0.0.1:0"), ("--mode", "lockstep"), ("--run-dir", str(tmp_path)),
+                        ("--demos", str(tmp_path / "demos")), ("--config", str(tmp_path / "config.toml"))]:
+        assert learner[learner.index(flag) + 1] == value
+    assert "--resume" in learner_command(spec, profile("sim"), tmp_path, resume=True)
+    runtime = runtime_command(spec, 2, "tcp://127.0.0.1:4000", max_steps=50, switch_every=200)
+    for flag, value in [("--robot", "sim:door"), ("--learner", "tcp://127.0.0.1:4000"), ("--obs", "pixels"),
+                        ("--seed", "5"), ("--max-steps", "50"), ("--switch-every", "200"), ("--hz", "20"),
+                        ("--control-bind", "tcp://127.0.0.1:0")]:
+        assert runtime[runtime.index(flag) + 1] == value
+    assert "--lockstep" in runtime and runtime[runtime.index("--spill-dir") + 1].endswith("robot2")
+
+
+def test_endpoints_file_forms(tmp_path: Path) -> None:
+    path = tmp_path / "endpoints.json"
+    assert read_endpoints(path) is None
+    path.write_text(json.dumps({"endpoints": {"control": "tcp://127.0.0.1:1", "pid": 3}}))
+    assert read_endpoints(path) == {"control": "tcp://127.0.0.1:1"}
+    path.write_text(json.dumps({"uplink_endpoint": "tcp://a:1"}))
+    assert pick_endpoint(read_endpoints(path) or {}, "uplink") == "tcp://a:1"
+    with pytest.raises(OrchestratorError, match="weights"):
+        pick_endpoint({"uplink": "x"}, "weights")
+    path.write_text("[1, 2]")
+    with pytest.raises(OrchestratorError, match="object"):
+        read_endpoints(path)
+
+
+def test_child_process_stop_tail_and_kill(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        polite = ChildProcess("polite", [sys.executable, "-c", "import time; print('hello from child', flush=True); "
+                                         "time.sleep(60)"], tmp_path / "polite.log")
+        stubborn = ChildProcess("stubborn", [sys.executable, "-c", "import signal, time; "
+                                             "signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+                                             "time.sleep(60)"], tmp_path / "stubborn.log")
+        polite.start()
+        stubborn.start()
+        assert await polite.wait(0.2) is None and polite.running
+        deadline = time.monotonic() + 10
+        while "ready" not in stubborn.tail() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert await polite.stop(5.0) == -signal.SIGTERM
+        assert "hello from child" in polite.tail()
+        assert await stubborn.stop(0.5) == -signal.SIGKILL  # ignored SIGTERM: killed at the deadline
+        assert os.getpgid(os.getpid()) != polite.pid  # own session: a terminal's Ctrl-C skips it
+
+    asyncio.run(scenario())
+
+
+def test_progress_display_throttles_and_refreshes_in_place() -> None:
+    out = io.StringIO()
+    display = ProgressDisplay(out, interval=2.0, tty=False)
+    assert display.update(Snapshot(env_steps=0), now=0.0) is not None
+    assert display.update(Snapshot(env_steps=10), now=1.0) is None  # within the interval
+    line = display.update(Snapshot(env_steps=400, updates=100, utd=1.0, agent="backward", success=0.5,
+                                   success_step=300, bc_success=0.8, target_steps=1000), now=2.0)
+    assert line is not None and "200.0 steps/s" in line and "400/1,000" in line and "agent backward" in line
+    assert "success 50% @300" in line and "BC 80%" in line and out.getvalue().count("\n") == 2
+    tty = io.StringIO()
+    live = ProgressDisplay(tty, tty=True)
+    live.update(Snapshot(env_steps=1), now=0.0)
+    live.message("eval done")
+    live.update(Snapshot(env_steps=2), now=5.0)
+    live.close()
+    assert tty.getvalue().startswith("\rsteps 1") and "\neval done\n\rsteps 2" in tty.getvalue()
+    assert "BC …" in format_line(Snapshot(seed_phase=True), 0.0, 0.0)
+
+
+# ============================================================================ whole runs with stand-ins
+def _spec(tmp_path: Path, **kw: object) -> RunSpec:
+    base: dict[str, object] = dict(run_dir=tmp_path / "run", task="tabletop", steps=600, robots=2, eval_every=200,
+                                   eval_episodes=2, bc_steps=30, overrides=TINY, status_every=0.2, display_every=0.5,
+                                   stop_timeout=15.0, start_timeout=60.0, log_level="WARNING",
+                                   learner_module="tests.simulation.test_orchestrator",
+                                   runtime_module="tests.simulation.test_orchestrator")
+    base.update(kw)
+    return RunSpec(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def standins(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("FAKE_STEPS_CAP", "600")
+    return monkeypatch
+
+
+def _run(spec: RunSpec) -> tuple[Orchestrator, str]:
+    out = io.StringIO()
+    orchestrator = Orchestrator(spec, ProgressDisplay(out, interval=0.5, tty=False))
+    outcome = asyncio.run(orchestrator.run())
+    orchestrator.outcome = outcome  # type: ignore[attr-defined]
+    return orchestrator, out.getvalue()
+
+
+def test_full_run_with_standins(tmp_path: Path, standins: pytest.MonkeyPatch) -> None:
+    orchestrator, shown = _run(_spec(tmp_path))
+    outcome = orchestrator.outcome  # type: ignore[attr-defined]
+    run = tmp_path / "run"
+    assert outcome.reason == "finished" and outcome.ok, (outcome, shown)
+    assert outcome.exit_codes == {"learner": 0, "runtime0": 0, "runtime1": 0, "bc": 0}
+    assert outcome.env_steps == 600 and outcome.resets == 2 and outcome.bc_success is not None
+    rows = (run / "evals.csv").read_text().splitlines()
+    assert rows[0].startswith("step,success_rate") and len(rows) >= 3  # >= 1 during the run + the final one
+    assert rows[-1].startswith("600,")
+    assert (run / "curves.png").stat().st_size > 0 and list((run / "videos").glob("eval_*"))
+    assert {p.name for p in (run / "demos").iterdir()} == {"tabletop_forward.npz", "tabletop_backward.npz"}
+    assert LearnerConfig.from_toml(run / "config.toml").network.hidden_dim == 16
+    assert json.loads((run / "run.json").read_text())["robots"] == 2
+    assert {p.name for p in (run / "logs").iterdir()} >= {"learner.log", "runtime0.log", "runtime1.log", "bc.log"}
+    assert json.loads((run / "ckpt-600" / "state.json").read_text())["env_steps"] == 600  # SIGTERM → checkpoint
+    # the runtimes were asked for their share of the steps left, with the learner's switch interval
+    command = (run / "logs" / "runtime1.log").read_text()
+    assert 0 < int(command.split("--max-steps ")[1].split()[0]) <= 300 and "--switch-every 200" in command
+    assert "steps/s" in shown and "eval @" in shown
+
+
+def test_dead_runtime_is_reported_and_the_rest_stop(tmp_path: Path, standins: pytest.MonkeyPatch) -> None:
+    standins.setenv("FAKE_RUNTIME_EXIT", "3")
+    orchestrator, shown = _run(_spec(tmp_path, robots=1, bc=False, video=False))
+    outcome = orchestrator.outcome  # type: ignore[attr-defined]
+    assert outcome.reason == "failed: runtime0 exited with code 3" and not outcome.ok
+    assert "exited unexpectedly with code 3" in shown and "fake runtime failing on purpose" in shown
+    assert outcome.exit_codes["learner"] == 0  # stopped cleanly: it checkpointed
+    assert list((tmp_path / "run").glob("ckpt-*"))
+
+
+@pytest.mark.slow  # two runs back to back: ~12 s on the shared 2-core machine
+def test_interrupt_then_resume_continues_steps_and_evals(tmp_path: Path, standins: pytest.MonkeyPatch) -> None:
+    standins.setenv("FAKE_STEPS_CAP", "100000")
+    spec = _spec(tmp_path, robots=1, steps=100_000, bc=False, video=False)
+
+    async def interrupted() -> Orchestrator:
+        orchestrator = Orchestrator(spec, ProgressDisplay(io.StringIO(), interval=0.5, tty=False))
+        task = asyncio.create_task(orchestrator.run())
+        deadline = time.monotonic() + 60
+        while (orchestrator.evaluator is None or not orchestrator.evaluator.records
+               or not orchestrator.runtime_details or not orchestrator.runtime_details[0]):
+            assert time.monotonic() < deadline and not task.done()
+            await asyncio.sleep(0.1)
+        orchestrator.interrupt()
+        orchestrator.outcome = await task  # type: ignore[attr-defined]
+        return orchestrator
+
+    first = asyncio.run(interrupted())
+    assert first.outcome.reason == "interrupted" and first.outcome.ok  # type: ignore[attr-defined]
+    run = tmp_path / "run"
+    assert (run / "runtimes" / "robot0" / "estopped").exists()  # e-stop before SIGTERM
+    steps_before = first.outcome.env_steps  # type: ignore[attr-defined]
+    rows_before = len((run / "evals.csv").read_text().splitlines())
+    standins.setenv("FAKE_STEPS_CAP", str(steps_before + 400))
+    resumed, _ = _run(RunSpec(run_dir=run, resume=True, steps=steps_before + 400, status_every=0.2,
+                              stop_timeout=15.0, learner_module=spec.learner_module,
+                              runtime_module=spec.runtime_module, log_level="WARNING"))
+    outcome = resumed.outcome  # type: ignore[attr-defined]
+    assert outcome.reason == "finished" and outcome.env_steps == steps_before + 400
+    assert "--resume" in (run / "logs" / "learner.log").read_text()
+    steps = [int(r.split(",")[0]) for r in (run / "evals.csv").read_text().splitlines()[1:]]
+    assert len(steps) > rows_before - 1 and steps == sorted(steps) and steps[-1] == steps_before + 400
+
+
+# ============================================================================ the stand-ins
+def _fake_learner(argv: list[str]) -> int:
+    import numpy as np
+    import torch
+
+    from learner.networks import build_actor
+    from protocol.messages import Command, Status, Weights
+    from protocol.transport import ControlServer, ControlServerConfig, WeightsPublisher, WeightsPublisherConfig
+    from simulation.evaluator import task_spec
+
+    p = argparse.ArgumentParser()
+    for flag in ("--profile", "--config", "--demos", "--bind", "--weights-bind", "--control-bind", "--mode",
+                 "--device", "--threads", "--seed", "--log-level", "--run-dir", "--resume"):
+        p.add_argument(flag)
+    args = p.parse_args(argv)
+    run_dir = Path(args.resume or args.run_dir)
+    rate, cap = 400.0, int(os.environ["FAKE_STEPS_CAP"])
+    start_steps = 0
+    if args.resume:
+        latest = max(run_dir.glob("ckpt-*"), key=lambda d: int(d.name.split("-")[1]))
+        start_steps = json.loads((latest / "state.json").read_text())["env_steps"]
+    cfg = LearnerConfig.from_toml(args.config)
+    obs_spec, action_dim = task_spec("tabletop", "state")
+    stop = asyncio.Event()
+    t0 = time.monotonic()
+
+    def env_steps() -> int:
+        return min(cap, start_steps + int((time.monotonic() - t0) * rate))
+
+    async def handler(cmd: Command) -> Status:
+        n = env_steps()
+        return Status(request_id=cmd.request_id, role="learner", state="running", ok=True, message="",
+                      detail={"env_steps": n, "updates": n, "utd": 1.0, "seed_phase": False})
+
+    async def main() -> None:
+        control = ControlServer(ControlServerConfig(endpoint=args.control_bind, role="learner"), handler)
+        publisher = WeightsPublisher(WeightsPublisherConfig(endpoint=args.weights_bind))
+        endpoints = {"uplink": "tcp://127.0.0.1:9", "weights": await publisher.start(),
+                     "control": await control.start()}
+        tmp = run_dir / "endpoints.json.tmp"
+        tmp.write_text(json.dumps(endpoints))
+        tmp.replace(run_dir / "endpoints.json")
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        async with asyncio.TaskGroup() as tg:
+            served = tg.create_task(control.run())
+            version = 0
+            while not stop.is_set():
+                version += 1
+                torch.manual_seed(version)
+                actor = build_actor(obs_spec, action_dim, cfg.network)
+                tensors = {k: v.numpy() for k, v in actor.state_dict().items()}
+                publisher.publish(Weights.create(agent="forward", version=version, tensors=tensors))
+                publisher.publish(Weights.create(agent="backward", version=version,
+                                                 tensors={"x": np.zeros(1, np.float32)}))
+                try:
+                    await asyncio.wait_for(stop.wait(), 0.2)
+                except TimeoutError:
+                    pass
+            served.cancel()
+        publisher.close()
+        ckpt = run_dir / f"ckpt-{env_steps()}"
+        ckpt.mkdir(exist_ok=True)
+        (ckpt / "state.json").write_text(json.dumps({"env_steps": env_steps()}))
+
+    print("fake learner", " ".join(sys.argv), flush=True)
+    asyncio.run(main())
+    return 0
+
+
+def _fake_runtime(argv: list[str]) -> int:
+    from protocol.messages import Command, Status
+    from protocol.transport import ControlServer, ControlServerConfig
+
+    p = argparse.ArgumentParser()
+    for flag in ("--robot", "--learner", "--obs", "--spill-dir", "--control-bind", "--seed", "--switch-every",
+                 "--max-steps", "--log-level", "--hz"):
+        p.add_argument(flag)
+    p.add_argument("--lockstep", action="store_true")
+    args = p.parse_args(argv)
+    spill = Path(args.spill_dir)
+    stop = asyncio.Event()
+
+    async def handler(cmd: Command) -> Status:
+        if cmd.kind == "estop":
+            (spill / "estopped").touch()
+        return Status(request_id=cmd.request_id, role="runtime", state="running", ok=True, message="",
+                      detail={"steps": 1, "agent": "forward", "env_resets": 1})
+
+    async def main() -> int:
+        control = ControlServer(ControlServerConfig(endpoint=args.control_bind), handler)
+        (spill / "endpoints.json").write_text(json.dumps({"control": await control.start()}))
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        async with asyncio.TaskGroup() as tg:
+            served = tg.create_task(control.run())
+            try:
+                await asyncio.wait_for(stop.wait(), int(args.max_steps) / 400.0 + 0.3)
+            except TimeoutError:
+                pass
+            served.cancel()
+        code = int(os.environ.get("FAKE_RUNTIME_EXIT", "0"))
+        if code:
+            print("fake runtime failing on purpose", flush=True)
+        return code
+
+    print("fake runtime", " ".join(sys.argv), flush=True)
+    return asyncio.run(main())
+
+
+if __name__ == "__main__":
+    sys.exit(_fake_runtime(sys.argv[1:]) if "--robot" in sys.argv else _fake_learner(sys.argv[1:]))
