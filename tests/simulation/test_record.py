@@ -95,7 +95,8 @@ def test_keyboard_grasp_lift_discard_failure_quit(tmp_path: Path) -> None:
     assert lift.actions[-2, 4] == 1.0 and lift.actions[-2, 2] > 0  # closed, lifting
     assert lift.rewards[-2] == 1.0 and lift.rewards.sum() == 1.0 and lift.terminals[-1]
     assert fail.rewards.sum() == 0.0 and not fail.terminals.any()
-    assert np.all(fail.actions[:-1, 4] == 1.0) and np.all(fail.actions[:-1, 0] == 0.0)  # no "w" leaked in
+    # each episode starts with the gripper open (Teleop.reset), and no "w" leaked in
+    assert np.all(fail.actions[:-1, 4] == -1.0) and np.all(fail.actions[:-1, 0] == 0.0)
     assert np.all(np.abs(demos.actions) <= 1.0)
 
 
