@@ -96,7 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     """Runs ``resetfree-sim``. Returns 0 on a clean run (finished or stopped by Ctrl-C),
     1 when a child failed or the setup was refused (the reason printed)."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The progress line is this process's interface: its own logs show only warnings unless
+    # DEBUG is asked for; --log-level goes to the children (their logs are in RUN_DIR/logs).
+    own_level = "DEBUG" if args.log_level.upper() == "DEBUG" else "WARNING"
+    logging.basicConfig(level=own_level if not args.bc else args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         spec = spec_from_args(args)
         if args.bc:

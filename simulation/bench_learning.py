@@ -1,0 +1,84 @@
+"""``resetfree-bench learning``: the full ``resetfree-sim`` pipeline for M minutes.
+
+The same code path as ``resetfree-sim`` (:class:`simulation.orchestrator.Orchestrator`):
+expert demos, the BC baseline, a learner process, lock-step runtime processes and
+deployed-policy evaluations; after M minutes it stops cleanly, evaluates the final
+published forward policy and prints, as its last line, one JSON object with ``env_steps``,
+``updates``, ``wall_s``, ``success_final``, ``success_best``, ``bc_success``, ``resets``
+and ``device``.
+
+    resetfree-bench learning --task tabletop --obs state --minutes 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from simulation.orchestrator import TASKS, Orchestrator, RunSpec
+from simulation.progress import ProgressDisplay
+
+logger = logging.getLogger(__name__)
+
+
+def device_name(requested: str) -> str:
+    """Returns what the learner trains on for ``requested`` (``auto``/``cpu``/``cuda[:N]``):
+    ``cpu``, or ``cuda:N (<GPU name>)``."""
+    import torch
+
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return "cpu"
+    index = int(requested.split(":")[1]) if ":" in requested else 0
+    if not torch.cuda.is_available():
+        return f"{requested} (unavailable)"
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="resetfree-bench learning", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", choices=TASKS, default="tabletop", help="task (default tabletop)")
+    parser.add_argument("--obs", choices=("state", "pixels"), default="state", help="observations (default state)")
+    parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock minutes of learning (default 10)")
+    parser.add_argument("--steps", type=int, default=10**9, help="stop earlier at this many env steps")
+    parser.add_argument("--robots", type=int, default=1, help="simulated runtimes (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed")
+    parser.add_argument("--run-dir", type=Path, default=None, help="run directory (default runs/bench-<timestamp>)")
+    parser.add_argument("--eval-every", type=int, default=10_000, help="env steps between evaluations")
+    parser.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation")
+    parser.add_argument("--bc-steps", type=int, default=10_000, help="BC baseline gradient steps")
+    parser.add_argument("--config", type=Path, default=None, help="learner TOML over profile and preset")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="learner config override (repeatable)")
+    parser.add_argument("--device", default="auto", help="learner device: auto, cpu, cuda (default auto)")
+    parser.add_argument("--video", action="store_true", help="write evaluation videos (off by default here)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Runs the benchmark; prints the JSON result last. Returns 0 when the run was clean, else 1."""
+    args = _parser().parse_args(argv)
+    run_dir = args.run_dir or Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    spec = RunSpec(run_dir=run_dir, task=args.task, obs=args.obs, steps=args.steps, robots=args.robots,
+                   seed=args.seed, config=args.config, overrides=tuple(args.overrides), eval_every=args.eval_every,
+                   eval_episodes=args.eval_episodes, video=args.video, bc_steps=args.bc_steps,
+                   max_wall_s=args.minutes * 60.0, device=args.device, log_level="WARNING")
+    display = ProgressDisplay(io.StringIO() if args.quiet else sys.stderr, interval=10.0, tty=False)
+    outcome = asyncio.run(Orchestrator(spec, display).run())
+    result: dict[str, Any] = {
+        "benchmark": "learning", "task": args.task, "obs": args.obs, "minutes": args.minutes,
+        "env_steps": outcome.env_steps, "updates": outcome.updates, "wall_s": round(outcome.wall_s, 1),
+        "steps_per_s": round(outcome.env_steps / outcome.wall_s, 2) if outcome.wall_s > 0 else 0.0,
+        "success_final": outcome.success_final, "success_best": outcome.success_best,
+        "bc_success": outcome.bc_success, "resets": outcome.resets, "device": device_name(args.device),
+        "reason": outcome.reason, "ok": outcome.ok, "run_dir": str(run_dir),
+    }
+    print(json.dumps(result))
+    return 0 if outcome.ok else 1
