@@ -146,6 +146,23 @@ def test_progress_display_throttles_and_refreshes_in_place() -> None:
     assert "BC …" in format_line(Snapshot(seed_phase=True), 0.0, 0.0)
 
 
+def test_bc_baseline_takes_forward_demos_only(tmp_path: Path) -> None:
+    from protocol.demos import save_demos
+    from simulation.bc_baseline import BaselineError, forward_demos
+    from simulation.demos_cli import generate
+
+    with pytest.raises(BaselineError, match="no forward demos"):
+        forward_demos(tmp_path, "tabletop", "state")
+    save_demos(tmp_path / "b.npz", generate("tabletop", "backward", episodes=1))
+    with pytest.raises(BaselineError, match="no forward demos"):
+        forward_demos(tmp_path, "tabletop", "state")
+    save_demos(tmp_path / "f1.npz", generate("tabletop", "forward", episodes=1))
+    save_demos(tmp_path / "f2.npz", generate("tabletop", "forward", episodes=2, seed=3))
+    assert forward_demos(tmp_path, "tabletop", "state").num_episodes == 3
+    with pytest.raises(BaselineError, match="run is door/state"):
+        forward_demos(tmp_path, "door", "state")
+
+
 # ============================================================================ whole runs with stand-ins
 def _spec(tmp_path: Path, **kw: object) -> RunSpec:
     base: dict[str, object] = dict(run_dir=tmp_path / "run", task="tabletop", steps=600, robots=2, eval_every=200,
