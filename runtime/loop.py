@@ -26,19 +26,27 @@ from typing import Protocol
 import numpy as np
 
 from hardware.interfaces import Camera, Frame, HardwareError, Robot, RobotState, StaleFrameError
+from protocol.messages import LoopStats, TransitionBatch
 from runtime.clock import Clock, Tick
 from runtime.errors import OutboxError, PolicyError
-from runtime.outbox import StepBatch
 from runtime.policy_slot import PolicySlot
 from runtime.schedule import AGENT_NAMES, Schedule
 from runtime.shield import Shield, ShieldResult
-from runtime.stats import LoopStatsSnapshot
+from runtime.stats import RuntimeStats
 
 logger = logging.getLogger(__name__)
 
 
 class StepSink(Protocol):
-    """Where recorded batches go (the :class:`~runtime.outbox.Outbox`)."""
+    """Where recorded batches go (the :class:`~runtime.outbox.Outbox`), which numbers them."""
+
+    @property
+    def session_id(self) -> str:
+        """Session the batches belong to."""
+
+    @property
+    def next_seq(self) -> int:
+        """Seq the next batch must start at."""
 
     @property
     def accepting(self) -> bool:
@@ -52,8 +60,9 @@ class StepSink(Protocol):
     def spilled_bytes(self) -> int:
         """Bytes on disk."""
 
-    def put_steps(self, batch: StepBatch) -> int:
-        """Queues a batch without blocking; returns its first seq; raises OutboxError."""
+    def put_steps(self, batch: TransitionBatch) -> int:
+        """Queues a batch starting at ``next_seq`` without blocking; returns its first seq;
+        raises OutboxError."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,6 +121,11 @@ class BatchBuilder:
             self._pending = None
         self._new_segment = True
 
+    @property
+    def buffered(self) -> int:
+        """Steps recorded but not yet taken (complete plus the held-back one)."""
+        return len(self._done) + (self._pending is not None)
+
     def ready(self, steps: int, interval_s: float) -> bool:
         """Whether ``steps`` complete steps wait or the oldest is ``interval_s`` old."""
         if not self._done:
@@ -119,14 +133,16 @@ class BatchBuilder:
         return len(self._done) >= steps or (
             self._oldest is not None and time.monotonic() - self._oldest >= interval_s)
 
-    def take(self) -> StepBatch | None:
-        """Returns the complete steps as one batch (None when there are none) and forgets them."""
+    def take(self, session_id: str, first_seq: int) -> TransitionBatch | None:
+        """Returns the complete steps as one batch of ``session_id`` numbered from ``first_seq``
+        (None when there are none) and forgets them."""
         if not self._done:
             return None
         rows, self._done = self._done, []
         self._oldest = None if self._pending is None else time.monotonic()
         names = rows[0][0].keys()
-        return StepBatch(
+        return TransitionBatch(
+            session_id=session_id, first_seq=first_seq,
             observations={name: np.stack([r[0][name] for r in rows]) for name in names},
             actions=np.stack([r[1] for r in rows]),
             agents=np.asarray([r[2] for r in rows], dtype=np.uint8),
@@ -334,13 +350,13 @@ class ControlLoop:
             return
         if not self.sink.accepting:
             return  # steps wait in the builder (bounded: recording stops while blocked)
-        batch = self._builder.take()
+        batch = self._builder.take(self.sink.session_id, self.sink.next_seq)
         if batch is None:
             return
         try:
             self.sink.put_steps(batch)
         except OutboxError as e:
-            logger.error("loop: sink refused %d steps: %s", len(batch), e)
+            logger.error("loop: sink refused %d steps: %s", batch.size, e)
 
     # ------------------------------------------------------------------ around ticks
     async def _await_gate(self) -> None:
@@ -365,18 +381,24 @@ class ControlLoop:
         self.clock.rebase()
         logger.info("loop: environment reset after %d steps", self.steps)
 
-    def stats(self) -> LoopStatsSnapshot:
-        """Returns the current statistics (for heartbeats and logs)."""
+    @property
+    def next_step_seq(self) -> int:
+        """Seq the next recorded step will get (the sink's next seq plus steps not yet flushed)."""
+        return (self.sink.next_seq if self.sink is not None else 0) + self._builder.buffered
+
+    def stats(self) -> RuntimeStats:
+        """Returns the current statistics (for heartbeats, status and logs)."""
         p50, p99, worst = self.clock.jitter_ms()
         inference = self.policy.inference_s
-        return LoopStatsSnapshot(
+        loop = LoopStats(
             steps=self.steps, loop_hz=self.clock.achieved_hz(), jitter_p50_ms=p50, jitter_p99_ms=p99,
             jitter_max_ms=worst, overruns=self.clock.overruns,
             inference_p50_ms=inference.percentile(50) * 1e3,
             queue_depth=self.sink.depth if self.sink is not None else 0,
             spilled_bytes=self.sink.spilled_bytes if self.sink is not None else 0,
-            agent=AGENT_NAMES[self.schedule.agent], paused=self.holding,
-            ticks=self.clock.ticks, skipped_ticks=self.clock.skipped,
+            agent=AGENT_NAMES[self.schedule.agent], paused=self.holding)
+        return RuntimeStats(
+            loop=loop, ticks=self.clock.ticks, skipped_ticks=self.clock.skipped,
             inference_p99_ms=inference.percentile(99) * 1e3, held_ticks=self.held_ticks,
             shield=self.shield.counters.snapshot(), policy=self.policy.counters(),
         )
@@ -386,7 +408,7 @@ class ControlLoop:
         if now - self._last_stats_log < self.config.stats_log_interval_s:
             return
         self._last_stats_log = now
-        s = self.stats()
+        s = self.stats().loop
         logger.info("loop: %d steps, %.1f Hz, jitter p50/p99/max %.3f/%.3f/%.3f ms, %d overruns, "
                     "inference p50 %.2f ms, queue %d, spilled %d B, agent %s%s",
                     s.steps, s.loop_hz, s.jitter_p50_ms, s.jitter_p99_ms, s.jitter_max_ms, s.overruns,

@@ -1,19 +1,28 @@
-"""The uplink outbox: a bounded in-memory queue of encoded batches backed by the spill log.
+"""The uplink outbox: a write-through queue of numbered batches, in memory and in the spill log.
 
-Every batch gets a contiguous seq range (``first_seq .. first_seq+count-1``) from the
-outbox, which continues the numbering persisted by the :class:`~runtime.spill.SpillLog`.
-A batch stays in memory while the uplink is connected and memory is under its bound;
-otherwise (uplink gone, or memory over its bound) it is written to the spill log and its
-payload dropped from memory. On disconnect, memory entries are spilled too, so a long
-outage costs disk, not RAM. After a reconnect, :meth:`Outbox.rewind` (with the learner's
-``resume_seq``) replays every unacked batch in seq order — memory and spill alike;
-:meth:`Outbox.on_ack` releases acked batches (and their spill segments).
+The loop builds each :class:`~protocol.messages.TransitionBatch` numbered from
+:attr:`Outbox.next_seq` (continuing the numbering persisted by the
+:class:`~runtime.spill.SpillLog`). Every batch is written to the spill log by the writer
+thread as soon as it is recorded (write-through); memory is the fast path for sending and
+keeps the batch until it is acked, unless the uplink is down or memory is over its bound,
+in which case the written batch's memory copy is dropped and it is read back from disk
+when sent. :meth:`Outbox.on_ack` releases acked batches (and their disk segments);
+after a reconnect :meth:`Outbox.rewind` (with the learner's ``resume_seq``) replays every
+unacked batch in seq order.
+
+A batch becomes sendable only once it is on disk, and the spill log's ``next_seq`` only
+counts records actually written. So a runtime killed with SIGKILL loses only what still
+sat in the writer queue (milliseconds); those seqs were never sent, and the restarted
+runtime numbers its new steps from them — the learner sees neither a gap nor a duplicate.
+Steps the spill log itself loses (``drop_oldest`` policy, a corrupt record) are skipped
+with an ERROR and counted in :attr:`Outbox.lost_steps`; the learner learns of them by the
+gap rule in docs/protocol.md.
 
 Threads: the public methods run on the event loop and never touch the disk. Disk writes
-go to one writer thread through a bounded queue; disk reads for replay go to a reader
-thread (awaited by the sender coroutine, never by the tick). When the writer queue is
-full or the spill log is full under its ``hold`` policy, :attr:`Outbox.accepting` turns
-False and the loop stops recording and holds the robot; nothing is dropped silently.
+(encoding included) go to one writer thread through a bounded queue; disk reads for replay
+go to a reader thread (awaited by the sender coroutine, never by the tick). When the writer
+queue is full or the spill log is full under its ``hold`` policy, :attr:`Outbox.accepting`
+turns False and the loop stops recording and holds the robot; nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -28,38 +37,32 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
-
+from protocol.codec import decode, encode
+from protocol.errors import ProtocolError
+from protocol.messages import TransitionBatch
 from runtime.errors import OutboxError, SpillError, SpillFullError
 from runtime.spill import SpillLog
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class StepBatch:
-    """Columnar steps, as the loop records them (RLDS convention, see docs/architecture.md)."""
+def encode_batch(batch: TransitionBatch) -> bytes:
+    """Returns ``batch`` as one self-contained msgpack frame (the spill log's record payload).
 
-    observations: dict[str, np.ndarray]
-    """Observation arrays by name, each ``(B, ...)``."""
-    actions: np.ndarray
-    """``(B, A)`` float32 actions applied."""
-    agents: np.ndarray
-    """``(B,)`` uint8: 0 forward, 1 backward."""
-    timestamps: np.ndarray
-    """``(B,)`` float64 ``time.monotonic()`` of each observation."""
-    is_first: np.ndarray
-    """``(B,)`` bool: the observation starts a segment."""
-    is_last: np.ndarray
-    """``(B,)`` bool: the observation ends a segment (its action is padding)."""
-
-    def __len__(self) -> int:
-        return int(self.actions.shape[0])
+    Raises ProtocolError for an unencodable batch. CPU-bound (a memory copy).
+    """
+    return bytes(encode(batch, single_frame=True)[0])
 
 
-#: ``encode(session_id, first_seq, batch) -> payload``: e.g. protocol's TransitionBatch in
-#: its single-frame msgpack form. Runs on the event loop, so it must be a pure, fast function.
-BatchEncoder = Callable[[str, int, StepBatch], bytes]
+def decode_batch(payload: bytes) -> TransitionBatch:
+    """Returns the batch :func:`encode_batch` produced. Raises SpillError when it is not one."""
+    try:
+        msg = decode([payload])
+    except ProtocolError as e:
+        raise SpillError(f"spilled record does not decode: {e}") from e
+    if not isinstance(msg, TransitionBatch):
+        raise SpillError(f"spilled record is a {msg.TYPE}, not transitions")
+    return msg
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,13 +70,13 @@ class OutboxConfig:
     """Bounds of the outbox."""
 
     max_memory_bytes: int = 256 * 2**20
-    """Payload bytes kept in memory before new batches go to the spill log."""
+    """Array bytes kept in memory; past it, written batches are read back from disk to send."""
     max_memory_batches: int = 4096
-    """Batches kept in memory before new batches go to the spill log."""
+    """Batches kept in memory; past it, as above."""
     writer_queue: int = 256
     """Disk jobs that may wait for the writer thread; when full the outbox stops accepting."""
     persist_interval_s: float = 0.5
-    """How often the writer persists the next seq to ``state.json`` (when it changed)."""
+    """How often the idle writer persists the spill log's next seq to ``state.json``."""
 
     def __post_init__(self) -> None:
         for name in ("max_memory_bytes", "max_memory_batches", "writer_queue"):
@@ -88,8 +91,8 @@ class _Entry:
     first_seq: int
     count: int
     size: int
-    payload: bytes | None
-    spilled: bool = False
+    batch: TransitionBatch | None
+    written: bool = False
     writing: bool = False
 
     @property
@@ -105,20 +108,27 @@ class OutgoingBatch:
     """First seq of the batch."""
     count: int
     """Steps in the batch."""
-    payload: bytes
-    """The encoded batch."""
+    batch: TransitionBatch
+    """The batch itself (arrays may be read-only views of a spilled record)."""
+    generation: int
+    """:attr:`Outbox.generation` when it was taken; a later rewind makes it stale."""
 
 
 class Outbox:
     """See the module docstring. Create, :meth:`start` on the event loop, :meth:`close` at the end."""
 
-    def __init__(self, spill: SpillLog, encode: BatchEncoder, config: OutboxConfig | None = None) -> None:
+    def __init__(self, spill: SpillLog, config: OutboxConfig | None = None,
+                 encode: Callable[[TransitionBatch], bytes] = encode_batch,
+                 decode: Callable[[bytes], TransitionBatch] = decode_batch) -> None:
+        """``encode``/``decode`` turn a batch into a spill record and back (the protocol's
+        single-frame form by default); ``encode`` runs in the writer thread."""
         self.config = config or OutboxConfig()
         self.spill = spill
-        self._encode = encode
+        self._encode, self._decode = encode, decode
         self._entries: deque[_Entry] = deque(
-            _Entry(seq, count, 0, None, spilled=True) for seq, count in spill.records())
+            _Entry(seq, count, 0, None, written=True) for seq, count in spill.records())
         self._unsent: deque[_Entry] = deque(self._entries)
+        self._unwritten: deque[_Entry] = deque()  # seq order; the front blocks sending after it
         self._next_seq = spill.next_seq
         self._acked = self._entries[0].first_seq if self._entries else self._next_seq
         self._memory_bytes = 0
@@ -131,8 +141,12 @@ class Outbox:
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-read")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
+        self.generation = 0
+        """Incremented by every :meth:`rewind`."""
         self.lost_steps = 0
-        """Steps whose spilled payload could not be read back (dropped by policy or corrupt)."""
+        """Steps whose spilled record could not be read back (dropped by policy or corrupt)."""
+        self.written_batches = 0
+        """Batches the writer thread has put on disk since start."""
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -142,7 +156,7 @@ class Outbox:
         self._writer.start()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Finishes queued disk writes, persists the next seq and closes the spill log.
+        """Finishes queued disk writes, persists the next *written* seq and closes the spill log.
 
         Blocks up to ``timeout`` seconds for the writer thread. Idempotent.
         """
@@ -158,7 +172,10 @@ class Outbox:
             if self._writer.is_alive():
                 logger.error("outbox: writer thread did not finish within %.1f s", timeout)
         self._reader.shutdown(wait=True, cancel_futures=True)
-        self.spill.set_next_seq(self._next_seq)
+        unwritten = sum(e.count for e in self._unwritten if not e.written)
+        if unwritten:
+            logger.error("outbox: %d steps were never written to disk (spill full); their seqs "
+                         "will be reused", unwritten)
         self.spill.close()
 
     # ------------------------------------------------------------------ state
@@ -179,7 +196,7 @@ class Outbox:
 
     @property
     def accepting(self) -> bool:
-        """Whether :meth:`put` will take another batch (False: the loop must hold)."""
+        """Whether :meth:`put_steps` will take another batch (False: the loop must hold)."""
         return not (self._closed or self._spill_full or self._jobs.full())
 
     @property
@@ -193,8 +210,13 @@ class Outbox:
         return len(self._entries)
 
     @property
+    def unwritten_steps(self) -> int:
+        """Steps recorded but not yet on disk (what a SIGKILL now would lose)."""
+        return sum(e.count for e in self._unwritten)
+
+    @property
     def memory_bytes(self) -> int:
-        """Payload bytes held in memory."""
+        """Array bytes held in memory."""
         return self._memory_bytes
 
     @property
@@ -208,55 +230,45 @@ class Outbox:
         return self._entries[0].first_seq if self._entries else self._next_seq
 
     def set_connected(self, connected: bool) -> None:
-        """Tells the outbox whether the uplink is up. Going down spills memory entries."""
+        """Tells the outbox whether the uplink is up. Going down drops the memory copies of
+        written batches (they are on disk), so a long outage costs disk, not RAM."""
         if connected == self._connected:
             return
         self._connected = connected
         if not connected:
             for entry in self._entries:
-                if entry.payload is not None and not entry.spilled and not entry.writing:
-                    if not self._submit_spill(entry):
-                        break
+                if entry.written and entry.batch is not None:
+                    self._drop_batch(entry)
 
     # ------------------------------------------------------------------ producer side
-    def put_steps(self, batch: StepBatch) -> int:
-        """Numbers ``batch``, encodes it and queues it; returns its first seq. Non-blocking.
+    def put_steps(self, batch: TransitionBatch) -> int:
+        """Queues ``batch`` (it must start at :attr:`next_seq` in this session) and hands it to
+        the writer thread; returns its first seq. Non-blocking; the arrays must not change.
 
-        Raises OutboxError when not :attr:`accepting` (nothing is numbered then).
+        Raises OutboxError when not :attr:`accepting`, or for another session or seq.
         """
         if not self.accepting:
             raise OutboxError("outbox is not accepting (writer backlog or spill log full)")
-        first_seq = self._next_seq
-        payload = self._encode(self.session_id, first_seq, batch)
-        self.put(first_seq, len(batch), payload)
-        return first_seq
-
-    def put(self, first_seq: int, count: int, payload: bytes) -> None:
-        """Queues an encoded batch of ``count`` steps starting at ``first_seq`` (must equal
-        :attr:`next_seq`). Non-blocking. Raises OutboxError when not accepting or out of order."""
-        if not self.accepting:
-            raise OutboxError("outbox is not accepting (writer backlog or spill log full)")
-        if first_seq != self._next_seq or count < 1:
-            raise OutboxError(f"batch seq {first_seq}+{count} does not continue at {self._next_seq}")
-        entry = _Entry(first_seq, count, len(payload), payload)
+        if batch.session_id != self.session_id:
+            raise OutboxError(f"batch of session {batch.session_id!r}, outbox is {self.session_id!r}")
+        if batch.first_seq != self._next_seq:
+            raise OutboxError(f"batch seq {batch.first_seq}+{batch.size} does not continue at {self._next_seq}")
+        entry = _Entry(batch.first_seq, batch.size, batch.nbytes, batch)
         self._next_seq = entry.end
         self._entries.append(entry)
-        self._unsent.append(entry)
+        self._unwritten.append(entry)
         self._memory_bytes += entry.size
         self._memory_batches += 1
-        over = (self._memory_bytes > self.config.max_memory_bytes
-                or self._memory_batches > self.config.max_memory_batches)
-        if not self._connected or over:
-            self._submit_spill(entry)
-        self._wake.set()
+        self._submit_write(entry)  # room was checked by ``accepting``; only this thread adds jobs
+        return entry.first_seq
 
     # ------------------------------------------------------------------ sender side
     async def next_batch(self) -> OutgoingBatch:
-        """Waits for the next batch to send (in seq order) and returns it.
+        """Waits for the next written batch to send (in seq order) and returns it.
 
-        Spilled payloads are read in the reader thread. Waits without a deadline: the
-        caller sets one (``asyncio.timeout``). Batches whose spilled payload is lost are
-        skipped with an ERROR (counted in :attr:`lost_steps`).
+        Batches whose memory copy was dropped are read in the reader thread. Waits without a
+        deadline: the caller sets one (``asyncio.timeout``). Batches whose spilled record is
+        lost are skipped with an ERROR (counted in :attr:`lost_steps`).
         """
         while True:
             while not self._unsent:
@@ -265,45 +277,49 @@ class Outbox:
             entry = self._unsent.popleft()
             if entry.end <= self._acked:
                 continue
-            payload = entry.payload
-            if payload is None:
+            generation, batch = self.generation, entry.batch
+            if batch is None:
                 try:
                     loop = asyncio.get_running_loop()
-                    payload = await loop.run_in_executor(self._reader, self.spill.read, entry.first_seq)
+                    batch = await loop.run_in_executor(self._reader, self._read, entry.first_seq)
                 except SpillError as e:
                     if entry.end <= self._acked:
                         continue  # acked and released while reading
                     self.lost_steps += entry.count
                     logger.error("outbox: steps %d..%d lost: %s", entry.first_seq, entry.end - 1, e)
                     continue
-            return OutgoingBatch(entry.first_seq, entry.count, payload)
+            return OutgoingBatch(entry.first_seq, entry.count, batch, generation)
 
     def on_ack(self, next_seq: int) -> None:
         """Releases every batch wholly below ``next_seq`` (cumulative ack). Non-blocking."""
         if next_seq <= self._acked:
             return
         self._acked = min(next_seq, self._next_seq)
-        released_spill = False
+        released = False
         while self._entries and self._entries[0].end <= self._acked:
             entry = self._entries.popleft()
-            released_spill |= entry.spilled or entry.writing
-            if entry.payload is not None:
-                self._drop_payload(entry)
-        if released_spill:
+            released |= entry.written or entry.writing
+            if entry.batch is not None:
+                self._drop_batch(entry)
+        if released:
             self._submit(("release", self._acked - 1))
 
     def rewind(self, resume_seq: int) -> None:
         """After a (re)connect: everything below ``resume_seq`` is acked, everything from it
-        is sent again in order. Non-blocking."""
+        that is written is sent again in order (the rest follows as it is written). Non-blocking."""
         if resume_seq < self._acked:
             logger.error("outbox: learner resumes at %d but %d was already acked and released; "
                          "resending from %d", resume_seq, self._acked, self.oldest_seq)
         self.on_ack(resume_seq)
-        self._unsent = deque(e for e in self._entries if e.end > resume_seq)
+        self.generation += 1
+        self._unsent = deque(e for e in self._entries if e.end > resume_seq and e.written)
         self._wake.set()
 
     # ------------------------------------------------------------------ writer thread
-    def _submit_spill(self, entry: _Entry) -> bool:
+    def _read(self, seq: int) -> TransitionBatch:
+        return self._decode(self.spill.read(seq))
+
+    def _submit_write(self, entry: _Entry) -> bool:
         entry.writing = True
         if self._submit(("append", entry)):
             return True
@@ -331,18 +347,24 @@ class Outbox:
                 if kind == "append":
                     self._write(item)  # type: ignore[arg-type]
                 elif kind == "release":
+                    # persist the numbering before the segments that prove it disappear
+                    self.spill.set_next_seq(self.spill.next_seq)
                     self.spill.release_through(item)  # type: ignore[arg-type]
                     self._call_loop(self._on_released)
-                if time.monotonic() - last_persist >= self.config.persist_interval_s:
-                    self.spill.set_next_seq(self._next_seq)
+                elif time.monotonic() - last_persist >= self.config.persist_interval_s:
+                    self.spill.set_next_seq(self.spill.next_seq)
                     last_persist = time.monotonic()
             except SpillError as e:
                 logger.error("outbox: disk job %s failed: %s", kind, e)
 
     def _write(self, entry: _Entry) -> None:
+        batch = entry.batch
+        if batch is None:  # cannot happen: a batch is only dropped after it is written
+            logger.error("outbox: batch %d has no payload to write", entry.first_seq)
+            return
         try:
-            self.spill.append(entry.first_seq, entry.payload, entry.count)  # type: ignore[arg-type]
-        except SpillFullError as e:
+            self.spill.append(entry.first_seq, self._encode(batch), entry.count)
+        except SpillError as e:
             self._call_loop(self._on_written, entry, e)
             return
         self._call_loop(self._on_written, entry, None)
@@ -355,23 +377,34 @@ class Outbox:
                 logger.debug("outbox: event loop closed; dropping a writer notification")
 
     # ------------------------------------------------------------------ loop callbacks
-    def _on_written(self, entry: _Entry, error: SpillFullError | None) -> None:
+    def _on_written(self, entry: _Entry, error: SpillError | None) -> None:
         entry.writing = False
         if error is not None:
             if not self._spill_full:
-                logger.error("outbox: %s; the batch stays in memory and recording stops", error)
+                logger.error("outbox: %s; the batch stays in memory (unsent) and recording stops", error)
             self._spill_full = True
             return
-        entry.spilled = True
-        if entry.payload is not None:
-            self._drop_payload(entry)
+        entry.written = True
+        self.written_batches += 1
+        while self._unwritten and self._unwritten[0].written:  # sendable in seq order only
+            ready = self._unwritten.popleft()
+            if ready.end > self._acked:
+                self._unsent.append(ready)
+        over = (self._memory_bytes > self.config.max_memory_bytes
+                or self._memory_batches > self.config.max_memory_batches)
+        if entry.batch is not None and (over or not self._connected):
+            self._drop_batch(entry)
+        self._wake.set()
 
     def _on_released(self) -> None:
         if self._spill_full and self.spill.bytes_used < self.spill.config.max_bytes * 0.9:
-            logger.info("outbox: spill log has room again; recording resumes")
+            logger.info("outbox: spill log has room again; writing the held batches, recording resumes")
             self._spill_full = False
+            for entry in self._unwritten:
+                if not entry.written and not entry.writing and not self._submit_write(entry):
+                    break
 
-    def _drop_payload(self, entry: _Entry) -> None:
-        entry.payload = None
+    def _drop_batch(self, entry: _Entry) -> None:
+        entry.batch = None
         self._memory_bytes -= entry.size
         self._memory_batches -= 1

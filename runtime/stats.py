@@ -1,4 +1,5 @@
-"""Bounded statistics for the control loop: a numpy ring of samples and the loop's snapshot."""
+"""Bounded statistics for the control loop: a numpy ring of samples and the loop's report
+(:class:`RuntimeStats`, which wraps the wire's :class:`protocol.messages.LoopStats`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import logging
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from protocol.messages import LoopStats
 
 logger = logging.getLogger(__name__)
 
@@ -63,31 +66,12 @@ class Ring:
 
 
 @dataclass(frozen=True, kw_only=True)
-class LoopStatsSnapshot:
-    """What the loop reports in heartbeats; the first fields mirror ``protocol`` ``LoopStats``."""
+class RuntimeStats:
+    """What the loop reports: the heartbeat's :class:`protocol.messages.LoopStats` plus the
+    runtime-only figures that travel in ``Status.detail`` and the logs."""
 
-    steps: int
-    """Steps recorded since start."""
-    loop_hz: float
-    """Achieved tick rate over the recent window."""
-    jitter_p50_ms: float
-    """Median absolute period error (ms)."""
-    jitter_p99_ms: float
-    """99th percentile absolute period error (ms)."""
-    jitter_max_ms: float
-    """Largest absolute period error since start (ms)."""
-    overruns: int
-    """Ticks that started later than deadline + tolerance."""
-    inference_p50_ms: float
-    """Median policy inference time (ms)."""
-    queue_depth: int
-    """Steps waiting in the outbox (memory and spill)."""
-    spilled_bytes: int
-    """Bytes currently held in the spill log."""
-    agent: str
-    """Acting agent: ``"forward"`` or ``"backward"``."""
-    paused: bool
-    """Whether the loop holds the robot (paused, e-stopped, homing or blocked)."""
+    loop: LoopStats
+    """The figures heartbeats carry (``Heartbeat.stats``)."""
     ticks: int = 0
     """Ticks since start (recorded or not)."""
     skipped_ticks: int = 0
@@ -101,11 +85,12 @@ class LoopStatsSnapshot:
     policy: dict[str, float] = field(default_factory=dict)
     """Policy slot counters: versions, swaps, rejections, last swap time."""
 
-    def loop_stats_fields(self) -> dict[str, object]:
-        """Returns exactly the fields of ``protocol.messages.LoopStats`` (``LoopStats(**this)``)."""
-        names = (
-            "steps", "loop_hz", "jitter_p50_ms", "jitter_p99_ms", "jitter_max_ms", "overruns",
-            "inference_p50_ms", "queue_depth", "spilled_bytes", "agent", "paused",
-        )
-        data = asdict(self)
-        return {name: data[name] for name in names}
+    def detail(self) -> dict[str, float | int | str | bool]:
+        """Returns every figure as flat scalars (for ``Status.detail``): the LoopStats fields,
+        the extras, and the shield/policy counters prefixed ``shield_``/``policy_``."""
+        out: dict[str, float | int | str | bool] = dict(asdict(self.loop))
+        out.update(ticks=self.ticks, skipped_ticks=self.skipped_ticks,
+                   inference_p99_ms=self.inference_p99_ms, held_ticks=self.held_ticks)
+        out.update({f"shield_{k}": v for k, v in self.shield.items()})
+        out.update({f"policy_{k}": v for k, v in self.policy.items()})
+        return out

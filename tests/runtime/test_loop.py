@@ -12,7 +12,8 @@ import torch
 
 from runtime.clock import Clock, ClockConfig
 from runtime.loop import ControlLoop, LoopConfig
-from runtime.outbox import Outbox, OutboxConfig, StepBatch
+from protocol.messages import TransitionBatch
+from runtime.outbox import Outbox, OutboxConfig
 from runtime.policy_slot import PolicySlot
 from runtime.schedule import Schedule, ScheduleConfig
 from runtime.shield import Shield, ShieldConfig
@@ -26,16 +27,22 @@ class ListSink:
     """Collects batches (a stand-in for the outbox where the test inspects the steps)."""
 
     def __init__(self) -> None:
-        self.batches: list[StepBatch] = []
+        self.batches: list[TransitionBatch] = []
         self.accepting = True
         self.depth = 0
         self.spilled_bytes = 0
         self.seq = 0
+        self.session_id = "test-session"
 
-    def put_steps(self, batch: StepBatch) -> int:
+    @property
+    def next_seq(self) -> int:
+        return self.seq
+
+    def put_steps(self, batch: TransitionBatch) -> int:
+        assert batch.first_seq == self.seq
         self.batches.append(batch)
-        self.seq += len(batch)
-        return self.seq - len(batch)
+        self.seq += batch.size
+        return self.seq - batch.size
 
     def column(self, name: str) -> np.ndarray:
         return np.concatenate([getattr(b, name) for b in self.batches])
@@ -78,7 +85,7 @@ def test_hot_swap_while_running_costs_no_tick(tmp_path: Path) -> None:
 
     async def body() -> None:
         spill = SpillLog.open(SpillConfig(directory=tmp_path, segment_bytes=1 << 20, max_bytes=1 << 26))
-        outbox = Outbox(spill, lambda s, q, b: b.actions.tobytes(), OutboxConfig())
+        outbox = Outbox(spill, OutboxConfig())
         outbox.start()
         loop = build(robot, outbox, rate_hz=50.0, switch_every=10)
         offers = []
@@ -100,13 +107,14 @@ def test_hot_swap_while_running_costs_no_tick(tmp_path: Path) -> None:
             loop.policy.close()
             outbox.close()
         stats = loop.stats()
+        loop_stats = stats.loop
         assert loop.clock.skipped == 0, "a tick was missed"
         assert stats.ticks >= int(elapsed * 50) - 3
-        assert stats.overruns <= max(2, stats.ticks // 20)  # shared 2-core machine: tolerate a few
+        assert loop_stats.overruns <= max(2, stats.ticks // 20)  # shared 2-core machine: tolerate a few
         assert [o.accepted for o in offers] == [True, False] * 8
         assert loop.policy.version(0) == 7 and loop.policy.version(1) == 8 and loop.policy.rejected == 8
-        assert stats.steps == outbox.next_seq and robot.stop_calls >= 1
-        assert stats.inference_p50_ms > 0 and stats.policy["swap_to_active_ms_last"] < 200
+        assert loop_stats.steps == outbox.next_seq and robot.stop_calls >= 1
+        assert loop_stats.inference_p50_ms > 0 and stats.policy["swap_to_active_ms_last"] < 200
 
     asyncio.run(body())
 
@@ -206,7 +214,7 @@ def test_blocked_sink_holds_the_robot() -> None:
         loop = build(robot, sink, rate_hz=100.0)
         await run_for(loop, 0.2)
         loop.policy.close()
-        assert loop.holding and loop.steps == 0 and loop.stats().paused
+        assert loop.holding and loop.steps == 0 and loop.stats().loop.paused
         assert all(np.all(a[:3] == 0) for a in robot.actions)
 
     asyncio.run(body())

@@ -1,9 +1,10 @@
-"""Outbox: in-order, exactly-once replay from memory and spill across disconnects and restarts."""
+"""Outbox: write-through, in-order, exactly-once replay from memory and spill across disconnects,
+restarts and a SIGKILL-like crash."""
 
 from __future__ import annotations
 
 import asyncio
-import struct
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -12,19 +13,17 @@ import numpy as np
 import pytest
 
 from runtime.errors import OutboxError
-from runtime.outbox import Outbox, OutboxConfig, StepBatch
+from protocol.messages import TransitionBatch
+from runtime.outbox import Outbox, OutboxConfig
 from runtime.spill import SpillConfig, SpillLog
 
 
-def encode(session_id: str, first_seq: int, batch: StepBatch) -> bytes:
-    """Test encoder: seq header + the raw actions (enough to check identity and order)."""
-    return struct.pack("<QI", first_seq, len(batch)) + batch.actions.tobytes()
-
-
-def steps(n: int, marker: float) -> StepBatch:
-    return StepBatch(observations={"proprio": np.zeros((n, 2), np.float32)},
-                     actions=np.full((n, 2), marker, np.float32), agents=np.zeros(n, np.uint8),
-                     timestamps=np.zeros(n), is_first=np.zeros(n, bool), is_last=np.zeros(n, bool))
+def steps(outbox: Outbox, n: int, marker: float) -> TransitionBatch:
+    """A batch of ``n`` steps continuing ``outbox``'s numbering; every action equals ``marker``."""
+    return TransitionBatch(session_id=outbox.session_id, first_seq=outbox.next_seq,
+                           observations={"proprio": np.zeros((n, 2), np.float32)},
+                           actions=np.full((n, 2), marker, np.float32), agents=np.zeros(n, np.uint8),
+                           timestamps=np.zeros(n), is_first=np.zeros(n, bool), is_last=np.zeros(n, bool))
 
 
 class Learner:
@@ -34,10 +33,9 @@ class Learner:
         self.expected = 0
         self.markers: list[float] = []
 
-    def receive(self, first_seq: int, count: int, payload: bytes) -> None:
-        seq, n = struct.unpack_from("<QI", payload)
-        assert (seq, n) == (first_seq, count)
-        actions = np.frombuffer(payload, np.float32, offset=12).reshape(n, 2)
+    def receive(self, first_seq: int, count: int, batch: TransitionBatch) -> None:
+        assert (batch.first_seq, batch.size) == (first_seq, count)
+        actions = batch.actions
         assert first_seq <= self.expected, f"gap: got {first_seq}, expected {self.expected}"
         skip = self.expected - first_seq  # dedupe an overlapping resend
         self.markers.extend(actions[skip:, 0].tolist())
@@ -48,7 +46,7 @@ async def drain(outbox: Outbox, learner: Learner, batches: int, ack: bool = True
     for _ in range(batches):
         async with asyncio.timeout(5):
             out = await outbox.next_batch()
-        learner.receive(out.first_seq, out.count, out.payload)
+        learner.receive(out.first_seq, out.count, out.batch)
         if ack:
             outbox.on_ack(learner.expected)
 
@@ -66,7 +64,7 @@ def run(coro: Callable[[], Awaitable[None]]) -> None:
 
 def open_outbox(directory: Path, **cfg: int) -> Outbox:
     spill = SpillLog.open(SpillConfig(directory=directory, segment_bytes=2000, max_bytes=1_000_000))
-    return Outbox(spill, encode, OutboxConfig(**cfg))
+    return Outbox(spill, OutboxConfig(**cfg))
 
 
 def test_disconnect_spills_and_replay_is_in_order_and_exactly_once(tmp_path: Path) -> None:
@@ -77,12 +75,12 @@ def test_disconnect_spills_and_replay_is_in_order_and_exactly_once(tmp_path: Pat
         try:
             outbox.set_connected(True)
             for i in range(5):
-                outbox.put_steps(steps(3, float(i)))
+                outbox.put_steps(steps(outbox, 3, float(i)))
             await drain(outbox, learner, 3, ack=False)
             outbox.on_ack(6)  # only the first two batches are acked
-            outbox.set_connected(False)  # link drops: unacked memory entries go to disk
+            outbox.set_connected(False)  # link drops: memory copies of written batches are dropped
             for i in range(5, 12):
-                outbox.put_steps(steps(3, float(i)))
+                outbox.put_steps(steps(outbox, 3, float(i)))
             await until(lambda: outbox.memory_bytes == 0)
             assert outbox.spilled_bytes > 0 and outbox.batches == 10 and outbox.depth == 30
             learner.expected = 6  # the learner kept what it had durably ingested
@@ -106,8 +104,8 @@ def test_memory_bound_spills_new_batches_and_sends_them_in_order(tmp_path: Path)
         try:
             outbox.set_connected(True)
             for i in range(8):
-                outbox.put_steps(steps(2, float(i)))
-            await until(lambda: outbox.memory_bytes <= 2 * (12 + 16))
+                outbox.put_steps(steps(outbox, 2, float(i)))
+            await until(lambda: outbox.memory_bytes <= 2 * 2 * (8 + 8 + 1 + 8 + 2))
             await drain(outbox, learner, 8)
             assert learner.markers == [float(i) for i in range(8) for _ in range(2)]
         finally:
@@ -121,7 +119,7 @@ def test_restart_resends_spilled_batches_and_continues_numbering(tmp_path: Path)
         outbox.start()
         try:
             for i in range(4):  # never connected: everything spills
-                outbox.put_steps(steps(5, float(i)))
+                outbox.put_steps(steps(outbox, 5, float(i)))
             await until(lambda: outbox.memory_bytes == 0)
         finally:
             outbox.close()
@@ -137,7 +135,7 @@ def test_restart_resends_spilled_batches_and_continues_numbering(tmp_path: Path)
             outbox.set_connected(True)
             outbox.rewind(10)
             assert outbox.batches == 2 and outbox.depth == 10
-            assert outbox.put_steps(steps(5, 4.0)) == 20
+            assert outbox.put_steps(steps(outbox, 5, 4.0)) == 20
             await drain(outbox, learner, 3)
             assert learner.markers == [float(i) for i in range(5) for _ in range(5)]
         finally:
@@ -151,23 +149,24 @@ def test_restart_resends_spilled_batches_and_continues_numbering(tmp_path: Path)
 
 def test_spill_full_stops_accepting_without_losing_the_batch(tmp_path: Path) -> None:
     async def body() -> None:
-        spill = SpillLog.open(SpillConfig(directory=tmp_path, segment_bytes=200, max_bytes=400))
-        outbox = Outbox(spill, encode, OutboxConfig())
+        spill = SpillLog.open(SpillConfig(directory=tmp_path, segment_bytes=500, max_bytes=1000))
+        outbox = Outbox(spill, OutboxConfig())
         outbox.start()
         learner = Learner()
         try:
             for i in range(6):
                 if not outbox.accepting:
                     break
-                outbox.put_steps(steps(4, float(i)))
+                outbox.put_steps(steps(outbox, 4, float(i)))
                 await asyncio.sleep(0.05)
             assert not outbox.accepting
             with pytest.raises(OutboxError):
-                outbox.put_steps(steps(1, 99.0))
+                outbox.put_steps(steps(outbox, 1, 99.0))
             put = outbox.batches
+            assert outbox.unwritten_steps > 0  # the refused batch waits in memory, unsent
             outbox.set_connected(True)
             outbox.rewind(0)
-            await drain(outbox, learner, put)
+            await drain(outbox, learner, put)  # acks free the disk; the held batch is written and sent
             assert learner.markers == [float(i) for i in range(put) for _ in range(4)]
             await until(lambda: outbox.accepting)
         finally:
@@ -175,8 +174,67 @@ def test_spill_full_stops_accepting_without_losing_the_batch(tmp_path: Path) -> 
     run(body)
 
 
-def test_put_rejects_a_seq_gap(tmp_path: Path) -> None:
+def test_put_rejects_a_seq_gap_and_another_session(tmp_path: Path) -> None:
     outbox = open_outbox(tmp_path)
+    batch = steps(outbox, 1, 0.0)
     with pytest.raises(OutboxError):
-        outbox.put(5, 1, b"x")
+        outbox.put_steps(dataclasses.replace(batch, first_seq=5))
+    with pytest.raises(OutboxError):
+        outbox.put_steps(dataclasses.replace(batch, session_id="other"))
     outbox.close()
+
+
+def test_write_through_every_batch_reaches_disk_while_connected(tmp_path: Path) -> None:
+    async def body() -> None:
+        outbox = open_outbox(tmp_path)
+        outbox.start()
+        try:
+            outbox.set_connected(True)
+            for i in range(4):
+                outbox.put_steps(steps(outbox, 3, float(i)))
+            await until(lambda: outbox.unwritten_steps == 0)
+            assert outbox.memory_bytes > 0  # memory stays the fast path
+            assert [seq for seq, _ in outbox.spill.records()] == [0, 3, 6, 9]
+            learner = Learner()
+            await drain(outbox, learner, 4)
+            await until(lambda: outbox.spilled_bytes == 0)  # acked: the disk copy is released
+        finally:
+            outbox.close()
+    run(body)
+
+
+def test_crash_loses_only_unwritten_steps_and_reuses_their_seqs(tmp_path: Path) -> None:
+    """SIGKILL stand-in: the process state is dropped without ``close()``; only what reached the
+    spill log survives, and the numbering continues from the last written record."""
+    async def first_life() -> None:
+        outbox = open_outbox(tmp_path)
+        outbox.start()
+        outbox.set_connected(True)
+        for i in range(3):
+            outbox.put_steps(steps(outbox, 4, float(i)))
+        await until(lambda: outbox.unwritten_steps == 0)
+        learner = Learner()
+        await drain(outbox, learner, 1)  # seqs 0..3 acked
+        outbox._jobs.put(("stop", None))  # the writer dies first (the process is being killed)
+        outbox._writer.join(5)  # type: ignore[union-attr]
+        outbox.put_steps(steps(outbox, 4, 99.0))  # seqs 12..15 sit in the writer queue: lost
+        assert outbox.unwritten_steps == 4
+        outbox.spill._file.flush()  # the OS keeps what was written, even without close()
+
+    async def second_life() -> None:
+        outbox = open_outbox(tmp_path)
+        outbox.start()
+        try:
+            assert outbox.next_seq == 12  # 12..15 were never written nor sent: reused
+            learner = Learner()
+            learner.expected, learner.markers = 4, [0.0] * 4
+            outbox.set_connected(True)
+            outbox.rewind(4)
+            outbox.put_steps(steps(outbox, 4, 3.0))
+            await drain(outbox, learner, 3)
+            assert learner.markers == [float(i) for i in range(4) for _ in range(4)]
+        finally:
+            outbox.close()
+
+    run(first_life)
+    run(second_life)
