@@ -78,12 +78,28 @@ class ServiceConfig:
     """Checkpoints kept on disk (newest first)."""
     log_every: int = 100
     """Agent updates between metric logs."""
+    mode: str = "realtime"
+    """``realtime``: train as fast as possible on the update credit, report the achieved UTD;
+    ``lockstep``: do exactly the updates owed before acknowledging ``trained_through``."""
+    journal_fsync: bool = True
+    """fsync the ingest journal before each ack (survives power loss, not only a crash)."""
+    journal_retention_steps: int = 0
+    """Steps the ingest journal keeps at least; 0 means twice ``replay.capacity`` (both buffers)."""
+    progress_every_s: float = 5.0
+    """Seconds between console progress lines."""
 
     def __post_init__(self) -> None:
         for name in ("torch_threads", "publish_every", "checkpoint_every", "keep_checkpoints", "log_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ServiceConfig.{name} must be a positive int, got {value!r}")
+        if self.mode not in ("realtime", "lockstep"):
+            raise ValueError(f"ServiceConfig.mode must be realtime or lockstep, got {self.mode!r}")
+        if not isinstance(self.journal_retention_steps, int) or self.journal_retention_steps < 0:
+            raise ValueError(f"ServiceConfig.journal_retention_steps must be an int >= 0, "
+                             f"got {self.journal_retention_steps!r}")
+        if not self.progress_every_s > 0:
+            raise ValueError(f"ServiceConfig.progress_every_s must be > 0, got {self.progress_every_s!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"ServiceConfig.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 

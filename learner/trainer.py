@@ -16,7 +16,7 @@ would (on CPU).
 import copy
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -258,6 +258,23 @@ class MedalTrainer:
             self.env_steps += hi - lo
             prev_agent, prev_open = a, not bool(is_last[hi - 1])
         self._streams[stream] = (prev_agent, prev_open)
+
+    def refill(self, runs: Iterable[tuple[int, Mapping[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray,
+                                         np.ndarray]]) -> int:
+        """Rebuild replay from steps that were already counted (a resume whose checkpoint
+        holds no replay): each `(stream, observations, actions, agents, is_first, is_last)`
+        is added to the buffers as `ingest_steps` would, in order, while step counters,
+        update credit and stream state stay as restored. Returns the steps added. Blocks."""
+        saved = (self.env_steps, list(self.agent_steps), list(self.credit), dict(self._streams))
+        self._streams = {}
+        added = 0
+        try:
+            for stream, obs, actions, agents, is_first, is_last in runs:
+                self.ingest_steps(obs, actions, agents, is_first, is_last, stream=stream)
+                added += len(actions)
+        finally:
+            self.env_steps, self.agent_steps, self.credit, self._streams = saved
+        return added
 
     def _close(self, agent: int, obs: Mapping[str, np.ndarray], stream: int) -> None:
         pad = np.zeros((1, self.action_dim), dtype=np.float32)

@@ -1,0 +1,623 @@
+"""The learner service: one asyncio process serving runtimes while one thread trains.
+
+Event loop (one ``TaskGroup``): the uplink (hello → spaces and settings checked against the
+demos and the config → welcome; transitions → admit → journal append in a thread → commit
+→ hand to training → ack), heartbeats, the control server (status, pause/resume) and the
+weights publisher. A session whose frames do not decode against its declared spaces gets a
+refusing ``welcome`` naming the error and is dropped; other sessions are unaffected.
+
+The training thread (:class:`TrainingWorker`) owns the :class:`MedalTrainer` — the event
+loop never waits on torch. It drains ingested batches, runs the updates owed (credit =
+UTD × steps after the seed phase; ``realtime`` interleaves ingest and updates and reports
+the achieved UTD, ``lockstep`` finishes every owed update before ingesting more), reports
+``trained_through`` per session (every update owed for the steps below it is done),
+publishes finite actor copies every ``publish_every`` updates and checkpoints every
+``checkpoint_every`` updates and on stop.
+
+Exactly-once across crashes: a batch is acked only after its journal record is durable;
+checkpoints store the journal position the trainer consumed and the matching
+ReceiveTracker state; a resumed learner replays the journal after that position (and
+rebuilds replay from older records when the checkpoint holds none) without counting twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from learner import checkpoint
+from learner.config import LearnerConfig
+from learner.demo_dir import DemoSet, describe_space
+from learner.errors import LearnerError
+from learner.journal import IngestJournal, JournalConfig, JournalError
+from learner.metrics import Metrics
+from learner.trainer import BACKWARD, FORWARD, MedalTrainer
+from protocol.errors import ProtocolError, SequenceGap
+from protocol.keys import CurveServerKeys
+from protocol.messages import AGENTS, Ack, Command, Heartbeat, Hello, Status, TransitionBatch, Weights, Welcome
+from protocol.reliability import ReceiveTracker
+from protocol.transport import (ControlServer, ControlServerConfig, UplinkServer, UplinkServerConfig,
+                                WeightsPublisher, WeightsPublisherConfig)
+
+logger = logging.getLogger(__name__)
+
+MODES = ("realtime", "lockstep")
+
+
+class ServiceError(LearnerError):
+    """The service cannot start or stopped on a fault (the text says which part)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkItem:
+    """One committed batch on its way to the training thread."""
+
+    position: int
+    """Journal position of the batch's first step."""
+    stream: int
+    """The trainer stream of the batch's session."""
+    batch: TransitionBatch
+    """The fresh (deduplicated) steps."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """Returns the torch device for ``auto`` / ``cpu`` / ``cuda[:N]``; ServiceError if CUDA is absent."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ServiceError(f"--device {name}: CUDA is not available here")
+    return torch.device(name)
+
+
+def _runs(item: WorkItem) -> tuple[int, dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    b = item.batch
+    return item.stream, dict(b.observations), b.actions, b.agents, b.is_first, b.is_last
+
+
+# ============================================================================ training thread
+
+class TrainingWorker:
+    """The thread that owns the trainer. ``submit`` from the loop; ``start``; ``stop`` (blocks)."""
+
+    def __init__(self, trainer: MedalTrainer, cfg: LearnerConfig, *, run_dir: Path, journal: IngestJournal,
+                 tracker: ReceiveTracker, position: int, ckpt_positions: dict[int, int], metrics: Metrics,
+                 publish: Callable[[Weights], None], trained: Callable[[dict[str, int]], None]) -> None:
+        self.trainer, self.cfg, self.run_dir, self.journal = trainer, cfg, run_dir, journal
+        self.mode = cfg.service.mode
+        self.tracker = tracker  # what the trainer has ingested (checkpointed with it)
+        self.position = position
+        self.ckpt_positions = ckpt_positions
+        self.metrics = metrics
+        self._publish_cb, self._trained_cb = publish, trained
+        self._inbox: queue.Queue[WorkItem] = queue.Queue()
+        self._stop = threading.Event()
+        self._paused = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._main, name="learner-training", daemon=True)
+        self._published = [-1, -1]
+        self._trained: dict[str, int] = {}
+        self._last_ckpt = self._last_log = sum(trainer.updates)
+        self._rate: deque[tuple[float, int]] = deque(maxlen=64)
+        self.weights_withheld = 0
+        """Publications skipped because the actor held non-finite tensors."""
+        self.error: BaseException | None = None
+        """The exception that ended the thread, if any."""
+        self.figures: dict[str, Any] = {}
+        """The latest counters (read under ``lock``)."""
+        self._update_figures()
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Guards ``figures``."""
+        return self._lock
+
+    def submit(self, item: WorkItem) -> None:
+        """Queues a committed batch for the trainer. Thread-safe, never blocks."""
+        self._inbox.put(item)
+
+    def pause(self, paused: bool) -> None:
+        """Stops (True) or restarts (False) updates; ingest continues. Thread-safe."""
+        (self._paused.set if paused else self._paused.clear)()
+
+    @property
+    def paused(self) -> bool:
+        """Whether updates are paused."""
+        return self._paused.is_set()
+
+    def start(self) -> None:
+        """Starts the thread (publishes the current weights first thing)."""
+        self._thread.start()
+
+    def stop(self, timeout: float = 120.0) -> None:
+        """Stops the thread after ingesting what is queued and writing a checkpoint; blocks
+        up to ``timeout`` s. Raises ServiceError when the thread does not end in time."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise ServiceError(f"training thread did not stop within {timeout} s")
+
+    def alive(self) -> bool:
+        """Whether the thread runs."""
+        return self._thread.is_alive()
+
+    # ------------------------------------------------------------------ thread body
+    def _main(self) -> None:
+        try:
+            torch.set_num_threads(self.cfg.service.torch_threads)
+            for a in (FORWARD, BACKWARD):
+                self._publish(a)
+            while not self._stop.is_set():
+                self._iteration()
+            self._drain(block=False)
+            self.checkpoint()
+        except BaseException as e:  # the loop's watcher reports it and shuts the service down
+            logger.exception("training thread failed: %s", e)
+            self.error = e
+
+    def _iteration(self) -> None:
+        owed = self._owed()
+        if self.mode == "realtime" or not owed:
+            self._drain(block=not owed)
+            owed = self._owed()
+        if owed:
+            self._train_once()
+        elif not self._owed_any():  # every update owed is done (a pause holds trained_through)
+            self._report_trained()
+        self._update_figures()
+        if self.metrics.progress(self.progress_figures()):
+            self.metrics.write(self.trainer.env_steps, {"charts/utd": self.figures["utd"],
+                                                        "timing/updates_per_s": self.figures["updates_per_s"]})
+
+    def _owed_any(self) -> bool:
+        t = self.trainer
+        return not t.seed_phase and any(t.credit[a] >= 1 and t.replay[a].has_transition() for a in (0, 1))
+
+    def _owed(self) -> bool:
+        return not self._paused.is_set() and self._owed_any()
+
+    def _drain(self, *, block: bool) -> None:
+        try:
+            item = self._inbox.get(timeout=0.05) if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        items = [item]
+        while True:
+            try:
+                items.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        for it in items:
+            self.ingest(it)
+
+    def ingest(self, item: WorkItem) -> None:
+        """Feeds one committed batch to the trainer (training thread, or before it starts)."""
+        fresh = self.tracker.admit(item.batch)
+        if fresh is None:
+            return
+        self.trainer.ingest_steps(*_runs(dataclasses.replace(item, batch=fresh))[1:], stream=item.stream)
+        self.tracker.commit(fresh.session_id, fresh.end_seq)
+        self.position = max(self.position, item.position + item.batch.size)
+
+    def _train_once(self) -> None:
+        t = self.trainer
+        metrics = t.train_step()
+        self._rate.append((time.monotonic(), sum(t.updates)))
+        if sum(t.updates) - self._last_log >= self.cfg.service.log_every and metrics:
+            self._last_log = sum(t.updates)
+            self.metrics.write(t.env_steps, metrics)
+        for a in (FORWARD, BACKWARD):
+            if t.updates[a] - max(self._published[a], 0) >= self.cfg.service.publish_every:
+                self._publish(a)
+        if sum(t.updates) - self._last_ckpt >= self.cfg.service.checkpoint_every:
+            self.checkpoint()
+
+    def _publish(self, agent: int) -> None:
+        tensors = self.trainer.publishable_weights(agent)
+        version = self.trainer.updates[agent]
+        if tensors is None:
+            self.weights_withheld += 1
+            self._published[agent] = max(self._published[agent], version)  # retry after publish_every more
+            return
+        self._publish_cb(Weights.create(agent=AGENTS[agent], version=version, tensors=tensors))
+        self._published[agent] = version
+
+    def _report_trained(self) -> None:
+        current = {sid: self.tracker.committed(sid) for sid in self.tracker.sessions()}
+        changed = {sid: v for sid, v in current.items() if self._trained.get(sid) != v}
+        if changed:
+            self._trained.update(changed)
+            self._trained_cb(changed)
+
+    def checkpoint(self) -> Path:
+        """Writes a checkpoint with the journal position and tracker; trims the journal. Blocks."""
+        t = self.trainer
+        total = sum(t.updates)
+        service = {"position": self.position, "tracker": self.tracker.export_state()}
+        replay = t.replay_state() if self.cfg.replay.save_in_checkpoint else None
+        path = checkpoint.save_checkpoint(self.run_dir, updates=total, state={**t.state_dict(), "service": service},
+                                          config=self.cfg.to_dict(), counters=t.counters(), replay=replay,
+                                          keep=self.cfg.service.keep_checkpoints)
+        self._last_ckpt = total
+        self.ckpt_positions[total] = self.position
+        on_disk = {n for n, _ in checkpoint.checkpoint_dirs(self.run_dir)}
+        for n in [n for n in self.ckpt_positions if n not in on_disk]:
+            del self.ckpt_positions[n]
+        self.journal.trim(min(self.ckpt_positions.values()))
+        return path
+
+    # ------------------------------------------------------------------ figures
+    def _update_figures(self) -> None:
+        t = self.trainer
+        post_seed = max(0, t.env_steps - t.sched.seed_frames)
+        ups = 0.0
+        if len(self._rate) >= 2 and self._rate[-1][0] > self._rate[0][0]:
+            ups = (self._rate[-1][1] - self._rate[0][1]) / (self._rate[-1][0] - self._rate[0][0])
+        with self._lock:
+            self.figures = {
+                "env_steps": t.env_steps, "updates": sum(t.updates),
+                "utd": sum(t.updates) / post_seed if post_seed else 0.0, "updates_per_s": ups,
+                "weights_version_forward": max(self._published[FORWARD], 0),
+                "weights_version_backward": max(self._published[BACKWARD], 0),
+                "seed_phase": t.seed_phase, "skipped_nonfinite": t.skipped_nonfinite,
+                "weights_withheld": self.weights_withheld, "trained_position": self.position,
+                "paused": self._paused.is_set(), "mode": self.mode,
+            }
+
+    def progress_figures(self) -> dict[str, Any]:
+        """Returns the figures for the console line."""
+        with self._lock:
+            f = dict(self.figures)
+        return {k: f[k] for k in ("env_steps", "updates", "utd", "updates_per_s", "seed_phase",
+                                  "weights_version_forward", "weights_version_backward")}
+
+
+# ============================================================================ uplink with drop hook
+
+class _Uplink(UplinkServer):
+    """UplinkServer that reports which peer sent a frame that failed to decode."""
+
+    def __init__(self, config: UplinkServerConfig, on_bad_peer: Callable[[bytes, str], None]) -> None:
+        super().__init__(config)
+        self._on_bad_peer = on_bad_peer
+
+    def _malformed(self, peer: bytes, why: str) -> None:
+        super()._malformed(peer, why)
+        if peer in self.peers():
+            self._on_bad_peer(peer, why)
+
+
+# ============================================================================ the service
+
+class LearnerService:
+    """The learner process's event-loop side. ``await run()``; ``request_stop()`` ends it."""
+
+    def __init__(self, cfg: LearnerConfig, demos: DemoSet, *, run_dir: Path, resume: bool = False,
+                 keys: CurveServerKeys | None = None) -> None:
+        self.cfg, self.demos, self.run_dir, self.resume, self.keys = cfg, demos, Path(run_dir), resume, keys
+        self.endpoints: dict[str, str] = {}
+        """Bound endpoints (``uplink``, ``weights``, ``control``) once started."""
+        self.started = asyncio.Event()
+        """Set once every socket is bound and the training thread runs."""
+        self.tracker = ReceiveTracker()
+        self.position = 0
+        self.duplicates_dropped = 0
+        self.rejected_batches = 0
+        """Sessions dropped for frames that did not decode against their spaces."""
+        self.refused_sessions = 0
+        self.worker: TrainingWorker | None = None
+        self._journal: IngestJournal | None = None
+        self._streams: dict[str, int] = {}
+        self._peer_of: dict[str, bytes] = {}
+        self._trained: dict[str, int] = {}
+        self._stop = asyncio.Event()
+        self._closed = False
+        self.published: deque[tuple[str, int]] = deque(maxlen=64)
+        """(agent, version) of the latest publications."""
+        self._ingest_times: deque[tuple[float, int]] = deque(maxlen=256)
+        self._uplink = _Uplink(UplinkServerConfig(endpoint=cfg.service.uplink, keys=keys), self._drop_bad_peer)
+        self._weights = WeightsPublisher(WeightsPublisherConfig(endpoint=cfg.service.weights, keys=keys))
+        self._control = ControlServer(ControlServerConfig(endpoint=cfg.service.control, role="learner", keys=keys),
+                                      self._on_command)
+
+    def request_stop(self) -> None:
+        """Asks ``run()`` to checkpoint and return. Call on the loop's thread (signal handler)."""
+        self._stop.set()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self) -> None:
+        """Prepares (restores and replays the journal when resuming), binds, serves until
+        ``request_stop()`` or cancellation, then stops training, checkpoints and closes.
+
+        Raises ServiceError on a fault of the training thread, the journal or the demos.
+        """
+        loop = asyncio.get_running_loop()
+        metrics = Metrics(self.run_dir / "tb", progress_every_s=self.cfg.service.progress_every_s)
+        try:
+            self.worker = await asyncio.to_thread(self._prepare, loop, metrics)
+            self.endpoints = {"uplink": await self._uplink.start(), "weights": await self._weights.start(),
+                              "control": await self._control.start()}
+            await asyncio.to_thread(self._write_run_files)
+            self.worker.start()
+            self.started.set()
+            logger.info("learner serving: %s (mode %s, run dir %s)", self.endpoints, self.cfg.service.mode,
+                        self.run_dir)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._uplink.run())
+                    tg.create_task(self._serve_uplink())
+                    tg.create_task(self._control.run())
+                    tg.create_task(self._weights.run())
+                    tg.create_task(self._watch())
+            except* _Stop:
+                pass
+        finally:
+            await self._shutdown(metrics)
+
+    async def _watch(self) -> None:
+        """Returns when a stop is requested or the training thread died; cancels the group."""
+        while not self._stop.is_set():
+            if self.worker is not None and not self.worker.alive():
+                raise ServiceError("training thread stopped") from self.worker.error
+            try:
+                async with asyncio.timeout(0.2):
+                    await self._stop.wait()
+            except TimeoutError:
+                continue
+        logger.info("learner: stop requested; checkpointing")
+        raise _Stop
+
+    async def _shutdown(self, metrics: Metrics) -> None:
+        try:
+            if self.worker is not None:
+                await asyncio.to_thread(self.worker.stop)
+        finally:
+            self._closed = True
+            self._uplink.close()
+            self._weights.close()
+            self._control.close()
+            if self._journal is not None:
+                await asyncio.to_thread(self._journal.close)
+            metrics.close()
+        if self.worker is not None and self.worker.error is not None:
+            raise ServiceError(f"training failed: {self.worker.error}") from self.worker.error
+
+    def _write_run_files(self) -> None:
+        _write_json_atomic(self.run_dir / "endpoints.json", self.endpoints)
+        _write_json_atomic(self.run_dir / "config.json", {"config": self.cfg.to_dict(),
+                                                          "config_hash": self.cfg.config_hash()})
+
+    # ------------------------------------------------------------------ preparation (thread)
+    def _prepare(self, loop: asyncio.AbstractEventLoop, metrics: Metrics) -> TrainingWorker:
+        cfg = self.cfg
+        torch.set_num_threads(cfg.service.torch_threads)
+        trainer = MedalTrainer(cfg, self.demos.obs_spec, self.demos.action_dim,
+                               (self.demos.forward, self.demos.backward), resolve_device(cfg.service.device),
+                               seed=cfg.seed)
+        retention = cfg.service.journal_retention_steps or 2 * cfg.replay.capacity
+        try:
+            self._journal = IngestJournal.open(JournalConfig(directory=self.run_dir / "journal",
+                                                             retention_steps=retention,
+                                                             fsync=cfg.service.journal_fsync))
+        except JournalError as e:
+            raise ServiceError(str(e)) from e
+        has_ckpt = bool(checkpoint.checkpoint_dirs(self.run_dir))
+        if not self.resume and (self._journal.end > 0 or has_ckpt):
+            raise ServiceError(f"{self.run_dir} already holds a run; pass --resume {self.run_dir} or another --run-dir")
+        tracker, position, ckpt_positions, has_replay = ReceiveTracker(), 0, {}, False
+        if self.resume:
+            ckpt = checkpoint.load_latest(self.run_dir, with_replay=cfg.replay.save_in_checkpoint)
+            if ckpt is not None:
+                trainer.load_state_dict(ckpt.state)
+                has_replay = ckpt.replay is not None
+                if has_replay:
+                    trainer.load_replay_state(ckpt.replay)
+                service = ckpt.state["service"]
+                tracker, position = ReceiveTracker.from_state(service["tracker"]), int(service["position"])
+                ckpt_positions = {n: (position if n == ckpt.updates else 0)
+                                  for n, _ in checkpoint.checkpoint_dirs(self.run_dir)}
+                logger.info("resumed %s: journal position %d, env_steps %d", ckpt.path, position, trainer.env_steps)
+        worker = TrainingWorker(
+            trainer, cfg, run_dir=self.run_dir, journal=self._journal, tracker=tracker, position=position,
+            ckpt_positions=ckpt_positions, metrics=metrics,
+            publish=lambda w: loop.call_soon_threadsafe(self._weights_out, w),
+            trained=lambda d: loop.call_soon_threadsafe(self._on_trained, d))
+        self._replay_journal(worker, position, has_replay)
+        return worker
+
+    def _replay_journal(self, worker: TrainingWorker, position: int, has_replay: bool) -> None:
+        """Re-ingests journal records: before ``position`` into replay only (unless the
+        checkpoint restored it), from ``position`` on as new data. Blocks."""
+        assert self._journal is not None
+        self.tracker = ReceiveTracker.from_state(worker.tracker.export_state())
+        self._streams = {}
+        refilled = replayed = 0
+        old: list[WorkItem] = []
+        for pos, batch in self._journal.records_from(self._journal.start):
+            stream = self._streams.setdefault(batch.session_id, len(self._streams))
+            item = WorkItem(pos, stream, batch)
+            if pos < position:
+                if not has_replay:
+                    old.append(item)
+                continue
+            fresh = self.tracker.admit(batch)
+            if fresh is None:
+                continue
+            self.tracker.commit(batch.session_id, fresh.end_seq)
+            worker.ingest(dataclasses.replace(item, batch=fresh))
+            replayed += fresh.size
+        if old:
+            refilled = worker.trainer.refill(_runs(i) for i in old)
+        self.position = max(position, self._journal.end)
+        if refilled or replayed:
+            logger.info("journal: refilled replay with %d steps, re-ingested %d steps", refilled, replayed)
+
+    # ------------------------------------------------------------------ uplink
+    async def _serve_uplink(self) -> None:
+        while True:
+            peer, msg = await self._uplink.recv()
+            if isinstance(msg, Hello):
+                self._on_hello(peer, msg)
+            elif isinstance(msg, TransitionBatch):
+                await self._on_batch(peer, msg)
+            elif not isinstance(msg, Heartbeat):
+                logger.warning("uplink: unexpected %s from session %s ignored", msg.TYPE, self._uplink.session_of(peer))
+
+    def check_hello(self, hello: Hello) -> str:
+        """Returns why ``hello`` is refused (spaces or settings differ), or "" to accept it."""
+        want_obs, want_act = self.demos.observation_space, self.demos.action_space
+        if dict(hello.observation_space) != want_obs:
+            return (f"observation_space: runtime declares {describe_space(hello.observation_space)}; "
+                    f"the learner's demos have {describe_space(want_obs)}")
+        if hello.action_space != want_act:
+            return (f"action_space: runtime declares {hello.action_space.dtype} {tuple(hello.action_space.shape)}; "
+                    f"the learner's demos have {want_act.dtype} {tuple(want_act.shape)}")
+        settings = self.cfg.session_settings()
+        if hello.config_hash != settings.config_hash():
+            return (f"config_hash: runtime sent {hello.config_hash[:12]}…, the learner expects "
+                    f"{settings.config_hash()[:12]}… for settings {settings.to_dict()}")
+        return ""
+
+    def _on_hello(self, peer: bytes, hello: Hello) -> None:
+        reason = self.check_hello(hello)
+        resume = 0
+        if not reason:
+            try:
+                resume = self.tracker.resume_point(hello.session_id, hello.next_seq)
+            except ProtocolError as e:
+                reason = str(e)
+        if reason:
+            self._refuse(peer, hello.session_id, reason)
+            return
+        if hello.task != self.demos.task:
+            logger.warning("session %s: task %r differs from the demos' %r", hello.session_id, hello.task,
+                           self.demos.task)
+        self._peer_of[hello.session_id] = peer
+        self._uplink.send(peer, Welcome(session_id=hello.session_id, accepted=True, reason="", resume_seq=resume,
+                                        net_config=self.cfg.network.to_dict(),
+                                        weights_endpoint=self.endpoints["weights"]))
+        logger.info("session %s (%s/%s) accepted, resume from seq %d", hello.session_id, hello.robot, hello.task,
+                    resume)
+
+    def _refuse(self, peer: bytes, session_id: str, reason: str) -> None:
+        self.refused_sessions += 1
+        logger.warning("session %s refused: %s", session_id, reason)
+        self._uplink.send(peer, Welcome(session_id=session_id, accepted=False, reason=reason,
+                                        resume_seq=self.tracker.committed(session_id), net_config={},
+                                        weights_endpoint=""))
+        self._uplink.drop_peer(peer)
+
+    def _drop_bad_peer(self, peer: bytes, why: str) -> None:
+        session = self._uplink.session_of(peer) or "?"
+        self.rejected_batches += 1
+        self._refuse(peer, session, f"dropped: {why}")
+
+    async def _on_batch(self, peer: bytes, batch: TransitionBatch) -> None:
+        sid = batch.session_id
+        try:
+            fresh = self.tracker.admit(batch)
+        except SequenceGap as e:
+            logger.info("session %s: %s; asking for a resend", sid, e)
+            self._ack(peer, sid)
+            return
+        self.duplicates_dropped += batch.size - (fresh.size if fresh is not None else 0)
+        if fresh is None:
+            self._ack(peer, sid)
+            return
+        assert self._journal is not None and self.worker is not None
+        position = self.position
+        try:
+            await asyncio.to_thread(self._journal.append, position, fresh)
+        except JournalError as e:
+            self.tracker.rewind(sid)
+            logger.error("session %s: journal append failed, batch %d..%d not acked: %s", sid, fresh.first_seq,
+                         fresh.end_seq - 1, e)
+            return
+        self.position = position + fresh.size
+        self.tracker.commit(sid, fresh.end_seq)
+        self._ingest_times.append((time.monotonic(), self.position))
+        self.worker.submit(WorkItem(position, self._streams.setdefault(sid, len(self._streams)), fresh))
+        self._ack(peer, sid)
+
+    def _ack(self, peer: bytes, sid: str) -> None:
+        self._uplink.send(peer, Ack(session_id=sid, seq=self.tracker.committed(sid),
+                                    trained_through=self._trained.get(sid, 0)))
+
+    def _on_trained(self, changed: dict[str, int]) -> None:
+        self._trained.update(changed)
+        peers = self._uplink.peers()
+        for sid in changed:
+            peer = self._peer_of.get(sid)
+            if peer is not None and peer in peers:
+                self._ack(peer, sid)
+
+    def _weights_out(self, weights: Weights) -> None:
+        if self._closed:
+            return  # the final publication raced the shutdown
+        self._weights.publish(weights)
+        self.published.append((weights.agent, weights.version))
+
+    # ------------------------------------------------------------------ control
+    def status_detail(self) -> dict[str, Any]:
+        """Returns the status figures (see the module docstring and the integration contract)."""
+        assert self.worker is not None
+        with self.worker.lock:
+            detail = dict(self.worker.figures)
+        rate = 0.0
+        if len(self._ingest_times) >= 2 and time.monotonic() - self._ingest_times[-1][0] < 5.0:
+            (t0, p0), (t1, p1) = self._ingest_times[0], self._ingest_times[-1]
+            rate = (p1 - p0) / (t1 - t0) if t1 > t0 else 0.0
+        detail.update(ingest_rate=rate, sessions=len(self._uplink.peers()), transitions_ingested=self.position,
+                      duplicates_dropped=self.duplicates_dropped,
+                      malformed_rejected=self._uplink.malformed_count, refused_sessions=self.refused_sessions,
+                      dropped_sessions=self.rejected_batches,
+                      journal_bytes=self._journal.bytes_used if self._journal else 0)
+        return detail
+
+    async def _on_command(self, cmd: Command) -> Status:
+        assert self.worker is not None
+        ok, message = True, ""
+        if cmd.kind in ("pause", "resume"):
+            self.worker.pause(cmd.kind == "pause")
+            message = f"training {'paused' if cmd.kind == 'pause' else 'resumed'}"
+        elif cmd.kind != "status":
+            ok, message = False, f"{cmd.kind} is a runtime command; the learner does not carry it out"
+        state = "paused" if self.worker.paused else "running"
+        return Status(request_id=cmd.request_id, role="learner", state=state, detail=self.status_detail(), ok=ok,
+                      message=message)
+
+
+class _Stop(Exception):
+    """Raised inside the TaskGroup to end it on a requested stop."""
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Writes ``data`` as JSON to ``path`` via temp + fsync + rename. Blocks on the disk."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+async def serve(service: LearnerService) -> None:
+    """Runs ``service`` and treats a requested stop as a clean end. Raises ServiceError on faults."""
+    try:
+        await service.run()
+    except* _Stop:
+        logger.info("learner stopped cleanly")

@@ -1,0 +1,267 @@
+"""The learner service in-process over real loopback sockets, driven by a scripted runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zmq
+import zmq.asyncio
+
+from learner.config import profile
+from learner.demo_dir import load_demo_dir
+from learner.service import LearnerService
+from protocol.codec import decode, encode
+from protocol.demos import DemoMeta, Demos, save_demos
+from protocol.messages import (Ack, ArraySpec, Command, Hello, Status, TransitionBatch, Weights, Welcome)
+from protocol.session import SessionSettings
+from protocol.transport import ControlClient, ControlClientConfig
+
+torch.set_num_threads(1)
+
+DIM, ACT = 4, 2
+TINY = ["network.hidden_dim=16", "network.feature_dim=8", "network.num_critics=2", "agent.batch_size=8",
+        "replay.batch_size=8", "replay.demo_per_batch=2", "replay.capacity=2000", "vice.batch_size=8",
+        "vice.hidden_dim=8", "vice.updates_every=20", "medal.batch_size=8", "medal.hidden_dim=8",
+        "medal.updates_every=20", "schedule.seed_frames=16", "schedule.goal_frames=2", "service.publish_every=4",
+        "service.checkpoint_every=40", "service.journal_fsync=false", "service.progress_every_s=1.0",
+        'service.uplink="tcp://127.0.0.1:0"', 'service.weights="tcp://127.0.0.1:0"',
+        'service.control="tcp://127.0.0.1:0"', "agent.encoder_bf16=false"]
+
+
+def write_demos(directory: Path, episodes: int = 3, steps: int = 8) -> Path:
+    """Writes small forward and backward state demos (a point moving towards a goal)."""
+    rng = np.random.default_rng(0)
+    for direction in ("forward", "backward"):
+        n = episodes * steps
+        first = np.zeros(n, bool)
+        first[::steps] = True
+        last = np.zeros(n, bool)
+        last[steps - 1 :: steps] = True
+        rewards = np.where(last, 0.0, 0.0).astype(np.float32)
+        rewards[np.flatnonzero(last) - 1] = 1.0
+        actions = rng.uniform(-1, 1, (n, ACT)).astype(np.float32)
+        actions[last] = 0.0
+        demos = Demos(observations={"state": rng.normal(size=(n, DIM)).astype(np.float32)}, actions=actions,
+                      rewards=rewards, terminals=last.copy(), is_first=first, is_last=last,
+                      episode_success=np.ones(episodes, bool),
+                      meta=DemoMeta(task="point", direction=direction, obs_mode="state", source="test"))
+        save_demos(directory / f"point_{direction}.npz", demos)
+    return directory
+
+
+def tiny_config(*extra: str, mode: str = "lockstep"):
+    return profile("sim").with_overrides([*TINY, f"service.mode={mode}", *extra])
+
+
+def make_hello(session: str, *, dim: int = DIM, config_hash: str | None = None, next_seq: int = 0) -> Hello:
+    return Hello(session_id=session, robot="sim", task="point",
+                 observation_space={"state": ArraySpec(dtype="float32", shape=(dim,))},
+                 action_space=ArraySpec(dtype="float32", shape=(ACT,)),
+                 config_hash=config_hash or SessionSettings(switch_interval=200).config_hash(), next_seq=next_seq)
+
+
+def make_batch(session: str, first_seq: int, n: int, *, dim: int = DIM, switch: int = 200) -> TransitionBatch:
+    rng = np.random.default_rng(first_seq)
+    seqs = np.arange(first_seq, first_seq + n)
+    return TransitionBatch(session_id=session, first_seq=first_seq,
+                           observations={"state": rng.normal(size=(n, dim)).astype(np.float32)},
+                           actions=rng.uniform(-1, 1, (n, ACT)).astype(np.float32),
+                           agents=((seqs // switch) % 2).astype(np.uint8), timestamps=seqs.astype(np.float64),
+                           is_first=seqs == 0, is_last=np.zeros(n, bool))
+
+
+class Runtime:
+    """A scripted runtime: a raw DEALER speaking the protocol (no reconnect logic of its own)."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str) -> None:
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.connect(endpoint)
+
+    def send(self, msg: object) -> None:
+        self.sock.send_multipart(encode(msg))
+
+    async def recv(self, kind: type, timeout: float = 10.0):
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = decode(await self.sock.recv_multipart())
+                if isinstance(msg, kind):
+                    return msg
+
+    async def hello(self, hello: Hello) -> Welcome:
+        self.send(hello)
+        return await self.recv(Welcome)
+
+    async def ack_at_least(self, seq: int, *, trained: int = 0, timeout: float = 20.0) -> Ack:
+        async with asyncio.timeout(timeout):
+            while True:
+                ack = await self.recv(Ack)
+                if ack.seq >= seq and ack.trained_through >= trained:
+                    return ack
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+async def started(service: LearnerService) -> asyncio.Task:
+    task = asyncio.create_task(service.run())
+    async with asyncio.timeout(30):
+        while not service.started.is_set():
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.02)
+    return task
+
+
+async def status(service: LearnerService) -> Status:
+    client = ControlClient(ControlClientConfig(endpoint=service.endpoints["control"]))
+    try:
+        return await client.request(Command(kind="status", agent=None, request_id=1), timeout=5.0)
+    finally:
+        client.close()
+
+
+async def stop(service: LearnerService, task: asyncio.Task) -> None:
+    service.request_stop()
+    async with asyncio.timeout(60):
+        await task
+
+
+@pytest.fixture
+def demos(tmp_path: Path):
+    return load_demo_dir(write_demos(tmp_path / "demos"))
+
+
+def test_hello_refused_on_space_or_hash_mismatch_with_the_reason(tmp_path: Path, demos) -> None:
+    async def scenario() -> None:
+        service = LearnerService(tiny_config(), demos, run_dir=tmp_path / "run")
+        task = await started(service)
+        ctx = zmq.asyncio.Context()
+        try:
+            rt = Runtime(ctx, service.endpoints["uplink"])
+            bad_space = await rt.hello(make_hello("s-space", dim=DIM + 1))
+            assert not bad_space.accepted and "observation_space" in bad_space.reason and "(5,)" in bad_space.reason
+            bad_hash = await rt.hello(make_hello("s-hash", config_hash=SessionSettings(switch_interval=7).config_hash()))
+            assert not bad_hash.accepted and "config_hash" in bad_hash.reason and "switch_interval" in bad_hash.reason
+            good = await rt.hello(make_hello("s-ok"))
+            assert good.accepted and good.resume_seq == 0 and good.weights_endpoint.startswith("tcp://")
+            assert good.net_config["hidden_dim"] == 16
+            rt.close()
+            st = await status(service)
+            assert st.ok and st.detail["refused_sessions"] == 2
+        finally:
+            await stop(service, task)
+            ctx.destroy(linger=0)
+
+    asyncio.run(scenario())
+
+
+def test_ingest_acks_trains_and_publishes_finite_weights(tmp_path: Path, demos) -> None:
+    async def scenario() -> None:
+        service = LearnerService(tiny_config(), demos, run_dir=tmp_path / "run")
+        task = await started(service)
+        ctx = zmq.asyncio.Context()
+        sub = ctx.socket(zmq.SUB)
+        sub.linger = 0
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(service.endpoints["weights"])
+        try:
+            rt = Runtime(ctx, service.endpoints["uplink"])
+            assert (await rt.hello(make_hello("s1"))).accepted
+            for first in range(0, 48, 8):
+                rt.send(make_batch("s1", first, 8))
+            rt.send(make_batch("s1", 40, 8))  # a resend: every step a duplicate
+            ack = await rt.ack_at_least(48, trained=48)
+            assert ack.seq == 48
+            st = await status(service)
+            d = st.detail
+            assert d["transitions_ingested"] == 48 and d["duplicates_dropped"] == 8 and d["env_steps"] == 48
+            assert d["seed_phase"] is False and d["updates"] == 48 - 16  # lockstep: UTD 1 after 16 seed frames
+            assert d["utd"] == pytest.approx(1.0) and d["sessions"] == 1
+            versions = {}
+            async with asyncio.timeout(10):
+                while versions.get("forward", -1) < 4:
+                    w = decode(await sub.recv_multipart())
+                    assert isinstance(w, Weights)
+                    w.verify()
+                    assert all(np.isfinite(t).all() for t in w.tensors.values())
+                    versions[w.agent] = w.version
+            rt.close()
+        finally:
+            await stop(service, task)
+            ctx.destroy(linger=0)
+        assert any((tmp_path / "run").glob("ckpt-*")) and (tmp_path / "run" / "endpoints.json").is_file()
+
+    asyncio.run(scenario())
+
+
+def test_malformed_session_dropped_while_a_good_one_is_served(tmp_path: Path, demos) -> None:
+    async def scenario() -> None:
+        service = LearnerService(tiny_config(mode="realtime"), demos, run_dir=tmp_path / "run")
+        task = await started(service)
+        ctx = zmq.asyncio.Context()
+        try:
+            good, bad = Runtime(ctx, service.endpoints["uplink"]), Runtime(ctx, service.endpoints["uplink"])
+            assert (await good.hello(make_hello("good"))).accepted
+            assert (await bad.hello(make_hello("bad"))).accepted
+            bad.send(make_batch("bad", 0, 4, dim=DIM + 2))  # shapes differ from its declared space
+            refusal = await bad.recv(Welcome)
+            assert not refusal.accepted and "dropped" in refusal.reason and "observations.state" in refusal.reason
+            bad.send(make_batch("bad", 0, 4))  # no longer a known peer: ignored
+            for first in range(0, 24, 8):
+                good.send(make_batch("good", first, 8))
+            assert (await good.ack_at_least(24)).seq == 24
+            d = (await status(service)).detail
+            assert d["transitions_ingested"] == 24 and d["malformed_rejected"] >= 2 and d["sessions"] == 1
+            good.close()
+            bad.close()
+        finally:
+            await stop(service, task)
+            ctx.destroy(linger=0)
+
+    asyncio.run(scenario())
+
+
+def test_non_finite_actor_is_never_published(tmp_path: Path, demos) -> None:
+    async def scenario() -> None:
+        service = LearnerService(tiny_config(), demos, run_dir=tmp_path / "run")
+        ctx = zmq.asyncio.Context()
+        task = asyncio.create_task(service.run())
+        async with asyncio.timeout(30):
+            while service.worker is None:
+                await asyncio.sleep(0.001)
+        with torch.no_grad():  # poison the forward actor before the thread's first publication
+            next(service.worker.trainer.agents[0].actor.parameters()).fill_(float("nan"))
+        async with asyncio.timeout(30):
+            while not service.started.is_set():
+                await asyncio.sleep(0.02)
+        sub = ctx.socket(zmq.SUB)
+        sub.linger = 0
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(service.endpoints["weights"])
+        try:
+            rt = Runtime(ctx, service.endpoints["uplink"])
+            assert (await rt.hello(make_hello("s1"))).accepted
+            for first in range(0, 40, 8):
+                rt.send(make_batch("s1", first, 8))  # all forward steps (switch at 200)
+            await rt.ack_at_least(40, trained=40)
+            d = (await status(service)).detail
+            assert d["weights_withheld"] >= 1 and d["skipped_nonfinite"] >= 1
+            got = 0
+            async with asyncio.timeout(10):
+                while got < 2:
+                    w = decode(await sub.recv_multipart())
+                    assert all(np.isfinite(t).all() for t in w.tensors.values()), w.agent
+                    got += 1
+            assert all(math.isfinite(v) for v in (d["utd"], d["updates_per_s"]))
+            rt.close()
+        finally:
+            await stop(service, task)
+            ctx.destroy(linger=0)
+
+    asyncio.run(scenario())
