@@ -1,0 +1,494 @@
+"""``resetfree-bench faults``: the fault drill (issue #7).
+
+A learner (state mode, a small network via ``--set``) and a simulated runtime (realtime
+pacing) run as OS processes; the runtime's uplink goes through a :class:`PartitionProxy`.
+During the run the drill SIGKILLs the learner ``--kills`` times (restarting it each time with
+``--resume RUN_DIR`` on the same ports), cuts the runtime off for ``--partition-s`` seconds,
+and sends ``--malformed`` frames to every socket that can receive from a stranger: the
+learner's uplink ROUTER (strangers, and a session that declared its spaces and then sends
+wrong shapes/dtypes), the learner's control ROUTER and the runtime's control ROUTER. (The
+learner's weights PUB and the runtime's uplink DEALER and weights SUB cannot: PUB refuses
+incoming data and the other two connect out.) Then it pauses the runtime, lets the
+learner acknowledge everything, reads both sides' status and stops both with SIGTERM.
+
+Last line JSON: ``transitions_generated`` (the runtime's steps), ``transitions_ingested``
+(the learner's unique committed steps), ``duplicates`` (steps the learner ingested more than
+once: its replay count ``env_steps`` above its unique count), ``loop_overruns``, ``crashes``
+(unexpected exits, non-zero exit codes after SIGTERM, tracebacks in the logs),
+``malformed_rejected`` (counted by the receivers), plus details. Targets: generated ==
+ingested, 0 duplicates, 0 overruns, 0 crashes, every malformed frame rejected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from protocol.codec import Spaces
+from protocol.messages import Command
+from protocol.session import SessionSettings
+from protocol.transport import ControlClient, ControlClientConfig
+from simulation.faults import (
+    Child, FaultDrillError, MalformedGenerator, PartitionProxy, ProxyConfig, StatusPoller, count_tracebacks,
+    pick_endpoint, python_module, send_malformed, state_spaces, tcp_port, wait_for_endpoints,
+)
+
+logger = logging.getLogger(__name__)
+
+#: A learner small enough to train at the drill's pace on one CPU thread.
+SMALL_LEARNER: tuple[str, ...] = (
+    "network.hidden_dim=64", "network.num_critics=2", "agent.batch_size=32", "replay.batch_size=32",
+    "replay.demo_per_batch=4", "schedule.seed_frames=200", "vice.batch_size=32", "vice.hidden_dim=32",
+    "medal.batch_size=32", "medal.hidden_dim=32", "service.publish_every=50", "service.checkpoint_every=200",
+    "service.progress_every_s=2.0",
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DrillConfig:
+    """What the drill does and how long it may take."""
+
+    kills: int = 5
+    """Learner SIGKILLs (each followed by a restart with ``--resume``)."""
+    partition_s: float = 30.0
+    """Seconds the proxy cuts the runtime off the learner (0: no partition)."""
+    malformed: int = 10_000
+    """Malformed frames sent, over all receiving sockets."""
+    hz: float = 50.0
+    """Runtime control rate."""
+    seconds: float = 60.0
+    """Seconds of running around the faults (spread between them)."""
+    task: str = "tabletop"
+    """Simulated task (state observations)."""
+    seed: int = 0
+    """Seed of the processes, the fault timing and the malformed frames."""
+    work_dir: Path | None = None
+    """Where run dir, spill dir, demos and logs go (None: a temporary directory, removed after)."""
+    learner_sets: tuple[str, ...] = SMALL_LEARNER
+    """``--set`` overrides for the learner."""
+    demo_episodes: int = 2
+    """Expert demo episodes per direction."""
+    start_timeout_s: float = 120.0
+    """Seconds a process has to come up (write its endpoints, answer status)."""
+    drain_timeout_s: float = 90.0
+    """Seconds the learner has to acknowledge everything after the runtime pauses."""
+    stop_timeout_s: float = 60.0
+    """Seconds a process has to exit after SIGTERM."""
+    learner_module: str = "learner"
+    """Module run as the learner."""
+    runtime_module: str = "runtime"
+    """Module run as the runtime."""
+
+    def __post_init__(self) -> None:
+        for name in ("kills", "malformed", "demo_episodes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"DrillConfig.{name} must be an int >= 0, got {value!r}")
+        for name in ("partition_s", "seconds"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"DrillConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("hz", "start_timeout_s", "drain_timeout_s", "stop_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"DrillConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        if self.demo_episodes < 1:
+            raise ValueError("DrillConfig.demo_episodes must be >= 1")
+
+
+@dataclasses.dataclass
+class DrillResult:
+    """The drill's counts (the JSON line)."""
+
+    transitions_generated: int = 0
+    transitions_ingested: int = 0
+    duplicates: int = 0
+    loop_overruns: int = 0
+    crashes: int = 0
+    malformed_rejected: int = 0
+    malformed_sent: int = 0
+    duplicates_dropped: int = 0
+    learner_kills: int = 0
+    learner_restarts: int = 0
+    partition_s: float = 0.0
+    proxy_connections: int = 0
+    runtime_acked_seq: int = 0
+    lost_steps: int = 0
+    jitter_p99_ms: float = 0.0
+    crash_notes: list[str] = dataclasses.field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Returns whether every target holds."""
+        return (self.transitions_generated == self.transitions_ingested and self.transitions_generated > 0
+                and self.duplicates == 0 and self.loop_overruns == 0 and self.crashes == 0
+                and self.malformed_rejected >= self.malformed_sent)
+
+    def to_json(self) -> dict[str, Any]:
+        """Returns the result as JSON builtins, with ``ok``."""
+        return {**dataclasses.asdict(self), "ok": self.ok}
+
+
+def _int(detail: dict[str, object] | None, key: str) -> int:
+    value = (detail or {}).get(key)
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
+class FaultDrill:
+    """One drill run: ``await FaultDrill(config, work_dir).run()``."""
+
+    def __init__(self, config: DrillConfig, work_dir: Path) -> None:
+        self.config = config
+        self.work = work_dir
+        self.run_dir = work_dir / "run"
+        self.spill_dir = work_dir / "spill"
+        self.rng = np.random.default_rng(config.seed)
+        self.result = DrillResult()
+        self.learner = Child("learner", [], work_dir / "logs" / "learner.log")
+        self.runtime = Child("runtime", [], work_dir / "logs" / "runtime.log")
+        self.proxy: PartitionProxy | None = None
+        self.learner_endpoints: dict[str, str] = {}
+        self.runtime_control = ""
+        self.learner_status: StatusPoller | None = None
+        self.runtime_status: StatusPoller | None = None
+        self.spaces: Spaces | None = None
+        self._malformed_base = 0
+        """malformed_rejected of the learner incarnations before the current one."""
+
+    # ---------------------------------------------------------------- set-up
+    def prepare_demos(self) -> Path:
+        """Writes forward and backward expert demos; returns their directory (blocks)."""
+        from protocol.demos import save_demos
+        from simulation.demos_cli import generate
+
+        out = self.work / "demos"
+        out.mkdir(parents=True, exist_ok=True)
+        for direction in ("forward", "backward"):
+            demos = generate(self.config.task, direction, episodes=self.config.demo_episodes, obs="state",
+                             seed=self.config.seed)
+            save_demos(out / f"{self.config.task}_{direction}.npz", demos)
+            state = demos.observations["state"]
+            self.spaces = state_spaces(int(state.shape[1]), int(demos.actions.shape[1]))
+        return out
+
+    def learner_argv(self, demos: Path, *, resume: bool) -> list[str]:
+        """Returns the learner's command line (first start: every port 0; restarts: the same ports)."""
+        eps = self.learner_endpoints
+        binds = [pick_endpoint(eps, "uplink"), pick_endpoint(eps, "weights"), pick_endpoint(eps, "control")] \
+            if resume else ["tcp://127.0.0.1:0"] * 3
+        argv = [*python_module(self.config.learner_module), "--profile", "sim", "--demos", str(demos),
+                "--bind", binds[0], "--weights-bind", binds[1], "--control-bind", binds[2], "--mode", "realtime",
+                "--device", "cpu", "--threads", "1", "--seed", str(self.config.seed), "--log-level", "INFO"]
+        for item in self.config.learner_sets:
+            argv += ["--set", item]
+        return argv + (["--resume", str(self.run_dir)] if resume else ["--run-dir", str(self.run_dir)])
+
+    async def start_learner(self, demos: Path, *, resume: bool) -> None:
+        """Starts (or restarts) the learner and waits until it answers status."""
+        (self.run_dir / "endpoints.json").unlink(missing_ok=True)
+        self.learner.start(self.learner_argv(demos, resume=resume))
+        found = await wait_for_endpoints(self.run_dir / "endpoints.json", self.learner, self.config.start_timeout_s)
+        if not resume:
+            self.learner_endpoints = found
+            self.learner_status = StatusPoller(pick_endpoint(found, "control"))
+        await self._await_status(self.learner_status, self.learner)
+
+    async def start_runtime(self, uplink: str) -> None:
+        """Starts the runtime against ``uplink`` (the proxy) and waits until it answers status."""
+        argv = [*python_module(self.config.runtime_module), "--robot", f"sim:{self.config.task}", "--learner", uplink,
+                "--obs", "state", "--hz", f"{self.config.hz:g}", "--spill-dir", str(self.spill_dir),
+                "--control-bind", "tcp://127.0.0.1:0", "--seed", str(self.config.seed),
+                "--switch-every", str(SessionSettings().switch_interval), "--log-level", "INFO"]
+        (self.spill_dir / "endpoints.json").unlink(missing_ok=True)
+        self.runtime.start(argv)
+        found = await wait_for_endpoints(self.spill_dir / "endpoints.json", self.runtime, self.config.start_timeout_s)
+        self.runtime_control = pick_endpoint(found, "control")
+        self.runtime_status = StatusPoller(self.runtime_control)
+        await self._await_status(self.runtime_status, self.runtime)
+
+    async def _await_status(self, poller: StatusPoller | None, child: Child) -> dict[str, object]:
+        deadline = time.monotonic() + self.config.start_timeout_s
+        while poller is not None and time.monotonic() < deadline:
+            if not child.running:
+                raise FaultDrillError(f"{child.name} exited ({child.poll()}); see {child.log_path}")
+            detail = await poller.poll(timeout=2.0)
+            if detail is not None:
+                return detail
+        raise FaultDrillError(f"{child.name} did not answer status within {self.config.start_timeout_s:.0f} s")
+
+    # ---------------------------------------------------------------- watching
+    async def watch(self, seconds: float, demos: Path) -> None:
+        """Polls both sides for ``seconds``; counts and restarts an unexpectedly exited child."""
+        deadline = time.monotonic() + seconds
+        while True:
+            await self.check_children(demos)
+            await self.poll_both()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(0.5, left))
+
+    async def poll_both(self) -> None:
+        """Reads both statuses (when they answer) into the running figures."""
+        if self.runtime_status is not None and self.runtime.running:
+            detail = await self.runtime_status.poll(timeout=1.0)
+            if detail is not None:
+                self.result.loop_overruns = max(self.result.loop_overruns, _int(detail, "overruns"))
+        if self.learner_status is not None and self.learner.running:
+            await self.learner_status.poll(timeout=1.0)
+
+    async def check_children(self, demos: Path) -> None:
+        """Counts a child that exited without being asked as a crash and restarts it."""
+        for child in (self.learner, self.runtime):
+            if child.crashed():
+                note = f"{child.name} exited unexpectedly with {child.poll()}; see {child.log_path}"
+                logger.error("drill: %s", note)
+                self.result.crashes += 1
+                self.result.crash_notes.append(note)
+                if child is self.learner:
+                    self._close_incarnation()
+                    await self.start_learner(demos, resume=True)
+                else:
+                    raise FaultDrillError(note)
+
+    def _close_incarnation(self) -> None:
+        """Banks the current learner incarnation's malformed count (counters restart with the process)."""
+        if self.learner_status is not None:
+            self._malformed_base += _int(self.learner_status.last, "malformed_rejected")
+            self.learner_status.last = {}
+
+    # ---------------------------------------------------------------- faults
+    async def kill_learner(self, demos: Path) -> None:
+        """SIGKILLs the learner at once and restarts it with ``--resume`` on the same ports."""
+        await self.poll_both()
+        self._close_incarnation()
+        self.learner.signal(signal.SIGKILL)
+        code = await self.learner.wait(10.0)
+        self.result.learner_kills += 1
+        logger.warning("drill: learner SIGKILLed (exit %s), kill %d", code, self.result.learner_kills)
+        await asyncio.sleep(float(self.rng.uniform(0.2, 1.5)))
+        await self.start_learner(demos, resume=True)
+        self.result.learner_restarts += 1
+
+    async def partition(self, seconds: float, demos: Path) -> None:
+        """Cuts the runtime off the learner for ``seconds``, then heals."""
+        if self.proxy is None or seconds <= 0:
+            return
+        self.proxy.partition()
+        try:
+            await self.watch(seconds, demos)
+        finally:
+            self.proxy.heal()
+        self.result.partition_s += seconds
+
+    async def malformed_burst(self, count: int) -> None:
+        """Sends ``count`` malformed frames: half to the learner's uplink, a quarter to each control.
+
+        Waits (bounded) until the learner's count shows them, so a kill cannot lose them.
+        """
+        if count <= 0 or self.spaces is None:
+            return
+        gen = MalformedGenerator(spaces=self.spaces, session_id=f"drill-{int(self.rng.integers(1 << 30))}",
+                                 seed=int(self.rng.integers(1 << 30)))
+        uplink_n = count // 2
+        session_n = uplink_n // 2
+        control_n = (count - uplink_n) // 2
+        plan = [
+            (pick_endpoint(self.learner_endpoints, "uplink"), list(gen.stream(uplink_n - session_n, "uplink")), None, 4),
+            (pick_endpoint(self.learner_endpoints, "uplink"), list(gen.stream(session_n, "uplink")),
+             gen.hello(SessionSettings().config_hash()), 1),
+            (pick_endpoint(self.learner_endpoints, "control"), list(gen.stream(control_n, "control")), None, 2),
+            (self.runtime_control, list(gen.stream(count - uplink_n - control_n, "control")), None, 2),
+        ]
+        before = self._learner_malformed()
+        to_learner = 0
+        for endpoint, frames, hello, peers in plan:
+            report = await send_malformed(endpoint, frames, hello=hello, peers=peers)
+            self.result.malformed_sent += report.sent
+            to_learner += report.sent if endpoint != self.runtime_control else 0
+        deadline = time.monotonic() + 20.0
+        while self._learner_malformed() - before < to_learner and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            await self.poll_both()
+        logger.info("drill: %d malformed frames sent, learner counted %d of its %d", count,
+                    self._learner_malformed() - before, to_learner)
+
+    def _learner_malformed(self) -> int:
+        return self._malformed_base + _int(self.learner_status.last if self.learner_status else None,
+                                           "malformed_rejected")
+
+    # ---------------------------------------------------------------- the end
+    async def drain(self) -> None:
+        """Pauses the runtime, waits until the learner acknowledged every step, reads the counts."""
+        assert self.runtime_status is not None and self.learner_status is not None
+        client = ControlClient(ControlClientConfig(endpoint=self.runtime_control))
+        try:
+            await client.request(Command(kind="pause", agent=None, request_id=1 << 20), timeout=5.0)
+        finally:
+            client.close()
+        deadline = time.monotonic() + self.config.drain_timeout_s
+        steady = 0
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            rt = await self.runtime_status.poll(timeout=2.0)
+            ln = await self.learner_status.poll(timeout=2.0)
+            if rt is None or ln is None:
+                continue
+            done = _int(rt, "steps") == _int(rt, "acked_seq") == _int(ln, "transitions_ingested")
+            steady = steady + 1 if done and _int(rt, "queue_depth") == 0 else 0
+            if steady >= 3:
+                break
+        else:
+            logger.error("drill: not drained within %.0f s", self.config.drain_timeout_s)
+        self.read_counts()
+
+    def read_counts(self) -> None:
+        """Fills the result from the last statuses of both sides."""
+        assert self.runtime_status is not None and self.learner_status is not None
+        rt, ln = self.runtime_status.last, self.learner_status.last
+        r = self.result
+        r.transitions_generated = _int(rt, "steps")
+        r.runtime_acked_seq = _int(rt, "acked_seq")
+        r.loop_overruns = max(r.loop_overruns, _int(rt, "overruns"))
+        jitter = rt.get("jitter_p99_ms")
+        r.jitter_p99_ms = float(jitter) if isinstance(jitter, (int, float)) else math.nan
+        r.transitions_ingested = _int(ln, "transitions_ingested")
+        r.duplicates_dropped = _int(ln, "duplicates_dropped")
+        r.lost_steps = _int(ln, "lost_steps")
+        # A step the learner counted into its replay twice shows as env_steps above the unique count.
+        r.duplicates = max(0, _int(ln, "env_steps") - r.transitions_ingested)
+        r.malformed_rejected = self._learner_malformed() + _int(rt, "malformed_rejected")
+
+    async def stop(self) -> None:
+        """SIGTERMs the runtime, then the learner; a non-zero exit or a traceback counts as a crash."""
+        for child in (self.runtime, self.learner):
+            if child.running:
+                code = await child.stop(self.config.stop_timeout_s)
+                if code != 0:
+                    self.result.crashes += 1
+                    self.result.crash_notes.append(f"{child.name} exited {code} after SIGTERM; see {child.log_path}")
+        tracebacks = count_tracebacks([self.learner.log_path, self.runtime.log_path])
+        if tracebacks:
+            self.result.crashes += tracebacks
+            self.result.crash_notes.append(f"{tracebacks} tracebacks in {self.work / 'logs'}")
+
+    # ---------------------------------------------------------------- the run
+    async def run(self) -> DrillResult:
+        """Runs the whole drill; returns the counts. Blocks for about ``seconds`` + the faults."""
+        start = time.monotonic()
+        cfg = self.config
+        try:
+            demos = await asyncio.to_thread(self.prepare_demos)
+            await self.start_learner(demos, resume=False)
+            target = pick_endpoint(self.learner_endpoints, "uplink")
+            self.proxy = PartitionProxy(ProxyConfig(target_host="127.0.0.1", target_port=tcp_port(target)))
+            proxy_port = await self.proxy.start()
+            await self.start_runtime(f"tcp://127.0.0.1:{proxy_port}")
+            await self.await_first_ack(demos)
+            await self.faults(demos)
+            await self.drain()
+        finally:
+            await self.stop()
+            for poller in (self.learner_status, self.runtime_status):
+                if poller is not None:
+                    poller.close()
+            if self.proxy is not None:
+                self.result.proxy_connections = self.proxy.connections
+                await self.proxy.close()
+        self.result.wall_s = round(time.monotonic() - start, 1)
+        return self.result
+
+    async def await_first_ack(self, demos: Path) -> None:
+        """Waits until the runtime's steps are being acknowledged (the pipeline works)."""
+        deadline = time.monotonic() + self.config.start_timeout_s
+        while time.monotonic() < deadline:
+            await self.watch(0.5, demos)
+            if self.runtime_status is not None and _int(self.runtime_status.last, "acked_seq") > 0:
+                return
+        raise FaultDrillError(f"no step acknowledged within {self.config.start_timeout_s:.0f} s")
+
+    async def faults(self, demos: Path) -> None:
+        """Runs the fault schedule: a malformed burst and a kill per slot, the partition midway."""
+        cfg = self.config
+        slots = cfg.kills + 1
+        gap = cfg.seconds / (slots + 1)
+        bursts = [cfg.malformed // slots + (1 if i < cfg.malformed % slots else 0) for i in range(slots)]
+        for i in range(slots):
+            await self.watch(gap * float(self.rng.uniform(0.5, 1.5)), demos)
+            await self.malformed_burst(bursts[i])
+            if i == slots // 2:
+                await self.partition(cfg.partition_s, demos)
+            if i < cfg.kills:
+                await self.kill_learner(demos)
+        await self.watch(gap, demos)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="resetfree-bench faults", description=__doc__.split("\n\n")[0])
+    p.add_argument("--kills", type=int, default=5, help="learner SIGKILLs, each followed by --resume (default 5)")
+    p.add_argument("--partition-s", type=float, default=30.0, help="seconds of network partition (default 30)")
+    p.add_argument("--malformed", type=int, default=10_000, help="malformed frames over all sockets (default 10000)")
+    p.add_argument("--hz", type=float, default=50.0, help="runtime control rate (default 50)")
+    p.add_argument("--seconds", type=float, default=60.0, help="running time spread around the faults (default 60)")
+    p.add_argument("--task", default="tabletop", help="simulated task, state mode (default tabletop)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the processes and the fault schedule")
+    p.add_argument("--work-dir", type=Path, default=None,
+                   help="keep run dir, spill dir and logs here (default: a temporary directory, removed)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="extra learner overrides after the drill's small config (repeatable)")
+    p.add_argument("--quick", action="store_true",
+                   help="reduced drill: 2 kills, 5 s partition, 1000 malformed frames, 20 s")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> DrillConfig:
+    """Returns the drill config for parsed arguments (``--quick`` overrides the fault sizes)."""
+    fields: dict[str, Any] = dict(kills=args.kills, partition_s=args.partition_s, malformed=args.malformed,
+                                  hz=args.hz, seconds=args.seconds, task=args.task, seed=args.seed,
+                                  work_dir=args.work_dir, learner_sets=SMALL_LEARNER + tuple(args.sets))
+    if args.quick:
+        fields.update(kills=2, partition_s=5.0, malformed=1000, seconds=20.0)
+    return DrillConfig(**fields)
+
+
+async def run_drill(config: DrillConfig) -> DrillResult:
+    """Runs the drill in ``config.work_dir`` (or a temporary directory); returns its counts.
+
+    Blocks for the drill's duration. Raises FaultDrillError when a process does not come up.
+    """
+    if config.work_dir is not None:
+        config.work_dir.mkdir(parents=True, exist_ok=True)
+        return await FaultDrill(config, config.work_dir).run()
+    work = Path(tempfile.mkdtemp(prefix="resetfree-faults-"))
+    try:
+        return await FaultDrill(config, work).run()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str]) -> int:
+    """Runs the drill; prints one JSON object as the last line. Returns 0 when every target holds."""
+    args = _parser().parse_args(argv)
+    config = config_from_args(args)
+    result = asyncio.run(run_drill(config))
+    for note in result.crash_notes:
+        print(f"crash: {note}")
+    print(json.dumps(result.to_json()))
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(main(sys.argv[1:]))

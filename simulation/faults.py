@@ -1,0 +1,624 @@
+"""The fault drill's parts: a TCP partition proxy, a malformed-frame generator and sender,
+child-process control and status polling (``resetfree-bench faults`` composes them).
+
+* :class:`PartitionProxy` forwards TCP byte streams (ZeroMQ's ZMTP passes through unchanged)
+  from a local port to a target. ``partition()`` aborts every live connection and refuses
+  new ones (accepted and reset at once, so the port stays ours) until ``heal()``.
+* :class:`MalformedGenerator` produces frames every receiver must reject: random bytes,
+  truncated messages, wrong message types, oversize declarations, wrong shapes, valid
+  msgpack with bad fields, and (for a session that declared its spaces) batches with wrong
+  dtypes. Each frame is checked against :func:`protocol.codec.decode` when generated, so the
+  drill can never send a valid command (an ``estop``) by accident.
+* :class:`Child` runs one process with its output in a log file; :func:`count_tracebacks`
+  reads those logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from protocol.codec import Limits, Spaces, decode, encode
+from protocol.errors import PeerTimeout, ProtocolError
+from protocol.messages import (
+    Ack, ArraySpec, Command, Heartbeat, Hello, Message, Status, TransitionBatch, Weights, Welcome,
+)
+from protocol.transport import ControlClient, ControlClientConfig
+from simulation.tasks.base import SimulationError
+
+logger = logging.getLogger(__name__)
+
+
+class FaultDrillError(SimulationError):
+    """A drill part could not do its job: a child that does not come up, a bad endpoints file."""
+
+
+# ============================================================================ proxy
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProxyConfig:
+    """One forwarded TCP port."""
+
+    target_host: str
+    """Host the proxy connects to."""
+    target_port: int
+    """Port the proxy connects to."""
+    listen_host: str = "127.0.0.1"
+    """Address the proxy listens on."""
+    listen_port: int = 0
+    """Port the proxy listens on (0: a free port; see ``start()``)."""
+    connect_timeout_s: float = 2.0
+    """Deadline for connecting to the target; past it the client connection is reset."""
+    idle_timeout_s: float = 60.0
+    """A direction silent this long is closed (ZeroMQ heartbeats every second)."""
+
+    def __post_init__(self) -> None:
+        for name in ("target_port", "listen_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"ProxyConfig.{name} must be a TCP port, got {getattr(self, name)!r}")
+        for name in ("connect_timeout_s", "idle_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ProxyConfig.{name} must be > 0, got {getattr(self, name)!r}")
+
+
+class PartitionProxy:
+    """A TCP forwarder that can cut every connection through it. Runs on the caller's loop.
+
+    ``start()``, then ``partition()`` / ``heal()`` at will, ``close()`` at the end.
+    """
+
+    def __init__(self, config: ProxyConfig) -> None:
+        self.config = config
+        self._server: asyncio.Server | None = None
+        self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.partitioned = False
+        """Whether connections are being refused."""
+        self.connections = 0
+        """Connections forwarded since start."""
+        self.refused = 0
+        """Connections reset because of a partition or an unreachable target."""
+        self.bytes_forwarded = 0
+        """Bytes forwarded in both directions."""
+
+    async def start(self) -> int:
+        """Starts listening; returns the bound port. Does not block."""
+        self._server = await asyncio.start_server(self._handle, self.config.listen_host, self.config.listen_port)
+        port = int(self._server.sockets[0].getsockname()[1])
+        logger.info("proxy %s:%d -> %s:%d", self.config.listen_host, port, self.config.target_host,
+                    self.config.target_port)
+        return port
+
+    def partition(self) -> int:
+        """Aborts every live connection and refuses new ones; returns how many were cut."""
+        self.partitioned = True
+        cut = len(self._links)
+        for client, upstream in list(self._links):
+            client.transport.abort()
+            upstream.transport.abort()
+        logger.warning("proxy :%s partitioned: %d connections cut", self.config.target_port, cut)
+        return cut
+
+    def heal(self) -> None:
+        """Accepts and forwards connections again."""
+        self.partitioned = False
+        logger.warning("proxy :%s healed", self.config.target_port)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            if self.partitioned:
+                self.refused += 1
+                writer.transport.abort()
+                return
+            try:
+                async with asyncio.timeout(self.config.connect_timeout_s):
+                    up_reader, up_writer = await asyncio.open_connection(self.config.target_host,
+                                                                         self.config.target_port)
+            except (OSError, TimeoutError) as e:
+                self.refused += 1
+                logger.debug("proxy: target :%d unreachable: %s", self.config.target_port, e)
+                writer.transport.abort()
+                return
+            await self._forward(reader, writer, up_reader, up_writer)
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
+        link = (writer, up_writer)
+        self._links.add(link)
+        self.connections += 1
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._pump(reader, up_writer, writer))
+                group.create_task(self._pump(up_reader, writer, up_writer))
+        except* (OSError, TimeoutError) as eg:
+            logger.debug("proxy link closed: %s", eg.exceptions[0])
+        finally:
+            self._links.discard(link)
+            writer.transport.abort()
+            up_writer.transport.abort()
+
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                    other: asyncio.StreamWriter) -> None:
+        """Copies ``src`` to ``dst`` until EOF, then aborts both sides of the link."""
+        while True:
+            async with asyncio.timeout(self.config.idle_timeout_s):
+                data = await src.read(1 << 16)
+            if not data or self.partitioned:
+                break
+            dst.write(data)
+            self.bytes_forwarded += len(data)
+            async with asyncio.timeout(self.config.idle_timeout_s):
+                await dst.drain()
+        # One side closed: ZeroMQ must see the whole connection go so it reconnects.
+        dst.transport.abort()
+        other.transport.abort()
+
+    async def close(self) -> None:
+        """Stops listening and aborts every connection; waits (bounded) for the handlers."""
+        if self._server is not None:
+            self._server.close()
+        for client, upstream in list(self._links):
+            client.transport.abort()
+            upstream.transport.abort()
+        tasks = list(self._tasks)
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+        if self._server is not None:
+            async with asyncio.timeout(2.0):
+                await self._server.wait_closed()
+            self._server = None
+
+
+# ============================================================================ malformed frames
+#: Every kind of malformed input the generator makes.
+KINDS: tuple[str, ...] = ("random_bytes", "truncated", "wrong_type", "oversize", "wrong_shape",
+                          "bad_fields", "wrong_dtype")
+#: Where frames go: the learner's uplink ROUTER or a control ROUTER (learner or runtime).
+TARGETS: tuple[str, ...] = ("uplink", "control")
+
+
+@dataclasses.dataclass(frozen=True)
+class MalformedFrame:
+    """One message every receiver of ``target`` must reject."""
+
+    kind: str
+    """One of :data:`KINDS`."""
+    frames: list[bytes]
+    """The multipart message (without a ROUTER identity)."""
+
+
+class MalformedGenerator:
+    """Makes frames a receiver must reject, seeded and reproducible.
+
+    ``wrong_shape`` and ``wrong_dtype`` batches are built for the declared ``spaces``: sent
+    by a peer that said hello with those spaces they fail the session's space check;
+    from a stranger they fail as out-of-protocol. Frames stay below ``max_bytes`` so a
+    control socket's 64 KiB frame limit never disconnects the sender before the receiver
+    sees (and counts) the frame.
+    """
+
+    def __init__(self, *, spaces: Spaces, session_id: str, seed: int = 0, max_bytes: int = 8192) -> None:
+        if max_bytes < 256:
+            raise ValueError(f"max_bytes must be >= 256, got {max_bytes}")
+        self.spaces = spaces
+        self.session_id = session_id
+        self.max_bytes = max_bytes
+        self._rng = np.random.default_rng(seed)
+        self._limits = Limits()
+
+    def hello(self, config_hash: str) -> Hello:
+        """Returns the hello declaring this generator's session and spaces."""
+        return Hello(session_id=self.session_id, robot="fault-drill", task="drill",
+                     observation_space=dict(self.spaces.observation), action_space=self.spaces.action,
+                     config_hash=config_hash, next_seq=0)
+
+    def stream(self, count: int, target: str) -> Iterator[MalformedFrame]:
+        """Yields ``count`` frames for ``target``, cycling through :data:`KINDS`."""
+        for i in range(count):
+            yield self.make(KINDS[i % len(KINDS)], target)
+
+    def make(self, kind: str, target: str) -> MalformedFrame:
+        """Returns one malformed frame of ``kind`` for ``target``.
+
+        Raises ValueError for an unknown kind or target.
+        """
+        if kind not in KINDS or target not in TARGETS:
+            raise ValueError(f"kind must be one of {KINDS} and target one of {TARGETS}, got {kind!r}, {target!r}")
+        for _ in range(100):
+            frames = getattr(self, f"_{kind}")(target)
+            if sum(len(f) for f in frames) <= self.max_bytes and self._rejected(kind, frames, target):
+                return MalformedFrame(kind, frames)
+        raise FaultDrillError(f"could not make a rejected {kind} frame for {target}")
+
+    def _rejected(self, kind: str, frames: list[bytes], target: str) -> bool:
+        """Returns whether ``target`` must reject ``frames`` (never a command it would run)."""
+        spaces = self.spaces if target == "uplink" else None
+        try:
+            msg = decode(frames, limits=self._limits, spaces=spaces)
+        except ProtocolError:
+            return kind != "wrong_type"
+        # Only wrong_type frames decode, and they must be of a type the target does not take.
+        return kind == "wrong_type" and not isinstance(msg, (Command, Hello, Heartbeat, TransitionBatch))
+
+    # ---------------------------------------------------------------- valid material
+    def _batch(self, size: int = 2, *, dtype_swap: bool = False, shape_bump: bool = False,
+               session_id: str | None = None) -> TransitionBatch:
+        obs = {}
+        for name, spec in self.spaces.observation.items():
+            shape = (size, *spec.shape[:-1], spec.shape[-1] + 1) if shape_bump and spec.shape else (size, *spec.shape)
+            dtype = _other_dtype(spec.dtype) if dtype_swap else spec.dtype
+            obs[name] = np.zeros(shape, dtype=dtype)
+        action_dim = self.spaces.action.shape[0] if self.spaces.action.shape else 1
+        return TransitionBatch(
+            session_id=session_id or self.session_id, first_seq=int(self._rng.integers(0, 1 << 20)),
+            observations=obs, actions=np.zeros((size, action_dim), np.float32),
+            agents=np.zeros(size, np.uint8), timestamps=np.zeros(size, np.float64),
+            is_first=np.zeros(size, np.bool_), is_last=np.zeros(size, np.bool_))
+
+    def _valid(self) -> Message:
+        pick = int(self._rng.integers(0, 3))
+        if pick == 0:
+            return self.hello("0" * 64)
+        if pick == 1:
+            return self._batch()
+        return Command(kind="status", agent=None, request_id=int(self._rng.integers(0, 1 << 30)))
+
+    def _header(self, msg: Message) -> dict[str, object]:
+        header = msgpack.unpackb(encode(msg, single_frame=True)[0], raw=False)
+        assert isinstance(header, dict)
+        return header
+
+    # ---------------------------------------------------------------- kinds
+    def _random_bytes(self, target: str) -> list[bytes]:
+        n = int(self._rng.integers(0, min(2048, self.max_bytes)))
+        frames = [self._rng.bytes(n)]
+        if self._rng.random() < 0.3:  # several random frames: out-of-band garbage
+            frames.append(self._rng.bytes(int(self._rng.integers(1, 256))))
+        return frames
+
+    def _truncated(self, target: str) -> list[bytes]:
+        whole = bytes(encode(self._valid(), single_frame=True)[0])
+        return [whole[: int(self._rng.integers(0, len(whole)))]]
+
+    def _wrong_type(self, target: str) -> list[bytes]:
+        pick = int(self._rng.integers(0, 4))
+        msg: Message
+        if pick == 0:
+            msg = Ack(session_id=self.session_id, seq=int(self._rng.integers(0, 1000)), trained_through=0)
+        elif pick == 1:
+            msg = Welcome(session_id=self.session_id, accepted=True, reason="", resume_seq=0, net_config={},
+                          weights_endpoint="tcp://127.0.0.1:1")
+        elif pick == 2:
+            msg = Status(request_id=1, role="stranger", state="running", detail={"x": 1}, ok=True, message="")
+        else:
+            msg = Weights.create(agent="forward", version=1, tensors={"w": np.zeros(4, np.float32)})
+        return [bytes(f) for f in encode(msg, single_frame=True)]
+
+    def _oversize(self, target: str) -> list[bytes]:
+        pick = int(self._rng.integers(0, 5))
+        if pick == 0:  # bin32 declaring 2 GiB, 16 bytes present
+            return [b"\x81\xa4type\xc6\x80\x00\x00\x00" + self._rng.bytes(16)]
+        if pick == 1:  # map32 declaring 2**31 entries
+            return [b"\xdf\x80\x00\x00\x00" + b"\xa1a\x01"]
+        if pick == 2:  # str32 declaring 1 GiB
+            return [b"\x81\xa4type\xdb\x40\x00\x00\x00hello"]
+        header = self._header(self._batch())
+        obs = header["observations"]
+        assert isinstance(obs, dict)
+        name = next(iter(obs))
+        if pick == 3:  # an array declaring 2**40 elements in one dim
+            obs[name]["shape"] = [1 << 40]
+        else:  # within each dim's cap, over the element cap
+            obs[name]["shape"] = [1 << 20, 1 << 20]
+        return [msgpack.packb(header, use_bin_type=True)]
+
+    def _wrong_shape(self, target: str) -> list[bytes]:
+        if self._rng.random() < 0.5:
+            return [bytes(f) for f in encode(self._batch(shape_bump=True), single_frame=True)]
+        header = self._header(self._batch())
+        # Declared shape disagrees with the data's length.
+        header["actions"]["shape"] = [3, 7]  # type: ignore[index]
+        return [msgpack.packb(header, use_bin_type=True)]
+
+    def _bad_fields(self, target: str) -> list[bytes]:
+        header = self._header(self._valid())
+        pick = int(self._rng.integers(0, 7))
+        keys = [k for k in header if k not in ("type", "version")]
+        if pick == 0:
+            del header[keys[int(self._rng.integers(0, len(keys)))]]
+        elif pick == 1:
+            header["surplus"] = 1
+        elif pick == 2:
+            header[keys[int(self._rng.integers(0, len(keys)))]] = [1.5, "x"]
+        elif pick == 3:
+            header["version"] = 2
+        elif pick == 4:
+            header["type"] = "transitionz"
+        elif pick == 5:
+            header = {"type": "command", "version": 1, "kind": "self_destruct", "agent": None, "request_id": 1}
+        else:
+            nested: object = 1
+            for _ in range(40):
+                nested = [nested]
+            header["session_id"] = nested
+        return [msgpack.packb(header, use_bin_type=True)]
+
+    def _wrong_dtype(self, target: str) -> list[bytes]:
+        if self._rng.random() < 0.5:
+            return [bytes(f) for f in encode(self._batch(dtype_swap=True), single_frame=True)]
+        header = self._header(self._batch())
+        header["actions"]["dtype"] = "float64"  # type: ignore[index]
+        return [msgpack.packb(header, use_bin_type=True)]
+
+
+def _other_dtype(dtype: str) -> str:
+    return {"float32": "float64", "uint8": "float32"}.get(dtype, "float32")
+
+
+# ============================================================================ sending
+@dataclasses.dataclass
+class SendReport:
+    """What one :func:`send_malformed` call delivered to ZeroMQ."""
+
+    sent: int = 0
+    """Messages queued on the socket."""
+    by_kind: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Messages per :data:`KINDS` entry."""
+    welcomed: bool | None = None
+    """For a session peer: whether its hello was accepted (None: no hello sent)."""
+
+
+async def send_malformed(endpoint: str, frames: Sequence[MalformedFrame], *, hello: Hello | None = None,
+                         peers: int = 1, timeout: float = 30.0) -> SendReport:
+    """Sends ``frames`` to ``endpoint`` from ``peers`` fresh DEALER sockets (round robin).
+
+    With ``hello`` each peer first says hello and waits (up to 5 s) for the welcome, so its
+    batches are checked against the declared spaces. Sends wait for the socket (backpressure)
+    but the whole call is bounded by ``timeout``. Returns what was sent; raises PeerTimeout
+    when the deadline passes first.
+    """
+    ctx = zmq.asyncio.Context()
+    report = SendReport()
+    socks: list[zmq.asyncio.Socket] = []
+    try:
+        async with asyncio.timeout(timeout):
+            for _ in range(max(1, peers)):
+                sock = ctx.socket(zmq.DEALER)
+                sock.linger = 0
+                sock.connect(endpoint)
+                socks.append(sock)
+                if hello is not None:
+                    report.welcomed = await _say_hello(sock, hello)
+            for i, item in enumerate(frames):
+                await socks[i % len(socks)].send_multipart(item.frames)
+                report.sent += 1
+                report.by_kind[item.kind] = report.by_kind.get(item.kind, 0) + 1
+            # Let ZeroMQ push the queued frames out before the sockets close (linger 0).
+            await asyncio.sleep(0.2)
+    except TimeoutError as e:
+        raise PeerTimeout(f"malformed frames to {endpoint}: {report.sent}/{len(frames)} sent in {timeout} s") from e
+    finally:
+        for sock in socks:
+            sock.close(linger=0)
+        ctx.term()
+    return report
+
+
+async def _say_hello(sock: zmq.asyncio.Socket, hello: Hello) -> bool:
+    await sock.send_multipart(encode(hello))
+    try:
+        async with asyncio.timeout(5.0):
+            while True:
+                msg = decode(await sock.recv_multipart())
+                if isinstance(msg, Welcome):
+                    if not msg.accepted:
+                        logger.warning("drill session refused: %s", msg.reason)
+                    return msg.accepted
+    except TimeoutError:
+        logger.warning("drill session: no welcome within 5 s")
+        return False
+
+
+# ============================================================================ processes
+class Child:
+    """One child process, output appended to a log file, in its own session.
+
+    ``expected_exit`` is set whenever the drill signals the child, so any other exit is a
+    crash. Methods never block longer than their timeout.
+    """
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.env = dict(env) if env is not None else child_env()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.expected_exit = False
+        """Whether the drill asked this incarnation to exit."""
+        self.starts = 0
+        """Incarnations started."""
+
+    def start(self, argv: Sequence[str] | None = None) -> None:
+        """Starts (a new incarnation of) the child; appends its output to the log. Does not block."""
+        if self.running:
+            raise FaultDrillError(f"{self.name} is already running")
+        if argv is not None:
+            self.argv = list(argv)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n==== {time.strftime('%H:%M:%S')} {' '.join(self.argv)}\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          env=self.env, start_new_session=True)
+        self.expected_exit = False
+        self.starts += 1
+        logger.info("started %s (pid %d)", self.name, self._proc.pid)
+
+    @property
+    def running(self) -> bool:
+        """Returns whether the current incarnation runs."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def poll(self) -> int | None:
+        """Returns the exit code of the current incarnation, None while it runs or before start."""
+        return None if self._proc is None else self._proc.poll()
+
+    def signal(self, sig: int) -> None:
+        """Sends ``sig`` (marking the exit as expected) when the child runs."""
+        self.expected_exit = True
+        if self._proc is not None and self.running:
+            try:
+                self._proc.send_signal(sig)
+            except ProcessLookupError:
+                logger.debug("%s exited before %s", self.name, signal.Signals(sig).name)
+
+    async def wait(self, timeout: float) -> int | None:
+        """Waits up to ``timeout`` s for the exit; returns the exit code or None."""
+        deadline = time.monotonic() + timeout
+        while self.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.poll()
+
+    async def stop(self, timeout: float) -> int | None:
+        """SIGTERM, then SIGKILL past ``timeout`` s; returns the exit code."""
+        self.signal(signal.SIGTERM)
+        code = await self.wait(timeout)
+        if code is None:
+            logger.error("%s ignored SIGTERM for %.0f s: killing it", self.name, timeout)
+            self.signal(signal.SIGKILL)
+            code = await self.wait(5.0)
+        return code
+
+    def crashed(self) -> bool:
+        """Returns whether the current incarnation exited without the drill asking it to."""
+        return self.poll() is not None and not self.expected_exit
+
+
+def child_env() -> dict[str, str]:
+    """Returns the environment for children: one thread each, offscreen MuJoCo, unbuffered."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("MKL_NUM_THREADS", "1")
+    env.setdefault("MUJOCO_GL", "egl")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def python_module(module: str) -> list[str]:
+    """Returns the argv prefix running ``module`` with this interpreter."""
+    return [sys.executable, "-m", module]
+
+
+def count_tracebacks(paths: Sequence[Path]) -> int:
+    """Returns how many Python tracebacks the log files hold (missing files count 0)."""
+    total = 0
+    for path in paths:
+        if path.exists():
+            total += path.read_text(errors="replace").count("Traceback (most recent call last)")
+    return total
+
+
+def read_endpoints(path: Path) -> dict[str, str] | None:
+    """Returns name → endpoint from an ``endpoints.json``, None while it does not exist.
+
+    Accepts a flat object of strings or one nested under ``"endpoints"``. Raises
+    FaultDrillError for a file that exists but is not such an object.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as e:
+        raise FaultDrillError(f"{path}: unreadable endpoints file: {e}") from e
+    if isinstance(data, dict) and isinstance(data.get("endpoints"), dict):
+        data = data["endpoints"]
+    if not isinstance(data, dict):
+        raise FaultDrillError(f"{path}: expected a JSON object of endpoints")
+    return {str(k): v for k, v in data.items() if isinstance(v, str)}
+
+
+def pick_endpoint(endpoints: Mapping[str, str], *names: str) -> str:
+    """Returns the first of ``names`` (also tried with an ``_endpoint`` suffix) in ``endpoints``.
+
+    Raises FaultDrillError when none is there.
+    """
+    for name in names:
+        for key in (name, f"{name}_endpoint"):
+            if key in endpoints:
+                return endpoints[key]
+    raise FaultDrillError(f"endpoints lack {names[0]!r}: have {sorted(endpoints)}")
+
+
+def tcp_port(endpoint: str) -> int:
+    """Returns the port of a ``tcp://host:port`` endpoint; raises FaultDrillError otherwise."""
+    try:
+        return int(endpoint.rsplit(":", 1)[1])
+    except (IndexError, ValueError) as e:
+        raise FaultDrillError(f"not a tcp://host:port endpoint: {endpoint!r}") from e
+
+
+async def wait_for_endpoints(path: Path, child: Child, timeout: float) -> dict[str, str]:
+    """Waits until ``path`` exists (written by ``child``); returns its endpoints.
+
+    Raises FaultDrillError when the child exits first or ``timeout`` s pass.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = read_endpoints(path)
+        if found:
+            return found
+        if not child.running:
+            raise FaultDrillError(f"{child.name} exited ({child.poll()}) before writing {path}; see {child.log_path}")
+        await asyncio.sleep(0.1)
+    raise FaultDrillError(f"{child.name} wrote no {path} within {timeout:.0f} s; see {child.log_path}")
+
+
+class StatusPoller:
+    """Asks one control endpoint for ``status``; remembers the last answer."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self._client = ControlClient(ControlClientConfig(endpoint=endpoint))
+        self._request = 0
+        self.last: dict[str, object] = {}
+        """The last status detail received."""
+
+    async def poll(self, timeout: float = 2.0) -> dict[str, object] | None:
+        """Returns the status detail, or None when no answer came within ``timeout`` s."""
+        self._request += 1
+        try:
+            status = await self._client.request(Command(kind="status", agent=None, request_id=self._request),
+                                                timeout=timeout)
+        except PeerTimeout:
+            return None
+        self.last = dict(status.detail)
+        return self.last
+
+    def close(self) -> None:
+        """Closes the client socket (linger 0)."""
+        self._client.close()
+
+
+def state_spaces(state_dim: int, action_dim: int) -> Spaces:
+    """Returns the spaces of a state-mode simulated robot."""
+    return Spaces(observation={"state": ArraySpec(dtype="float32", shape=(state_dim,))},
+                  action=ArraySpec(dtype="float32", shape=(action_dim,)))
