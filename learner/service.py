@@ -249,7 +249,7 @@ class TrainingWorker:
         service = {"position": self.position, "tracker": self.tracker.export_state()}
         replay = t.replay_state() if self.cfg.replay.save_in_checkpoint else None
         path = checkpoint.save_checkpoint(self.run_dir, updates=total, state={**t.state_dict(), "service": service},
-                                          config=self.cfg.to_dict(), counters=t.counters(), replay=replay,
+                                          config=self._checkpoint_config(), counters=t.counters(), replay=replay,
                                           keep=self.cfg.service.keep_checkpoints)
         self._last_ckpt = total
         self.ckpt_positions[total] = self.position
@@ -258,6 +258,13 @@ class TrainingWorker:
             del self.ckpt_positions[n]
         self.journal.trim(min(self.ckpt_positions.values()))
         return path
+
+    def _checkpoint_config(self) -> dict:
+        """The resolved config plus the observation spec and action size, so a checkpoint
+        alone rebuilds the actor (``resetfree-eval --policy RUN_DIR``)."""
+        t = self.trainer
+        spec = {name: [list(shape), dtype] for name, (shape, dtype) in t.obs_spec.items()}
+        return {**self.cfg.to_dict(), "obs_spec": spec, "action_dim": t.action_dim}
 
     # ------------------------------------------------------------------ figures
     def _update_figures(self) -> None:
