@@ -158,3 +158,96 @@ class Clock:
         """Returns ``(p50, p99, max)`` absolute period error in milliseconds."""
         ring = self.period_error
         return ring.percentile(50) * 1e3, ring.percentile(99) * 1e3, ring.max_ever * 1e3
+
+
+# ---------------------------------------------------------------------- isolation for jitter
+
+GC_MODES = ("default", "freeze", "manual")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IsolationConfig:
+    """Process-level levers against period jitter (design §7); each is best effort and logged."""
+
+    cpu: int | None = None
+    """Pin the process (and the threads it starts later) to this CPU; None: no pinning."""
+    priority: str = "nice"
+    """``none``; ``nice`` (raise priority with ``os.nice(-10)``); ``fifo`` (``SCHED_FIFO``,
+    falling back to ``nice``). Needs privileges; without them it is logged and skipped."""
+    fifo_priority: int = 10
+    """SCHED_FIFO priority when ``priority == "fifo"``."""
+    gc_mode: str = "freeze"
+    """``default``; ``freeze`` (``gc.freeze()`` after start-up, so collections skip the start-up
+    heap); ``manual`` (freeze, ``gc.disable()``, and :func:`collect_young` between ticks)."""
+    torch_threads: int = 1
+    """Intra-op threads for inference (one: no pool wake-ups on the tick)."""
+
+    def __post_init__(self) -> None:
+        if self.cpu is not None and self.cpu < 0:
+            raise ValueError(f"cpu: must be >= 0 or None, got {self.cpu}")
+        if self.priority not in ("none", "nice", "fifo"):
+            raise ValueError(f"priority: must be none, nice or fifo, got {self.priority!r}")
+        if not 1 <= self.fifo_priority <= 99:
+            raise ValueError(f"fifo_priority: must be in [1, 99], got {self.fifo_priority}")
+        if self.gc_mode not in GC_MODES:
+            raise ValueError(f"gc_mode: must be one of {GC_MODES}, got {self.gc_mode!r}")
+        if self.torch_threads < 1:
+            raise ValueError(f"torch_threads: must be positive, got {self.torch_threads}")
+
+
+def apply_isolation(config: IsolationConfig) -> dict[str, str]:
+    """Applies the affinity, priority and thread-count levers of ``config`` to this process.
+
+    Returns lever → outcome (for logs and benchmarks). Never raises for a lever the OS refuses
+    (it is logged at WARNING). Call early, before worker threads start, so they inherit it.
+    """
+    import os
+
+    import torch
+
+    outcome: dict[str, str] = {}
+    torch.set_num_threads(config.torch_threads)
+    outcome["torch_threads"] = str(config.torch_threads)
+    if config.cpu is not None:
+        try:
+            os.sched_setaffinity(0, {config.cpu})
+            outcome["cpu"] = str(config.cpu)
+        except (OSError, ValueError) as e:
+            logger.warning("isolation: cannot pin to CPU %d: %s", config.cpu, e)
+            outcome["cpu"] = f"refused: {e}"
+    if config.priority == "fifo":
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(config.fifo_priority))
+            outcome["priority"] = f"SCHED_FIFO {config.fifo_priority}"
+        except (OSError, AttributeError) as e:
+            logger.warning("isolation: SCHED_FIFO refused (%s); trying nice", e)
+    if config.priority in ("nice", "fifo") and "priority" not in outcome:
+        try:
+            os.nice(-10)
+            outcome["priority"] = f"nice {os.nice(0)}"
+        except OSError as e:
+            logger.warning("isolation: cannot raise priority with nice: %s", e)
+            outcome["priority"] = f"refused: {e}"
+    logger.info("isolation: %s", ", ".join(f"{k}={v}" for k, v in outcome.items()) or "none")
+    return outcome
+
+
+def settle_gc(mode: str) -> None:
+    """Applies ``mode`` (see :class:`IsolationConfig`) after start-up: collects once, freezes the
+    surviving heap and, for ``manual``, disables automatic collection. Blocks for one collection."""
+    import gc
+
+    if mode == "default":
+        return
+    gc.collect()
+    gc.freeze()
+    if mode == "manual":
+        gc.disable()
+    logger.info("gc: %d objects frozen%s", gc.get_freeze_count(), ", automatic collection off" if mode == "manual" else "")
+
+
+def collect_young() -> None:
+    """Collects generation 0 (call between ticks when automatic collection is off); ~µs."""
+    import gc
+
+    gc.collect(0)

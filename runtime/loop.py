@@ -192,6 +192,8 @@ class ControlLoop:
         self.send_errors = 0
         self.last_result: ShieldResult | None = None
         self._steps_since_reset = 0
+        self.env_resets = 0
+        """Scheduled environment resets done (simulation)."""
         self._last_stats_log = time.monotonic()
 
     # ------------------------------------------------------------------ commands
@@ -232,6 +234,11 @@ class ControlLoop:
             await asyncio.to_thread(self.robot.home)
         finally:
             self._homing = False
+
+    @property
+    def estopped(self) -> bool:
+        """Whether the loop is e-stopped (until :meth:`resume`)."""
+        return self._estopped
 
     @property
     def holding(self) -> bool:
@@ -378,6 +385,7 @@ class ControlLoop:
             return
         self._builder.end_segment()
         await asyncio.to_thread(reset)
+        self.env_resets += 1
         self.clock.rebase()
         logger.info("loop: environment reset after %d steps", self.steps)
 

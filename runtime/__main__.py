@@ -1,0 +1,129 @@
+"""``resetfree-runtime`` / ``python -m runtime``: the robot-side daemon (see runtime.daemon).
+
+``resetfree-runtime --robot sim:tabletop --obs state`` runs a simulated robot against a
+learner on loopback; ``resetfree-runtime ctl status --control ADDR`` talks to a running one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import tomllib
+from pathlib import Path
+
+from runtime.clock import GC_MODES, IsolationConfig, install_uvloop
+from runtime.daemon import EXIT_CRASH, DaemonConfig, RuntimeDaemon, install_signal_handlers
+from runtime.errors import RuntimeFault
+from runtime.robots import RobotSpecError, make_robot, parse_spec, robot_facts
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the daemon's argument parser (every flag documented in ``--help``)."""
+    p = argparse.ArgumentParser(prog="resetfree-runtime", description="Run the robot-side control loop "
+                                "and stream its steps to a learner. 'resetfree-runtime ctl --help' for the "
+                                "operator commands.")
+    p.add_argument("--robot", default="sim:tabletop", help="sim:TASK (tabletop, door, peg, cube) or franka")
+    p.add_argument("--learner", default="tcp://127.0.0.1:5555", help="learner uplink endpoint")
+    p.add_argument("--obs", choices=("state", "pixels"), default="state", help="simulated observation mode")
+    p.add_argument("--hz", type=float, default=10.0, help="control rate (Hz)")
+    p.add_argument("--lockstep", action="store_true", help="simulation: wait for the learner's updates before "
+                   "each tick (reproducible learning curves)")
+    p.add_argument("--spill-dir", type=Path, default=None, help="spill log + session state (default "
+                   "~/.cache/resetfree/spill/<robot>)")
+    p.add_argument("--control-bind", default="tcp://127.0.0.1:5558", help="control server endpoint (port 0: "
+                   "pick one; written to SPILL_DIR/endpoints.json)")
+    p.add_argument("--keys", type=Path, default=None, help="CURVE keys directory (resetfree-keys generate)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the simulation and the seed-phase actions")
+    p.add_argument("--switch-every", type=int, default=200, help="steps per agent before switching")
+    p.add_argument("--max-steps", type=int, default=None, help="stop cleanly after N steps (waits for acks)")
+    p.add_argument("--ack-wait", type=float, default=10.0, help="--max-steps: seconds to wait for final acks")
+    p.add_argument("--batch-steps", type=int, default=16, help="steps per uplink batch (lock-step window)")
+    p.add_argument("--config", type=Path, default=None, help="TOML file whose [runtime] keys set defaults for "
+                   "these flags (names with underscores)")
+    p.add_argument("--franka-host", default="172.16.0.2", help="Franka control box address")
+    p.add_argument("--camera", action="append", metavar="NAME=SERIAL", help="RealSense camera (repeatable)")
+    p.add_argument("--task", default=None, help="task name sent to the learner (real robot; sim: from --robot)")
+    p.add_argument("--cpu", type=int, default=None, help="pin the runtime to this CPU")
+    p.add_argument("--priority", choices=("none", "nice", "fifo"), default="nice",
+                   help="raise scheduling priority (best effort; needs privileges)")
+    p.add_argument("--gc", choices=GC_MODES, default="freeze", help="garbage-collector handling (jitter)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for inference")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    return p
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parses ``argv``, applying ``--config`` TOML defaults (``[runtime]`` table) first.
+
+    Raises SystemExit (argparse) on a bad flag or an unreadable config.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config is not None:
+        try:
+            table = tomllib.loads(args.config.read_text()).get("runtime", {})
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            parser.error(f"--config {args.config}: {e}")
+        unknown = set(table) - set(vars(args))
+        if unknown:
+            parser.error(f"--config {args.config}: unknown keys {sorted(unknown)}")
+        parser.set_defaults(**table)
+        args = parser.parse_args(argv)
+    return args
+
+
+def daemon_config(args: argparse.Namespace) -> DaemonConfig:
+    """Returns the DaemonConfig of parsed ``args``. Raises ValueError naming a bad field."""
+    spill = args.spill_dir or Path.home() / ".cache" / "resetfree" / "spill" / args.robot.replace(":", "-")
+    return DaemonConfig(
+        robot=args.robot, learner=args.learner, spill_dir=spill, control_bind=args.control_bind, hz=args.hz,
+        lockstep=args.lockstep, switch_every=args.switch_every, max_steps=args.max_steps, seed=args.seed,
+        keys_dir=args.keys, batch_steps=args.batch_steps, ack_wait_s=args.ack_wait,
+        isolation=IsolationConfig(cpu=args.cpu, priority=args.priority, gc_mode=args.gc,
+                                  torch_threads=args.threads))
+
+
+async def _run(args: argparse.Namespace, config: DaemonConfig) -> int:
+    robot, cameras = make_robot(args.robot, args)
+    daemon = RuntimeDaemon(config, robot, cameras, robot_facts(args.robot, robot, args.task))
+    install_signal_handlers(daemon)
+    return await daemon.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the daemon (or ``ctl``); returns the exit code: 0 clean stop, 1 crash, 2 refused
+    by the learner or a bad command line. Blocks until stopped."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ctl"]:
+        from runtime.ctl import main as ctl_main
+
+        return ctl_main(argv[1:])
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        parse_spec(args.robot)
+        config = daemon_config(args)
+    except (RobotSpecError, ValueError) as e:
+        print(f"resetfree-runtime: {e}", file=sys.stderr)
+        return 2
+    from runtime.clock import apply_isolation
+
+    apply_isolation(config.isolation)
+    install_uvloop()
+    try:
+        return asyncio.run(_run(args, config))
+    except (RuntimeFault, OSError) as e:
+        logger.error("runtime: crashed: %s", e, exc_info=True)
+        return EXIT_CRASH
+    except BaseExceptionGroup as group:  # a task crashed: the robot was stopped in cleanup
+        logger.error("runtime: crashed: %s", group, exc_info=True)
+        return EXIT_CRASH
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,517 @@
+"""The runtime daemon (``resetfree-runtime``): robot + control loop + uplink in one asyncio process.
+
+One event loop, one ``TaskGroup``: the :class:`~runtime.loop.ControlLoop` on absolute
+deadlines; the uplink (:class:`protocol.transport.UplinkClient`: hello with the robot's
+spaces and the :class:`protocol.session.SessionSettings` hash, heartbeats with
+``LoopStats``, reconnects); the sender (outbox → uplink, in seq order, only what is on
+disk); the inbox (acks → ``Outbox.on_ack``, a reconnect's welcome → ``Outbox.rewind``,
+learner commands); the weights subscriber (→ ``PolicySlot.offer``, verified off the loop);
+the control server (status, pause, resume, estop, switch_agent, go_home); a supervisor
+(stop signals, ``--max-steps``, periodic log line).
+
+Stopping: SIGINT/SIGTERM → e-stop (``robot.stop()`` at once), the loop ends its segment and
+flushes to the outbox, the outbox finishes writing to the spill log, sockets close, exit 0.
+``--max-steps N`` → the loop stops before step N+1, the daemon waits (bounded) for the acks,
+exit 0. A refused welcome → exit 2 with the learner's reason. Any crash → ``robot.stop()``
+in ``finally``, exit 1.
+
+Lock-step (``--lockstep``, simulation): before the tick that records seq ``t`` the loop waits
+until the learner's ``Ack.trained_through ≥ t − window`` (window = the batch size) and until
+no weights blob is being verified. Deterministic: which steps the learner has trained on when
+each step is taken (to within the window), and that every blob that had *arrived* is active.
+Not deterministic: whether a blob the learner published has crossed the socket by then
+(ZeroMQ timing), hence which weights version acts on a given step; random seed-phase actions
+and the simulation are seeded, so with no weights the run repeats exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hardware.interfaces import Camera, CameraStatus, HardwareError, Robot
+from protocol.errors import HandshakeError, PeerTimeout
+from protocol.keys import client_keys, server_keys
+from protocol.messages import Ack, ArraySpec, Command, Hello, LoopStats, Status, Welcome
+from protocol.session import SessionSettings
+from protocol.transport import (
+    ConnectionState, ControlServer, ControlServerConfig, HandshakeRefused, UplinkClient, UplinkClientConfig,
+    WeightsSubscriber, WeightsSubscriberConfig,
+)
+from runtime.clock import Clock, ClockConfig, IsolationConfig, collect_young, settle_gc
+from runtime.errors import RuntimeFault
+from runtime.loop import ControlLoop, LoopConfig
+from runtime.outbox import Outbox, OutboxConfig
+from runtime.policy_slot import PolicySlot
+from runtime.robots import RobotFacts, shield_config
+from runtime.schedule import AGENT_NAMES, Schedule, ScheduleConfig
+from runtime.shield import Shield
+from runtime.spill import SpillConfig, SpillLog
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_CRASH, EXIT_REFUSED = 0, 1, 2
+
+
+class LearnerRefused(RuntimeFault):
+    """The learner answered the hello with ``accepted=False``; the message holds its reason."""
+
+
+class _Shutdown(Exception):
+    """Raised by the supervisor to end the task group."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DaemonConfig:
+    """Everything ``resetfree-runtime`` is told on its command line."""
+
+    robot: str
+    """``sim:TASK`` or ``franka`` (for logs and ``hello.robot``)."""
+    learner: str = "tcp://127.0.0.1:5555"
+    """The learner's uplink endpoint."""
+    spill_dir: Path
+    """Spill log, session state and ``endpoints.json``."""
+    control_bind: str = "tcp://127.0.0.1:5558"
+    """Control server endpoint (port 0: a free port, written to ``SPILL_DIR/endpoints.json``)."""
+    hz: float = 10.0
+    """Control rate."""
+    lockstep: bool = False
+    """Wait for the learner's training before each tick (simulation)."""
+    switch_every: int = 200
+    """Steps per agent before the other takes over (sent hashed in ``hello``)."""
+    max_steps: int | None = None
+    """Stop cleanly after this many recorded steps (None: run until signalled)."""
+    seed: int | None = None
+    """Seed of the seed-phase random actions."""
+    keys_dir: Path | None = None
+    """CURVE keys directory (``resetfree-keys generate``); None: plaintext loopback."""
+    batch_steps: int = 16
+    """Steps per uplink batch (also the lock-step window)."""
+    ack_wait_s: float = 10.0
+    """``--max-steps``: how long to wait for the final acks."""
+    connect_retry_s: float = 2.0
+    """Pause between hello attempts while the learner is not up."""
+    hello_timeout_s: float = 5.0
+    """Deadline for one welcome."""
+    peer_timeout_s: float = 5.0
+    """Learner silent this long ⇒ reconnect (steps spill meanwhile)."""
+    status_log_interval_s: float = 10.0
+    """Interval of the daemon's INFO line."""
+    isolation: IsolationConfig = IsolationConfig()
+    """Affinity, priority, GC and thread levers."""
+    gc_every_ticks: int = 50
+    """``gc_mode == "manual"``: collect generation 0 after every this many ticks."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.hz <= 1000:
+            raise ValueError(f"hz: must be in (0, 1000], got {self.hz}")
+        if self.switch_every < 1:
+            raise ValueError(f"switch_every: must be positive, got {self.switch_every}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps: must be positive or None, got {self.max_steps}")
+        if self.batch_steps < 1:
+            raise ValueError(f"batch_steps: must be positive, got {self.batch_steps}")
+        for name in ("ack_wait_s", "connect_retry_s", "hello_timeout_s", "peer_timeout_s",
+                     "status_log_interval_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
+        if self.gc_every_ticks < 1:
+            raise ValueError(f"gc_every_ticks: must be positive, got {self.gc_every_ticks}")
+
+    @property
+    def session_settings(self) -> SessionSettings:
+        """The settings shared with the learner (hashed into ``hello.config_hash``)."""
+        return SessionSettings(switch_interval=self.switch_every)
+
+
+def observation_spaces(robot: Robot, cameras: list[Camera]) -> dict[str, ArraySpec]:
+    """Returns the wire observation space: one spec per camera image plus the robot's arrays."""
+    space = {c.name: ArraySpec(dtype=c.image_spec.dtype, shape=tuple(c.image_spec.shape)) for c in cameras}
+    space.update({name: ArraySpec(dtype=s.dtype, shape=tuple(s.shape)) for name, s in robot.state_spec.items()})
+    return space
+
+
+class RuntimeDaemon:
+    """See the module docstring. ``exit_code = await RuntimeDaemon(...).run()``."""
+
+    def __init__(self, config: DaemonConfig, robot: Robot, cameras: list[Camera], facts: RobotFacts) -> None:
+        self.config = config
+        self.robot, self.cameras, self.facts = robot, list(cameras), facts
+        self.outbox: Outbox | None = None
+        self.policy: PolicySlot | None = None
+        self.loop: ControlLoop | None = None
+        self.client: UplinkClient | None = None
+        self.welcome: Welcome | None = None
+        self.control_endpoint: str | None = None
+        self.trained_through = 0
+        self.weights_active_at: dict[str, float] = {}
+        """Agent → ``time.time()`` when its newest weights became active (for benchmarks)."""
+        self._space = observation_spaces(robot, self.cameras)
+        self._stop = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._swapping = False
+        self._weights_endpoint = ""
+        self._tg: asyncio.TaskGroup | None = None
+        self._ticks_since_gc = 0
+
+    # ------------------------------------------------------------------ entry
+    async def run(self) -> int:
+        """Runs until stopped; returns the exit code (0 clean, 2 refused). Blocks.
+
+        Raises whatever crashed the daemon (the caller maps it to exit 1); the robot is
+        stopped and the outbox flushed to disk in every case.
+        """
+        code = EXIT_OK
+        try:
+            await self._start()
+            await self._serve()
+        except LearnerRefused as e:
+            logger.error("runtime: %s", e)
+            code = EXIT_REFUSED
+        except ExceptionGroup as group:
+            refused, rest = group.split(LearnerRefused)
+            if rest is not None:
+                _, rest = rest.split(_Shutdown)
+            if refused is not None:
+                logger.error("runtime: %s", refused.exceptions[0])
+                code = EXIT_REFUSED
+            if rest is not None:
+                raise rest from None
+        finally:
+            await self._cleanup()
+        return code
+
+    def request_stop(self, reason: str) -> None:
+        """E-stops the robot at once and asks the daemon to shut down (signal handlers call it)."""
+        logger.warning("runtime: stopping (%s)", reason)
+        if self.loop is not None:
+            self.loop.estop()
+        else:
+            self.robot.stop()
+        self._stop.set()
+
+    # ------------------------------------------------------------------ start-up
+    async def _start(self) -> None:
+        spill = await asyncio.to_thread(SpillLog.open, SpillConfig(directory=self.config.spill_dir))
+        self.outbox = Outbox(spill, OutboxConfig())
+        self.outbox.start()
+        await asyncio.to_thread(self._connect_devices)
+        self.client = UplinkClient(self._uplink_config(), self._hello, stats=self._loop_stats)
+        self.welcome = await self._first_welcome()
+        self._weights_endpoint = self.welcome.weights_endpoint
+        obs_spec = {name: (tuple(s.shape), s.dtype) for name, s in self._space.items()}
+        self.policy = PolicySlot.for_actor(obs_spec, self.robot.action_spec.shape[0], self.welcome.net_config)
+        self.outbox.rewind(self.welcome.resume_seq)
+        self.outbox.set_connected(True)
+        self.trained_through = self.welcome.resume_seq
+        self.loop = self._build_loop()
+
+    def _connect_devices(self) -> None:
+        self.robot.connect()
+        for camera in self.cameras:
+            if camera.status != CameraStatus.STREAMING:
+                camera.connect()
+
+    def _uplink_config(self) -> UplinkClientConfig:
+        keys = client_keys(self.config.keys_dir) if self.config.keys_dir else None
+        return UplinkClientConfig(endpoint=self.config.learner, hello_timeout_s=self.config.hello_timeout_s,
+                                  peer_timeout_s=self.config.peer_timeout_s, keys=keys)
+
+    def _hello(self) -> Hello:
+        assert self.outbox is not None
+        spec = self.robot.action_spec
+        return Hello(session_id=self.outbox.session_id, robot=self.facts.kind, task=self.facts.task,
+                     observation_space=dict(self._space),
+                     action_space=ArraySpec(dtype=spec.dtype, shape=tuple(spec.shape)),
+                     config_hash=self.config.session_settings.config_hash(), next_seq=self.outbox.next_seq)
+
+    async def _first_welcome(self) -> Welcome:
+        """Says hello until the learner answers; raises LearnerRefused on a refusal."""
+        assert self.client is not None
+        while True:
+            try:
+                welcome = await self.client.connect()  # bounded by hello_timeout_s
+            except HandshakeRefused as e:
+                raise LearnerRefused(f"learner at {self.config.learner} refused this runtime: {e}") from e
+            except (PeerTimeout, HandshakeError) as e:
+                logger.warning("runtime: no welcome yet (%s); retrying in %.1f s", e, self.config.connect_retry_s)
+                await asyncio.sleep(self.config.connect_retry_s)
+                continue
+            logger.info("runtime: welcomed by %s (session %s, resume at seq %d, weights at %s)",
+                        self.config.learner, welcome.session_id, welcome.resume_seq, welcome.weights_endpoint)
+            return welcome
+
+    def _build_loop(self) -> ControlLoop:
+        assert self.outbox is not None and self.policy is not None
+        spec = self.robot.action_spec
+        schedule = Schedule(ScheduleConfig(switch_every=self.config.switch_every, seed=self.config.seed),
+                            spec.low_array(), spec.high_array())
+        shield = Shield(shield_config(self.robot, self.facts, self.config.hz))
+        period = 1.0 / self.config.hz
+        loop_config = LoopConfig(max_frame_age_s=3 * period + 0.1, batch_steps=self.config.batch_steps,
+                                 env_reset_every=self.facts.reset_interval)
+        return ControlLoop(robot=self.robot, cameras=self.cameras, policy=self.policy, shield=shield,
+                           schedule=schedule, clock=Clock(ClockConfig(rate_hz=self.config.hz)), sink=self.outbox,
+                           config=loop_config, gate=self._gate)
+
+    # ------------------------------------------------------------------ running
+    async def _serve(self) -> None:
+        assert self.client is not None and self.loop is not None
+        control = ControlServer(ControlServerConfig(endpoint=self.config.control_bind, role="runtime",
+                                                    keys=server_keys(self.config.keys_dir, "runtime")
+                                                    if self.config.keys_dir else None), self._on_command)
+        self.control_endpoint = await control.start()
+        self._write_endpoints()
+        settle_gc(self.config.isolation.gc_mode)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                loop_task = tg.create_task(self.loop.run(), name="control-loop")
+                tg.create_task(self._run_uplink(), name="uplink")
+                tg.create_task(self._send_loop(), name="sender")
+                tg.create_task(self._inbox_loop(), name="inbox")
+                tg.create_task(self._weights_loop(), name="weights")
+                tg.create_task(control.run(), name="control")
+                tg.create_task(self._supervise(loop_task), name="supervisor")
+        finally:
+            control.close()
+
+    async def _run_uplink(self) -> None:
+        assert self.client is not None
+        try:
+            await self.client.run()
+        except HandshakeRefused as e:
+            raise LearnerRefused(f"learner at {self.config.learner} refused this runtime: {e}") from e
+
+    async def _gate(self) -> None:
+        """Awaited before every tick: stops at ``--max-steps``, waits for the learner in lock-step,
+        and collects young objects in ``manual`` GC mode (right after a tick, off its path)."""
+        assert self.loop is not None
+        if self.config.isolation.gc_mode == "manual":
+            self._ticks_since_gc += 1
+            if self._ticks_since_gc >= self.config.gc_every_ticks:
+                self._ticks_since_gc = 0
+                collect_young()
+        if self.config.max_steps is not None and self.loop.steps >= self.config.max_steps:
+            self._finished.set()
+            await asyncio.Event().wait()  # the supervisor cancels the loop
+        if self.config.lockstep:
+            await self._await_learner()
+
+    async def _await_learner(self) -> None:
+        assert self.loop is not None
+        target = self.loop.next_step_seq - self.config.batch_steps
+        waited = time.monotonic()
+        while self.trained_through < target or self._swapping:
+            self._progress.clear()
+            try:
+                async with asyncio.timeout(1.0):
+                    await self._progress.wait()
+            except TimeoutError:
+                if time.monotonic() - waited > 10.0:
+                    logger.info("runtime: lock-step: waiting for the learner (trained through %d, need %d)",
+                                self.trained_through, target)
+                    waited = time.monotonic()
+
+    async def _send_loop(self) -> None:
+        """Sends written batches in seq order; a rewind makes a batch in hand stale."""
+        assert self.outbox is not None and self.client is not None
+        while True:
+            try:
+                async with asyncio.timeout(1.0):
+                    out = await self.outbox.next_batch()
+            except TimeoutError:
+                continue
+            while out.generation == self.outbox.generation and not self.client.send(out.batch):
+                await asyncio.sleep(0.005)  # disconnected or at the HWM: the rewind or room will come
+
+    async def _inbox_loop(self) -> None:
+        assert self.outbox is not None and self.client is not None
+        while True:
+            self.outbox.set_connected(self.client.state == ConnectionState.CONNECTED)
+            msg = await self.client.recv(timeout=0.1)
+            if isinstance(msg, Ack):
+                self.outbox.on_ack(msg.seq)
+                self.trained_through = max(self.trained_through, msg.trained_through)
+                self._progress.set()
+            elif isinstance(msg, Welcome):
+                logger.info("runtime: reconnected; learner resumes at seq %d", msg.resume_seq)
+                self.welcome = msg
+                self.outbox.rewind(msg.resume_seq)
+                self._weights_endpoint = msg.weights_endpoint
+            elif isinstance(msg, Command):
+                self.client.send(await self._on_command(msg))
+
+    async def _weights_loop(self) -> None:
+        """Receives weights (reconnecting when a welcome names a new endpoint) and offers them."""
+        assert self.policy is not None
+        keys = client_keys(self.config.keys_dir) if self.config.keys_dir else None
+        while True:
+            endpoint = self._weights_endpoint
+            subscriber = WeightsSubscriber(WeightsSubscriberConfig(endpoint=endpoint, keys=keys))
+            subscriber.connect()
+            try:
+                while endpoint == self._weights_endpoint:
+                    try:
+                        async with asyncio.timeout(0.5):
+                            weights = await subscriber.recv()
+                    except TimeoutError:
+                        continue
+                    self._swapping = True
+                    try:
+                        result = await self.policy.offer(weights)
+                    finally:
+                        self._swapping = False
+                        self._progress.set()
+                    if result.accepted:
+                        self.weights_active_at[weights.agent] = time.time()
+            finally:
+                subscriber.close()
+
+    async def _supervise(self, loop_task: asyncio.Task[None]) -> None:
+        """Waits for a stop signal or ``--max-steps``; logs a status line meanwhile."""
+        assert self.outbox is not None
+        last_log = time.monotonic()
+        while not (self._stop.is_set() or self._finished.is_set() or loop_task.done()):
+            try:
+                async with asyncio.timeout(0.2):
+                    await self._stop.wait()
+            except TimeoutError:
+                pass
+            if time.monotonic() - last_log >= self.config.status_log_interval_s:
+                last_log = time.monotonic()
+                logger.info("runtime: %s", " ".join(f"{k}={v}" for k, v in self._status_detail().items()
+                                                    if k in _LOGGED))
+        loop_task.cancel()
+        try:
+            await loop_task  # its finally ends the segment and flushes into the outbox
+        except asyncio.CancelledError:
+            if not loop_task.cancelled():
+                raise
+        if self._finished.is_set() and not self._stop.is_set():
+            await self._drain_acks()
+        raise _Shutdown()
+
+    async def _drain_acks(self) -> None:
+        assert self.outbox is not None
+        try:
+            async with asyncio.timeout(self.config.ack_wait_s):
+                while self.outbox.acked_seq < self.outbox.next_seq:
+                    await asyncio.sleep(0.02)
+            logger.info("runtime: %d steps done, all acked", self.outbox.next_seq)
+        except TimeoutError:
+            logger.warning("runtime: %d steps not acked within %.1f s; they stay in the spill log",
+                           self.outbox.next_seq - self.outbox.acked_seq, self.config.ack_wait_s)
+
+    # ------------------------------------------------------------------ control
+    async def _on_command(self, cmd: Command) -> Status:
+        """Carries out one control command; returns its Status (never blocks on motion)."""
+        assert self.loop is not None
+        ok, message = True, cmd.kind
+        if cmd.kind == "pause":
+            self.loop.pause()
+        elif cmd.kind == "resume":
+            self.loop.resume()
+        elif cmd.kind == "estop":
+            self.loop.estop()
+        elif cmd.kind == "switch_agent":
+            message = f"{AGENT_NAMES[self.loop.switch_agent(cmd.agent)]} agent acts"
+        elif cmd.kind == "go_home":
+            if self._tg is None:
+                ok, message = False, "not running"
+            else:
+                self._tg.create_task(self._go_home(), name="go-home")
+                message = "homing started"
+        return Status(request_id=cmd.request_id, role="runtime", state=self._state(),
+                      detail=self._status_detail(), ok=ok, message=message)
+
+    async def _go_home(self) -> None:
+        assert self.loop is not None
+        try:
+            await self.loop.go_home()
+            logger.info("runtime: robot is home")
+        except HardwareError as e:
+            logger.error("runtime: go_home failed: %s", e)
+
+    def _state(self) -> str:
+        assert self.loop is not None
+        if self.loop.estopped:
+            return "estopped"
+        return "holding" if self.loop.holding else "running"
+
+    def _loop_stats(self) -> LoopStats | None:
+        return None if self.loop is None else self.loop.stats().loop
+
+    def _status_detail(self) -> dict[str, Any]:
+        assert self.loop is not None and self.outbox is not None and self.policy is not None
+        stats = self.loop.stats()
+        agent = self.loop.schedule.agent
+        version = self.policy.version(agent)
+        detail: dict[str, Any] = stats.detail()
+        detail.update(
+            agent=AGENT_NAMES[agent], seed_phase=not self.policy.has_policy(agent),
+            acked_seq=self.outbox.acked_seq, next_seq=self.outbox.next_seq, oldest_seq=self.outbox.oldest_seq,
+            unwritten_steps=self.outbox.unwritten_steps, lost_steps=self.outbox.lost_steps,
+            weights_version=-1 if version is None else version, env_resets=self.loop.env_resets,
+            trained_through=self.trained_through, session_id=self.outbox.session_id,
+            connected=self.client is not None and self.client.state == ConnectionState.CONNECTED,
+            weights_rejected=self.policy.rejected, weights_accepted=self.policy.accepted,
+        )
+        for name in AGENT_NAMES:
+            v = self.policy.version(AGENT_NAMES.index(name))
+            detail[f"weights_version_{name}"] = -1 if v is None else v
+            detail[f"weights_active_at_{name}"] = self.weights_active_at.get(name, 0.0)
+        return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in detail.items()}
+
+    def _write_endpoints(self) -> None:
+        path = Path(self.config.spill_dir) / "endpoints.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"control": self.control_endpoint, "learner": self.config.learner,
+                                   "pid": os.getpid()}))
+        os.replace(tmp, path)
+        logger.info("runtime: control server at %s (written to %s)", self.control_endpoint, path)
+
+    # ------------------------------------------------------------------ shutdown
+    async def _cleanup(self) -> None:
+        """Stops the robot, finishes the spill writes and closes everything. Never raises."""
+        try:
+            self.robot.stop()
+        except HardwareError as e:
+            logger.error("runtime: robot.stop() failed: %s", e)
+        if self.client is not None:
+            self.client.close()
+        if self.outbox is not None:
+            await asyncio.to_thread(self.outbox.close)
+        if self.policy is not None:
+            self.policy.close()
+        for device in (*self.cameras, self.robot):
+            try:
+                await asyncio.to_thread(device.disconnect)
+            except HardwareError as e:
+                logger.error("runtime: disconnecting %s failed: %s", device.name, e)
+        logger.info("runtime: stopped")
+
+
+_LOGGED = ("steps", "agent", "seed_phase", "acked_seq", "queue_depth", "spilled_bytes", "overruns",
+           "jitter_p99_ms", "inference_p50_ms", "weights_version", "env_resets", "connected")
+
+
+def install_signal_handlers(daemon: RuntimeDaemon) -> None:
+    """Routes SIGINT/SIGTERM to :meth:`RuntimeDaemon.request_stop` (call inside the event loop)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, daemon.request_stop, signal.Signals(sig).name)
+
+
+__all__ = ["DaemonConfig", "EXIT_CRASH", "EXIT_OK", "EXIT_REFUSED", "LearnerRefused", "RuntimeDaemon",
+           "install_signal_handlers", "observation_spaces"]

@@ -1,0 +1,142 @@
+"""Robot plugins: ``--robot`` names resolved to a Robot and its Cameras through ``importlib``.
+
+``runtime`` must not import ``simulation`` (docs/architecture.md, the plugin point): the
+simulated robot is found by module name at run time, so the layering test sees no static
+import and a robot PC without MuJoCo never loads it.
+
+* ``sim:TASK`` → ``simulation.sim_robot.SimRobot(TASK, obs=, seed=, pacing=, hz=)`` and its
+  cameras (pixel mode); the environment resets on the EARL schedule (the task's
+  ``reset_interval``).
+* ``franka`` → ``hardware.franka.FrankaRobot`` + one ``hardware.realsense.RealSenseCamera``
+  per ``--camera NAME=SERIAL``; never reset except by ``go_home``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import math
+from dataclasses import dataclass
+
+from hardware.interfaces import Camera, Robot
+from runtime.errors import RuntimeFault
+from runtime.shield import ShieldConfig
+
+logger = logging.getLogger(__name__)
+
+SIM_MODULE = "simulation.sim_robot"
+SIM_TASKS_MODULE = "simulation.tasks"
+FRANKA_MODULE = "hardware.franka"
+REALSENSE_MODULE = "hardware.realsense"
+
+
+class RobotSpecError(RuntimeFault, ValueError):
+    """A ``--robot`` or ``--camera`` value that names no usable robot."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RobotFacts:
+    """What the daemon needs to know about a robot beyond the ``Robot`` interface."""
+
+    kind: str
+    """``sim`` or ``franka``."""
+    task: str
+    """Task name sent in ``hello`` (the simulated task, or ``--task`` on a real robot)."""
+    position_scale: float
+    """Metres of end-effector motion per unit of action (the shield's ``position_scale``)."""
+    reset_interval: int | None
+    """Recorded steps between environment resets (simulation only; None: never)."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.position_scale) and self.position_scale > 0):
+            raise ValueError(f"position_scale: must be positive, got {self.position_scale}")
+        if self.reset_interval is not None and self.reset_interval < 1:
+            raise ValueError(f"reset_interval: must be positive or None, got {self.reset_interval}")
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """Returns ``(kind, task)`` of a ``--robot`` value. Raises RobotSpecError for another form."""
+    if spec == "franka":
+        return "franka", None
+    kind, _, task = spec.partition(":")
+    if kind == "sim" and task:
+        return "sim", task
+    raise RobotSpecError(f"--robot: expected 'sim:TASK' or 'franka', got {spec!r}")
+
+
+def parse_cameras(values: list[str] | None) -> list[tuple[str, str]]:
+    """Returns ``(name, serial)`` pairs of ``--camera NAME=SERIAL`` values. Raises RobotSpecError."""
+    pairs = []
+    for value in values or []:
+        name, sep, serial = value.partition("=")
+        if not sep or not name or not serial:
+            raise RobotSpecError(f"--camera: expected NAME=SERIAL, got {value!r}")
+        pairs.append((name, serial))
+    return pairs
+
+
+def make_robot(spec: str, args: argparse.Namespace) -> tuple[Robot, list[Camera]]:
+    """Builds (does not connect) the robot ``spec`` names and its cameras.
+
+    ``args`` supplies ``obs``, ``seed``, ``lockstep``, ``hz`` (sim) and ``franka_host``,
+    ``camera`` (Franka). Returns ``(robot, cameras)``. Raises RobotSpecError for an unknown
+    robot, task or camera list; ImportError when the plugin's package is not installed.
+    """
+    kind, task = parse_spec(spec)
+    if kind == "sim":
+        module = importlib.import_module(SIM_MODULE)
+        try:
+            robot = module.SimRobot(task, obs=getattr(args, "obs", "state"), seed=getattr(args, "seed", None),
+                                    pacing="lockstep" if getattr(args, "lockstep", False) else "realtime",
+                                    hz=float(args.hz))
+        except ValueError as e:
+            raise RobotSpecError(f"--robot {spec}: {e}") from e
+        return robot, list(robot.cameras.values())
+    cameras = parse_cameras(getattr(args, "camera", None))
+    if not cameras:
+        raise RobotSpecError("--robot franka needs at least one --camera NAME=SERIAL (e.g. wrist=123456)")
+    franka = importlib.import_module(FRANKA_MODULE)
+    realsense = importlib.import_module(REALSENSE_MODULE)
+    robot = franka.FrankaRobot(franka.FrankaConfig(hostname=args.franka_host, control_rate_hz=float(args.hz)))
+    return robot, [realsense.RealSenseCamera(realsense.RealSenseConfig(serial=serial), name=name)
+                   for name, serial in cameras]
+
+
+def robot_facts(spec: str, robot: Robot, task: str | None = None) -> RobotFacts:
+    """Returns the :class:`RobotFacts` of a robot :func:`make_robot` built from ``spec``.
+
+    ``task`` overrides the task name (a real robot has none of its own). Raises RobotSpecError.
+    """
+    kind, sim_task = parse_spec(spec)
+    if kind == "sim":
+        tasks = importlib.import_module(SIM_TASKS_MODULE)
+        cls = tasks.task_class(sim_task)
+        scale = float(getattr(importlib.import_module(cls.__module__), "MOVE_SCALE", 0.05))
+        return RobotFacts(kind="sim", task=str(sim_task), position_scale=scale,
+                          reset_interval=tasks.task_info(sim_task).reset_interval)
+    config = getattr(robot, "config", None)
+    scale = float(getattr(config, "max_translation_step", 0.02))
+    return RobotFacts(kind="franka", task=task or "franka", position_scale=scale, reset_interval=None)
+
+
+def shield_config(robot: Robot, facts: RobotFacts, hz: float) -> ShieldConfig:
+    """Returns the shield limits for ``robot`` at ``hz``: its action space and workspace, one
+    full-scale action per tick, and watchdog ages of three periods (plus margin).
+
+    The last action element is the gripper when the action has more than three elements;
+    a three-element action (tabletop: dx, dy, grasp) has no separate gripper channel.
+    """
+    spec = robot.action_spec
+    period = 1.0 / hz
+    scale = facts.position_scale
+    dim = spec.shape[0]
+    return ShieldConfig(
+        action_low=tuple(float(v) for v in spec.low_array()),
+        action_high=tuple(float(v) for v in spec.high_array()),
+        workspace=robot.workspace, position_scale=scale, max_step=(scale, scale, scale),
+        # a full-scale diagonal move is allowed; the per-axis step bounds each tick
+        max_speed=scale * math.sqrt(3.0) * hz * 1.001, control_period_s=period,
+        gripper_index=dim - 1 if dim > 3 else None,
+        max_state_age_s=3 * period + 0.05, max_frame_age_s=3 * period + 0.1,
+    )

@@ -1,0 +1,234 @@
+"""The runtime daemon against a scripted learner (real sockets on loopback, random ports)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from learner.networks import build_actor
+from protocol.errors import SequenceGap
+from protocol.messages import Ack, Command, Hello, TransitionBatch, Weights, Welcome
+from protocol.reliability import ReceiveTracker
+from protocol.session import SessionSettings
+from protocol.transport import (ControlClient, ControlClientConfig, UplinkServer, UplinkServerConfig,
+                                WeightsPublisher, WeightsPublisherConfig)
+from runtime.clock import IsolationConfig
+from runtime.daemon import EXIT_OK, EXIT_REFUSED, DaemonConfig, RuntimeDaemon
+from runtime.robots import RobotFacts
+from tests.runtime.fakes import ACTION_DIM, FakeRobot
+
+torch.set_num_threads(1)
+
+NET_CONFIG = {"feature_dim": 8, "hidden_dim": 16, "conv_channels": 4}
+FACTS = RobotFacts(kind="sim", task="fake", position_scale=0.05, reset_interval=None)
+
+
+class ScriptedLearner:
+    """A small learner: welcomes (or refuses), dedupes with a ReceiveTracker, acks, publishes.
+
+    ``received`` counts every step seq ingested, so a test can check exactly-once delivery.
+    """
+
+    def __init__(self, *, settings: SessionSettings = SessionSettings(), net_config: dict | None = None,
+                 uplink: str = "tcp://127.0.0.1:0", refuse: str = "") -> None:
+        self.settings, self.refuse = settings, refuse
+        self.net_config = net_config or NET_CONFIG
+        self.uplink_endpoint = uplink
+        self.server = UplinkServer(UplinkServerConfig(endpoint=uplink, peer_timeout_s=3.0))
+        self.publisher = WeightsPublisher(WeightsPublisherConfig())
+        self.tracker = ReceiveTracker()
+        self.received: dict[int, int] = {}
+        self.hellos: list[Hello] = []
+        self.batches: list[TransitionBatch] = []
+        self.weights_endpoint = ""
+        self.gaps = 0
+
+    async def start(self) -> str:
+        self.uplink_endpoint = await self.server.start()
+        self.weights_endpoint = await self.publisher.start()
+        return self.uplink_endpoint
+
+    async def run(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.server.run())
+                tg.create_task(self._serve())
+        finally:
+            self.close()
+
+    async def _serve(self) -> None:
+        while True:
+            peer, msg = await self.server.recv()
+            if isinstance(msg, Hello):
+                self.hellos.append(msg)
+                self.server.send(peer, self._welcome(msg))
+            elif isinstance(msg, TransitionBatch):
+                self._ingest(peer, msg)
+
+    def _welcome(self, hello: Hello) -> Welcome:
+        reason = self.refuse
+        if not reason and hello.config_hash != self.settings.config_hash():
+            reason = f"config hash differs: the learner expects {self.settings.to_dict()}"
+        resume = 0 if reason else self.tracker.resume_point(hello.session_id, hello.next_seq)
+        return Welcome(session_id=hello.session_id, accepted=not reason, reason=reason, resume_seq=resume,
+                       net_config=self.net_config, weights_endpoint=self.weights_endpoint)
+
+    def _ingest(self, peer: bytes, batch: TransitionBatch) -> None:
+        try:
+            fresh = self.tracker.admit(batch)
+        except SequenceGap:
+            self.gaps += 1
+            return
+        if fresh is not None:
+            for seq in range(fresh.first_seq, fresh.end_seq):
+                self.received[seq] = self.received.get(seq, 0) + 1
+            self.batches.append(fresh)
+            self.tracker.commit(batch.session_id, fresh.end_seq)
+        committed = self.tracker.committed(batch.session_id)
+        self.server.send(peer, Ack(session_id=batch.session_id, seq=committed, trained_through=committed))
+
+    def publish(self, agent: str, version: int, *, obs_spec: dict, action_dim: int, seed: int = 0,
+                corrupt: bool = False) -> Weights:
+        torch.manual_seed(seed)
+        actor = build_actor(obs_spec, action_dim, self.net_config)
+        tensors = {k: v.detach().numpy().copy() for k, v in actor.state_dict().items()}
+        weights = Weights.create(agent=agent, version=version, tensors=tensors)
+        if corrupt:  # right checksum, wrong layout: the runtime's slot must reject it
+            name = next(iter(tensors))
+            bad = dict(tensors)
+            bad[name] = np.zeros((1, 1), np.float32)
+            weights = Weights.create(agent=agent, version=version, tensors=bad)
+        self.publisher.publish(weights)
+        return weights
+
+    def close(self) -> None:
+        self.server.close()
+        self.publisher.close()
+
+
+OBS_SPEC = {"proprio": ((4,), "float32")}
+
+
+def make_daemon(tmp_path: Path, learner: str, robot: FakeRobot, **overrides) -> RuntimeDaemon:
+    cfg = dict(robot="sim:fake", learner=learner, spill_dir=tmp_path / "spill", control_bind="tcp://127.0.0.1:0",
+               hz=50.0, batch_steps=8, hello_timeout_s=1.0, connect_retry_s=0.2, peer_timeout_s=1.5,
+               ack_wait_s=5.0, isolation=IsolationConfig(priority="none", gc_mode="freeze"))
+    cfg.update(overrides)
+    return RuntimeDaemon(DaemonConfig(**cfg), robot, [], FACTS)
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def test_steps_stream_with_seqs_acks_and_weights_hot_swap(tmp_path: Path) -> None:
+    async def body() -> None:
+        learner = ScriptedLearner()
+        endpoint = await learner.start()
+        robot = FakeRobot()
+        daemon = make_daemon(tmp_path, endpoint, robot, max_steps=150)
+        async with asyncio.TaskGroup() as tg:
+            learner_task = tg.create_task(learner.run())
+            run = tg.create_task(daemon.run())
+            await until(lambda: daemon.loop is not None and daemon.loop.steps >= 30)
+            learner.publish("forward", 1, obs_spec=OBS_SPEC, action_dim=ACTION_DIM, seed=1)
+            await until(lambda: daemon.policy.version(0) == 1)
+            learner.publish("forward", 2, obs_spec=OBS_SPEC, action_dim=ACTION_DIM, seed=2, corrupt=True)
+            await until(lambda: daemon.policy.rejected >= 1)
+            assert daemon.policy.version(0) == 1  # the bad blob changed nothing
+            code = await run
+            learner_task.cancel()
+        assert code == EXIT_OK
+        hello = learner.hellos[0]
+        assert hello.config_hash == SessionSettings(switch_interval=200).config_hash()
+        assert set(hello.observation_space) == {"proprio"} and hello.next_seq == 0
+        assert learner.received == {seq: 1 for seq in range(150)}  # every step once, in order
+        stats = daemon.loop.stats()
+        assert stats.loop.steps == 150 and stats.skipped_ticks == 0  # swaps and rejections cost no tick
+        assert daemon.outbox.acked_seq == 150 and robot.stop_calls >= 1
+        agents = np.concatenate([b.agents for b in learner.batches])
+        assert agents.shape == (150,)
+    asyncio.run(body())
+
+
+def test_control_commands_and_status_detail(tmp_path: Path) -> None:
+    async def body() -> None:
+        learner = ScriptedLearner()
+        endpoint = await learner.start()
+        robot = FakeRobot()
+        daemon = make_daemon(tmp_path, endpoint, robot)
+        client = None
+        async with asyncio.TaskGroup() as tg:
+            learner_task = tg.create_task(learner.run())
+            run = tg.create_task(daemon.run())
+            await until(lambda: daemon.control_endpoint is not None and daemon.loop.steps > 5)
+            client = ControlClient(ControlClientConfig(endpoint=daemon.control_endpoint))
+            status = await client.request(Command(kind="status", agent=None, request_id=1), 2.0)
+            for key in ("steps", "agent", "seed_phase", "acked_seq", "queue_depth", "spilled_bytes", "overruns",
+                        "jitter_p99_ms", "weights_version", "env_resets"):
+                assert key in status.detail, key
+            assert status.detail["seed_phase"] is True and status.state == "running"
+            status = await client.request(Command(kind="switch_agent", agent="backward", request_id=2), 2.0)
+            assert status.ok and status.detail["agent"] == "backward"
+            status = await client.request(Command(kind="estop", agent=None, request_id=3), 2.0)
+            assert status.state == "estopped" and robot.stop_calls >= 1
+            steps = daemon.loop.steps
+            await asyncio.sleep(0.1)
+            assert daemon.loop.steps == steps  # nothing moves or records while e-stopped
+            await client.request(Command(kind="resume", agent=None, request_id=4), 2.0)
+            await until(lambda: daemon.loop.steps > steps)
+            await client.request(Command(kind="go_home", agent=None, request_id=5), 2.0)
+            await until(lambda: robot.home_calls == 1)
+            client.close()
+            daemon.request_stop("test")  # what SIGTERM does
+            assert await run == EXIT_OK
+            learner_task.cancel()
+    asyncio.run(body())
+
+
+def test_refused_welcome_exits_non_zero_with_the_reason(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def body() -> int:
+        learner = ScriptedLearner(settings=SessionSettings(switch_interval=50))
+        endpoint = await learner.start()
+        daemon = make_daemon(tmp_path, endpoint, FakeRobot())
+        async with asyncio.TaskGroup() as tg:
+            learner_task = tg.create_task(learner.run())
+            code = await daemon.run()
+            learner_task.cancel()
+        return code
+
+    assert asyncio.run(body()) == EXIT_REFUSED
+    assert "switch_interval" in caplog.text and "refused" in caplog.text
+
+
+def test_learner_gone_spills_and_everything_arrives_once_when_it_is_back(tmp_path: Path) -> None:
+    async def body() -> None:
+        first = ScriptedLearner()
+        endpoint = await first.start()
+        robot = FakeRobot()
+        daemon = make_daemon(tmp_path, endpoint, robot, max_steps=200)
+        async with asyncio.TaskGroup() as tg:
+            first_task = tg.create_task(first.run())
+            run = tg.create_task(daemon.run())
+            await until(lambda: daemon.loop is not None and daemon.outbox.acked_seq >= 40)
+            first_task.cancel()  # the learner dies; its state lives on in its tracker (its "journal")
+            await until(lambda: daemon.loop.steps >= 120)
+            assert daemon.outbox.acked_seq < 120 and daemon.outbox.spilled_bytes > 0
+            second = ScriptedLearner(uplink=endpoint)
+            second.tracker, second.received = first.tracker, first.received
+            await second.start()
+            second_task = tg.create_task(second.run())
+            assert await run == EXIT_OK
+            second_task.cancel()
+        assert second.received == {seq: 1 for seq in range(200)}
+        assert len(second.hellos) >= 1 and second.hellos[-1].next_seq > 40
+    asyncio.run(body())
