@@ -13,7 +13,15 @@ run that ``--resume RUN_DIR`` continues. ``--bc`` runs only the behaviour-clonin
 
 from __future__ import annotations
 
-import argparse
+import os
+
+# Headless offscreen rendering for evaluation videos and pixel policies, chosen before
+# mujoco is imported (it reads MUJOCO_GL once); a user's own choice is kept.
+if not os.environ.get("DISPLAY"):
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+import argparse  # noqa: E402  (after the rendering backend is chosen)
 import asyncio
 import json
 import logging
@@ -56,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation (default 10)")
     parser.add_argument("--bc-steps", type=int, default=10_000, help="BC gradient steps (default 10000)")
     parser.add_argument("--minutes", type=float, default=None, help="stop cleanly after this many minutes")
-    parser.add_argument("--hz", type=float, default=None, help="runtime control rate (default: the runtime's)")
+    parser.add_argument("--hz", type=float, default=500.0,
+                        help="runtime control rate cap; in lock-step the learner sets the pace (default 500)")
     parser.add_argument("--device", default="auto", help="learner torch device: auto, cpu, cuda (default auto)")
     parser.add_argument("--learner-threads", type=int, default=1, help="learner torch threads (default 1)")
     parser.add_argument("--log-level", default="INFO", help="log level of this process and the children")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import logging
 import os
 import threading
@@ -268,7 +269,9 @@ class PolicyEvaluator:
                 raise EvalCancelled(f"evaluation at {step} env steps cancelled")
             return actor(observation)
 
-        video = self.run_dir / "videos" / f"eval_{step}.mp4" if self.cfg.video else None
+        # mp4 needs imageio-ffmpeg; without it write the GIF directly (no warning per evaluation)
+        suffix = ".mp4" if importlib.util.find_spec("imageio_ffmpeg") is not None else ".gif"
+        video = self.run_dir / "videos" / f"eval_{step}{suffix}" if self.cfg.video else None
         result = evaluate(policy, self.cfg.task, episodes=self.cfg.episodes, obs=self.cfg.obs,
                           seed=self.cfg.seed, video_path=video, video_episodes=self.cfg.video_episodes)
         record = record_of(result, step=step, wall_s=self.wall_offset + wall_s, weights_version=version)

@@ -40,6 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import mujoco
+
 from learner.config import LearnerConfig, profile
 from protocol.errors import ProtocolError
 from protocol.messages import Command
@@ -98,8 +100,10 @@ class RunSpec:
     """BC gradient steps."""
     max_wall_s: float | None = None
     """Stop cleanly after this many seconds (benchmarks); None: only ``steps`` ends the run."""
-    hz: float | None = None
-    """Control rate passed to the runtimes (None: the runtime's default)."""
+    hz: float | None = 500.0
+    """Control rate of the runtimes (None: the runtime's default, 10 Hz). In lock-step the
+    learner sets the pace; the rate only caps it, so the default lets a simulated run go as
+    fast as training allows."""
     device: str = "auto"
     """Learner torch device."""
     learner_threads: int = 1
@@ -732,8 +736,10 @@ class Orchestrator:
         except EvalCancelled as e:
             logger.info("%s", e)
             return
-        except EvaluatorError as e:
-            self.display.message(f"evaluation failed: {e}")
+        except (EvaluatorError, SimulationError, mujoco.FatalError, RuntimeError, ValueError, OSError) as e:
+            # an evaluation is a measurement, not the run: report it and keep training
+            logger.error("evaluation failed", exc_info=e)
+            self.display.message(f"evaluation failed: {type(e).__name__}: {e}")
             return
         self.display.message(f"eval @ {self.last_eval.step:,} env steps: success {self.last_eval.success_rate:.0%}, "
                              f"mean return {self.last_eval.mean_return:.1f}")
