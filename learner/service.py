@@ -481,6 +481,8 @@ class LearnerService:
             elif isinstance(msg, TransitionBatch):
                 await self._on_batch(peer, msg)
             elif not isinstance(msg, Heartbeat):
+                # Out of protocol on the uplink (docs/protocol.md): counted like any malformed frame.
+                self._uplink.malformed_count += 1
                 logger.warning("uplink: unexpected %s from session %s ignored", msg.TYPE, self._uplink.session_of(peer))
 
     def check_hello(self, hello: Hello) -> str:
@@ -589,7 +591,8 @@ class LearnerService:
             rate = (p1 - p0) / (t1 - t0) if t1 > t0 else 0.0
         detail.update(ingest_rate=rate, sessions=len(self._uplink.peers()), transitions_ingested=self.position,
                       duplicates_dropped=self.duplicates_dropped,
-                      malformed_rejected=self._uplink.malformed_count, refused_sessions=self.refused_sessions,
+                      malformed_rejected=self._uplink.malformed_count + self._control.malformed_count,
+                      refused_sessions=self.refused_sessions,
                       dropped_sessions=self.rejected_batches,
                       journal_bytes=self._journal.bytes_used if self._journal else 0)
         return detail
