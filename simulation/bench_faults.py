@@ -42,7 +42,7 @@ from protocol.messages import Command
 from protocol.session import SessionSettings
 from protocol.transport import ControlClient, ControlClientConfig
 from simulation.faults import (
-    Child, FaultDrillError, MalformedGenerator, PartitionProxy, ProxyConfig, StatusPoller, count_tracebacks,
+    Child, FaultDrillError, MalformedGenerator, PartitionProxy, ProxyConfig, StatusPoller, audit_journal, count_tracebacks,
     pick_endpoint, python_module, send_malformed, state_spaces, tcp_port, wait_for_endpoints,
 )
 
@@ -87,6 +87,8 @@ class DrillConfig:
     """Seconds the learner has to acknowledge everything after the runtime pauses."""
     stop_timeout_s: float = 60.0
     """Seconds a process has to exit after SIGTERM."""
+    runtime_args: tuple[str, ...] = ("--priority", "fifo", "--gc", "freeze")
+    """Extra runtime flags (isolation: the drill measures overruns on a busy machine)."""
     learner_module: str = "learner"
     """Module run as the learner."""
     runtime_module: str = "runtime"
@@ -118,6 +120,8 @@ class DrillResult:
     crashes: int = 0
     malformed_rejected: int = 0
     malformed_sent: int = 0
+    malformed_sent_by_socket: dict[str, int] = dataclasses.field(default_factory=dict)
+    malformed_rejected_by_process: dict[str, int | None] = dataclasses.field(default_factory=dict)
     duplicates_dropped: int = 0
     learner_kills: int = 0
     learner_restarts: int = 0
@@ -126,6 +130,9 @@ class DrillResult:
     runtime_acked_seq: int = 0
     lost_steps: int = 0
     jitter_p99_ms: float = 0.0
+    journal_steps: int = 0
+    journal_duplicates: int = 0
+    journal_gaps: int = 0
     crash_notes: list[str] = dataclasses.field(default_factory=list)
     wall_s: float = 0.0
 
@@ -134,16 +141,27 @@ class DrillResult:
         """Returns whether every target holds."""
         return (self.transitions_generated == self.transitions_ingested and self.transitions_generated > 0
                 and self.duplicates == 0 and self.loop_overruns == 0 and self.crashes == 0
-                and self.malformed_rejected >= self.malformed_sent)
+                and self.journal_gaps == 0 and self.malformed_rejected >= self.malformed_reportable)
+
+    @property
+    def malformed_reportable(self) -> int:
+        """Returns the malformed frames sent to sockets whose process reports a rejection count."""
+        return sum(n for name, n in self.malformed_sent_by_socket.items()
+                   if self.malformed_rejected_by_process.get(name.split("_")[0]) is not None)
 
     def to_json(self) -> dict[str, Any]:
         """Returns the result as JSON builtins, with ``ok``."""
-        return {**dataclasses.asdict(self), "ok": self.ok}
+        return {**dataclasses.asdict(self), "malformed_reportable": self.malformed_reportable, "ok": self.ok}
 
 
 def _int(detail: dict[str, object] | None, key: str) -> int:
     value = (detail or {}).get(key)
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
+def _generated(runtime: dict[str, object] | None) -> int:
+    """Returns the steps the runtime's session has numbered (``next_seq``; ``steps`` if absent)."""
+    return _int(runtime, "next_seq") if "next_seq" in (runtime or {}) else _int(runtime, "steps")
 
 
 class FaultDrill:
@@ -210,7 +228,8 @@ class FaultDrill:
         argv = [*python_module(self.config.runtime_module), "--robot", f"sim:{self.config.task}", "--learner", uplink,
                 "--obs", "state", "--hz", f"{self.config.hz:g}", "--spill-dir", str(self.spill_dir),
                 "--control-bind", "tcp://127.0.0.1:0", "--seed", str(self.config.seed),
-                "--switch-every", str(SessionSettings().switch_interval), "--log-level", "INFO"]
+                "--switch-every", str(SessionSettings().switch_interval), "--log-level", "INFO",
+                *self.config.runtime_args]
         (self.spill_dir / "endpoints.json").unlink(missing_ok=True)
         self.runtime.start(argv)
         found = await wait_for_endpoints(self.spill_dir / "endpoints.json", self.runtime, self.config.start_timeout_s)
@@ -294,7 +313,8 @@ class FaultDrill:
         self.result.partition_s += seconds
 
     async def malformed_burst(self, count: int) -> None:
-        """Sends ``count`` malformed frames: half to the learner's uplink, a quarter to each control.
+        """Sends ``count`` malformed frames: half to the learner's uplink (a quarter from strangers,
+        a quarter from a session that said hello first), a quarter to each control socket.
 
         Waits (bounded) until the learner's count shows them, so a kill cannot lose them.
         """
@@ -305,24 +325,35 @@ class FaultDrill:
         uplink_n = count // 2
         session_n = uplink_n // 2
         control_n = (count - uplink_n) // 2
+        uplink = pick_endpoint(self.learner_endpoints, "uplink")
+        # The session opens with an out-of-protocol type while it is still accepted.
+        session = [gen.make("wrong_type", "uplink"), *gen.stream(session_n - 1, "uplink")] if session_n else []
         plan = [
-            (pick_endpoint(self.learner_endpoints, "uplink"), list(gen.stream(uplink_n - session_n, "uplink")), None, 4),
-            (pick_endpoint(self.learner_endpoints, "uplink"), list(gen.stream(session_n, "uplink")),
-             gen.hello(SessionSettings().config_hash()), 1),
-            (pick_endpoint(self.learner_endpoints, "control"), list(gen.stream(control_n, "control")), None, 2),
-            (self.runtime_control, list(gen.stream(count - uplink_n - control_n, "control")), None, 2),
+            ("learner_uplink", uplink, list(gen.stream(uplink_n - session_n, "uplink")), None, 4),
+            ("learner_uplink", uplink, session, gen.hello(SessionSettings().config_hash()), 1),
+            ("learner_control", pick_endpoint(self.learner_endpoints, "control"),
+             list(gen.stream(control_n, "control")), None, 2),
+            ("runtime_control", self.runtime_control, list(gen.stream(count - uplink_n - control_n, "control")),
+             None, 2),
         ]
         before = self._learner_malformed()
         to_learner = 0
-        for endpoint, frames, hello, peers in plan:
+        for name, endpoint, frames, hello, peers in plan:
+            if not frames:
+                continue
             report = await send_malformed(endpoint, frames, hello=hello, peers=peers)
+            by_socket = self.result.malformed_sent_by_socket
+            by_socket[name] = by_socket.get(name, 0) + report.sent
             self.result.malformed_sent += report.sent
-            to_learner += report.sent if endpoint != self.runtime_control else 0
-        deadline = time.monotonic() + 20.0
-        while self._learner_malformed() - before < to_learner and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
+            to_learner += report.sent if name.startswith("learner") else 0
+        # Wait until the learner's count reaches what it was sent or stops moving (it may not count all).
+        deadline, last, still = time.monotonic() + 10.0, -1, 0
+        while self._learner_malformed() - before < to_learner and time.monotonic() < deadline and still < 4:
+            await asyncio.sleep(0.25)
             await self.poll_both()
-        logger.info("drill: %d malformed frames sent, learner counted %d of its %d", count,
+            now = self._learner_malformed()
+            still, last = (still + 1 if now == last else 0), now
+        logger.info("drill: %d malformed frames sent, the learner counted %d of its %d", count,
                     self._learner_malformed() - before, to_learner)
 
     def _learner_malformed(self) -> int:
@@ -346,7 +377,7 @@ class FaultDrill:
             ln = await self.learner_status.poll(timeout=2.0)
             if rt is None or ln is None:
                 continue
-            done = _int(rt, "steps") == _int(rt, "acked_seq") == _int(ln, "transitions_ingested")
+            done = _generated(rt) == _int(rt, "acked_seq") == _int(ln, "transitions_ingested")
             steady = steady + 1 if done and _int(rt, "queue_depth") == 0 else 0
             if steady >= 3:
                 break
@@ -359,17 +390,31 @@ class FaultDrill:
         assert self.runtime_status is not None and self.learner_status is not None
         rt, ln = self.runtime_status.last, self.learner_status.last
         r = self.result
-        r.transitions_generated = _int(rt, "steps")
+        r.transitions_generated = _generated(rt)
         r.runtime_acked_seq = _int(rt, "acked_seq")
         r.loop_overruns = max(r.loop_overruns, _int(rt, "overruns"))
         jitter = rt.get("jitter_p99_ms")
         r.jitter_p99_ms = float(jitter) if isinstance(jitter, (int, float)) else math.nan
         r.transitions_ingested = _int(ln, "transitions_ingested")
         r.duplicates_dropped = _int(ln, "duplicates_dropped")
-        r.lost_steps = _int(ln, "lost_steps")
+        r.lost_steps = _int(ln, "lost_steps") + _int(rt, "lost_steps")
         # A step the learner counted into its replay twice shows as env_steps above the unique count.
         r.duplicates = max(0, _int(ln, "env_steps") - r.transitions_ingested)
-        r.malformed_rejected = self._learner_malformed() + _int(rt, "malformed_rejected")
+        runtime_rejected = _int(rt, "malformed_rejected") if "malformed_rejected" in rt else None
+        # Each process reports one count for all its sockets (None: the runtime reports none).
+        r.malformed_rejected_by_process = {"learner": self._learner_malformed(), "runtime": runtime_rejected}
+        r.malformed_rejected = self._learner_malformed() + (runtime_rejected or 0)
+
+    def audit(self) -> None:
+        """Checks the learner's journal step by step (after the learner stopped)."""
+        if not (self.run_dir / "journal").is_dir():
+            return
+        found = audit_journal(self.run_dir)
+        r = self.result
+        r.journal_steps = found.steps
+        r.journal_duplicates = found.duplicates
+        r.journal_gaps = sum(found.gaps.values()) + found.position_errors
+        r.duplicates = max(r.duplicates, found.duplicates)
 
     async def stop(self) -> None:
         """SIGTERMs the runtime, then the learner; a non-zero exit or a traceback counts as a crash."""
@@ -401,6 +446,7 @@ class FaultDrill:
             await self.drain()
         finally:
             await self.stop()
+            await asyncio.to_thread(self.audit)
             for poller in (self.learner_status, self.runtime_status):
                 if poller is not None:
                     poller.close()
@@ -448,6 +494,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="keep run dir, spill dir and logs here (default: a temporary directory, removed)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="extra learner overrides after the drill's small config (repeatable)")
+    p.add_argument("--runtime-arg", dest="runtime_args", action="append", default=None, metavar="ARG",
+                   help="extra runtime flag (repeatable; replaces the default --priority fifo --gc freeze)")
     p.add_argument("--quick", action="store_true",
                    help="reduced drill: 2 kills, 5 s partition, 1000 malformed frames, 20 s")
     return p
@@ -458,6 +506,8 @@ def config_from_args(args: argparse.Namespace) -> DrillConfig:
     fields: dict[str, Any] = dict(kills=args.kills, partition_s=args.partition_s, malformed=args.malformed,
                                   hz=args.hz, seconds=args.seconds, task=args.task, seed=args.seed,
                                   work_dir=args.work_dir, learner_sets=SMALL_LEARNER + tuple(args.sets))
+    if args.runtime_args is not None:
+        fields["runtime_args"] = tuple(args.runtime_args)
     if args.quick:
         fields.update(kills=2, partition_s=5.0, malformed=1000, seconds=20.0)
     return DrillConfig(**fields)
