@@ -733,6 +733,9 @@ class ControlServer:
                     logger.warning("control: malformed request: %s", e)
                 if not isinstance(cmd, Command):
                     self.malformed_count += 1
+                    # Queued frames complete without suspending: yield so a flood of junk cannot hold
+                    # the event loop (the runtime's control loop ticks on it).
+                    await asyncio.sleep(0)
                     continue
                 status = await self._answer(cmd)
                 _send_nowait(sock, [peer, *encode(status)])
