@@ -322,12 +322,16 @@ class LearnerService:
         self.tracker = ReceiveTracker()
         self.position = 0
         self.duplicates_dropped = 0
+        self.lost_steps = 0
+        """Steps a runtime declared lost by the gap rule (docs/protocol.md)."""
         self.rejected_batches = 0
         """Sessions dropped for frames that did not decode against their spaces."""
         self.refused_sessions = 0
         self.worker: TrainingWorker | None = None
         self._journal: IngestJournal | None = None
         self._streams: dict[str, int] = {}
+        """Session -> replay stream (steps of one stream link into transitions)."""
+        self._first_after_welcome: set[str] = set()
         self._peer_of: dict[str, bytes] = {}
         self._trained: dict[str, int] = {}
         self._stop = asyncio.Event()
@@ -453,9 +457,13 @@ class LearnerService:
         self._streams = {}
         refilled = replayed = 0
         old: list[WorkItem] = []
+        ends: dict[str, int] = {}
         for pos, batch in self._journal.records_from(self._journal.start):
-            stream = self._streams.setdefault(batch.session_id, len(self._streams))
-            item = WorkItem(pos, stream, batch)
+            sid = batch.session_id
+            if sid in ends and batch.first_seq != ends[sid]:
+                self._streams.pop(sid)  # a hole the gap rule skipped: start a new stream
+            ends[sid] = batch.end_seq
+            item = WorkItem(pos, self._stream_of(sid), batch)
             if pos < position:
                 if not has_replay:
                     old.append(item)
@@ -515,6 +523,7 @@ class LearnerService:
             logger.warning("session %s: task %r differs from the demos' %r", hello.session_id, hello.task,
                            self.demos.task)
         self._peer_of[hello.session_id] = peer
+        self._first_after_welcome.add(hello.session_id)
         self._uplink.send(peer, Welcome(session_id=hello.session_id, accepted=True, reason="", resume_seq=resume,
                                         net_config=self.cfg.network.to_dict(),
                                         weights_endpoint=self.endpoints["weights"]))
@@ -536,12 +545,25 @@ class LearnerService:
 
     async def _on_batch(self, peer: bytes, batch: TransitionBatch) -> None:
         sid = batch.session_id
+        first_after_welcome = sid in self._first_after_welcome
+        self._first_after_welcome.discard(sid)
         try:
             fresh = self.tracker.admit(batch)
         except SequenceGap as e:
-            logger.info("session %s: %s; asking for a resend", sid, e)
-            self._ack(peer, sid)
-            return
+            if not first_after_welcome:
+                logger.info("session %s: %s; asking for a resend", sid, e)
+                self._ack(peer, sid)
+                return
+            # Gap rule (docs/protocol.md): the runtime resends from resume_seq, so a first
+            # batch that starts above it means the runtime no longer has those steps.
+            start = self.tracker.committed(sid)
+            lost = self.tracker.skip_to(sid, batch.first_seq)
+            self.lost_steps += lost
+            logger.warning("session %s: steps %d..%d were lost by the runtime (%d steps); continuing from %d",
+                           sid, start, batch.first_seq - 1, lost, batch.first_seq)
+            # A new replay stream, so no transition links the steps on either side of the hole.
+            self._streams[sid] = max(self._streams.values(), default=-1) + 1
+            fresh = self.tracker.admit(batch)
         self.duplicates_dropped += batch.size - (fresh.size if fresh is not None else 0)
         if fresh is None:
             self._ack(peer, sid)
@@ -558,8 +580,13 @@ class LearnerService:
         self.position = position + fresh.size
         self.tracker.commit(sid, fresh.end_seq)
         self._ingest_times.append((time.monotonic(), self.position))
-        self.worker.submit(WorkItem(position, self._streams.setdefault(sid, len(self._streams)), fresh))
+        self.worker.submit(WorkItem(position, self._stream_of(sid), fresh))
         self._ack(peer, sid)
+
+    def _stream_of(self, sid: str) -> int:
+        if sid not in self._streams:
+            self._streams[sid] = max(self._streams.values(), default=-1) + 1
+        return self._streams[sid]
 
     def _ack(self, peer: bytes, sid: str) -> None:
         self._uplink.send(peer, Ack(session_id=sid, seq=self.tracker.committed(sid),
@@ -590,7 +617,7 @@ class LearnerService:
             (t0, p0), (t1, p1) = self._ingest_times[0], self._ingest_times[-1]
             rate = (p1 - p0) / (t1 - t0) if t1 > t0 else 0.0
         detail.update(ingest_rate=rate, sessions=len(self._uplink.peers()), transitions_ingested=self.position,
-                      duplicates_dropped=self.duplicates_dropped,
+                      duplicates_dropped=self.duplicates_dropped, lost_steps=self.lost_steps,
                       malformed_rejected=self._uplink.malformed_count + self._control.malformed_count,
                       refused_sessions=self.refused_sessions,
                       dropped_sessions=self.rejected_batches,

@@ -78,6 +78,21 @@ class ReceiveTracker:
                                 f"for session {session_id!r}")
         cur.committed = next_seq
 
+    def skip_to(self, session_id: str, seq: int) -> int:
+        """Declares the seqs from the committed point up to ``seq`` lost (the runtime could
+        not resend them; see the gap rule in docs/protocol.md) and returns how many.
+
+        Only valid with nothing admitted-but-uncommitted; raises ProtocolError otherwise or
+        when ``seq`` is not ahead of the committed point.
+        """
+        cur = self._cursor(session_id)
+        if cur.admitted != cur.committed or seq <= cur.committed:
+            raise ProtocolError(f"skip_to: seq {seq} must be beyond the committed {cur.committed} with nothing "
+                                f"in flight (admitted {cur.admitted}) for session {session_id!r}")
+        lost = seq - cur.committed
+        cur.admitted = cur.committed = seq
+        return lost
+
     def rewind(self, session_id: str) -> None:
         """Forgets admitted-but-uncommitted steps (their ingest failed); they will be re-admitted."""
         cur = self._cursor(session_id)

@@ -334,6 +334,7 @@ class UplinkClient:
         """Messages from the learner dropped as malformed."""
         self.reconnects = 0
         """Handshakes completed after the first."""
+        self._reconnect_requested = False
 
     def _set_state(self, state: ConnectionState) -> None:
         if state != self.state:
@@ -462,6 +463,12 @@ class UplinkClient:
         next_beat = time.monotonic()
         while True:
             now = time.monotonic()
+            if self._reconnect_requested:
+                self._reconnect_requested = False
+                logger.info("uplink client: reconnecting on request")
+                self._drop_socket()
+                self._set_state(ConnectionState.DISCONNECTED)
+                return
             if now >= next_beat:
                 self.send(Heartbeat(session_id=self._hello().session_id, role="runtime", sent_at=time.time(),
                                     stats=self._stats() if self._stats else None))
@@ -486,6 +493,14 @@ class UplinkClient:
             self._last_seen = time.monotonic()
             if not isinstance(msg, Heartbeat):
                 self._deliver(msg)
+
+    def reconnect(self) -> None:
+        """Drops the connection now; ``run()`` opens a new socket and sends a fresh hello,
+        whose ``Welcome`` (with the learner's ``resume_seq``) arrives through ``recv``.
+        Use it when the caller knows the stream has a hole the learner cannot see end.
+        Takes effect within one heartbeat interval (the serving loop checks it)."""
+        if self.state != ConnectionState.CLOSED:
+            self._reconnect_requested = True
 
     def close(self) -> None:
         """Closes the socket (linger 0); the client cannot be used again. Idempotent."""

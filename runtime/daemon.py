@@ -326,12 +326,18 @@ class RuntimeDaemon:
     async def _send_loop(self) -> None:
         """Sends written batches in seq order; a rewind makes a batch in hand stale."""
         assert self.outbox is not None and self.client is not None
+        lost = self.outbox.lost_steps
         while True:
             try:
                 async with asyncio.timeout(1.0):
                     out = await self.outbox.next_batch()
             except TimeoutError:
                 continue
+            if self.outbox.lost_steps != lost:
+                # The learner waits for the skipped seqs and would never see them: a fresh
+                # hello makes it apply the gap rule (docs/protocol.md) to the next batch.
+                lost = self.outbox.lost_steps
+                self.client.reconnect()
             while out.generation == self.outbox.generation and not self.client.send(out.batch):
                 await asyncio.sleep(0.005)  # disconnected or at the HWM: the rewind or room will come
 

@@ -94,6 +94,8 @@ class _Entry:
     batch: TransitionBatch | None
     written: bool = False
     writing: bool = False
+    lost: bool = False
+    """Its spilled record could not be read back; never offered again."""
 
     @property
     def end(self) -> int:
@@ -286,6 +288,7 @@ class Outbox:
                     if entry.end <= self._acked:
                         continue  # acked and released while reading
                     self.lost_steps += entry.count
+                    entry.lost = True
                     logger.error("outbox: steps %d..%d lost: %s", entry.first_seq, entry.end - 1, e)
                     continue
             return OutgoingBatch(entry.first_seq, entry.count, batch, generation)
@@ -312,7 +315,7 @@ class Outbox:
                          "resending from %d", resume_seq, self._acked, self.oldest_seq)
         self.on_ack(resume_seq)
         self.generation += 1
-        self._unsent = deque(e for e in self._entries if e.end > resume_seq and e.written)
+        self._unsent = deque(e for e in self._entries if e.end > resume_seq and e.written and not e.lost)
         self._wake.set()
 
     # ------------------------------------------------------------------ writer thread
