@@ -102,3 +102,19 @@ def test_lossy_channel_delivers_exactly_once_in_order(seed: int, n_batches: int)
             window.on_ack(tracker.committed("s"))
         in_flight = list(window.resend_from(window.acked))  # reconnect: resend the rest
     assert got == list(range(window.next_seq))
+
+
+def test_skip_to_declares_a_hole_and_resumes_after_it() -> None:
+    tracker = ReceiveTracker()
+    tracker.commit("s", tracker.admit(small_batch("s", 0, 4)).end_seq)
+    with pytest.raises(SequenceGap):
+        tracker.admit(small_batch("s", 10, 2))
+    assert tracker.skip_to("s", 10) == 6
+    assert tracker.committed("s") == 10
+    fresh = tracker.admit(small_batch("s", 10, 2))
+    assert fresh is not None and fresh.first_seq == 10
+    with pytest.raises(ProtocolError):  # steps in flight: a skip would lose them silently
+        tracker.skip_to("s", 20)
+    tracker.commit("s", 12)
+    with pytest.raises(ProtocolError):  # not ahead of what is committed
+        tracker.skip_to("s", 12)
