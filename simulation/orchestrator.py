@@ -118,6 +118,8 @@ class RunSpec:
     """Seconds a child has to write its endpoints file."""
     stop_timeout: float = 60.0
     """Seconds a child has to exit after SIGTERM before it is killed."""
+    stall_warn_s: float = 60.0
+    """Seconds without new env steps before the display warns of a stall (with the figures)."""
     learner_module: str = "learner"
     """Module run as ``python -m`` for the learner (tests substitute a stand-in)."""
     runtime_module: str = "runtime"
@@ -136,7 +138,7 @@ class RunSpec:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"RunSpec.{name} must be positive or None, got {value!r}")
-        for name in ("status_every", "display_every", "start_timeout", "stop_timeout"):
+        for name in ("status_every", "display_every", "start_timeout", "stop_timeout", "stall_warn_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"RunSpec.{name} must be positive, got {getattr(self, name)!r}")
 
@@ -514,6 +516,7 @@ class Orchestrator:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval")
         self._eval_future: asyncio.Future[EvalRecord] | None = None
         self._started = time.monotonic()
+        self._stall: tuple[int, float, bool] = (-1, time.monotonic(), False)
 
     # ------------------------------------------------------------------ public
     def interrupt(self) -> None:
@@ -595,7 +598,15 @@ class Orchestrator:
     async def _start_runtimes(self, cfg: LearnerConfig, uplink: str) -> bool:
         """Starts the runtimes; returns False when the run has no steps left."""
         spec = self.spec
-        await self._poll_learner()
+        deadline = time.monotonic() + spec.start_timeout
+        while "env_steps" not in self.learner_detail:  # a resumed learner knows its steps only now
+            if self.learner is None or not self.learner.running:
+                code = None if self.learner is None else self.learner.poll()
+                tail = "" if self.learner is None else self.learner.tail()
+                raise OrchestratorError(f"the learner exited with code {code} during start-up:\n{tail}")
+            if time.monotonic() > deadline:
+                raise OrchestratorError("the learner does not answer status on its control endpoint")
+            await self._poll_learner()
         done = int(self.learner_detail.get("env_steps", 0) or 0)
         share = steps_per_runtime(spec.steps, done, spec.robots)
         if share == 0:
@@ -632,8 +643,25 @@ class Orchestrator:
                 next_status = time.monotonic() + self.spec.status_every
                 await self._poll_all()
             self._maybe_start_eval()
+            self._check_stall()
             self.display.update(self.snapshot())
             await asyncio.sleep(0.1)
+
+    def _check_stall(self) -> None:
+        """Reports (once per stall) when the env steps have not moved for ``stall_warn_s``."""
+        steps = int(self.learner_detail.get("env_steps", 0) or 0)
+        now = time.monotonic()
+        if steps != self._stall[0]:
+            self._stall = (steps, now, False)
+            return
+        if not self._stall[2] and now - self._stall[1] > self.spec.stall_warn_s:
+            self._stall = (steps, self._stall[1], True)
+            first = self.runtime_details[0] if self.runtime_details else {}
+            self.display.message(
+                f"warning: no env steps for {now - self._stall[1]:.0f} s at {steps:,}: learner trained_position "
+                f"{self.learner_detail.get('trained_position')}, seed_phase {self.learner_detail.get('seed_phase')}; "
+                f"runtime0 acked_seq {first.get('acked_seq')}, trained_through {first.get('trained_through')}, "
+                f"next_seq {first.get('next_seq')} (lock-step waits for trained_through >= next_seq - window)")
 
     def _check_children(self) -> str | None:
         for child in [c for c in (self.learner, *self.runtimes) if c is not None]:

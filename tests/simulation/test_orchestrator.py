@@ -146,6 +146,23 @@ def test_progress_display_throttles_and_refreshes_in_place() -> None:
     assert "BC …" in format_line(Snapshot(seed_phase=True), 0.0, 0.0)
 
 
+def test_stall_is_reported_once_with_the_lockstep_figures(tmp_path: Path) -> None:
+    out = io.StringIO()
+    orchestrator = Orchestrator(RunSpec(run_dir=tmp_path, stall_warn_s=0.05), ProgressDisplay(out, tty=False))
+    orchestrator.learner_detail = {"env_steps": 3200, "trained_position": 3200}
+    orchestrator.runtime_details = [{"acked_seq": 3200, "trained_through": 3184, "next_seq": 3200}]
+    orchestrator._check_stall()
+    time.sleep(0.1)
+    orchestrator._check_stall()
+    orchestrator._check_stall()
+    assert out.getvalue().count("warning: no env steps") == 1 and "trained_through 3184" in out.getvalue()
+    orchestrator.learner_detail = {"env_steps": 3216}
+    orchestrator._check_stall()  # moving again: a later stall is reported anew
+    time.sleep(0.1)
+    orchestrator._check_stall()
+    assert out.getvalue().count("warning: no env steps") == 2
+
+
 def test_bc_baseline_takes_forward_demos_only(tmp_path: Path) -> None:
     from protocol.demos import save_demos
     from simulation.bc_baseline import BaselineError, forward_demos
