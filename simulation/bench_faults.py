@@ -433,7 +433,6 @@ class FaultDrill:
     async def run(self) -> DrillResult:
         """Runs the whole drill; returns the counts. Blocks for about ``seconds`` + the faults."""
         start = time.monotonic()
-        cfg = self.config
         try:
             demos = await asyncio.to_thread(self.prepare_demos)
             await self.start_learner(demos, resume=False)

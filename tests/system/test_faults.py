@@ -10,12 +10,11 @@ import signal
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import zmq
 import zmq.asyncio
 
-from protocol.codec import Limits, decode, encode
+from protocol.codec import Limits, decode
 from protocol.errors import ProtocolError
 from protocol.messages import Command, Heartbeat, Hello, Status, TransitionBatch, Welcome
 from protocol.transport import ControlServer, ControlServerConfig, UplinkServer, UplinkServerConfig
