@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Returns the ``resetfree-sim`` argument parser."""
     parser = argparse.ArgumentParser(prog="resetfree-sim", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]).replace("``", "'"))
     parser.add_argument("--task", choices=TASKS, default=None, help=f"task (default {DEFAULT_TASK})")
     parser.add_argument("--obs", choices=("state", "pixels"), default=None, help=f"observations (default {DEFAULT_OBS})")
     parser.add_argument("--steps", type=int, default=200_000, help="total env steps, then stop cleanly (default 200000)")
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="runtime control rate cap; in lock-step the learner sets the pace (default 500)")
     parser.add_argument("--device", default="auto", help="learner torch device: auto, cpu, cuda (default auto)")
     parser.add_argument("--learner-threads", type=int, default=1, help="learner torch threads (default 1)")
-    parser.add_argument("--log-level", default="INFO", help="log level of this process and the children")
+    parser.add_argument("--log-level", default="INFO", help="log level of the children (their logs: RUN_DIR/logs); this process shows warnings")
     return parser
 
 

@@ -43,6 +43,7 @@ from typing import Any
 import mujoco
 
 from learner.config import LearnerConfig, profile
+from learner.errors import LearnerError
 from protocol.errors import ProtocolError
 from protocol.messages import Command
 from protocol.transport import (ControlClient, ControlClientConfig, WeightsSubscriber,
@@ -548,8 +549,8 @@ class Orchestrator:
                         receiver.cancel()
             else:
                 reason = "finished"
-        except OrchestratorError as e:
-            self.display.message(f"resetfree-sim: {e}")
+        except (SimulationError, LearnerError, ValueError, OSError) as e:  # OrchestratorError, demos, config
+            self.display.message(f"resetfree-sim: {type(e).__name__}: {e}")
             reason = f"failed: {e}".splitlines()[0]
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -808,7 +809,8 @@ class Orchestrator:
         self._executor.shutdown(wait=True)
         for client in self._clients.values():
             client.close()
-        self.display.update(self.snapshot(), force=True)
+        if self.learner is not None:
+            self.display.update(self.snapshot(), force=True)
         self.display.close()
         return self._outcome(reason, learner_code)
 
