@@ -565,7 +565,10 @@ class Orchestrator:
             raise OrchestratorError(f"--resume {spec.run_dir}: no such run directory")
         (spec.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         try:
-            cfg = resolve_config(spec)
+            # config.toml records what the learner really runs with (its flags win over the file)
+            cfg = resolve_config(spec).with_overrides([
+                'service.mode="lockstep"', f"service.run_dir={json.dumps(str(spec.run_dir))}",
+                f"service.device={json.dumps(spec.device)}", f"service.torch_threads={spec.learner_threads}"])
         except ValueError as e:
             raise OrchestratorError(f"config: {e}") from e
         write_text_atomic(spec.run_dir / "config.toml", to_toml(cfg.to_dict()))
