@@ -618,7 +618,8 @@ class LearnerService:
             rate = (p1 - p0) / (t1 - t0) if t1 > t0 else 0.0
         detail.update(ingest_rate=rate, sessions=len(self._uplink.peers()), transitions_ingested=self.position,
                       duplicates_dropped=self.duplicates_dropped, lost_steps=self.lost_steps,
-                      malformed_rejected=self._uplink.malformed_count + self._control.malformed_count,
+                      malformed_rejected=self._uplink.malformed_count + self._uplink.stale_peer_messages
+                      + self._control.malformed_count,
                       refused_sessions=self.refused_sessions,
                       dropped_sessions=self.rejected_batches,
                       journal_bytes=self._journal.bytes_used if self._journal else 0)

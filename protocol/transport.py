@@ -30,7 +30,8 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from protocol.codec import Limits, Spaces, decode, encode
 from protocol.errors import ChecksumError, HandshakeError, PeerTimeout, ProtocolError, TransportClosed
 from protocol.keys import CurveClientKeys, CurveServerKeys, apply_client_keys, apply_server_keys
-from protocol.messages import Command, Heartbeat, Hello, LoopStats, Message, Status, Weights, Welcome
+from protocol.messages import (Command, Heartbeat, Hello, LoopStats, Message, Status, TransitionBatch, Weights,
+                               Welcome)
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,12 @@ def _positive(obj: object, *names: str) -> None:
         value = getattr(obj, name)
         if not value > 0:
             raise ValueError(f"{type(obj).__name__}.{name} must be > 0, got {value!r}")
+
+
+def _worth_logging(count: int) -> bool:
+    """Rate limit for per-frame warnings: the first 10, then every 1000th. A flood of junk
+    must not turn into a flood of log writes on the event loop that also runs the robot."""
+    return count <= 10 or count % 1000 == 0
 
 
 def _is_loopback(endpoint: str) -> bool:
@@ -138,6 +145,10 @@ class PeerInfo:
     last_seen: float
 
 
+HELLO_REQUIRED = "hello_required"
+"""``Status.state`` the uplink server sends to a peer it has no hello from (see docs/protocol.md)."""
+
+
 class UplinkServer:
     """The learner's end of the uplink. ``start()``, then ``run()`` in a task, ``recv()`` to consume."""
 
@@ -148,6 +159,9 @@ class UplinkServer:
         self._peers: dict[bytes, PeerInfo] = {}
         self.malformed_count = 0
         """Frames dropped as malformed or out of protocol (counted, logged, never raised)."""
+        self.stale_peer_messages = 0
+        """Transitions/heartbeats from peers without a hello (a runtime that outlived a restart)."""
+        self._hello_asked: dict[bytes, float] = {}
 
     async def start(self) -> str:
         """Binds the ROUTER; returns the bound endpoint (with the real port). Does not block."""
@@ -181,8 +195,20 @@ class UplinkServer:
 
     def _malformed(self, peer: bytes, why: str) -> None:
         self.malformed_count += 1
-        logger.warning("uplink: dropped a message from peer %s: %s (total %d)", peer.hex(), why,
-                       self.malformed_count)
+        if _worth_logging(self.malformed_count):
+            logger.warning("uplink: dropped a message from peer %s: %s (total %d)", peer.hex(), why,
+                           self.malformed_count)
+
+    def _ask_for_hello(self, peer: bytes, now: float) -> None:
+        self.stale_peer_messages += 1
+        if now - self._hello_asked.get(peer, -1e9) < 1.0:
+            return
+        if len(self._hello_asked) > 4096:  # bounded: strangers cannot grow it without limit
+            self._hello_asked.clear()
+        self._hello_asked[peer] = now
+        logger.info("uplink: peer %s sends without a hello (server restarted?); asking it to reconnect", peer.hex())
+        self.send(peer, Status(request_id=0, role="learner", state=HELLO_REQUIRED, detail={}, ok=False,
+                               message="unknown peer: send hello"))
 
     def _admit(self, peer: bytes, msg: Message) -> bool:
         """Updates peer state for ``msg``; returns whether the caller should see it."""
@@ -195,7 +221,12 @@ class UplinkServer:
             return True
         info = self._peers.get(peer)
         if info is None:
-            self._malformed(peer, f"{msg.TYPE} before hello")
+            if isinstance(msg, (TransitionBatch, Heartbeat)):
+                # A runtime still streaming to a previous incarnation of this server (it
+                # restarted): not malformed. Tell it to say hello again, at most once a second.
+                self._ask_for_hello(peer, now)
+            else:
+                self._malformed(peer, f"{msg.TYPE} before hello")
             return False
         session = getattr(msg, "session_id", info.session_id)
         if session != info.session_id:
@@ -491,6 +522,11 @@ class UplinkClient:
                 logger.warning("uplink client: malformed message dropped: %s", e)
                 continue
             self._last_seen = time.monotonic()
+            if isinstance(msg, Status) and msg.state == HELLO_REQUIRED:
+                logger.info("uplink client: the learner does not know this session (it restarted); saying hello")
+                self._drop_socket()
+                self._set_state(ConnectionState.DISCONNECTED)
+                return
             if not isinstance(msg, Heartbeat):
                 self._deliver(msg)
 
@@ -745,7 +781,8 @@ class ControlServer:
                     cmd = decode(_buffers(frames[1:]), limits=self.config.limits) if len(frames) > 1 else None
                 except ProtocolError as e:
                     cmd = None
-                    logger.warning("control: malformed request: %s", e)
+                    if _worth_logging(self.malformed_count + 1):
+                        logger.warning("control: malformed request: %s (total %d)", e, self.malformed_count + 1)
                 if not isinstance(cmd, Command):
                     self.malformed_count += 1
                     # Queued frames complete without suspending: yield so a flood of junk cannot hold

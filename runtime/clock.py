@@ -14,6 +14,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from runtime.stats import Ring
@@ -85,8 +86,13 @@ class Tick:
 class Clock:
     """Fixed-rate scheduler; one consumer awaits :meth:`wait_next` in a loop."""
 
-    def __init__(self, config: ClockConfig) -> None:
+    def __init__(self, config: ClockConfig, *, now: Callable[[], float] = time.perf_counter,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """``now`` and ``sleep`` are the time source and the coroutine sleep (injectable so
+        the scheduling logic is tested on virtual time; real jitter is a benchmark's job)."""
         self.config = config
+        self._now = now
+        self._sleep = sleep
         self.period = config.period_s
         self.period_error = Ring(config.stats_window)
         """Absolute period error ``|Δt - period|`` in seconds per consecutive tick pair."""
@@ -106,7 +112,7 @@ class Clock:
     def rebase(self) -> None:
         """Restarts the deadline grid from now (after a deliberate pause such as a lock-step
         gate); the next tick is due one period from now and the gap is not an error."""
-        self._next = time.perf_counter()
+        self._next = self._now()
         self._last_start = None
 
     async def wait_next(self) -> Tick:
@@ -116,11 +122,11 @@ class Clock:
         (not the event loop) for up to one period; cancellation propagates.
         """
         if self._next is None:
-            self._next = time.perf_counter()
+            self._next = self._now()
         else:
             self._next += self.period
             await self._sleep_until(self._next)
-        started = time.perf_counter()
+        started = self._now()
         lateness = started - self._next
         skipped = 0
         if lateness >= self.period:  # skip whole missed periods instead of bursting
@@ -141,11 +147,11 @@ class Clock:
         return Tick(index=self._index, deadline=self._next, started=started, late=late, skipped=skipped)
 
     async def _sleep_until(self, deadline: float) -> None:
-        coarse = deadline - self.config.spin_margin_s - time.perf_counter()
+        coarse = deadline - self.config.spin_margin_s - self._now()
         if coarse > 0:
-            await asyncio.sleep(coarse)
-        while time.perf_counter() < deadline:
-            await asyncio.sleep(0)  # spin, but let other tasks run
+            await self._sleep(coarse)
+        while self._now() < deadline:
+            await self._sleep(0)  # spin, but let other tasks run
 
     def achieved_hz(self) -> float:
         """Returns the tick rate over the last few dozen ticks (0.0 before two ticks)."""

@@ -152,6 +152,7 @@ class RuntimeDaemon:
         self.client: UplinkClient | None = None
         self.welcome: Welcome | None = None
         self.control_endpoint: str | None = None
+        self.control: ControlServer | None = None
         self.trained_through = 0
         self.weights_active_at: dict[str, float] = {}
         """Agent → ``time.time()`` when its newest weights became active (for benchmarks)."""
@@ -270,6 +271,7 @@ class RuntimeDaemon:
         control = ControlServer(ControlServerConfig(endpoint=self.config.control_bind, role="runtime",
                                                     keys=server_keys(self.config.keys_dir, "runtime")
                                                     if self.config.keys_dir else None), self._on_command)
+        self.control = control
         self.control_endpoint = await control.start()
         self._write_endpoints()
         settle_gc(self.config.isolation.gc_mode)
@@ -472,6 +474,8 @@ class RuntimeDaemon:
             trained_through=self.trained_through, session_id=self.outbox.session_id,
             connected=self.client is not None and self.client.state == ConnectionState.CONNECTED,
             weights_rejected=self.policy.rejected, weights_accepted=self.policy.accepted,
+            malformed_rejected=(self.control.malformed_count if self.control is not None else 0)
+            + (self.client.malformed_count if self.client is not None else 0),
         )
         for name in AGENT_NAMES:
             v = self.policy.version(AGENT_NAMES.index(name))

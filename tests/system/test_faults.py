@@ -87,7 +87,8 @@ async def _every_frame_is_counted_by_real_servers() -> None:
             r3 = await send_malformed(ctl_ep, list(gen.stream(140, "control")), peers=2)
             assert r2.welcomed is True
             async with asyncio.timeout(10):
-                while uplink.malformed_count + len(rejected) < 280 or control.malformed_count < 140:
+                while (uplink.malformed_count + uplink.stale_peer_messages + len(rejected) < 280
+                       or control.malformed_count < 140):
                     await asyncio.sleep(0.05)
             serve.cancel()
             ctl.cancel()
@@ -95,7 +96,8 @@ async def _every_frame_is_counted_by_real_servers() -> None:
         uplink.close()
         control.close()
     assert (r1.sent, r2.sent, r3.sent) == (140, 140, 140)
-    assert uplink.malformed_count + len(rejected) == 280
+    # well-formed steps from a peer without a hello are refused as "stale", not malformed
+    assert uplink.malformed_count + uplink.stale_peer_messages + len(rejected) == 280
     assert control.malformed_count == 140
     assert calls == [] and batches == []
 
