@@ -373,10 +373,22 @@ class LearnerService:
                     tg.create_task(self._control.run())
                     tg.create_task(self._weights.run())
                     tg.create_task(self._watch())
+                    tg.create_task(self._refresh_acks())
             except* _Stop:
                 pass
         finally:
             await self._shutdown(metrics)
+
+    async def _refresh_acks(self) -> None:
+        """Re-sends every session's latest ack once a second. Acks are cumulative and
+        idempotent, so a lost one (a ROUTER drops what it cannot queue) costs at most a
+        second instead of stalling a lock-step runtime that waits for ``trained_through``."""
+        while True:
+            await asyncio.sleep(1.0)
+            peers = self._uplink.peers()
+            for sid, peer in list(self._peer_of.items()):
+                if peer in peers:
+                    self._ack(peer, sid)
 
     async def _watch(self) -> None:
         """Returns when a stop is requested or the training thread died; cancels the group."""
@@ -589,8 +601,9 @@ class LearnerService:
         return self._streams[sid]
 
     def _ack(self, peer: bytes, sid: str) -> None:
-        self._uplink.send(peer, Ack(session_id=sid, seq=self.tracker.committed(sid),
-                                    trained_through=self._trained.get(sid, 0)))
+        if not self._uplink.send(peer, Ack(session_id=sid, seq=self.tracker.committed(sid),
+                                           trained_through=self._trained.get(sid, 0))):
+            logger.debug("session %s: ack not queued (peer gone or at its HWM); the refresher retries", sid)
 
     def _on_trained(self, changed: dict[str, int]) -> None:
         self._trained.update(changed)
