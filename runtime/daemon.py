@@ -133,6 +133,21 @@ class DaemonConfig:
         return SessionSettings(switch_interval=self.switch_every)
 
 
+_WILDCARD_HOSTS = ("0.0.0.0", "*", "::", "[::]")
+
+
+def reachable_endpoint(advertised: str, learner: str) -> str:
+    """Returns the weights endpoint to connect to: the learner's advertised one, with a
+    wildcard bind address (``tcp://0.0.0.0:5556``) replaced by the host this runtime reaches
+    the learner at (from ``--learner``), which is the host a remote robot PC can route to."""
+    scheme, _, rest = advertised.partition("://")
+    host, sep, port = rest.rpartition(":")
+    if scheme != "tcp" or not sep or host not in _WILDCARD_HOSTS:
+        return advertised
+    learner_host = learner.partition("://")[2].rpartition(":")[0]
+    return f"tcp://{learner_host}:{port}" if learner_host else advertised
+
+
 def observation_spaces(robot: Robot, cameras: list[Camera]) -> dict[str, ArraySpec]:
     """Returns the wire observation space: one spec per camera image plus the robot's arrays."""
     space = {c.name: ArraySpec(dtype=c.image_spec.dtype, shape=tuple(c.image_spec.shape)) for c in cameras}
@@ -209,7 +224,7 @@ class RuntimeDaemon:
         await asyncio.to_thread(self._connect_devices)
         self.client = UplinkClient(self._uplink_config(), self._hello, stats=self._loop_stats)
         self.welcome = await self._first_welcome()
-        self._weights_endpoint = self.welcome.weights_endpoint
+        self._weights_endpoint = reachable_endpoint(self.welcome.weights_endpoint, self.config.learner)
         obs_spec = {name: (tuple(s.shape), s.dtype) for name, s in self._space.items()}
         self.policy = PolicySlot.for_actor(obs_spec, self.robot.action_spec.shape[0], self.welcome.net_config)
         self.outbox.rewind(self.welcome.resume_seq)
@@ -356,7 +371,7 @@ class RuntimeDaemon:
                 logger.info("runtime: reconnected; learner resumes at seq %d", msg.resume_seq)
                 self.welcome = msg
                 self.outbox.rewind(msg.resume_seq)
-                self._weights_endpoint = msg.weights_endpoint
+                self._weights_endpoint = reachable_endpoint(msg.weights_endpoint, self.config.learner)
             elif isinstance(msg, Command):
                 self.client.send(await self._on_command(msg))
 

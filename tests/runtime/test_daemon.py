@@ -233,3 +233,12 @@ def test_learner_gone_spills_and_everything_arrives_once_when_it_is_back(tmp_pat
         assert second.received == {seq: 1 for seq in range(200)}
         assert len(second.hellos) >= 1 and second.hellos[-1].next_seq > 40
     asyncio.run(body())
+
+
+def test_wildcard_weights_endpoint_uses_the_learner_host() -> None:
+    from runtime.daemon import reachable_endpoint
+
+    assert reachable_endpoint("tcp://0.0.0.0:5556", "tcp://10.0.0.7:5555") == "tcp://10.0.0.7:5556"
+    assert reachable_endpoint("tcp://*:5556", "tcp://gpu-host:5555") == "tcp://gpu-host:5556"
+    assert reachable_endpoint("tcp://127.0.0.1:5556", "tcp://10.0.0.7:5555") == "tcp://127.0.0.1:5556"
+    assert reachable_endpoint("ipc:///tmp/w", "tcp://10.0.0.7:5555") == "ipc:///tmp/w"
