@@ -42,8 +42,10 @@ from protocol.messages import Command
 from protocol.session import SessionSettings
 from protocol.transport import ControlClient, ControlClientConfig
 from simulation.faults import (
-    Child, FaultDrillError, MalformedGenerator, PartitionProxy, ProxyConfig, StatusPoller, audit_journal, count_tracebacks,
-    pick_endpoint, python_module, send_malformed, state_spaces, tcp_port, wait_for_endpoints,
+    FaultDrillError, MalformedGenerator, PartitionProxy, ProxyConfig, audit_journal, send_malformed, state_spaces,
+)
+from simulation.processes import (
+    ChildProcess, StatusPoller, count_tracebacks, pick_endpoint, python_module, tcp_port, wait_for_endpoints,
 )
 
 logger = logging.getLogger(__name__)
@@ -174,8 +176,8 @@ class FaultDrill:
         self.spill_dir = work_dir / "spill"
         self.rng = np.random.default_rng(config.seed)
         self.result = DrillResult()
-        self.learner = Child("learner", [], work_dir / "logs" / "learner.log")
-        self.runtime = Child("runtime", [], work_dir / "logs" / "runtime.log")
+        self.learner = ChildProcess("learner", [], work_dir / "logs" / "learner.log")
+        self.runtime = ChildProcess("runtime", [], work_dir / "logs" / "runtime.log")
         self.proxy: PartitionProxy | None = None
         self.learner_endpoints: dict[str, str] = {}
         self.runtime_control = ""
@@ -237,7 +239,7 @@ class FaultDrill:
         self.runtime_status = StatusPoller(self.runtime_control)
         await self._await_status(self.runtime_status, self.runtime)
 
-    async def _await_status(self, poller: StatusPoller | None, child: Child) -> dict[str, object]:
+    async def _await_status(self, poller: StatusPoller | None, child: ChildProcess) -> dict[str, object]:
         deadline = time.monotonic() + self.config.start_timeout_s
         while poller is not None and time.monotonic() < deadline:
             if not child.running:

@@ -30,11 +30,11 @@ import numpy as np
 
 from learner.networks import NetworkConfig, build_actor
 from protocol.errors import PeerTimeout, SequenceGap
-from protocol.messages import Ack, Command, Hello, Status, TransitionBatch, Weights, Welcome
+from protocol.messages import Ack, Hello, TransitionBatch, Weights, Welcome
 from protocol.reliability import ReceiveTracker
 from protocol.session import SessionSettings
-from protocol.transport import (ControlClient, ControlClientConfig, UplinkServer, UplinkServerConfig,
-                                WeightsPublisher, WeightsPublisherConfig)
+from protocol.transport import UplinkServer, UplinkServerConfig, WeightsPublisher, WeightsPublisherConfig
+from simulation.processes import StatusPoller, pick_endpoint, read_endpoints
 
 logger = logging.getLogger(__name__)
 
@@ -102,13 +102,12 @@ class BenchLearner:
         return published
 
 
-async def status(endpoint: str) -> Status:
-    """Returns the runtime's status (3 s deadline; raises PeerTimeout)."""
-    client = ControlClient(ControlClientConfig(endpoint=endpoint))
-    try:
-        return await client.request(Command(kind="status", agent=None, request_id=1), 3.0)
-    finally:
-        client.close()
+async def status(poller: StatusPoller) -> dict[str, object]:
+    """Returns the runtime's status detail (3 s deadline; raises PeerTimeout)."""
+    detail = await poller.request("status", 3.0)
+    if detail is None:
+        raise PeerTimeout(f"runtime control {poller.endpoint}: no status within 3 s")
+    return detail
 
 
 async def measure_rate(hz: float, seconds: float, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -128,8 +127,9 @@ async def measure_rate(hz: float, seconds: float, args: argparse.Namespace, work
         cmd += ["--cpu", str(args.cpu)]
     runtime = subprocess.Popen(cmd, cwd=ROOT, env={**env, "OMP_NUM_THREADS": "1"})
     swaps: list[float] = []
+    control: StatusPoller | None = None
     try:
-        control = await _wait_control(spill, runtime)
+        control = StatusPoller(await _wait_control(spill, runtime))
         started, version = time.monotonic(), 0
         while time.monotonic() - started < seconds:
             await asyncio.sleep(min(args.publish_every, max(0.0, seconds - (time.monotonic() - started))))
@@ -138,8 +138,10 @@ async def measure_rate(hz: float, seconds: float, args: argparse.Namespace, work
             version += 1
             published = learner.publish(version)
             swaps += [await _swap_ms(control, version, published)]
-        final = (await status(control)).detail
+        final: dict[str, Any] = await status(control)
     finally:
+        if control is not None:
+            control.close()
         runtime.send_signal(signal.SIGTERM)
         runtime.wait(30)
         out = b""
@@ -157,20 +159,18 @@ async def measure_rate(hz: float, seconds: float, args: argparse.Namespace, work
 
 async def _wait_control(spill: Path, runtime: subprocess.Popen) -> str:
     deadline = time.monotonic() + 120
-    path = spill / "endpoints.json"
-    while not path.exists():
+    while (found := read_endpoints(spill / "endpoints.json")) is None:
         if runtime.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"runtime did not start (exit {runtime.poll()})")
         await asyncio.sleep(0.1)
-    return json.loads(path.read_text())["control"]
+    return pick_endpoint(found, "control")
 
 
-async def _swap_ms(control: str, version: int, published: float) -> float:
+async def _swap_ms(control: StatusPoller, version: int, published: float) -> float:
     deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline:
-        try:
-            detail = (await status(control)).detail
-        except PeerTimeout:
+        detail = await control.request("status", 3.0)
+        if detail is None:
             continue
         if detail.get("weights_version_forward") == version:
             return (float(detail["weights_active_at_forward"]) - published) * 1e3

@@ -1,5 +1,6 @@
 """The fault drill's parts: a TCP partition proxy, a malformed-frame generator and sender,
-child-process control and status polling (``resetfree-bench faults`` composes them).
+and the ingest-journal audit (``resetfree-bench faults`` composes them with
+:mod:`simulation.processes`).
 
 * :class:`PartitionProxy` forwards TCP byte streams (ZeroMQ's ZMTP passes through unchanged)
   from a local port to a target. ``partition()`` aborts every live connection and refuses
@@ -9,22 +10,16 @@ child-process control and status polling (``resetfree-bench faults`` composes th
   msgpack with bad fields, and (for a session that declared its spaces) batches with wrong
   dtypes. Each frame is checked against :func:`protocol.codec.decode` when generated, so the
   drill can never send a valid command (an ``estop``) by accident.
-* :class:`Child` runs one process with its output in a log file; :func:`count_tracebacks`
-  reads those logs.
+
+Child processes, endpoints files and status polls are :mod:`simulation.processes`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import msgpack
@@ -37,13 +32,12 @@ from protocol.errors import PeerTimeout, ProtocolError
 from protocol.messages import (
     Ack, ArraySpec, Command, Heartbeat, Hello, Message, Status, TransitionBatch, Weights, Welcome,
 )
-from protocol.transport import ControlClient, ControlClientConfig
-from simulation.tasks.base import SimulationError
+from simulation.processes import ProcessError
 
 logger = logging.getLogger(__name__)
 
 
-class FaultDrillError(SimulationError):
+class FaultDrillError(ProcessError):
     """A drill part could not do its job: a child that does not come up, a bad endpoints file."""
 
 
@@ -438,186 +432,7 @@ async def _say_hello(sock: zmq.asyncio.Socket, hello: Hello) -> bool:
         return False
 
 
-# ============================================================================ processes
-class Child:
-    """One child process, output appended to a log file, in its own session.
-
-    ``expected_exit`` is set whenever the drill signals the child, so any other exit is a
-    crash. Methods never block longer than their timeout.
-    """
-
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None) -> None:
-        self.name = name
-        self.argv = list(argv)
-        self.log_path = log_path
-        self.env = dict(env) if env is not None else child_env()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self.expected_exit = False
-        """Whether the drill asked this incarnation to exit."""
-        self.starts = 0
-        """Incarnations started."""
-
-    def start(self, argv: Sequence[str] | None = None) -> None:
-        """Starts (a new incarnation of) the child; appends its output to the log. Does not block."""
-        if self.running:
-            raise FaultDrillError(f"{self.name} is already running")
-        if argv is not None:
-            self.argv = list(argv)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            log.write(f"\n==== {time.strftime('%H:%M:%S')} {' '.join(self.argv)}\n".encode())
-            log.flush()
-            self._proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env=self.env, start_new_session=True)
-        self.expected_exit = False
-        self.starts += 1
-        logger.info("started %s (pid %d)", self.name, self._proc.pid)
-
-    @property
-    def running(self) -> bool:
-        """Returns whether the current incarnation runs."""
-        return self._proc is not None and self._proc.poll() is None
-
-    def poll(self) -> int | None:
-        """Returns the exit code of the current incarnation, None while it runs or before start."""
-        return None if self._proc is None else self._proc.poll()
-
-    def signal(self, sig: int) -> None:
-        """Sends ``sig`` (marking the exit as expected) when the child runs."""
-        self.expected_exit = True
-        if self._proc is not None and self.running:
-            try:
-                self._proc.send_signal(sig)
-            except ProcessLookupError:
-                logger.debug("%s exited before %s", self.name, signal.Signals(sig).name)
-
-    async def wait(self, timeout: float) -> int | None:
-        """Waits up to ``timeout`` s for the exit; returns the exit code or None."""
-        deadline = time.monotonic() + timeout
-        while self.running and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        return self.poll()
-
-    async def stop(self, timeout: float) -> int | None:
-        """SIGTERM, then SIGKILL past ``timeout`` s; returns the exit code."""
-        self.signal(signal.SIGTERM)
-        code = await self.wait(timeout)
-        if code is None:
-            logger.error("%s ignored SIGTERM for %.0f s: killing it", self.name, timeout)
-            self.signal(signal.SIGKILL)
-            code = await self.wait(5.0)
-        return code
-
-    def crashed(self) -> bool:
-        """Returns whether the current incarnation exited without the drill asking it to."""
-        return self.poll() is not None and not self.expected_exit
-
-
-def child_env() -> dict[str, str]:
-    """Returns the environment for children: one thread each, offscreen MuJoCo, unbuffered."""
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.setdefault("MKL_NUM_THREADS", "1")
-    env.setdefault("MUJOCO_GL", "egl")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def python_module(module: str) -> list[str]:
-    """Returns the argv prefix running ``module`` with this interpreter."""
-    return [sys.executable, "-m", module]
-
-
-def count_tracebacks(paths: Sequence[Path]) -> int:
-    """Returns how many Python tracebacks the log files hold (missing files count 0)."""
-    total = 0
-    for path in paths:
-        if path.exists():
-            total += path.read_text(errors="replace").count("Traceback (most recent call last)")
-    return total
-
-
-def read_endpoints(path: Path) -> dict[str, str] | None:
-    """Returns name → endpoint from an ``endpoints.json``, None while it does not exist.
-
-    Accepts a flat object of strings or one nested under ``"endpoints"``. Raises
-    FaultDrillError for a file that exists but is not such an object.
-    """
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, json.JSONDecodeError) as e:
-        raise FaultDrillError(f"{path}: unreadable endpoints file: {e}") from e
-    if isinstance(data, dict) and isinstance(data.get("endpoints"), dict):
-        data = data["endpoints"]
-    if not isinstance(data, dict):
-        raise FaultDrillError(f"{path}: expected a JSON object of endpoints")
-    return {str(k): v for k, v in data.items() if isinstance(v, str)}
-
-
-def pick_endpoint(endpoints: Mapping[str, str], *names: str) -> str:
-    """Returns the first of ``names`` (also tried with an ``_endpoint`` suffix) in ``endpoints``.
-
-    Raises FaultDrillError when none is there.
-    """
-    for name in names:
-        for key in (name, f"{name}_endpoint"):
-            if key in endpoints:
-                return endpoints[key]
-    raise FaultDrillError(f"endpoints lack {names[0]!r}: have {sorted(endpoints)}")
-
-
-def tcp_port(endpoint: str) -> int:
-    """Returns the port of a ``tcp://host:port`` endpoint; raises FaultDrillError otherwise."""
-    try:
-        return int(endpoint.rsplit(":", 1)[1])
-    except (IndexError, ValueError) as e:
-        raise FaultDrillError(f"not a tcp://host:port endpoint: {endpoint!r}") from e
-
-
-async def wait_for_endpoints(path: Path, child: Child, timeout: float) -> dict[str, str]:
-    """Waits until ``path`` exists (written by ``child``); returns its endpoints.
-
-    Raises FaultDrillError when the child exits first or ``timeout`` s pass.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = read_endpoints(path)
-        if found:
-            return found
-        if not child.running:
-            raise FaultDrillError(f"{child.name} exited ({child.poll()}) before writing {path}; see {child.log_path}")
-        await asyncio.sleep(0.1)
-    raise FaultDrillError(f"{child.name} wrote no {path} within {timeout:.0f} s; see {child.log_path}")
-
-
-class StatusPoller:
-    """Asks one control endpoint for ``status``; remembers the last answer."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
-        self._client = ControlClient(ControlClientConfig(endpoint=endpoint))
-        self._request = 0
-        self.last: dict[str, object] = {}
-        """The last status detail received."""
-
-    async def poll(self, timeout: float = 2.0) -> dict[str, object] | None:
-        """Returns the status detail, or None when no answer came within ``timeout`` s."""
-        self._request += 1
-        try:
-            status = await self._client.request(Command(kind="status", agent=None, request_id=self._request),
-                                                timeout=timeout)
-        except PeerTimeout:
-            return None
-        self.last = dict(status.detail)
-        return self.last
-
-    def close(self) -> None:
-        """Closes the client socket (linger 0)."""
-        self._client.close()
-
-
+# ============================================================================ spaces
 def state_spaces(state_dim: int, action_dim: int) -> Spaces:
     """Returns the spaces of a state-mode simulated robot."""
     return Spaces(observation={"state": ArraySpec(dtype="float32", shape=(state_dim,))},

@@ -31,11 +31,9 @@ import logging
 import math
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,12 +42,11 @@ import mujoco
 
 from learner.config import LearnerConfig, profile
 from learner.errors import LearnerError
-from protocol.errors import ProtocolError
-from protocol.messages import Command
-from protocol.transport import (ControlClient, ControlClientConfig, WeightsSubscriber,
-                                WeightsSubscriberConfig)
+from protocol.transport import WeightsSubscriber, WeightsSubscriberConfig
 from simulation.evaluator import EvalCancelled, EvalRecord, EvaluatorConfig, EvaluatorError, PolicyEvaluator
 from simulation.plot import plot_runs
+from simulation.processes import (ChildProcess, ProcessError, StatusPoller, pick_endpoint, python_module,
+                                  read_endpoints, wait_for_endpoints)
 from simulation.progress import ProgressDisplay, Snapshot
 from simulation.tasks.base import ObsMode, SimulationError
 
@@ -58,8 +55,9 @@ logger = logging.getLogger(__name__)
 TASKS = ("tabletop", "door", "peg", "cube")
 
 
-class OrchestratorError(SimulationError):
-    """A child that does not come up, a malformed endpoints file, or a bad run directory."""
+OrchestratorError = ProcessError
+"""A child that does not come up, a malformed endpoints file, or a bad run directory (the
+orchestrator's errors are those of :mod:`simulation.processes`, which it runs on)."""
 
 
 # ============================================================================ run spec
@@ -268,148 +266,6 @@ def prepare_demos(spec: RunSpec) -> Path:
 
 
 # ============================================================================ children
-def child_env() -> dict[str, str]:
-    """Returns the environment for children: one BLAS thread, headless MuJoCo, unbuffered."""
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.setdefault("MUJOCO_GL", "egl")
-    env.setdefault("PYOPENGL_PLATFORM", env["MUJOCO_GL"])
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-class ChildProcess:
-    """One child process with its output in a log file; stopped with a deadline.
-
-    The child runs in its own session (``start_new_session``) so a terminal's Ctrl-C
-    reaches only the orchestrator. Methods never block longer than their ``timeout``.
-    """
-
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path) -> None:
-        self.name = name
-        self.argv = list(argv)
-        self.log_path = log_path
-        self._proc: subprocess.Popen[bytes] | None = None
-        self.expected_exit = False
-        """Set when the orchestrator asked the child to stop (or it was meant to finish)."""
-
-    def start(self, env: Mapping[str, str] | None = None) -> None:
-        """Starts the child, appending its stdout and stderr to ``log_path``. Does not block."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.argv)}\n".encode())
-            log.flush()
-            self._proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env=dict(env) if env is not None else child_env(), start_new_session=True)
-        logger.info("started %s (pid %d): %s", self.name, self._proc.pid, " ".join(self.argv))
-
-    @property
-    def pid(self) -> int | None:
-        """Returns the child's pid, or None before :meth:`start`."""
-        return None if self._proc is None else self._proc.pid
-
-    def poll(self) -> int | None:
-        """Returns the exit code, or None while the child runs (or was never started)."""
-        return None if self._proc is None else self._proc.poll()
-
-    @property
-    def running(self) -> bool:
-        """Returns whether the child was started and has not exited."""
-        return self._proc is not None and self._proc.poll() is None
-
-    def send_signal(self, sig: int) -> None:
-        """Sends ``sig`` to the child when it runs."""
-        if self.running:
-            assert self._proc is not None
-            try:
-                self._proc.send_signal(sig)
-            except ProcessLookupError:  # exited between the check and the signal
-                logger.debug("%s already gone", self.name)
-
-    async def wait(self, timeout: float) -> int | None:
-        """Waits up to ``timeout`` s for the child to exit; returns its exit code or None."""
-        deadline = time.monotonic() + timeout
-        while self.running and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        return self.poll()
-
-    async def stop(self, timeout: float, sig: int = signal.SIGTERM) -> int | None:
-        """Sends ``sig`` and waits up to ``timeout`` s; kills the child when it is still there.
-
-        Returns the exit code (negative: killed by that signal), None when never started.
-        """
-        self.expected_exit = True
-        if self._proc is None:
-            return None
-        self.send_signal(sig)
-        code = await self.wait(timeout)
-        if code is None:
-            logger.warning("%s did not exit within %.0f s of %s: killing it", self.name, timeout,
-                           signal.Signals(sig).name)
-            self._proc.kill()
-            code = await self.wait(5.0)
-        return code
-
-    def tail(self, lines: int = 20) -> str:
-        """Returns the last ``lines`` lines of the child's log ('' when unreadable)."""
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 16_384))
-                text = f.read().decode("utf-8", errors="replace")
-        except OSError as e:
-            logger.debug("cannot read %s: %s", self.log_path, e)
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-def read_endpoints(path: Path) -> dict[str, str] | None:
-    """Returns the endpoints a child wrote to ``path`` (name → endpoint), None while absent.
-
-    Accepts a flat object of strings or one nested under ``"endpoints"``. Raises
-    OrchestratorError for a file that exists but is not such an object (a child writes it
-    atomically, so a partial file is never seen).
-    """
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, json.JSONDecodeError) as e:
-        raise OrchestratorError(f"{path}: unreadable endpoints file: {e}") from e
-    if isinstance(data, dict) and isinstance(data.get("endpoints"), dict):
-        data = data["endpoints"]
-    if not isinstance(data, dict):
-        raise OrchestratorError(f"{path}: expected a JSON object of endpoints")
-    return {str(k): str(v) for k, v in data.items() if isinstance(v, str)}
-
-
-def pick_endpoint(endpoints: Mapping[str, str], *names: str) -> str:
-    """Returns the first of ``names`` present in ``endpoints`` (also tried with ``_endpoint``
-    appended). Raises OrchestratorError naming what is there when none is."""
-    for name in names:
-        for key in (name, f"{name}_endpoint"):
-            if key in endpoints:
-                return endpoints[key]
-    raise OrchestratorError(f"endpoints file lacks {names[0]!r}: has {sorted(endpoints)}")
-
-
-async def wait_for_endpoints(path: Path, child: ChildProcess, timeout: float) -> dict[str, str]:
-    """Waits until ``child`` has written ``path``; returns the endpoints.
-
-    Raises OrchestratorError when the child exits first or ``timeout`` s pass.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = read_endpoints(path)
-        if found:
-            return found
-        code = child.poll()
-        if code is not None:
-            raise OrchestratorError(f"{child.name} exited with code {code} before writing {path}:\n{child.tail()}")
-        await asyncio.sleep(0.1)
-    raise OrchestratorError(f"{child.name} wrote no {path} within {timeout:.0f} s:\n{child.tail()}")
-
-
 def steps_per_runtime(total: int, done: int, robots: int) -> int:
     """Returns each runtime's ``--max-steps`` so ``robots`` runtimes bring ``done`` to ``total``
     (0 when nothing is left)."""
@@ -420,7 +276,7 @@ def steps_per_runtime(total: int, done: int, robots: int) -> int:
 def learner_command(spec: RunSpec, cfg: LearnerConfig, demos: Path, *, resume: bool) -> list[str]:
     """Returns the learner's command line (every port 0; endpoints in ``RUN_DIR/endpoints.json``)."""
     any_port = "tcp://127.0.0.1:0"
-    argv = [sys.executable, "-m", spec.learner_module, "--profile", cfg.profile, "--config", str(spec.run_dir / "config.toml"),
+    argv = [*python_module(spec.learner_module), "--profile", cfg.profile, "--config", str(spec.run_dir / "config.toml"),
             "--demos", str(demos), "--bind", any_port, "--weights-bind", any_port, "--control-bind", any_port,
             "--mode", "lockstep", "--device", spec.device, "--threads", str(spec.learner_threads),
             "--seed", str(spec.seed), "--log-level", spec.log_level]
@@ -434,7 +290,7 @@ def runtime_spill_dir(run_dir: Path, index: int) -> Path:
 
 def runtime_command(spec: RunSpec, index: int, uplink: str, *, max_steps: int, switch_every: int) -> list[str]:
     """Returns runtime ``index``'s command line (lock-step sim robot, control port 0)."""
-    argv = [sys.executable, "-m", spec.runtime_module, "--robot", f"sim:{spec.task}", "--learner", uplink,
+    argv = [*python_module(spec.runtime_module), "--robot", f"sim:{spec.task}", "--learner", uplink,
             "--obs", spec.obs, "--lockstep", "--spill-dir", str(runtime_spill_dir(spec.run_dir, index)),
             "--control-bind", "tcp://127.0.0.1:0", "--seed", str(spec.seed + index),
             "--switch-every", str(switch_every), "--max-steps", str(max_steps), "--log-level", spec.log_level]
@@ -443,7 +299,7 @@ def runtime_command(spec: RunSpec, index: int, uplink: str, *, max_steps: int, s
 
 def bc_command(spec: RunSpec, demos: Path) -> list[str]:
     """Returns the BC baseline child's command line (writes ``RUN_DIR/bc.json``)."""
-    return [sys.executable, "-m", "simulation.bc_baseline", "--task", spec.task, "--obs", spec.obs,
+    return [*python_module("simulation.bc_baseline"), "--task", spec.task, "--obs", spec.obs,
             "--demos", str(demos), "--config", str(spec.run_dir / "config.toml"),
             "--out", str(spec.run_dir / "bc.json"), "--steps", str(spec.bc_steps),
             "--episodes", str(spec.eval_episodes), "--eval-seed", str(EVAL_SEED), "--seed", str(spec.seed),
@@ -510,8 +366,7 @@ class Orchestrator:
         self.runtime_details: list[dict[str, Any]] = []
         self.bc_success: float | None = None
         self.last_eval: EvalRecord | None = None
-        self._clients: dict[str, ControlClient] = {}
-        self._request_id = 0
+        self._pollers: dict[str, StatusPoller] = {}
         self._interrupted = False
         self._cancel_eval = threading.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval")
@@ -596,7 +451,7 @@ class Orchestrator:
                                     spec.run_dir / "logs" / "learner.log")
         self.learner.start()
         endpoints = await wait_for_endpoints(endpoints_file, self.learner, spec.start_timeout)
-        self._clients["learner"] = ControlClient(ControlClientConfig(endpoint=pick_endpoint(endpoints, "control")))
+        self._pollers["learner"] = StatusPoller(pick_endpoint(endpoints, "control"))
         return pick_endpoint(endpoints, "uplink", "bind"), pick_endpoint(endpoints, "weights")
 
     async def _start_runtimes(self, cfg: LearnerConfig, uplink: str) -> bool:
@@ -696,16 +551,8 @@ class Orchestrator:
             logger.warning("bc.json unreadable: %s", e)
 
     async def _request(self, name: str, kind: str, timeout: float = 1.0) -> dict[str, Any] | None:
-        client = self._clients.get(name)
-        if client is None:
-            return None
-        self._request_id += 1
-        try:
-            status = await client.request(Command(kind=kind, agent=None, request_id=self._request_id), timeout)
-        except ProtocolError as e:
-            logger.debug("%s %s: %s", name, kind, e)
-            return None
-        return dict(status.detail)
+        poller = self._pollers.get(name)
+        return None if poller is None else await poller.request(kind, timeout)
 
     async def _poll_learner(self) -> None:
         detail = await self._request("learner", "status")
@@ -718,11 +565,11 @@ class Orchestrator:
             if not child.running:
                 continue
             name = child.name
-            if name not in self._clients:
+            if name not in self._pollers:
                 found = read_endpoints(runtime_spill_dir(self.spec.run_dir, index) / "endpoints.json")
                 if not found:
                     continue
-                self._clients[name] = ControlClient(ControlClientConfig(endpoint=pick_endpoint(found, "control")))
+                self._pollers[name] = StatusPoller(pick_endpoint(found, "control"))
             detail = await self._request(name, "status")
             if detail is not None:
                 self.runtime_details[index] = detail
@@ -810,8 +657,8 @@ class Orchestrator:
         learner_code = await self.learner.stop(self.spec.stop_timeout) if self.learner is not None else None
         await self._finish_bc(clean_end)
         self._executor.shutdown(wait=True)
-        for client in self._clients.values():
-            client.close()
+        for poller in self._pollers.values():
+            poller.close()
         if self.learner is not None:
             self.display.update(self.snapshot(), force=True)
         self.display.close()

@@ -20,9 +20,10 @@ from protocol.messages import Command, Heartbeat, Hello, Status, TransitionBatch
 from protocol.transport import ControlServer, ControlServerConfig, UplinkServer, UplinkServerConfig
 from simulation.bench_faults import DrillConfig, _parser, config_from_args, run_drill
 from simulation.faults import (
-    KINDS, TARGETS, Child, MalformedGenerator, PartitionProxy, ProxyConfig, count_tracebacks, read_endpoints,
-    send_malformed, state_spaces,
+    KINDS, TARGETS, MalformedGenerator, PartitionProxy, ProxyConfig, send_malformed, state_spaces,
 )
+from simulation.processes import ChildProcess as Child
+from simulation.processes import count_tracebacks, read_endpoints
 
 SPACES = state_spaces(11, 3)
 
