@@ -38,6 +38,10 @@ from simulation.practice import PracticeConfig, bc_baseline, load_task_demos, pr
 logger = logging.getLogger(__name__)
 
 
+_SHOWN = {"q_mean", "reward_mean", "bc", "actor", "entropy", "alpha", "loss", "accuracy", "logits_pos",
+          "logits_neg", "critic"}
+
+
 def _emit(record: dict[str, Any], out: Path | None) -> None:
     line = json.dumps(record, sort_keys=True)
     print(line, flush=True)
@@ -91,13 +95,16 @@ def cmd_run(args: argparse.Namespace) -> None:
     fwd = load_task_demos(args.task, "forward", source=args.demos, episodes=args.episodes)
     bwd = load_task_demos(args.task, "backward", source=args.demos, episodes=args.episodes)
     pcfg = PracticeConfig(task=args.task, max_env_steps=args.max_steps, max_minutes=args.minutes,
-                          eval_every=args.eval_every, eval_episodes=args.eval_episodes, seed=args.seed)
+                          eval_every=args.eval_every, eval_episodes=args.eval_episodes, seed=args.seed,
+                          reset_every=args.reset_every)
     tag = {"label": args.label, "task": args.task, "config": str(args.config) if args.config else None,
-           "set": args.overrides, "seed": args.seed}
+           "set": args.overrides, "seed": args.seed,
+           "reset_every": args.reset_every, "demo_episodes": args.episodes}
 
     def on_eval(point: Any) -> None:
         _emit({"kind": "eval", **tag, "env_steps": point.env_steps, "updates": point.updates,
-               "minutes": round(point.train_minutes, 2), "success": point.success_rate}, args.out)
+               "minutes": round(point.train_minutes, 2), "success": point.success_rate,
+               "metrics": {k: round(v, 3) for k, v in point.metrics.items() if k.split("/")[-1] in _SHOWN}}, args.out)
 
     result = practice(cfg, pcfg, (fwd, bwd), on_eval=on_eval)
     _emit({"kind": "summary", **tag, "final": result.final_success, "best": result.best_success,
@@ -135,6 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--minutes", type=float, default=None, help="training wall-clock budget")
     run.add_argument("--max-steps", type=int, default=1_000_000, help="environment step budget")
     run.add_argument("--eval-every", type=int, default=5000, help="steps between evaluations")
+    run.add_argument("--reset-every", type=int, default=None, help="steps between env resets (default: the task's)")
     run.add_argument("--seed", type=int, default=0, help="run seed")
     run.add_argument("--label", default="", help="free-text tag in the output")
     return parser

@@ -88,6 +88,8 @@ class EvalPoint:
     """Training wall clock so far (evaluation excluded)."""
     success_rate: float
     """Deployed-policy success of the forward agent (mean action)."""
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    """The latest value of each trainer metric (``forward/values/q_mean``, ``vice/loss``…)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -194,6 +196,7 @@ def practice(config: LearnerConfig, task: str | PracticeConfig, demos: tuple[Dem
     first = True
     interval = config.switch.interval
     steps_done = 0
+    latest: dict[str, float] = {}
     try:
         for step in range(pcfg.max_env_steps):
             started = time.perf_counter()
@@ -209,13 +212,13 @@ def practice(config: LearnerConfig, task: str | PracticeConfig, demos: tuple[Dem
             _ingest(trainer, agent, state, action, first, info)
             first = bool(info["env_reset"])  # the post-reset observation starts a new segment
             while trainer.credit[FORWARD] >= 1 or trainer.credit[BACKWARD] >= 1:
-                trainer.train_step()
+                latest.update(trainer.train_step())
             train_s += time.perf_counter() - started
             done = steps_done == pcfg.max_env_steps or (pcfg.max_minutes is not None
                                                       and train_s >= pcfg.max_minutes * 60)
             if steps_done % pcfg.eval_every == 0 or done:
                 t0 = time.perf_counter()
-                point = _evaluate_point(trainer, pcfg, steps_done, train_s)
+                point = _evaluate_point(trainer, pcfg, steps_done, train_s, latest)
                 eval_s += time.perf_counter() - t0
                 curve.append(point)
                 logger.info("practice %s: %d steps, %d updates, %.1f min: success %.2f", pcfg.task,
@@ -240,12 +243,13 @@ def _ingest(trainer: MedalTrainer, agent: int, state: np.ndarray, action: np.nda
         trainer.ingest(agent, {"state": final}, np.zeros_like(action)[None], np.array([False]), np.array([True]))
 
 
-def _evaluate_point(trainer: MedalTrainer, pcfg: PracticeConfig, env_steps: int, train_s: float) -> EvalPoint:
+def _evaluate_point(trainer: MedalTrainer, pcfg: PracticeConfig, env_steps: int, train_s: float,
+                    metrics: dict[str, float]) -> EvalPoint:
     agent = trainer.agents[FORWARD]
     result = evaluate(actor_policy(lambda o: agent.act(o, explore=False)), pcfg.task,
                       episodes=pcfg.eval_episodes, seed=pcfg.eval_seed)
     return EvalPoint(env_steps=env_steps, updates=sum(trainer.updates), train_minutes=train_s / 60,
-                     success_rate=result.success_rate)
+                     success_rate=result.success_rate, metrics=dict(metrics))
 
 
 def bc_baseline(task: str, forward_demos: Demos, net_config: NetworkConfig, bc: BCConfig, *,
