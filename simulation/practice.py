@@ -182,53 +182,60 @@ def practice(config: LearnerConfig, task: str | PracticeConfig, demos: tuple[Dem
     """
     pcfg = task if isinstance(task, PracticeConfig) else PracticeConfig(task=task)
     spec = state_spec(pcfg.task)
-    env = NonEpisodic(make(pcfg.task, obs="state"), reset_every=pcfg.reset_every)
     for d in demos:
         if d.observations["state"].shape[1:] != spec["state"][0]:
             raise ValueError(f"demos: state shape {d.observations['state'].shape[1:]} != task's {spec['state'][0]}")
-    trainer = MedalTrainer(config, spec, env.action_space.shape[0], demos, seed=pcfg.seed)
-    rng = np.random.default_rng(pcfg.seed)
-    low, high = env.action_space.low, env.action_space.high
-    curve: list[EvalPoint] = []
-    train_s = eval_s = 0.0
-    successes = 0
-    obs, _ = env.reset(seed=pcfg.seed)
-    first = True
-    interval = config.switch.interval
-    steps_done = 0
-    latest: dict[str, float] = {}
+    env = NonEpisodic(make(pcfg.task, obs="state"), reset_every=pcfg.reset_every)
     try:
-        for step in range(pcfg.max_env_steps):
-            started = time.perf_counter()
-            agent = FORWARD if (step // interval) % 2 == 0 else BACKWARD
-            state = np.asarray(obs, dtype=np.float32)
-            if trainer.seed_phase:
-                action = rng.uniform(low, high).astype(np.float32)
-            else:
-                action = trainer.agents[agent].act({"state": state}, explore=True)
-            obs, _, _, _, info = env.step(action)
-            steps_done = step + 1
-            successes += int(bool(info.get("success")))
-            _ingest(trainer, agent, state, action, first, info)
-            first = bool(info["env_reset"])  # the post-reset observation starts a new segment
-            while trainer.credit[FORWARD] >= 1 or trainer.credit[BACKWARD] >= 1:
-                latest.update(trainer.train_step())
-            train_s += time.perf_counter() - started
-            done = steps_done == pcfg.max_env_steps or (pcfg.max_minutes is not None
-                                                      and train_s >= pcfg.max_minutes * 60)
-            if steps_done % pcfg.eval_every == 0 or done:
-                t0 = time.perf_counter()
-                point = _evaluate_point(trainer, pcfg, steps_done, train_s, latest)
-                eval_s += time.perf_counter() - t0
-                curve.append(point)
-                logger.info("practice %s: %d steps, %d updates, %.1f min: success %.2f", pcfg.task,
-                            point.env_steps, point.updates, point.train_minutes, point.success_rate)
-                if on_eval is not None:
-                    on_eval(point)
-            if done:
-                break
+        trainer = MedalTrainer(config, spec, env.action_space.shape[0], demos, seed=pcfg.seed)
+        return _run(env, trainer, config.switch.interval, pcfg, on_eval)
     finally:
         env.close()
+
+
+def _run(env: NonEpisodic, trainer: MedalTrainer, interval: int, pcfg: PracticeConfig,
+         on_eval: Callable[[EvalPoint], None] | None) -> PracticeResult:
+    """The practice loop: act, step, ingest, train what is owed, evaluate on schedule."""
+    rng = np.random.default_rng(pcfg.seed)
+    curve: list[EvalPoint] = []
+    latest: dict[str, float] = {}
+    train_s = eval_s = 0.0
+    successes = steps_done = 0
+    obs, _ = env.reset(seed=pcfg.seed)
+    first = True
+    while steps_done < pcfg.max_env_steps:
+        started = time.perf_counter()
+        # 1. act: the scheduled agent (forward first), random during the seed frames
+        agent = FORWARD if (steps_done // interval) % 2 == 0 else BACKWARD
+        state = np.asarray(obs, dtype=np.float32)
+        if trainer.seed_phase:
+            action = rng.uniform(env.action_space.low, env.action_space.high).astype(np.float32)
+        else:
+            action = trainer.agents[agent].act({"state": state}, explore=True)
+        # 2. step and ingest (a scheduled reset also stores the pre-reset observation)
+        obs, _, _, _, info = env.step(action)
+        steps_done += 1
+        successes += int(bool(info.get("success")))
+        _ingest(trainer, agent, state, action, first, info)
+        first = bool(info["env_reset"])  # the post-reset observation starts a new segment
+        # 3. lock-step training: every update owed for the steps so far
+        while trainer.credit[FORWARD] >= 1 or trainer.credit[BACKWARD] >= 1:
+            latest.update(trainer.train_step())
+        train_s += time.perf_counter() - started
+        # 4. deployed-policy evaluation on schedule, and at the end
+        done = steps_done == pcfg.max_env_steps or (pcfg.max_minutes is not None
+                                                     and train_s >= pcfg.max_minutes * 60)
+        if steps_done % pcfg.eval_every == 0 or done:
+            t0 = time.perf_counter()
+            point = _evaluate_point(trainer, pcfg, steps_done, train_s, latest)
+            eval_s += time.perf_counter() - t0
+            curve.append(point)
+            logger.info("practice %s: %d steps, %d updates, %.1f min: success %.2f", pcfg.task,
+                        point.env_steps, point.updates, point.train_minutes, point.success_rate)
+            if on_eval is not None:
+                on_eval(point)
+        if done:
+            break
     return PracticeResult(curve=curve, env_steps=steps_done, updates=sum(trainer.updates),
                           train_minutes=train_s / 60, eval_minutes=eval_s / 60, env_resets=env.resets,
                           forward_successes=successes)
