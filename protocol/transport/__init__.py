@@ -1,0 +1,35 @@
+"""ZeroMQ transport on ``zmq.asyncio``: uplink, weights and control channels.
+
+* Uplink: the learner binds a ROUTER (:class:`UplinkServer`), each runtime connects a
+  DEALER (:class:`UplinkClient`). Frames are exactly :func:`protocol.codec.encode`'s
+  (the ROUTER adds/strips the peer identity).
+* Weights: :class:`WeightsPublisher` (PUB) → :class:`WeightsSubscriber` (SUB), latest wins.
+* Control: :class:`ControlServer` (ROUTER) ← :class:`ControlClient` (DEALER), request/reply.
+
+Every object owns its own ``zmq.asyncio.Context`` (so a CURVE server's ZAP authenticator
+covers only its sockets), does no I/O in ``__init__``, never blocks the event loop, and
+closes its sockets with linger 0. Sends are non-blocking and zero-copy: arrays handed to
+``send``/``publish`` must not be mutated afterwards.
+
+Modules by channel: :mod:`.common` (sockets, sends, loopback check), :mod:`.uplink`,
+:mod:`.weights`, :mod:`.control`; every public name is re-exported here.
+"""
+
+import logging
+
+from protocol.transport.common import DEFAULT_ENDPOINT
+from protocol.transport.control import (ControlClient, ControlClientConfig, ControlServer, ControlServerConfig,
+                                        Handler)
+from protocol.transport.uplink import (HELLO_REQUIRED, ConnectionState, HandshakeRefused, PeerInfo, UplinkClient,
+                                       UplinkClientConfig, UplinkServer, UplinkServerConfig)
+from protocol.transport.weights import (WeightsPublisher, WeightsPublisherConfig, WeightsSubscriber,
+                                        WeightsSubscriberConfig)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_ENDPOINT", "HELLO_REQUIRED", "ConnectionState", "ControlClient", "ControlClientConfig", "ControlServer",
+    "ControlServerConfig", "HandshakeRefused", "Handler", "PeerInfo", "UplinkClient", "UplinkClientConfig",
+    "UplinkServer", "UplinkServerConfig", "WeightsPublisher", "WeightsPublisherConfig", "WeightsSubscriber",
+    "WeightsSubscriberConfig",
+]
