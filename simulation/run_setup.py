@@ -1,0 +1,232 @@
+"""``resetfree-sim``'s run directory: what was asked (:class:`RunSpec`, ``run.json``, resume),
+the learner config it resolves to (``config.toml``: profile → task preset → ``--config`` →
+``--set``), and the expert demos it trains from (``demos/``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from learner.config import LearnerConfig, profile
+from simulation.processes import ProcessError
+from simulation.tasks.base import ObsMode
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("tabletop", "door", "peg", "cube")
+
+
+OrchestratorError = ProcessError
+"""A child that does not come up, a malformed endpoints file, or a bad run directory (the
+orchestrator's errors are those of :mod:`simulation.processes`, which it runs on)."""
+
+
+# ============================================================================ run spec
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """Everything ``resetfree-sim`` was asked to do."""
+
+    run_dir: Path
+    """Run directory (created; reused on resume)."""
+    task: str = "tabletop"
+    """Task: tabletop, door, peg or cube."""
+    obs: ObsMode = "state"
+    """Observation mode of the runtimes and the learner."""
+    steps: int = 200_000
+    """Total env steps of the run (over all runtimes, across resumes)."""
+    robots: int = 1
+    """Simulated runtimes feeding the learner."""
+    seed: int = 0
+    """Seed of the learner; runtime i gets ``seed + i``."""
+    resume: bool = False
+    """Continue the run in ``run_dir`` (its ``run.json`` and ``config.toml``)."""
+    profile: str | None = None
+    """Learner profile (default: ``sim``, or what ``config.toml`` says on resume)."""
+    config: Path | None = None
+    """User TOML layered over the profile and the task preset."""
+    overrides: tuple[str, ...] = ()
+    """``section.key=value`` overrides, applied last."""
+    demos: Path | None = None
+    """Directory of demo files; None generates expert demos into ``RUN_DIR/demos``."""
+    eval_every: int = 10_000
+    """Env steps between deployed-policy evaluations."""
+    eval_episodes: int = 10
+    """Episodes per evaluation."""
+    video: bool = True
+    """Write ``videos/eval_<step>`` of the first two episodes."""
+    bc: bool = True
+    """Compute the BC baseline (``bc.json``) in a child at the start."""
+    bc_steps: int = 10_000
+    """BC gradient steps."""
+    max_wall_s: float | None = None
+    """Stop cleanly after this many seconds (benchmarks); None: only ``steps`` ends the run."""
+    hz: float | None = 500.0
+    """Control rate of the runtimes (None: the runtime's default, 10 Hz). In lock-step the
+    learner sets the pace; the rate only caps it, so the default lets a simulated run go as
+    fast as training allows."""
+    device: str = "auto"
+    """Learner torch device."""
+    learner_threads: int = 1
+    """Learner torch threads."""
+    log_level: str = "INFO"
+    """Log level of the children."""
+    status_every: float = 1.0
+    """Seconds between status polls."""
+    display_every: float = 2.0
+    """Seconds between progress lines."""
+    start_timeout: float = 90.0
+    """Seconds a child has to write its endpoints file."""
+    stop_timeout: float = 60.0
+    """Seconds a child has to exit after SIGTERM before it is killed."""
+    stall_warn_s: float = 60.0
+    """Seconds without new env steps before the display warns of a stall (with the figures)."""
+    learner_module: str = "learner"
+    """Module run as ``python -m`` for the learner (tests substitute a stand-in)."""
+    runtime_module: str = "runtime"
+    """Module run as ``python -m`` for each runtime (tests substitute a stand-in)."""
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"RunSpec.task must be one of {TASKS}, got {self.task!r}")
+        if self.obs not in ("state", "pixels"):
+            raise ValueError(f"RunSpec.obs must be state or pixels, got {self.obs!r}")
+        for name in ("steps", "robots", "eval_every", "eval_episodes", "bc_steps", "learner_threads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"RunSpec.{name} must be a positive int, got {value!r}")
+        for name in ("max_wall_s", "hz"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"RunSpec.{name} must be positive or None, got {value!r}")
+        for name in ("status_every", "display_every", "start_timeout", "stop_timeout", "stall_warn_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"RunSpec.{name} must be positive, got {getattr(self, name)!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """Returns the spec as JSON builtins (paths as strings) for ``run.json``."""
+        out = dataclasses.asdict(self)
+        for key, value in out.items():
+            if isinstance(value, Path):
+                out[key] = str(value)
+        out["overrides"] = list(self.overrides)
+        return out
+
+
+RESUMED_FIELDS = ("task", "obs", "robots", "seed", "demos", "eval_every", "eval_episodes", "video", "bc_steps")
+"""What a resumed run takes from its ``run.json`` (the rest comes from the new command line)."""
+
+
+def resumed_spec(spec: RunSpec) -> RunSpec:
+    """Returns ``spec`` with :data:`RESUMED_FIELDS` read from ``spec.run_dir/run.json``.
+
+    Raises OrchestratorError when the run directory has no readable ``run.json``.
+    """
+    path = spec.run_dir / "run.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise OrchestratorError(f"--resume {spec.run_dir}: cannot read {path}: {e}") from e
+    patch: dict[str, Any] = {k: saved[k] for k in RESUMED_FIELDS if k in saved}
+    if patch.get("demos") is not None:
+        patch["demos"] = Path(patch["demos"])
+    return dataclasses.replace(spec, **patch)
+
+
+# ============================================================================ config
+def preset_text(task: str, obs: str) -> str | None:
+    """Returns the shipped preset ``simulation/configs/<task>_<obs>.toml``, or None."""
+    from importlib import resources
+
+    entry = resources.files("simulation").joinpath("configs", f"{task}_{obs}.toml")
+    return entry.read_text(encoding="utf-8") if entry.is_file() else None
+
+
+def resolve_config(spec: RunSpec) -> LearnerConfig:
+    """Builds the learner config: profile → task preset → ``spec.config`` → ``spec.overrides``.
+
+    On resume the run's ``config.toml`` replaces profile, preset and file. The run's seed
+    is always ``spec.seed``. Raises ValueError on unknown keys or bad values.
+    """
+    saved = spec.run_dir / "config.toml"
+    if spec.resume and saved.exists():
+        cfg = LearnerConfig.from_toml(saved)
+    else:
+        cfg = profile(spec.profile or "sim")
+        text = preset_text(spec.task, spec.obs)
+        if text is not None:
+            import tomllib
+
+            cfg = LearnerConfig.from_dict(tomllib.loads(text), base=cfg)
+        if spec.config is not None:
+            cfg = LearnerConfig.from_toml(spec.config, base=cfg)
+    return cfg.with_overrides([*spec.overrides, f"seed={spec.seed}"])
+
+
+def to_toml(data: Mapping[str, Any]) -> str:
+    """Returns ``LearnerConfig.to_dict()``-shaped data as TOML (None written as ``"none"``,
+    which the config reads back as None). Raises ValueError for an unsupported value."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, Mapping)]
+    for name, section in data.items():
+        if isinstance(section, Mapping):
+            lines += ["", f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in section.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if value is None:
+        return '"none"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else ("inf" if value == math.inf else "-inf" if value == -math.inf
+                                                 else repr(value))
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ValueError(f"cannot write {type(value).__name__} {value!r} as TOML")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temp file and a rename. Blocks on disk I/O."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+# ============================================================================ demos
+def prepare_demos(spec: RunSpec) -> Path:
+    """Returns the demo directory: ``spec.demos``, or ``RUN_DIR/demos`` filled with expert
+    demos (forward + backward, the task's default episode count) when it has none.
+
+    Blocks while the experts run. Raises OrchestratorError when ``spec.demos`` is not a
+    directory with ``.npz`` files.
+    """
+    if spec.demos is not None:
+        if not spec.demos.is_dir() or not any(spec.demos.glob("*.npz")):
+            raise OrchestratorError(f"--demos {spec.demos}: not a directory of .npz demo files")
+        return spec.demos
+    from protocol.demos import save_demos
+    from simulation.demos_cli import CUBE_DEFAULT_EPISODES, EARL_DEFAULT_EPISODES, generate
+
+    out = spec.run_dir / "demos"
+    out.mkdir(parents=True, exist_ok=True)
+    episodes = CUBE_DEFAULT_EPISODES if spec.task == "cube" else EARL_DEFAULT_EPISODES
+    for direction in ("forward", "backward"):
+        path = out / f"{spec.task}_{direction}.npz"
+        if path.exists():
+            continue
+        demos = generate(spec.task, direction, episodes=episodes, obs=spec.obs, seed=spec.seed,
+                         split="id" if spec.task == "cube" else None)
+        save_demos(path, demos)
+        logger.info("wrote %s: %d episodes, %d transitions", path, demos.num_episodes, demos.num_transitions)
+    return out
