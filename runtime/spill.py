@@ -36,30 +36,14 @@ __all__ = ["HEADER_BYTES", "SPILL_POLICIES", "SpillConfig", "SpillLog"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class SpillConfig:
-    """Where and how much the spill log may write."""
+class SpillConfig(SeqLogConfig):
+    """Where and how much the spill log may write: the seq log's config (validated there,
+    naming the field), named ``spill``. ``directory`` also holds ``state.json``; at the cap
+    ``"hold"`` refuses the record, so the loop holds the robot; without ``fsync`` records
+    are synced on rotation, state writes and close."""
 
-    directory: Path
-    """Directory of the segment files and ``state.json`` (created when missing)."""
-    segment_bytes: int = 64 * 2**20
-    """Size at which the active segment is closed and a new one started."""
-    max_bytes: int = 8 * 2**30
-    """Disk cap for all segments together."""
-    warn_fraction: float = 0.8
-    """Fraction of ``max_bytes`` at which a WARNING is logged."""
-    full_policy: str = "hold"
-    """At the cap: ``"hold"`` (refuse, the loop holds the robot) or ``"drop_oldest"``."""
-    fsync: bool = False
-    """fsync after every record (slower; otherwise on rotation, state writes and close)."""
-
-    def __post_init__(self) -> None:
-        self.seqlog_config()  # validates every field, naming it
-
-    def seqlog_config(self) -> SeqLogConfig:
-        """Returns the underlying seq log's config. Raises ValueError naming a bad field."""
-        return SeqLogConfig(directory=Path(self.directory), segment_bytes=self.segment_bytes,
-                            max_bytes=self.max_bytes, warn_fraction=self.warn_fraction,
-                            full_policy=self.full_policy, fsync=self.fsync, name="spill")
+    name: str = "spill"
+    """Name used in log messages."""
 
 
 class SpillLog:
@@ -85,7 +69,7 @@ class SpillLog:
         try:
             directory.mkdir(parents=True, exist_ok=True)
             state = _read_state(directory / "state.json")
-            log = SeqLog.open(config.seqlog_config())
+            log = SeqLog.open(config)
         except OSError as e:
             raise SpillError(f"cannot open spill directory {directory}: {e}") from e
         except SeqLogError as e:
