@@ -15,7 +15,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from learner.networks import NetworkConfig
 from protocol.demos import Demos, concatenate, load_demos
 from simulation.evaluation import evaluate
 from simulation.evaluator import load_policy, task_spec
+from simulation.run_setup import write_text_atomic
 from simulation.tasks.base import ObsMode, SimulationError
 
 logger = logging.getLogger(__name__)
@@ -107,10 +107,7 @@ def run_baseline(cfg: BaselineConfig, demos_dir: Path, net_config: NetworkConfig
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Writes ``data`` as JSON to ``path`` through a temp file and a rename. Blocks on disk I/O."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def _parser() -> argparse.ArgumentParser:
