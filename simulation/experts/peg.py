@@ -8,6 +8,7 @@ steer the *peg head* (read from the simulator), so an off-centre grasp is correc
 
 from __future__ import annotations
 
+import abc
 import logging
 
 import numpy as np
@@ -64,6 +65,15 @@ class _PegExpert(Expert):
     def _move_head(self, peg: PegEnv, target: np.ndarray) -> np.ndarray:
         return self._move_tcp(peg, peg.tcp_pos() + (target - peg.peg_head()), 1.0)
 
+    def _act(self, env: TaskEnv) -> np.ndarray:
+        peg = _peg(env)
+        grasp = self._grasp(peg)
+        return grasp if grasp is not None else self._carry(peg, peg.peg_head())
+
+    @abc.abstractmethod
+    def _carry(self, peg: PegEnv, head: np.ndarray) -> np.ndarray:
+        """Returns the next action once the peg is held, its head at ``head``."""
+
     def _grasp(self, peg: PegEnv) -> np.ndarray | None:
         """Returns the next grasping action, or None once the peg is held."""
         if self._closed_for >= CLOSE_STEPS:
@@ -85,12 +95,7 @@ class FORWARD(_PegExpert):
 
     grasp_offset = 0.03
 
-    def _act(self, env: TaskEnv) -> np.ndarray:
-        peg = _peg(env)
-        grasp = self._grasp(peg)
-        if grasp is not None:
-            return grasp
-        head = peg.peg_head()
+    def _carry(self, peg: PegEnv, head: np.ndarray) -> np.ndarray:
         # Line the head up with the hole in front of the box before sliding it in along -x.
         if head[0] > PRE_INSERT[0] + 0.01:
             return self._move_head(peg, PRE_INSERT)
@@ -105,12 +110,7 @@ class BACKWARD(_PegExpert):
 
     grasp_offset = 0.07
 
-    def _act(self, env: TaskEnv) -> np.ndarray:
-        peg = _peg(env)
-        grasp = self._grasp(peg)
-        if grasp is not None:
-            return grasp
-        head = peg.peg_head()
+    def _carry(self, peg: PegEnv, head: np.ndarray) -> np.ndarray:
         if self._released_for > 0 or np.linalg.norm(head - LAID) < 0.015:
             self._released_for += 1
             up = peg.tcp_pos() + np.array([0.0, 0.0, 0.05 if self._released_for > 5 else 0.0])
