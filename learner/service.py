@@ -205,7 +205,13 @@ class TrainingWorker:
 
     def ingest(self, item: WorkItem) -> None:
         """Feeds one committed batch to the trainer (training thread, or before it starts)."""
-        fresh = self.tracker.admit(item.batch)
+        try:
+            fresh = self.tracker.admit(item.batch)
+        except SequenceGap:
+            # The service only forwards committed steps in order; a hole here is one the
+            # runtime declared lost (the gap rule) and the service skipped: mirror it.
+            self.tracker.skip_to(item.batch.session_id, item.batch.first_seq)
+            fresh = self.tracker.admit(item.batch)
         if fresh is None:
             return
         self.trainer.ingest_steps(*_runs(dataclasses.replace(item, batch=fresh))[1:], stream=item.stream)
@@ -331,7 +337,6 @@ class LearnerService:
         self._journal: IngestJournal | None = None
         self._streams: dict[str, int] = {}
         """Session -> replay stream (steps of one stream link into transitions)."""
-        self._first_after_welcome: set[str] = set()
         self._peer_of: dict[str, bytes] = {}
         self._trained: dict[str, int] = {}
         self._stop = asyncio.Event()
@@ -531,11 +536,12 @@ class LearnerService:
         if reason:
             self._refuse(peer, hello.session_id, reason)
             return
+        if hello.oldest_seq > resume:
+            resume = self._skip_lost(hello.session_id, resume, hello.oldest_seq)
         if hello.task != self.demos.task:
             logger.warning("session %s: task %r differs from the demos' %r", hello.session_id, hello.task,
                            self.demos.task)
         self._peer_of[hello.session_id] = peer
-        self._first_after_welcome.add(hello.session_id)
         self._uplink.send(peer, Welcome(session_id=hello.session_id, accepted=True, reason="", resume_seq=resume,
                                         net_config=self.cfg.network.to_dict(),
                                         weights_endpoint=self.endpoints["weights"]))
@@ -557,25 +563,12 @@ class LearnerService:
 
     async def _on_batch(self, peer: bytes, batch: TransitionBatch) -> None:
         sid = batch.session_id
-        first_after_welcome = sid in self._first_after_welcome
-        self._first_after_welcome.discard(sid)
         try:
             fresh = self.tracker.admit(batch)
         except SequenceGap as e:
-            if not first_after_welcome:
-                logger.info("session %s: %s; asking for a resend", sid, e)
-                self._ack(peer, sid)
-                return
-            # Gap rule (docs/protocol.md): the runtime resends from resume_seq, so a first
-            # batch that starts above it means the runtime no longer has those steps.
-            start = self.tracker.committed(sid)
-            lost = self.tracker.skip_to(sid, batch.first_seq)
-            self.lost_steps += lost
-            logger.warning("session %s: steps %d..%d were lost by the runtime (%d steps); continuing from %d",
-                           sid, start, batch.first_seq - 1, lost, batch.first_seq)
-            # A new replay stream, so no transition links the steps on either side of the hole.
-            self._streams[sid] = max(self._streams.values(), default=-1) + 1
-            fresh = self.tracker.admit(batch)
+            logger.info("session %s: %s; asking for a resend", sid, e)
+            self._ack(peer, sid)
+            return
         self.duplicates_dropped += batch.size - (fresh.size if fresh is not None else 0)
         if fresh is None:
             self._ack(peer, sid)
@@ -594,6 +587,17 @@ class LearnerService:
         self._ingest_times.append((time.monotonic(), self.position))
         self.worker.submit(WorkItem(position, self._stream_of(sid), fresh))
         self._ack(peer, sid)
+
+    def _skip_lost(self, sid: str, start: int, oldest: int) -> int:
+        """The gap rule (docs/protocol.md): the runtime declared in its hello that it can no
+        longer send ``start..oldest-1``; count them lost, loudly, and resume at ``oldest``."""
+        lost = self.tracker.skip_to(sid, oldest)
+        self.lost_steps += lost
+        logger.warning("session %s: the runtime lost steps %d..%d (%d steps) before they were ingested; "
+                       "continuing from %d", sid, start, oldest - 1, lost, oldest)
+        # A new replay stream, so no transition links the steps on either side of the hole.
+        self._streams[sid] = max(self._streams.values(), default=-1) + 1
+        return oldest
 
     def _stream_of(self, sid: str) -> int:
         if sid not in self._streams:

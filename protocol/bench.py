@@ -47,7 +47,7 @@ def _hello() -> Hello:
                  observation_space={"wrist": ArraySpec(dtype="uint8", shape=(3, 84, 84)),
                                     "third_person": ArraySpec(dtype="uint8", shape=(3, 84, 84)),
                                     "proprio": ArraySpec(dtype="float32", shape=(10,))},
-                 action_space=ArraySpec(dtype="float32", shape=(7,)), config_hash="", next_seq=0)
+                 action_space=ArraySpec(dtype="float32", shape=(7,)), config_hash="", oldest_seq=0, next_seq=0)
 
 
 async def _receiver(endpoint_q: mp.Queue, result_q: mp.Queue, steps: int) -> None:

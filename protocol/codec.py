@@ -306,7 +306,7 @@ def _f(**kinds: str) -> dict[str, tuple[str, Converter]]:
 #: message class → field name → (wire kind, decoder); the order is the wire order.
 _FIELDS: dict[type, dict[str, tuple[str, Converter]]] = {
     Hello: _f(session_id="str", robot="str", task="str", observation_space="space",
-              action_space="spec", config_hash="str", next_seq="int"),
+              action_space="spec", config_hash="str", next_seq="int", oldest_seq="int"),
     Welcome: _f(session_id="str", accepted="bool", reason="str", resume_seq="int",
                 net_config="json", weights_endpoint="str"),
     TransitionBatch: _f(session_id="str", first_seq="int", observations="arrays", actions="array",

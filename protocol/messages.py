@@ -85,11 +85,17 @@ class Hello:
     """Hash of the runtime's config, so a learner can refuse a mismatched runtime."""
     next_seq: int
     """The next seq the runtime will assign; lower than the learner's ack ⇒ runtime lost state."""
+    oldest_seq: int
+    """The oldest seq the runtime can still send (``next_seq`` when it holds nothing unacked).
+    Seqs below it that the learner has not ingested are lost: the learner skips them
+    (the gap rule, docs/protocol.md)."""
 
     def __post_init__(self) -> None:
         _require(bool(self.session_id), "hello.session_id", "must be non-empty")
         _require(bool(self.observation_space), "hello.observation_space", "must be non-empty")
         _check_seq(self.next_seq, "hello.next_seq")
+        _check_seq(self.oldest_seq, "hello.oldest_seq")
+        _require(self.oldest_seq <= self.next_seq, "hello.oldest_seq", "must not exceed next_seq")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -249,7 +249,8 @@ class RuntimeDaemon:
         return Hello(session_id=self.outbox.session_id, robot=self.facts.kind, task=self.facts.task,
                      observation_space=dict(self._space),
                      action_space=ArraySpec(dtype=spec.dtype, shape=tuple(spec.shape)),
-                     config_hash=self.config.session_settings.config_hash(), next_seq=self.outbox.next_seq)
+                     config_hash=self.config.session_settings.config_hash(), next_seq=self.outbox.next_seq,
+                     oldest_seq=min(self.outbox.oldest_seq, self.outbox.next_seq))
 
     async def _first_welcome(self) -> Welcome:
         """Says hello until the learner answers; raises LearnerRefused on a refusal."""
@@ -351,10 +352,11 @@ class RuntimeDaemon:
             except TimeoutError:
                 continue
             if self.outbox.lost_steps != lost:
-                # The learner waits for the skipped seqs and would never see them: a fresh
-                # hello makes it apply the gap rule (docs/protocol.md) to the next batch.
+                # The learner waits for the skipped seqs and would never see them; when they
+                # are the oldest unacked, a fresh hello declares them (docs/protocol.md).
                 lost = self.outbox.lost_steps
-                self.client.reconnect()
+                if self.outbox.head_lost:
+                    self.client.reconnect()
             while out.generation == self.outbox.generation and not self.client.send(out.batch):
                 await asyncio.sleep(0.005)  # disconnected or at the HWM: the rewind or room will come
 
@@ -365,6 +367,8 @@ class RuntimeDaemon:
             msg = await self.client.recv(timeout=0.1)
             if isinstance(msg, Ack):
                 self.outbox.on_ack(msg.seq)
+                if self.outbox.head_lost:
+                    self.client.reconnect()  # the new hello's oldest_seq declares the hole
                 self.trained_through = max(self.trained_through, msg.trained_through)
                 self._progress.set()
             elif isinstance(msg, Welcome):

@@ -228,8 +228,18 @@ class Outbox:
 
     @property
     def oldest_seq(self) -> int:
-        """First seq still available for resending (== ``next_seq`` when nothing is pending)."""
-        return self._entries[0].first_seq if self._entries else self._next_seq
+        """First seq still available for resending (== ``next_seq`` when nothing is pending);
+        batches lost at the head (unreadable spill records) are not available."""
+        for entry in self._entries:
+            if not entry.lost:
+                return entry.first_seq
+        return self._next_seq
+
+    @property
+    def head_lost(self) -> bool:
+        """Whether the oldest unacked batch is lost: the learner waits for seqs that will
+        never come until a new hello declares them (``oldest_seq``)."""
+        return bool(self._entries) and self._entries[0].lost
 
     def set_connected(self, connected: bool) -> None:
         """Tells the outbox whether the uplink is up. Going down drops the memory copies of

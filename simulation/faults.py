@@ -223,7 +223,7 @@ class MalformedGenerator:
         """Returns the hello declaring this generator's session and spaces."""
         return Hello(session_id=self.session_id, robot="fault-drill", task="drill",
                      observation_space=dict(self.spaces.observation), action_space=self.spaces.action,
-                     config_hash=config_hash, next_seq=0)
+                     config_hash=config_hash, oldest_seq=0, next_seq=0)
 
     def stream(self, count: int, target: str) -> Iterator[MalformedFrame]:
         """Yields ``count`` frames for ``target``, cycling through :data:`KINDS`."""

@@ -58,11 +58,13 @@ def tiny_config(*extra: str, mode: str = "lockstep"):
     return profile("sim").with_overrides([*TINY, f"service.mode={mode}", *extra])
 
 
-def make_hello(session: str, *, dim: int = DIM, config_hash: str | None = None, next_seq: int = 0) -> Hello:
+def make_hello(session: str, *, dim: int = DIM, config_hash: str | None = None, next_seq: int = 0,
+               oldest_seq: int = 0) -> Hello:
     return Hello(session_id=session, robot="sim", task="point",
                  observation_space={"state": ArraySpec(dtype="float32", shape=(dim,))},
                  action_space=ArraySpec(dtype="float32", shape=(ACT,)),
-                 config_hash=config_hash or SessionSettings(switch_interval=200).config_hash(), next_seq=next_seq)
+                 config_hash=config_hash or SessionSettings(switch_interval=200).config_hash(),
+                 oldest_seq=oldest_seq, next_seq=next_seq)
 
 
 def make_batch(session: str, first_seq: int, n: int, *, dim: int = DIM, switch: int = 200) -> TransitionBatch:
@@ -259,6 +261,36 @@ def test_non_finite_actor_is_never_published(tmp_path: Path, demos) -> None:
                     assert all(np.isfinite(t).all() for t in w.tensors.values()), w.agent
                     got += 1
             assert all(math.isfinite(v) for v in (d["utd"], d["updates_per_s"]))
+            rt.close()
+        finally:
+            await stop(service, task)
+            ctx.destroy(linger=0)
+
+    asyncio.run(scenario())
+
+
+def test_a_hole_the_runtime_declares_is_counted_lost_and_skipped(tmp_path: Path, demos) -> None:
+    async def scenario() -> None:
+        service = LearnerService(tiny_config(), demos, run_dir=tmp_path / "run")
+        task = await started(service)
+        ctx = zmq.asyncio.Context()
+        try:
+            rt = Runtime(ctx, service.endpoints["uplink"])
+            assert (await rt.hello(make_hello("s1"))).accepted
+            rt.send(make_batch("s1", 0, 8))
+            await rt.ack_at_least(8)
+            rt.send(make_batch("s1", 16, 8))  # 8..15 missing: a transient gap, not a loss
+            ack = await rt.ack_at_least(8)
+            assert ack.seq == 8 and (await status(service)).detail["lost_steps"] == 0
+            rt.close()
+            # reconnect: the runtime's spill log lost 8..15 and says so in its hello
+            rt = Runtime(ctx, service.endpoints["uplink"])
+            welcome = await rt.hello(make_hello("s1", oldest_seq=16, next_seq=24))
+            assert welcome.accepted and welcome.resume_seq == 16
+            rt.send(make_batch("s1", 16, 8))
+            assert (await rt.ack_at_least(24)).seq == 24
+            d = (await status(service)).detail
+            assert d["lost_steps"] == 8 and d["transitions_ingested"] == 16
             rt.close()
         finally:
             await stop(service, task)

@@ -58,9 +58,10 @@ loop_stats = st.builds(LoopStats, steps=seqs, loop_hz=finite, jitter_p50_ms=fini
                        spilled_bytes=seqs, agent=st.sampled_from(AGENTS), paused=st.booleans())
 
 messages = st.one_of(
-    st.builds(Hello, session_id=names, robot=texts, task=texts,
-              observation_space=st.dictionaries(names, specs, min_size=1, max_size=3),
-              action_space=specs, config_hash=texts, next_seq=seqs),
+    st.tuples(seqs, seqs).map(sorted).flatmap(lambda seq_range: st.builds(
+        Hello, session_id=names, robot=texts, task=texts,
+        observation_space=st.dictionaries(names, specs, min_size=1, max_size=3),
+        action_space=specs, config_hash=texts, oldest_seq=st.just(seq_range[0]), next_seq=st.just(seq_range[1]))),
     st.builds(Welcome, session_id=names, accepted=st.booleans(), reason=texts, resume_seq=seqs,
               net_config=st.dictionaries(names, json_values, max_size=4), weights_endpoint=texts),
     transition_batches(),

@@ -36,7 +36,7 @@ def hello(session: str = "s", next_seq: int = 0) -> Hello:
     return Hello(session_id=session, robot="sim", task="door",
                  observation_space={"wrist": ArraySpec(dtype="uint8", shape=(3, 8, 8)),
                                     "proprio": ArraySpec(dtype="float32", shape=(10,))},
-                 action_space=ArraySpec(dtype="float32", shape=(7,)), config_hash="h", next_seq=next_seq)
+                 action_space=ArraySpec(dtype="float32", shape=(7,)), config_hash="h", oldest_seq=0, next_seq=next_seq)
 
 
 def welcome_for(h: Hello, resume: int = 0, accepted: bool = True) -> Welcome:

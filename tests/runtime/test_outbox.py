@@ -238,3 +238,38 @@ def test_crash_loses_only_unwritten_steps_and_reuses_their_seqs(tmp_path: Path) 
 
     run(first_life)
     run(second_life)
+
+
+def test_an_unreadable_head_record_is_lost_loudly_and_excluded_from_oldest_seq(tmp_path: Path) -> None:
+    from runtime.errors import SpillError
+
+    async def body() -> None:
+        outbox = open_outbox(tmp_path)
+        outbox.start()
+        try:
+            for i in range(3):
+                outbox.put_steps(steps(outbox, 3, float(i)))
+            await until(lambda: outbox.memory_bytes == 0)  # not connected: only the disk copies remain
+            real_read = outbox.spill.read
+
+            def failing_read(seq: int) -> bytes:
+                if seq == 0:
+                    raise SpillError("record 0: bad CRC")  # the disk lost the oldest record
+                return real_read(seq)
+
+            outbox.spill.read = failing_read  # type: ignore[method-assign]
+            outbox.set_connected(True)
+            outbox.rewind(0)
+            assert outbox.oldest_seq == 0 and not outbox.head_lost
+            async with asyncio.timeout(5):
+                out = await outbox.next_batch()
+            assert out.first_seq == 3 and outbox.lost_steps == 3
+            assert outbox.head_lost and outbox.oldest_seq == 3  # what the next hello declares
+            outbox.rewind(0)  # a reconnect never offers the lost batch again
+            async with asyncio.timeout(5):
+                assert (await outbox.next_batch()).first_seq == 3
+            outbox.on_ack(6)
+            assert not outbox.head_lost and outbox.oldest_seq == 6
+        finally:
+            outbox.close()
+    run(body)
