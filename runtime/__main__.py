@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
-import tomllib
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - 3.10
+    import tomli as tomllib
 from pathlib import Path
 
 from runtime.clock import GC_MODES, IsolationConfig, install_uvloop
@@ -39,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", type=Path, default=None, help="CURVE keys directory (resetfree-keys generate)")
     p.add_argument("--seed", type=int, default=None, help="seed of the simulation and the seed-phase actions")
     p.add_argument("--switch-every", type=int, default=200, help="steps per agent before switching")
+    p.add_argument("--reset-every", type=int, default=None, help="simulation: steps between environment resets "
+                   "(default: the task's EARL schedule; 0: never). A real robot is never reset")
     p.add_argument("--max-steps", type=int, default=None, help="stop cleanly after N steps (waits for acks)")
     p.add_argument("--ack-wait", type=float, default=10.0, help="--max-steps: seconds to wait for final acks")
     p.add_argument("--batch-steps", type=int, default=16, help="steps per uplink batch (lock-step window)")
@@ -89,7 +96,12 @@ def daemon_config(args: argparse.Namespace) -> DaemonConfig:
 
 async def _run(args: argparse.Namespace, config: DaemonConfig) -> int:
     robot, cameras = make_robot(args.robot, args)
-    daemon = RuntimeDaemon(config, robot, cameras, robot_facts(args.robot, robot, args.task))
+    facts = robot_facts(args.robot, robot, args.task)
+    if args.reset_every is not None:
+        if facts.kind != "sim":
+            raise RobotSpecError(f"--reset-every applies to simulated robots; {args.robot} is never reset")
+        facts = dataclasses.replace(facts, reset_interval=args.reset_every or None)
+    daemon = RuntimeDaemon(config, robot, cameras, facts)
     install_signal_handlers(daemon)
     return await daemon.run()
 

@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-every", type=int, default=10_000, help="env steps between evaluations (default 10000)")
     parser.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation (default 10)")
     parser.add_argument("--bc-steps", type=int, default=10_000, help="BC gradient steps (default 10000)")
+    parser.add_argument("--reset-every", type=int, default=None,
+                        help="env steps between environment resets (default: tabletop 10000 as the authors' "
+                             "code, other tasks EARL's schedule; 0: never)")
     parser.add_argument("--minutes", type=float, default=None, help="stop cleanly after this many minutes")
     parser.add_argument("--hz", type=float, default=500.0,
                         help="runtime control rate cap; in lock-step the learner sets the pace (default 500)")
@@ -80,6 +83,7 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
                    config=args.config, overrides=tuple(args.overrides), demos=args.demos,
                    eval_every=args.eval_every, eval_episodes=args.eval_episodes, video=not args.no_video,
                    bc_steps=args.bc_steps, max_wall_s=args.minutes * 60 if args.minutes else None, hz=args.hz,
+                   reset_every=args.reset_every,
                    device=args.device, learner_threads=args.learner_threads, log_level=args.log_level.upper())
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from learner.config import LearnerConfig
 from simulation.processes import python_module
-from simulation.run_setup import RunSpec
+from simulation.run_setup import RunSpec, reset_interval
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,9 @@ def runtime_command(spec: RunSpec, index: int, uplink: str, *, max_steps: int, s
             "--obs", spec.obs, "--lockstep", "--spill-dir", str(runtime_spill_dir(spec.run_dir, index)),
             "--control-bind", "tcp://127.0.0.1:0", "--seed", str(spec.seed + index),
             "--switch-every", str(switch_every), "--max-steps", str(max_steps), "--log-level", spec.log_level]
+    reset_every = reset_interval(spec)
+    if reset_every is not None:
+        argv += ["--reset-every", str(reset_every)]
     return argv + (["--hz", f"{spec.hz:g}"] if spec.hz is not None else [])
 
 

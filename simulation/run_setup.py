@@ -66,6 +66,9 @@ class RunSpec:
     """BC gradient steps."""
     max_wall_s: float | None = None
     """Stop cleanly after this many seconds (benchmarks); None: only ``steps`` ends the run."""
+    reset_every: int | None = None
+    """Env steps between environment resets of each simulated robot; None: the task's
+    default (:data:`DEFAULT_RESET_EVERY`, else EARL's schedule); 0: never."""
     hz: float | None = 500.0
     """Control rate of the runtimes (None: the runtime's default, 10 Hz). In lock-step the
     learner sets the pace; the rate only caps it, so the default lets a simulated run go as
@@ -100,6 +103,8 @@ class RunSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"RunSpec.{name} must be a positive int, got {value!r}")
+        if self.reset_every is not None and (not isinstance(self.reset_every, int) or self.reset_every < 0):
+            raise ValueError(f"RunSpec.reset_every must be a non-negative int or None, got {self.reset_every!r}")
         for name in ("max_wall_s", "hz"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -118,7 +123,19 @@ class RunSpec:
         return out
 
 
-RESUMED_FIELDS = ("task", "obs", "robots", "seed", "demos", "eval_every", "eval_episodes", "video", "bc_steps")
+DEFAULT_RESET_EVERY: dict[str, int] = {"tabletop": 10_000}
+"""Tasks whose default reset interval differs from EARL's: tabletop is goal-conditioned (a
+reset draws one of four goals); with EARL's 200k an hour's practice sees one goal only, so
+``resetfree-sim`` resets it every 10k steps, as the authors' code does (docs/learning.md)."""
+
+
+def reset_interval(spec: RunSpec) -> int | None:
+    """Returns the reset interval the runtimes get (None: the task's EARL schedule; 0: never)."""
+    return spec.reset_every if spec.reset_every is not None else DEFAULT_RESET_EVERY.get(spec.task)
+
+
+RESUMED_FIELDS = ("task", "obs", "robots", "seed", "demos", "eval_every", "eval_episodes", "video", "bc_steps",
+                  "reset_every")
 """What a resumed run takes from its ``run.json`` (the rest comes from the new command line)."""
 
 

@@ -10,6 +10,7 @@ speak the integration contract's command lines, so the orchestrator runs unchang
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import asyncio
 import io
 import json
@@ -90,6 +91,10 @@ def test_commands_follow_the_contract(tmp_path: Path) -> None:
                         ("--control-bind", "tcp://127.0.0.1:0")]:
         assert runtime[runtime.index(flag) + 1] == value
     assert "--lockstep" in runtime and runtime[runtime.index("--spill-dir") + 1].endswith("robot2")
+    assert "--reset-every" not in runtime  # door keeps EARL's schedule (the runtime's default)
+    tabletop = runtime_command(dataclasses.replace(spec, task="tabletop"), 0, "tcp://127.0.0.1:4000",
+                               max_steps=50, switch_every=200)
+    assert tabletop[tabletop.index("--reset-every") + 1] == "10000"  # the authors' tabletop schedule
 
 
 def test_endpoints_file_forms(tmp_path: Path) -> None:
@@ -349,7 +354,7 @@ def _fake_runtime(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser()
     for flag in ("--robot", "--learner", "--obs", "--spill-dir", "--control-bind", "--seed", "--switch-every",
-                 "--max-steps", "--log-level", "--hz"):
+                 "--max-steps", "--log-level", "--hz", "--reset-every"):
         p.add_argument(flag)
     p.add_argument("--lockstep", action="store_true")
     args = p.parse_args(argv)
