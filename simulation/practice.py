@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,8 +40,10 @@ from simulation.tasks import make, task_info
 
 logger = logging.getLogger(__name__)
 
-EARL_DEMO_DIR = Path(__file__).resolve().parents[2] / "shared" / "earl-demos"
-"""Where EARL's own state demos live in this workspace (``<task>_{forward,backward}.npz``)."""
+EARL_DEMO_DIR = Path(os.environ.get("RESETFREE_EARL_DEMOS")
+                     or Path(__file__).resolve().parents[2] / "shared" / "earl-demos")
+"""Where EARL's own state demos live (``<task>_{forward,backward}.npz``): ``$RESETFREE_EARL_DEMOS``,
+else ``../shared/earl-demos`` beside the checkout, as the fidelity tests look."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

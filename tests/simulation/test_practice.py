@@ -12,6 +12,7 @@ from learner.bc import BCConfig
 from learner.config import LearnerConfig, profile
 from learner.networks import NetworkConfig
 from simulation.practice import (
+    EARL_DEMO_DIR,
     PracticeConfig, bc_baseline, load_task_demos, practice, state_spec,
 )
 
@@ -61,6 +62,11 @@ def test_practice_stops_on_the_wall_clock_budget(tabletop_demos: tuple) -> None:
     assert len(result.curve) == 1  # the closing evaluation
 
 
+needs_earl_demos = pytest.mark.skipif(not (EARL_DEMO_DIR / "tabletop_forward.npz").is_file(),
+                                      reason=f"EARL demos not found at {EARL_DEMO_DIR}")
+
+
+@needs_earl_demos
 def test_practice_rejects_demos_of_another_task(tabletop_demos: tuple) -> None:
     door = load_task_demos("door", "forward", source="earl", episodes=1)
     with pytest.raises(ValueError, match="state shape"):
@@ -75,6 +81,7 @@ def test_bc_baseline_learns_the_expert_on_tabletop(tabletop_demos: tuple) -> Non
     assert len(result.successes) == 2 and 0.0 <= result.success_rate <= 1.0
 
 
+@needs_earl_demos
 def test_load_task_demos_sources() -> None:
     earl = load_task_demos("tabletop", "forward", source="earl")
     assert earl.num_episodes == 12 and earl.observations["state"].shape[1:] == state_spec("tabletop")["state"][0]
