@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-every", type=int, default=10_000, help="env steps between evaluations")
     parser.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation")
     parser.add_argument("--bc-steps", type=int, default=10_000, help="BC baseline gradient steps")
+    parser.add_argument("--demos", type=Path, default=None,
+                        help="directory of demo files (default: generate with the scripted experts)")
     parser.add_argument("--config", type=Path, default=None, help="learner TOML over profile and preset")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="learner config override (repeatable)")
@@ -76,7 +78,7 @@ def main(argv: list[str]) -> int:
     run_dir = args.run_dir or Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     spec = RunSpec(run_dir=run_dir, task=args.task, obs=args.obs, steps=args.steps, robots=args.robots,
                    seed=args.seed, config=args.config, overrides=tuple(args.overrides), eval_every=args.eval_every,
-                   eval_episodes=args.eval_episodes, video=args.video, bc_steps=args.bc_steps,
+                   eval_episodes=args.eval_episodes, video=args.video, bc_steps=args.bc_steps, demos=args.demos,
                    max_wall_s=args.minutes * 60.0, device=args.device, log_level="WARNING")
     display = ProgressDisplay(io.StringIO() if args.quiet else sys.stderr, interval=10.0, tty=False)
     outcome = asyncio.run(Orchestrator(spec, display).run())
