@@ -119,7 +119,7 @@ async def measure_rate(hz: float, seconds: float, args: argparse.Namespace, work
     env = {**os.environ, "OMP_NUM_THREADS": str(args.load_threads), "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
     load = None if args.no_load else subprocess.Popen([sys.executable, "-m", "simulation.bench_runtime", "--load", str(seconds + 60),
                              "--load-threads", str(args.load_threads)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.PIPE, stderr=open(work / f"load-{int(hz)}.log", "wb"))
     cmd = [sys.executable, "-m", "runtime", "--robot", "sim:cube", "--obs", "pixels", "--hz", str(hz),
            "--learner", endpoint, "--spill-dir", str(spill), "--control-bind", "tcp://127.0.0.1:0",
            "--seed", "0", "--priority", args.priority, "--gc", args.gc, "--log-level", "WARNING"]
@@ -130,6 +130,9 @@ async def measure_rate(hz: float, seconds: float, args: argparse.Namespace, work
     control: StatusPoller | None = None
     try:
         control = StatusPoller(await _wait_control(spill, runtime))
+        if load is not None and load.poll() is not None:
+            raise RuntimeError(f"the learner load exited with code {load.returncode} before the measurement; "
+                               f"see {work / f'load-{int(hz)}.log'}")
         started, version = time.monotonic(), 0
         while time.monotonic() - started < seconds:
             await asyncio.sleep(min(args.publish_every, max(0.0, seconds - (time.monotonic() - started))))
@@ -193,13 +196,13 @@ def run_load(seconds: float, threads: int) -> int:
     import torch
 
     from learner.agent import AgentConfig, RedqAgent
-    from learner.bench import filled_replay
+    from learner.bench import ACTION_DIM, filled_replay
 
     torch.set_num_threads(threads)
     spec = {"wrist": ((3, 84, 84), "uint8"), "third_person": ((3, 84, 84), "uint8"), "proprio": ((4,), "float32")}
     rng = np.random.default_rng(0)
     buf = filled_replay(spec, 1000, rng)
-    agent = RedqAgent(spec, 5, AgentConfig(), NetworkConfig(), "cpu")
+    agent = RedqAgent(spec, ACTION_DIM, AgentConfig(), NetworkConfig(), "cpu")
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     start, updates = time.perf_counter(), 0
