@@ -187,8 +187,14 @@ class IsolationConfig:
     heap); ``manual`` (freeze, ``gc.disable()``, and :func:`collect_young` between ticks)."""
     torch_threads: int = 1
     """Intra-op threads for inference (one: no pool wake-ups on the tick)."""
+    switch_interval_s: float = 0.0005
+    """``sys.setswitchinterval``: how long a worker thread (weight verification, camera or
+    simulator threads) may hold the GIL before the loop's thread gets it back. Python's
+    default, 5 ms, lets one busy worker delay a tick by up to 5 ms."""
 
     def __post_init__(self) -> None:
+        if not 1e-5 <= self.switch_interval_s <= 0.05:
+            raise ValueError(f"switch_interval_s: must be in [1e-5, 0.05], got {self.switch_interval_s}")
         if self.cpu is not None and self.cpu < 0:
             raise ValueError(f"cpu: must be >= 0 or None, got {self.cpu}")
         if self.priority not in ("none", "nice", "fifo"):
@@ -211,9 +217,13 @@ def apply_isolation(config: IsolationConfig) -> dict[str, str]:
 
     import torch
 
+    import sys
+
     outcome: dict[str, str] = {}
     torch.set_num_threads(config.torch_threads)
     outcome["torch_threads"] = str(config.torch_threads)
+    sys.setswitchinterval(config.switch_interval_s)
+    outcome["switch_interval_ms"] = f"{config.switch_interval_s * 1e3:g}"
     if config.cpu is not None:
         try:
             os.sched_setaffinity(0, {config.cpu})

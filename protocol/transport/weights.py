@@ -172,7 +172,9 @@ class WeightsSubscriber:
                 agent = next(iter(self._pending))
                 weights = self._pending.pop(agent)
                 try:
-                    weights.verify()
+                    # Hashing megabytes takes tens of ms: off the event loop, which may be
+                    # the one running the robot (hashlib releases the GIL).
+                    await asyncio.to_thread(weights.verify)
                 except ChecksumError as e:
                     self.rejected_count += 1
                     logger.warning("weights: %s", e)
