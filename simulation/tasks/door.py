@@ -94,6 +94,13 @@ class DoorEnv(SawyerTaskEnv):
         self.data.qvel[self._door_qvel] = 0.0
         mujoco.mj_forward(self.model, self.data)
 
+    def set_from_earl_observation(self, vector: np.ndarray) -> None:
+        """Hand and gripper from EARL's first four numbers; the door angle that puts the
+        handle at the observed handle position."""
+        vector = self._check_earl_vector(vector)
+        self._pose_hand(vector[:3], float(vector[3]))
+        self.set_door_angle(self.angle_for_handle(vector[4:6]))
+
     # ------------------------------------------------------------------ task hooks
     def _task_reset(self, rng: np.random.Generator, options: dict[str, Any]) -> None:
         init = parse_init(options)

@@ -92,6 +92,13 @@ class PegEnv(SawyerTaskEnv):
         self.data.qvel[self._peg_qvel:self._peg_qvel + 6] = 0.0
         mujoco.mj_forward(self.model, self.data)
 
+    def set_from_earl_observation(self, vector: np.ndarray) -> None:
+        """Hand and gripper from EARL's first four numbers; the peg axis-aligned with its head
+        at the observed head position (a peg tilted in the hand is drawn level)."""
+        vector = self._check_earl_vector(vector)
+        self._pose_hand(vector[:3], float(vector[3]))
+        self.set_peg_pos(vector[4:7] - HEAD_OFFSET)
+
     # ------------------------------------------------------------------ task hooks
     def _task_reset(self, rng: np.random.Generator, options: dict[str, Any]) -> None:
         init = parse_init(options)

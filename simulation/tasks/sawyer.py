@@ -37,6 +37,10 @@ FRAME_SKIP = 5
 HAND_QUAT = np.array([1.0, 0.0, 1.0, 0.0])
 """Mocap orientation metaworld writes every step (gripper pointing down; MuJoCo normalises it)."""
 RESET_HAND_STEPS = 50
+GRIPPER_SETTLE_STEPS = 10
+"""Steps per correction while re-posing the hand (also closes the fingers for a grasp)."""
+POSE_CORRECTIONS = 4
+"""Mocap-target corrections when re-posing the hand from an observed position."""
 """Environment steps metaworld spends driving the hand to its start position on reset."""
 WELD_DATA = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 5.0])
 """Mocap weld parameters metaworld 3 sets (anchor, zero relative pose, torque scale 5)."""
@@ -142,6 +146,32 @@ class SawyerTaskEnv(TaskEnv, abc.ABC):
             self.data.mocap_pos[self._mocap_id] = position
             self.data.mocap_quat[self._mocap_id] = HAND_QUAT
             self._simulate(-1.0)
+
+    def _pose_hand(self, position: np.ndarray, opening: float) -> None:
+        """Resets the simulation with the hand at ``position`` and the gripper opening
+        (EARL's normalised ``[0, 1]``) approached by closing or opening for a few steps."""
+        target = np.asarray(position, dtype=np.float64)
+        self._reset_hand(np.clip(target, HAND_LOW, HAND_HIGH))
+        gripper = 1.0 if opening < 0.5 else -1.0
+        # The welded hand settles a few mm off its mocap target: steer the target by the
+        # remaining error until the hand itself is where EARL observed it.
+        for _ in range(POSE_CORRECTIONS):
+            mocap = self.data.mocap_pos[self._mocap_id] + (target - self.hand_pos())
+            self.data.mocap_pos[self._mocap_id] = np.clip(mocap, HAND_LOW, HAND_HIGH)
+            for _ in range(GRIPPER_SETTLE_STEPS):
+                self._simulate(gripper)
+
+    @abc.abstractmethod
+    def set_from_earl_observation(self, vector: np.ndarray) -> None:
+        """Puts the scene in the state EARL's observation ``vector`` describes (hand, gripper,
+        object), so EARL's state demos can be re-rendered as pixel demos. Raises ValueError
+        for a vector of the wrong length or with non-finite values."""
+
+    def _check_earl_vector(self, vector: np.ndarray) -> np.ndarray:
+        vector = np.asarray(vector, dtype=np.float64).reshape(-1)
+        if vector.shape != (self.info.state_dim,) or not np.all(np.isfinite(vector)):
+            raise ValueError(f"vector: expected {self.info.state_dim} finite numbers, got shape {vector.shape}")
+        return vector
 
     def _task_step(self, action: np.ndarray) -> None:
         target = self.data.mocap_pos[self._mocap_id] + ACTION_SCALE * action[:3]

@@ -189,6 +189,11 @@ class TabletopEnv(TaskEnv):
                 self._sync_scene()
         return self._goal_images[key]
 
+    def set_from_earl_observation(self, vector: np.ndarray) -> None:
+        """Sets the kinematic scene (gripper, mug, attachment, goal) from EARL's 12-d vector.
+        Raises ValueError for a vector that is not 12 finite numbers."""
+        self.set_state({"task_state": np.asarray(vector, dtype=np.float64)})
+
     def get_state(self) -> dict[str, np.ndarray]:
         """Returns the simulator state; ``"task_state"`` holds the 12-d EARL state (float64)."""
         state = super().get_state()
