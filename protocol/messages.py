@@ -245,6 +245,9 @@ class Weights:
     """Parameter name → array."""
     sha256: str
     """:func:`weights_sha256` of ``tensors`` (64 lowercase hex digits)."""
+    verified: bool = dataclasses.field(default=False, init=False, compare=False, repr=False)
+    """Set by a successful :meth:`verify` (never travels), so a blob the transport checked
+    is not hashed again on its way to the policy (the arrays are read-only views)."""
 
     def __post_init__(self) -> None:
         _require(self.agent in AGENTS, "weights.agent", f"must be one of {AGENTS}, got {self.agent!r}")
@@ -259,10 +262,13 @@ class Weights:
 
     def verify(self) -> None:
         """Checks the checksum; returns None, raises ChecksumError on mismatch."""
+        if self.verified:
+            return
         actual = weights_sha256(self.tensors)
         if actual != self.sha256:
             raise ChecksumError(f"weights.sha256: {self.agent} v{self.version} declared "
                                 f"{self.sha256[:12]}…, tensors hash to {actual[:12]}…")
+        object.__setattr__(self, "verified", True)
 
     @property
     def nbytes(self) -> int:
@@ -380,4 +386,4 @@ def messages_equal(a: Message, b: Message) -> bool:
     """Returns True when two messages have the same type and bitwise-equal contents."""
     if type(a) is not type(b):
         return False
-    return all(_values_equal(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
+    return all(_values_equal(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a) if f.compare)

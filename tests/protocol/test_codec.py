@@ -219,3 +219,21 @@ def test_declared_size_far_beyond_data() -> None:
     h = _header(small_batch())
     with pytest.raises(ProtocolError, match="needs"):
         decode(_pack({**h, "actions": {"dtype": "float64", "shape": [4096, 4096], "data": b"x"}}))
+
+
+def test_weights_verification_is_remembered_and_never_encoded() -> None:
+    from protocol.errors import ChecksumError
+    from protocol.messages import Weights
+
+    good = Weights.create(agent="forward", version=3, tensors={"w": np.ones((4, 4), np.float32)})
+    assert not good.verified
+    good.verify()
+    assert good.verified
+    [frame] = encode(good, single_frame=True)
+    assert b"verified" not in bytes(frame)
+    decoded = decode([frame])
+    assert not decoded.verified and messages_equal(decoded, good)
+    bad = Weights(agent="forward", version=3, tensors={"w": np.zeros((4, 4), np.float32)}, sha256=good.sha256)
+    with pytest.raises(ChecksumError):
+        bad.verify()
+    assert not bad.verified
