@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 import safetensors.torch
+from safetensors.torch import load as load_safetensors  # safetensors' parser: no pickle
 import torch
 from safetensors import SafetensorError
 
@@ -228,7 +229,7 @@ def load_checkpoint(path: Path | str, *, with_replay: bool = True) -> Checkpoint
         raise CheckpointError(f"{meta_path}: format_version {version!r}, expected {FORMAT_VERSION}")
     tensors_blob = _read_checked(ckpt / TENSORS_FILE, meta)
     try:
-        tensors = safetensors.torch.load(tensors_blob)
+        tensors = load_safetensors(tensors_blob)
     except SafetensorError as e:
         raise CheckpointError(f"{ckpt / TENSORS_FILE}: corrupt safetensors: {e}") from e
     replay = None
