@@ -55,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera", action="append", metavar="NAME=SERIAL", help="RealSense camera (repeatable)")
     p.add_argument("--task", default=None, help="task name sent to the learner (real robot; sim: from --robot)")
     p.add_argument("--cpu", type=int, default=None, help="pin the runtime to this CPU")
-    p.add_argument("--priority", choices=("none", "nice", "fifo"), default="nice",
-                   help="raise scheduling priority (best effort; needs privileges)")
+    p.add_argument("--priority", choices=("none", "nice", "fifo"), default="fifo",
+                   help="scheduling priority: fifo (SCHED_FIFO, falls back to nice without the "
+                        "privilege), nice, none. Measured on 2 cores with a learner training: "
+                        "fifo gives 0 overruns at 10 and 50 Hz where nice gives hundreds")
     p.add_argument("--gc", choices=GC_MODES, default="freeze", help="garbage-collector handling (jitter)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for inference")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")

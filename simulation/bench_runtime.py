@@ -223,7 +223,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--load-threads", type=int, default=2, help="torch threads of the learner load")
     p.add_argument("--no-load", action="store_true", help="idle machine (no learner load)")
     p.add_argument("--cpu", type=int, default=None, help="runtime --cpu")
-    p.add_argument("--priority", default="nice", help="runtime --priority (none, nice, fifo)")
+    p.add_argument("--priority", default="fifo", help="runtime --priority (none, nice, fifo)")
     p.add_argument("--gc", default="freeze", help="runtime --gc (default, freeze, manual)")
     p.add_argument("--load", type=float, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -42,7 +42,10 @@ def runtime_command(spec: RunSpec, index: int, uplink: str, *, max_steps: int, s
     argv = [*python_module(spec.runtime_module), "--robot", f"sim:{spec.task}", "--learner", uplink,
             "--obs", spec.obs, "--lockstep", "--spill-dir", str(runtime_spill_dir(spec.run_dir, index)),
             "--control-bind", "tcp://127.0.0.1:0", "--seed", str(spec.seed + index),
-            "--switch-every", str(switch_every), "--max-steps", str(max_steps), "--log-level", spec.log_level]
+            "--switch-every", str(switch_every), "--max-steps", str(max_steps), "--log-level", spec.log_level,
+            # lock-step: the learner sets the pace and jitter does not matter; a real-time
+            # priority would only take CPU from the learner on a small machine
+            "--priority", "none"]
     reset_every = reset_interval(spec)
     if reset_every is not None:
         argv += ["--reset-every", str(reset_every)]

@@ -354,7 +354,7 @@ def _fake_runtime(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser()
     for flag in ("--robot", "--learner", "--obs", "--spill-dir", "--control-bind", "--seed", "--switch-every",
-                 "--max-steps", "--log-level", "--hz", "--reset-every"):
+                 "--max-steps", "--log-level", "--hz", "--reset-every", "--priority"):
         p.add_argument(flag)
     p.add_argument("--lockstep", action="store_true")
     args = p.parse_args(argv)
