@@ -33,6 +33,7 @@ from learner.discriminators import DiscriminatorConfig
 from learner.networks import NetworkConfig
 from learner.replay import ReplayConfig
 from learner.trainer import ScheduleConfig
+from protocol.messages import WIRE_DTYPES
 from protocol.session import SessionSettings
 
 logger = logging.getLogger(__name__)
@@ -87,8 +88,15 @@ class ServiceConfig:
     """Steps the ingest journal keeps at least; 0 means twice ``replay.capacity`` (both buffers)."""
     progress_every_s: float = 5.0
     """Seconds between console progress lines."""
+    weights_dtype: str = "float16"
+    """Dtype float tensors are published in: ``float16`` halves every swap's bytes (transfer,
+    checksum, copy) at a rounding of 2⁻¹¹ relative — finer than the bf16 (2⁻⁸) the encoder
+    computes in under autocast; a tensor float16 cannot hold goes as float32. ``float32``
+    publishes the tensors exactly. Checkpoints always keep float32."""
 
     def __post_init__(self) -> None:
+        if self.weights_dtype not in WIRE_DTYPES:
+            raise ValueError(f"ServiceConfig.weights_dtype must be one of {WIRE_DTYPES}, got {self.weights_dtype!r}")
         for name in ("torch_threads", "publish_every", "checkpoint_every", "keep_checkpoints", "log_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

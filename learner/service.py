@@ -47,7 +47,8 @@ from learner.metrics import Metrics
 from learner.trainer import BACKWARD, FORWARD, MedalTrainer
 from protocol.errors import ProtocolError, SequenceGap
 from protocol.keys import CurveServerKeys
-from protocol.messages import AGENTS, Ack, Command, Heartbeat, Hello, Status, TransitionBatch, Weights, Welcome
+from protocol.messages import (AGENTS, Ack, Command, Heartbeat, Hello, Status, TransitionBatch, Weights, Welcome,
+                               weights_in_dtype)
 from protocol.reliability import ReceiveTracker
 from protocol.transport import (ControlServer, ControlServerConfig, UplinkServer, UplinkServerConfig,
                                 WeightsPublisher, WeightsPublisherConfig)
@@ -238,6 +239,7 @@ class TrainingWorker:
             self.weights_withheld += 1
             self._published[agent] = max(self._published[agent], version)  # retry after publish_every more
             return
+        tensors = weights_in_dtype(tensors, self.cfg.service.weights_dtype)
         self._publish_cb(Weights.create(agent=AGENTS[agent], version=version, tensors=tensors))
         self._published[agent] = version
 

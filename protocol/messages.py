@@ -232,6 +232,30 @@ def weights_sha256(tensors: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+WIRE_DTYPES: tuple[str, ...] = ("float16", "float32")
+"""Dtypes a publisher may send float weight tensors in (a receiver accepts either)."""
+
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def weights_in_dtype(tensors: dict[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
+    """Returns ``tensors`` with every float32 array cast to ``dtype`` (one of :data:`WIRE_DTYPES`).
+
+    An array with a value float16 cannot hold (|x| > 65504, or non-finite) stays float32, so
+    the cast never turns a finite weight into inf. Other dtypes pass through unchanged.
+    Raises ValueError for an unknown ``dtype``.
+    """
+    if dtype not in WIRE_DTYPES:
+        raise ValueError(f"weights dtype must be one of {WIRE_DTYPES}, got {dtype!r}")
+    if dtype == "float32":
+        return dict(tensors)
+    out: dict[str, np.ndarray] = {}
+    for name, array in tensors.items():
+        fits = array.dtype == np.float32 and (array.size == 0 or float(np.abs(array).max()) <= _FLOAT16_MAX)
+        out[name] = array.astype(np.float16) if fits else array
+    return out
+
+
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Weights:
     """learner → runtime: one agent's actor ``state_dict`` tensors, versioned and checksummed."""

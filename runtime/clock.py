@@ -109,6 +109,19 @@ class Clock:
         """``perf_counter`` time of the next deadline (None before the first tick)."""
         return None if self._next is None else self._next + self.period
 
+    async def wait_lead(self, lead_s: float) -> bool:
+        """Sleeps until ``lead_s`` before the next deadline (for work due just before a tick);
+        returns False at once, without sleeping, before the first tick or when that moment
+        has passed. Does not count as a tick."""
+        deadline = self.next_deadline
+        if deadline is None:
+            return False
+        remaining = deadline - lead_s - self._now()
+        if remaining <= 0:
+            return False
+        await self._sleep(remaining)
+        return True
+
     def rebase(self) -> None:
         """Restarts the deadline grid from now (after a deliberate pause such as a lock-step
         gate); the next tick is due one period from now and the gap is not an error."""

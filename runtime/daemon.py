@@ -51,7 +51,7 @@ from runtime.clock import Clock, ClockConfig, IsolationConfig, collect_young, se
 from runtime.errors import RuntimeFault
 from runtime.loop import ControlLoop, LoopConfig
 from runtime.outbox import Outbox, OutboxConfig
-from runtime.policy_slot import PolicySlot
+from runtime.policy_slot import PolicySlot, PolicySlotConfig
 from runtime.robots import RobotFacts, shield_config
 from runtime.schedule import AGENT_NAMES, Schedule, ScheduleConfig
 from runtime.shield import Shield
@@ -108,6 +108,10 @@ class DaemonConfig:
     """Interval of the daemon's INFO line."""
     isolation: IsolationConfig = IsolationConfig()
     """Affinity, priority, GC and thread levers."""
+    policy: PolicySlotConfig = PolicySlotConfig()
+    """Policy slot: blob limits and the conv trunk's inference dtype."""
+    prefetch_lead_s: float = 0.008
+    """Warm the caches for the acting policy this long before each tick (0: off; `LoopConfig`)."""
     gc_every_ticks: int = 50
     """``gc_mode == "manual"``: collect generation 0 after every this many ticks."""
 
@@ -226,7 +230,8 @@ class RuntimeDaemon:
         self.welcome = await self._first_welcome()
         self._weights_endpoint = reachable_endpoint(self.welcome.weights_endpoint, self.config.learner)
         obs_spec = {name: (tuple(s.shape), s.dtype) for name, s in self._space.items()}
-        self.policy = PolicySlot.for_actor(obs_spec, self.robot.action_spec.shape[0], self.welcome.net_config)
+        self.policy = PolicySlot.for_actor(obs_spec, self.robot.action_spec.shape[0], self.welcome.net_config,
+                                           self.config.policy)
         self.outbox.rewind(self.welcome.resume_seq)
         self.outbox.set_connected(True)
         self.trained_through = self.welcome.resume_seq
@@ -276,7 +281,8 @@ class RuntimeDaemon:
         shield = Shield(shield_config(self.robot, self.facts, self.config.hz))
         period = 1.0 / self.config.hz
         loop_config = LoopConfig(max_frame_age_s=3 * period + 0.1, batch_steps=self.config.batch_steps,
-                                 env_reset_every=self.facts.reset_interval)
+                                 env_reset_every=self.facts.reset_interval,
+                                 prefetch_lead_s=self.config.prefetch_lead_s)
         return ControlLoop(robot=self.robot, cameras=self.cameras, policy=self.policy, shield=shield,
                            schedule=schedule, clock=Clock(ClockConfig(rate_hz=self.config.hz)), sink=self.outbox,
                            config=loop_config, gate=self._gate)

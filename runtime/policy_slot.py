@@ -19,6 +19,7 @@ import asyncio
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,7 +36,28 @@ from runtime.stats import Ring
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OfferResult", "PolicySlot", "PolicySlotConfig", "weights_sha256"]
+__all__ = ["CONV_DTYPES", "OfferResult", "PolicySlot", "PolicySlotConfig", "resolve_conv_dtype",
+           "weights_sha256"]
+
+CONV_DTYPES = ("auto", "float32", "bfloat16")
+
+# Blobs decoded from ZeroMQ frames are read-only arrays; the slot only ever *reads* them (copies
+# them into its own modules), which is what torch's one-time "not writable" warning is about.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+
+
+def resolve_conv_dtype(name: str) -> torch.dtype:
+    """Returns the torch dtype for ``PolicySlotConfig.conv_dtype`` (``auto`` resolved here)."""
+    if name == "auto":
+        name = "bfloat16" if _native_bf16() else "float32"
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def _native_bf16() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without the check
+        return False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,8 +68,15 @@ class PolicySlotConfig:
     """Largest accepted weights blob (sum of tensor bytes)."""
     stats_window: int = 2000
     """Inference-time samples kept for percentiles."""
+    conv_dtype: str = "auto"
+    """Dtype the actor's conv trunk runs in: ``bfloat16`` holds a bf16 copy of it, computing as
+    the learner does under autocast (``agent.encoder_bf16``);
+    ``float32`` runs the published tensors as they are; ``auto`` picks bfloat16 where the CPU
+    has native bf16 (AMX / AVX512-BF16), else float32. State-mode policies are unaffected."""
 
     def __post_init__(self) -> None:
+        if self.conv_dtype not in CONV_DTYPES:
+            raise ValueError(f"conv_dtype: must be one of {CONV_DTYPES}, got {self.conv_dtype!r}")
         if self.max_blob_bytes < 1:
             raise ValueError(f"max_blob_bytes: must be positive, got {self.max_blob_bytes}")
         if self.stats_window < 1:
@@ -74,23 +103,30 @@ class OfferResult:
 class _Active:
     module: nn.Module
     version: int
+    weights: tuple[torch.Tensor, ...]
+    """The module's parameters and buffers (what :meth:`PolicySlot.prefetch` reads)."""
 
 
 class PolicySlot:
     """Holds the active policy module of each agent; see the module docstring."""
 
-    def __init__(self, build: Callable[[], nn.Module], config: PolicySlotConfig | None = None) -> None:
+    def __init__(self, build: Callable[[], nn.Module], config: PolicySlotConfig | None = None, *,
+                 example: Mapping[str, np.ndarray] | None = None) -> None:
         """``build()`` returns a fresh policy module (e.g. ``build_actor(...)``); it is called
-        once now for the expected ``state_dict`` layout and later in the worker thread."""
+        once now for the expected ``state_dict`` layout and later in the worker thread.
+        ``example`` (an observation) is run through every freshly loaded module in the worker
+        thread, so the first inference on the loop does not pay for kernel set-up."""
         self.config = config or PolicySlotConfig()
         self._build = build
+        self._example = None if example is None else _batch(example)
         template = build()
-        self._layout = {name: (tuple(t.shape), _numpy_dtype(t)) for name, t in template.state_dict().items()}
+        self._layout = {name: (tuple(t.shape), _wire_dtype(t)) for name, t in template.state_dict().items()}
         self._active: dict[int, _Active] = {}
         self._spares: dict[int, nn.Module] = {0: template}
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-verify")
         self.inference_s = Ring(self.config.stats_window)
+        self.prefetch_s = Ring(self.config.stats_window)
         self.swap_ms = Ring(100)
         self.accepted = 0
         self.rejected = 0
@@ -103,9 +139,15 @@ class PolicySlot:
 
         Raises ValueError when the learner's network config is invalid.
         """
-        from learner.networks import build_actor
+        from learner.networks import build_actor, cast_conv_trunk
 
-        return cls(lambda: build_actor(obs_spec, action_dim, net_config).eval(), config)
+        config = config or PolicySlotConfig()
+        dtype = resolve_conv_dtype(config.conv_dtype)
+        example = {name: np.zeros(shape, dtype) for name, (shape, dtype) in obs_spec.items()}
+        slot = cls(lambda: cast_conv_trunk(build_actor(obs_spec, action_dim, net_config).eval(), dtype), config,
+                   example=example)
+        logger.info("policy: conv trunk runs in %s", str(dtype).removeprefix("torch."))
+        return slot
 
     # ------------------------------------------------------------------ queries
     def has_policy(self, agent: int) -> bool:
@@ -121,7 +163,8 @@ class PolicySlot:
         """Returns versions, accepted/rejected counts and swap/inference times for stats."""
         out: dict[str, float] = {"accepted": self.accepted, "rejected": self.rejected,
                                  "swap_to_active_ms_last": self.swap_ms.values()[-1] if len(self.swap_ms) else 0.0,
-                                 "inference_p50_ms": self.inference_s.percentile(50) * 1e3}
+                                 "inference_p50_ms": self.inference_s.percentile(50) * 1e3,
+                                 "prefetch_p50_ms": self.prefetch_s.percentile(50) * 1e3}
         for agent, active in self._active.items():
             out[f"version_{AGENT_NAMES[agent]}"] = active.version
         return out
@@ -166,12 +209,23 @@ class PolicySlot:
                 module = self._spares.pop(1 - agent, None)
         if module is None:
             module = self._build()
+        # One pass per tensor, straight from the (read-only) received arrays into the spare's
+        # own storage, converting where the slot holds another dtype (bf16 encoder). The names
+        # and shapes were checked against the layout, so this cannot half-load.
+        targets = module.state_dict()
         try:
-            state = {name: torch.from_numpy(_writable(array)) for name, array in tensors.items()}
-            module.load_state_dict(state, strict=True)
+            with torch.no_grad():
+                for name, array in tensors.items():
+                    targets[name].copy_(torch.from_numpy(array))
         except (RuntimeError, ValueError, TypeError) as e:
-            raise WeightsRejected(f"load_state_dict failed: {e}") from e
+            raise WeightsRejected(f"loading the tensors failed: {e}") from e
         module.eval()
+        if self._example is not None:
+            try:
+                with torch.inference_mode():
+                    module(self._example)  # kernel set-up and caches, off the loop
+            except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:
+                raise WeightsRejected(f"the policy fails on an example observation: {e}") from e
         return agent, version, module
 
     def _verify(self, weights: Any) -> tuple[int, int, dict[str, np.ndarray]]:
@@ -194,13 +248,13 @@ class PolicySlot:
         total = 0
         for name, (shape, dtype) in self._layout.items():
             array = tensors[name]
-            if not isinstance(array, np.ndarray) or array.shape != shape or array.dtype != dtype:
+            if not isinstance(array, np.ndarray) or array.shape != shape or not _dtype_fits(array.dtype, dtype):
                 got = (array.shape, array.dtype) if isinstance(array, np.ndarray) else type(array).__name__
                 raise WeightsRejected(f"tensors[{name!r}]: expected {shape} {dtype}, got {got}")
             total += array.nbytes
             if total > self.config.max_blob_bytes:
                 raise WeightsRejected(f"blob exceeds max_blob_bytes={self.config.max_blob_bytes}")
-            if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+            if array.dtype.kind == "f" and not _all_finite(array):
                 raise WeightsRejected(f"tensors[{name!r}]: non-finite values")
         already_checked = isinstance(weights, Weights) and weights.verified  # by the subscriber
         if not isinstance(checksum, str) or (not already_checked and weights_sha256(tensors) != checksum):
@@ -213,7 +267,8 @@ class PolicySlot:
             self._recycle(agent, module)
             raise WeightsRejected(f"version {version} is not newer than active {current}")
         previous = self._active.get(agent)
-        self._active[agent] = _Active(module=module, version=version)  # the atomic swap
+        weights = (*module.parameters(), *module.buffers())
+        self._active[agent] = _Active(module=module, version=version, weights=weights)  # the atomic swap
         if previous is not None:
             self._recycle(agent, previous.module)
 
@@ -241,6 +296,31 @@ class PolicySlot:
                            reason=reason, swap_to_active_ms=(time.perf_counter() - started) * 1e3)
 
     # ------------------------------------------------------------------ act
+    def prefetch(self, agent: int, observation: Mapping[str, np.ndarray] | None = None) -> None:
+        """Warms the caches for ``agent``'s next :meth:`act`; a no-op before its first weights.
+
+        With ``observation`` (the loop passes the previous tick's) it runs the policy once and
+        discards the action, which warms weights, code and buffers alike; without, it reads
+        the weights only. The loop calls it a few ms before each tick: between ticks the core
+        idles or serves the learner, and the first inference after that ran 3.5–8.7 ms where
+        a warm one takes ~2.5 ms (pixel actor, 10 Hz, this 2-core machine). Blocks for one
+        inference (or one read of the weights); errors are left to the real :meth:`act`.
+        """
+        active = self._active.get(agent)
+        if active is None:
+            return
+        started = time.perf_counter()
+        with torch.inference_mode():
+            if observation is None:
+                for tensor in active.weights:
+                    tensor.sum()  # a read of every byte; the result is discarded
+            else:
+                try:
+                    active.module(_batch(observation))
+                except (RuntimeError, ValueError, TypeError, KeyError, IndexError):
+                    pass  # act() on the next tick reports the same failure properly
+        self.prefetch_s.add(time.perf_counter() - started)
+
     def act(self, agent: int, observation: Mapping[str, np.ndarray]) -> np.ndarray:
         """Returns the deterministic action ``(A,)`` float32 of ``agent``'s policy.
 
@@ -252,9 +332,8 @@ class PolicySlot:
             raise PolicyError(f"no weights loaded for the {AGENT_NAMES[agent]} agent")
         started = time.perf_counter()
         try:
-            batch = {name: torch.from_numpy(_writable(np.asarray(v)))[None] for name, v in observation.items()}
             with torch.inference_mode():
-                output = active.module(batch)
+                output = active.module(_batch(observation))
             action = np.asarray(output.detach().cpu().numpy()[0], dtype=np.float32)
         except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:
             raise PolicyError(f"policy failed on the observation: {e}") from e
@@ -262,8 +341,31 @@ class PolicySlot:
         return action
 
 
-def _numpy_dtype(tensor: torch.Tensor) -> np.dtype:
-    return torch.empty(0, dtype=tensor.dtype).numpy().dtype
+def _wire_dtype(tensor: torch.Tensor) -> np.dtype:
+    """The dtype a tensor travels in: its own, except bf16 copies, which are published as float32."""
+    dtype = torch.float32 if tensor.dtype == torch.bfloat16 else tensor.dtype
+    return torch.empty(0, dtype=dtype).numpy().dtype
+
+
+def _dtype_fits(got: np.dtype, expected: np.dtype) -> bool:
+    """Whether a received tensor of ``got`` loads into a slot tensor published as ``expected``
+    (float32 tensors may travel as float16: ``service.weights_dtype``)."""
+    return got == expected or (expected == np.float32 and got == np.float16)
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    """Whether every element is finite. A finite sum proves it (NaN and ±inf propagate) in one
+    pass without a temporary; a non-finite sum (a bad value, or an overflow of huge finite
+    ones) is settled element-wise."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(array.sum()):
+            return True
+    return bool(np.isfinite(array).all())
+
+
+def _batch(observation: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """One observation as a batch of one (tensors sharing the arrays' memory where possible)."""
+    return {name: torch.from_numpy(_writable(np.asarray(v)))[None] for name, v in observation.items()}
 
 
 def _writable(array: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ import numpy as np
 
 from learner.networks import NetworkConfig, build_actor
 from protocol.errors import PeerTimeout, SequenceGap
-from protocol.messages import Ack, Hello, TransitionBatch, Weights, Welcome
+from protocol.messages import Ack, Hello, TransitionBatch, Weights, Welcome, weights_in_dtype
 from protocol.reliability import ReceiveTracker
 from protocol.session import SessionSettings
 from protocol.transport import UplinkServer, UplinkServerConfig, WeightsPublisher, WeightsPublisherConfig
@@ -44,8 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 class BenchLearner:
     """The learner's uplink side, minimal: welcome, dedupe + ack, publish actor weights."""
 
-    def __init__(self, net_config: dict[str, Any]) -> None:
+    def __init__(self, net_config: dict[str, Any], weights_dtype: str) -> None:
         self.net_config = net_config
+        self.weights_dtype = weights_dtype
         self.server = UplinkServer(UplinkServerConfig())
         self.publisher = WeightsPublisher(WeightsPublisherConfig())
         self.tracker = ReceiveTracker()
@@ -95,7 +96,8 @@ class BenchLearner:
         assert self.hello is not None
         spec = {n: (tuple(s.shape), s.dtype) for n, s in self.hello.observation_space.items()}
         actor = build_actor(spec, self.hello.action_space.shape[0], self.net_config)
-        tensors = {k: v.detach().numpy().copy() for k, v in actor.state_dict().items()}
+        tensors = weights_in_dtype({k: v.detach().numpy().copy() for k, v in actor.state_dict().items()},
+                                   self.weights_dtype)
         weights = Weights.create(agent="forward", version=version, tensors=tensors)
         published = time.time()
         self.publisher.publish(weights)
@@ -112,7 +114,7 @@ async def status(poller: StatusPoller) -> dict[str, object]:
 
 async def measure_rate(hz: float, seconds: float, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Runs load + runtime + uplink learner for ``seconds`` at ``hz``; returns the figures."""
-    learner = BenchLearner(NetworkConfig().to_dict())
+    learner = BenchLearner(NetworkConfig().to_dict(), args.weights_dtype)
     endpoint = await learner.start()
     serve = asyncio.create_task(learner.run())
     spill = work / f"spill-{int(hz)}"
@@ -122,7 +124,8 @@ async def measure_rate(hz: float, seconds: float, args: argparse.Namespace, work
                             stdout=subprocess.PIPE, stderr=open(work / f"load-{int(hz)}.log", "wb"))
     cmd = [sys.executable, "-m", "runtime", "--robot", "sim:cube", "--obs", "pixels", "--hz", str(hz),
            "--learner", endpoint, "--spill-dir", str(spill), "--control-bind", "tcp://127.0.0.1:0",
-           "--seed", "0", "--priority", args.priority, "--gc", args.gc, "--log-level", "WARNING"]
+           "--seed", "0", "--priority", args.priority, "--gc", args.gc, "--log-level", "WARNING",
+           "--conv-dtype", args.conv_dtype, "--prefetch-lead-ms", str(args.prefetch_lead_ms)]
     if args.cpu is not None:
         cmd += ["--cpu", str(args.cpu)]
     runtime = subprocess.Popen(cmd, cwd=ROOT, env={**env, "OMP_NUM_THREADS": "1"})
@@ -156,6 +159,7 @@ async def measure_rate(hz: float, seconds: float, args: argparse.Namespace, work
     return {"hz": hz, "jitter_p50_ms": final["jitter_p50_ms"], "jitter_p99_ms": final["jitter_p99_ms"],
             "jitter_max_ms": final["jitter_max_ms"], "overruns": final["overruns"],
             "inference_p50_ms": final["inference_p50_ms"], "inference_p99_ms": final["inference_p99_ms"],
+            "prefetch_p50_ms": final.get("policy_prefetch_p50_ms"),
             "swap_to_active_ms": float(np.median(swaps)) if swaps else None, "steps": final["steps"],
             "learner_updates_per_s": load_rate}
 
@@ -225,14 +229,19 @@ def main(argv: list[str]) -> int:
     p.add_argument("--cpu", type=int, default=None, help="runtime --cpu")
     p.add_argument("--priority", default="fifo", help="runtime --priority (none, nice, fifo)")
     p.add_argument("--gc", default="freeze", help="runtime --gc (default, freeze, manual)")
+    p.add_argument("--weights-dtype", default="float16", help="published weights dtype (the learner's "
+                   "service.weights_dtype: float16, float32)")
+    p.add_argument("--conv-dtype", default="auto", help="runtime --conv-dtype (auto, float32, bfloat16)")
+    p.add_argument("--prefetch-lead-ms", type=float, default=8.0, help="runtime --prefetch-lead-ms (0: off)")
     p.add_argument("--load", type=float, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.load is not None:
         return run_load(args.load, args.load_threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     seconds = 10.0 if args.quick else args.seconds
-    result: dict[str, Any] = {"cpu": os.cpu_count(), "levers": {"cpu": args.cpu, "priority": args.priority,
-                                                                  "gc": args.gc}}
+    result: dict[str, Any] = {"cpu": os.cpu_count(), "levers": {
+        "cpu": args.cpu, "priority": args.priority, "gc": args.gc, "conv_dtype": args.conv_dtype, "weights_dtype": args.weights_dtype,
+        "prefetch_lead_ms": args.prefetch_lead_ms}}
     with tempfile.TemporaryDirectory(prefix="bench-runtime-") as work:
         for hz in (float(r) for r in args.rates.split(",")):
             figures = asyncio.run(measure_rate(hz, seconds, args, Path(work)))

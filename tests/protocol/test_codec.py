@@ -237,3 +237,28 @@ def test_weights_verification_is_remembered_and_never_encoded() -> None:
     with pytest.raises(ChecksumError):
         bad.verify()
     assert not bad.verified
+
+
+@given(st.lists(st.floats(width=32, allow_nan=True, allow_infinity=True), min_size=1, max_size=64))
+def test_float16_weights_never_turn_a_finite_value_infinite(values) -> None:
+    from protocol.messages import weights_in_dtype
+
+    array = np.asarray(values, np.float32)
+    wire = weights_in_dtype({"w": array, "steps": np.arange(3, dtype=np.int64)}, "float16")
+    assert wire["steps"].dtype == np.int64
+    if np.all(np.isfinite(array)) and np.abs(array).max() <= 65504:
+        assert wire["w"].dtype == np.float16
+        back = wire["w"].astype(np.float32)
+        # float16 rounding: relative 2^-11 for normal values, absolute 2^-25 below 2^-14
+        np.testing.assert_array_less(np.abs(back - array), np.maximum(np.abs(array) * 2.0**-11, 2.0**-24) * 1.0001)
+    else:
+        assert wire["w"] is array  # kept exactly: float16 cannot hold it
+
+
+def test_weights_dtype_float32_is_exact_and_unknown_dtypes_are_refused() -> None:
+    from protocol.messages import weights_in_dtype
+
+    w = {"a": np.linspace(-1, 1, 5, dtype=np.float32)}
+    assert weights_in_dtype(w, "float32")["a"] is w["a"]
+    with pytest.raises(ValueError, match="weights dtype"):
+        weights_in_dtype(w, "bfloat16")

@@ -109,3 +109,20 @@ def test_ring_keeps_a_bounded_window() -> None:
         ring.add(float(value))
     assert ring.values().tolist() == [6.0, 7.0, 8.0, 9.0] and ring.total == 10
     assert ring.max_ever == 9.0 and ring.percentile(50) == pytest.approx(7.5)
+
+
+def test_wait_lead_wakes_just_before_the_next_deadline_without_a_tick() -> None:
+    clock, vt = virtual_clock(10.0)
+
+    async def body() -> None:
+        assert not await clock.wait_lead(0.004)  # before the first tick: no grid yet
+        first = await clock.wait_next()
+        assert await clock.wait_lead(0.004)
+        assert vt.now() == pytest.approx(first.deadline + 0.1 - 0.004)
+        assert not await clock.wait_lead(0.010)  # that moment has passed: returns at once
+        assert vt.now() == pytest.approx(first.deadline + 0.1 - 0.004)
+        tick = await clock.wait_next()
+        assert tick.index == 1 and not tick.late
+
+    asyncio.run(body())
+    assert clock.ticks == 2 and clock.overruns == 0

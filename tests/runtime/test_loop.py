@@ -115,6 +115,8 @@ def test_hot_swap_while_running_costs_no_tick(tmp_path: Path) -> None:
         assert loop.policy.version(0) == 7 and loop.policy.version(1) == 8 and loop.policy.rejected == 8
         assert loop_stats.steps == outbox.next_seq and robot.stop_calls >= 1
         assert loop_stats.inference_p50_ms > 0 and stats.policy["swap_to_active_ms_last"] < 200
+        # 50 Hz leaves room for the 4 ms prefetch lead: it ran before the ticks that had weights
+        assert len(loop.policy.prefetch_s) >= stats.ticks // 3 and stats.policy["prefetch_p50_ms"] > 0
 
     asyncio.run(body())
 

@@ -116,3 +116,52 @@ def test_checksum_is_order_independent_and_content_sensitive() -> None:
     assert weights_sha256(a) == weights_sha256(b)
     assert weights_sha256(a) != weights_sha256({**a, "x": a["x"].reshape(3, 2)})
     assert weights_sha256(a) != weights_sha256({**a, "b": np.ones(2, np.int32)})
+
+
+def test_float16_weights_load_into_a_float32_policy() -> None:
+    from protocol.messages import Weights, weights_in_dtype
+
+    exact = make_weights("forward", 1, seed=4)
+    half = weights_in_dtype(exact.tensors, "float16")
+    assert all(a.dtype == np.float16 for a in half.values())
+    slot = PolicySlot(TinyPolicy)
+    try:
+        assert slot.offer_blocking(Weights.create(agent="forward", version=1, tensors=half)).accepted
+        np.testing.assert_allclose(slot.act(0, OBS), reference_action(exact, OBS), atol=2e-3)
+    finally:
+        slot.close()
+
+
+def test_bfloat16_conv_trunk_acts_like_the_float32_pixel_actor() -> None:
+    from learner.networks import NetworkConfig, build_actor
+    from protocol.messages import Weights
+    from runtime.policy_slot import PolicySlotConfig
+
+    spec = {"wrist": ((3, 84, 84), "uint8"), "proprio": ((4,), "float32")}
+    net = NetworkConfig(hidden_dim=64)
+    tensors = {k: v.numpy().copy() for k, v in build_actor(spec, 3, net).state_dict().items()}
+    rng = np.random.default_rng(0)
+    obs = {"wrist": rng.integers(0, 256, (3, 84, 84), dtype=np.uint8), "proprio": rng.standard_normal(4).astype(np.float32)}
+    actions = {}
+    for dtype in ("float32", "bfloat16"):
+        slot = PolicySlot.for_actor(spec, 3, net.to_dict(), PolicySlotConfig(conv_dtype=dtype))
+        try:
+            assert slot.offer_blocking(Weights.create(agent="forward", version=1, tensors=tensors)).accepted
+            actions[dtype] = slot.act(0, obs)
+        finally:
+            slot.close()
+    assert np.abs(actions["float32"]).max() > 1e-3
+    np.testing.assert_allclose(actions["bfloat16"], actions["float32"], atol=1e-2)
+
+
+def test_prefetch_reads_the_active_weights_and_is_a_no_op_before_them() -> None:
+    slot = PolicySlot(TinyPolicy)
+    try:
+        slot.prefetch(0)
+        assert len(slot.prefetch_s) == 0
+        assert slot.offer_blocking(make_weights("forward", 1)).accepted
+        slot.prefetch(0)
+        slot.prefetch(1)  # no backward weights yet
+        assert len(slot.prefetch_s) == 1 and slot.counters()["prefetch_p50_ms"] > 0
+    finally:
+        slot.close()
