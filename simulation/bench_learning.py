@@ -32,6 +32,7 @@ from typing import Any
 
 from simulation.orchestrator import TASKS, Orchestrator, RunSpec
 from simulation.progress import ProgressDisplay
+from simulation.run_setup import UNBOUNDED_STEPS
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", choices=TASKS, default="tabletop", help="task (default tabletop)")
     parser.add_argument("--obs", choices=("state", "pixels"), default="state", help="observations (default state)")
     parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock minutes of learning (default 10)")
-    parser.add_argument("--steps", type=int, default=10**9, help="stop earlier at this many env steps")
+    parser.add_argument("--steps", type=int, default=UNBOUNDED_STEPS, help="stop earlier at this many env steps")
     parser.add_argument("--robots", type=int, default=1, help="simulated runtimes (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed")
     parser.add_argument("--run-dir", type=Path, default=None, help="run directory (default runs/bench-<timestamp>)")

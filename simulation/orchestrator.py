@@ -51,8 +51,8 @@ from simulation.processes import (ChildProcess, StatusPoller, child_env, pick_en
 from simulation.progress import ProgressDisplay, Snapshot
 from simulation.run_commands import (EVAL_SEED, bc_command, has_checkpoint, learner_command, runtime_command,
                                      runtime_spill_dir, steps_per_runtime)
-from simulation.run_setup import (RESUMED_FIELDS, TASKS, OrchestratorError, RunSpec, prepare_demos, preset_text,
-                                  resolve_config, resumed_spec, to_toml, write_text_atomic)
+from simulation.run_setup import (RESUMED_FIELDS, TASKS, UNBOUNDED_STEPS, OrchestratorError, RunSpec, prepare_demos,
+                                  preset_text, resolve_config, resumed_spec, to_toml, write_text_atomic)
 from simulation.tasks.base import SimulationError
 
 logger = logging.getLogger(__name__)
@@ -445,4 +445,4 @@ class Orchestrator:
                         success=self.last_eval.success_rate if self.last_eval else None,
                         success_step=self.last_eval.step if self.last_eval else None,
                         bc_success=self.bc_success, evaluating=self._eval_future is not None,
-                        target_steps=self.spec.steps)
+                        target_steps=self.spec.steps if self.spec.steps < UNBOUNDED_STEPS else None)

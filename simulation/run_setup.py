@@ -28,6 +28,10 @@ orchestrator's errors are those of :mod:`simulation.processes`, which it runs on
 
 
 # ============================================================================ run spec
+UNBOUNDED_STEPS = 10**9
+"""``RunSpec.steps`` of a run that only a time limit ends (not shown as a target)."""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunSpec:
     """Everything ``resetfree-sim`` was asked to do."""
@@ -39,7 +43,8 @@ class RunSpec:
     obs: ObsMode = "state"
     """Observation mode of the runtimes and the learner."""
     steps: int = 200_000
-    """Total env steps of the run (over all runtimes, across resumes)."""
+    """Total env steps of the run (over all runtimes, across resumes); ``UNBOUNDED_STEPS`` for
+    a run bounded by wall-clock time only (the learning benchmark)."""
     robots: int = 1
     """Simulated runtimes feeding the learner."""
     seed: int = 0

@@ -192,6 +192,8 @@ def test_ingest_acks_trains_and_publishes_finite_weights(tmp_path: Path, demos) 
                     assert isinstance(w, Weights)
                     w.verify()
                     assert all(np.isfinite(t).all() for t in w.tensors.values())
+                    # service.weights_dtype defaults to float16 on the wire
+                    assert {t.dtype for t in w.tensors.values()} == {np.dtype(np.float16)}
                     versions[w.agent] = w.version
             rt.close()
         finally:

@@ -100,7 +100,8 @@ def test_uvloop_helper_and_config_validation() -> None:
     with pytest.raises(ValueError, match="rate_hz"):
         ClockConfig(rate_hz=0)
     with pytest.raises(ValueError, match="spin_margin_s"):
-        ClockConfig(rate_hz=1000, spin_margin_s=0.002)
+        ClockConfig(rate_hz=100, spin_margin_s=-0.001)
+    ClockConfig(rate_hz=1000)  # the default margin exceeds the 1 ms period: capped, not refused
 
 
 def test_ring_keeps_a_bounded_window() -> None:
@@ -126,3 +127,14 @@ def test_wait_lead_wakes_just_before_the_next_deadline_without_a_tick() -> None:
 
     asyncio.run(body())
     assert clock.ticks == 2 and clock.overruns == 0
+
+
+def test_fast_rates_cap_the_spin_margin_at_half_a_period() -> None:
+    clock, vt = virtual_clock(1000.0)
+
+    async def body() -> None:
+        for _ in range(50):
+            await clock.wait_next()
+
+    asyncio.run(body())
+    assert clock.ticks == 50 and clock.overruns == 0
