@@ -110,6 +110,11 @@ class Clock:
         """``perf_counter`` time of the next deadline (None before the first tick)."""
         return None if self._next is None else self._next + self.period
 
+    def time_to_next(self) -> float | None:
+        """Seconds until the next deadline (negative when late; None before the first tick)."""
+        deadline = self.next_deadline
+        return None if deadline is None else deadline - self._now()
+
     async def wait_lead(self, lead_s: float) -> bool:
         """Sleeps until ``lead_s`` before the next deadline (for work due just before a tick);
         returns False at once, without sleeping, before the first tick or when that moment

@@ -110,8 +110,10 @@ class DaemonConfig:
     """Affinity, priority, GC and thread levers."""
     policy: PolicySlotConfig = PolicySlotConfig()
     """Policy slot: blob limits and the conv trunk's inference dtype."""
-    prefetch_lead_s: float = 0.008
+    prefetch_lead_s: float = 0.010
     """Warm the caches for the acting policy this long before each tick (0: off; `LoopConfig`)."""
+    prefetch_passes: int = 2
+    """Warm-up inferences before each tick (`LoopConfig.prefetch_passes`)."""
     gc_every_ticks: int = 50
     """``gc_mode == "manual"``: collect generation 0 after every this many ticks."""
 
@@ -282,7 +284,8 @@ class RuntimeDaemon:
         period = 1.0 / self.config.hz
         loop_config = LoopConfig(max_frame_age_s=3 * period + 0.1, batch_steps=self.config.batch_steps,
                                  env_reset_every=self.facts.reset_interval,
-                                 prefetch_lead_s=self.config.prefetch_lead_s)
+                                 prefetch_lead_s=self.config.prefetch_lead_s,
+                                 prefetch_passes=self.config.prefetch_passes)
         return ControlLoop(robot=self.robot, cameras=self.cameras, policy=self.policy, shield=shield,
                            schedule=schedule, clock=Clock(ClockConfig(rate_hz=self.config.hz)), sink=self.outbox,
                            config=loop_config, gate=self._gate)

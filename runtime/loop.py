@@ -81,11 +81,15 @@ class LoopConfig:
     """Simulated robots only: call ``robot.reset_environment()`` every this many recorded steps."""
     record: bool = True
     """Record steps to the sink (False: evaluation runs)."""
-    prefetch_lead_s: float = 0.008
-    """Warm the CPU caches for the acting policy this long before each tick: it runs once on
-    the previous observation (``PolicySlot.prefetch``; 0 turns it off). Long enough for a
-    cold warm-up (≈3–9 ms here) to end before the tick; skipped when the period is under
-    twice the lead."""
+    prefetch_lead_s: float = 0.010
+    """Warm the CPU caches for the acting policy this long before each tick: it runs on the
+    previous observation (``PolicySlot.prefetch``; 0 turns it off). Long enough for the
+    warm-up passes (≈2–4 ms each here) to end before the tick; skipped when the period is
+    under twice the lead."""
+    prefetch_passes: int = 2
+    """Warm-up inferences per tick; a pass is skipped when it could run into the tick. On this
+    2-core CPU with a learner running, the tick's inference took 2.8 ms after one pass and
+    1.95 ms after two (1.66 ms back to back) at 10 Hz."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_frame_age_s) and self.max_frame_age_s > 0):
@@ -98,6 +102,8 @@ class LoopConfig:
             raise ValueError(f"stats_log_interval_s: must be positive, got {self.stats_log_interval_s}")
         if not (math.isfinite(self.prefetch_lead_s) and self.prefetch_lead_s >= 0):
             raise ValueError(f"prefetch_lead_s: must be >= 0, got {self.prefetch_lead_s}")
+        if self.prefetch_passes < 1:
+            raise ValueError(f"prefetch_passes: must be positive, got {self.prefetch_passes}")
         if self.env_reset_every is not None and self.env_reset_every < 1:
             raise ValueError(f"env_reset_every: must be positive or None, got {self.env_reset_every}")
 
@@ -278,8 +284,16 @@ class ControlLoop:
         lead = self.config.prefetch_lead_s
         if lead <= 0 or self.clock.period < 2 * lead or self.holding:
             return
-        if await self.clock.wait_lead(lead):
+        if not await self.clock.wait_lead(lead):
+            return
+        margin = self.clock.config.spin_margin_s
+        for _ in range(self.config.prefetch_passes):
+            started = time.perf_counter()
             self.policy.prefetch(self.schedule.agent, self._last_observation)
+            took = time.perf_counter() - started
+            remaining = self.clock.time_to_next()
+            if remaining is None or remaining < took + margin:  # another pass could make the tick late
+                break
 
     def tick(self, tick: Tick) -> None:
         """One control step (public for tests and benchmarks). Never blocks; never raises for

@@ -3,10 +3,15 @@
 :meth:`PolicySlot.offer` verifies a weights blob off the event loop (a one-thread executor
 owned by the slot): agent known, tensor names/shapes/dtypes equal to the module's
 ``state_dict``, all finite, checksum correct, version strictly newer. It then loads the
-tensors into a *spare* module (double buffering: the active module is never written) and,
-back on the event loop, swaps one reference. ``act`` runs on the event loop, so a swap can
-never happen in the middle of an inference and never costs a tick. A bad blob is logged,
-counted and rejected; the current policy stays.
+tensors into a *spare* module (a pool of three: an active module is never written), runs
+it once on an example observation, and, back on the event loop, swaps one reference. ``act``
+runs on the event loop, so a swap can never happen in the middle of an inference and never
+costs a tick. A bad blob is logged, counted and rejected; the current policy stays.
+
+Inference speed (``PolicySlotConfig``): the conv trunk in bfloat16 where the CPU has native
+bf16, each module run through a TorchScript trace of itself that shares its parameters, and
+:meth:`prefetch` for the loop's cache warm-up before each tick. Float32 tensors may arrive
+as float16 (``protocol.messages.weights_in_dtype``).
 
 The weights object is ``protocol.messages.Weights`` or anything with ``agent`` (``"forward"``/
 ``"backward"`` or 0/1), ``version: int``, ``tensors: dict[str, np.ndarray]`` and ``sha256: str``.
@@ -74,6 +79,11 @@ class PolicySlotConfig:
     ``float32`` runs the published tensors as they are; ``auto`` picks bfloat16 where the CPU
     has native bf16 (AMX / AVX512-BF16), else float32. State-mode policies are unaffected."""
 
+    trace: bool = True
+    """Run the policy as a TorchScript trace of itself (same parameters, loaded in place):
+    ~10% less per-call overhead at batch 1 (1.70 -> 1.53 ms for the two-camera actor here).
+    Needs an example observation (``for_actor`` has one); falls back to eager if tracing fails."""
+
     def __post_init__(self) -> None:
         if self.conv_dtype not in CONV_DTYPES:
             raise ValueError(f"conv_dtype: must be one of {CONV_DTYPES}, got {self.conv_dtype!r}")
@@ -100,8 +110,16 @@ class OfferResult:
 
 
 @dataclass(frozen=True)
-class _Active:
+class _Policy:
     module: nn.Module
+    """The module whose parameters the weights are loaded into (in place)."""
+    run: Callable[[dict[str, torch.Tensor]], torch.Tensor]
+    """What inference calls: the module, or its TorchScript trace sharing its parameters."""
+
+
+@dataclass(frozen=True)
+class _Active:
+    module: _Policy
     version: int
     weights: tuple[torch.Tensor, ...]
     """The module's parameters and buffers (what :meth:`PolicySlot.prefetch` reads)."""
@@ -122,7 +140,12 @@ class PolicySlot:
         template = build()
         self._layout = {name: (tuple(t.shape), _wire_dtype(t)) for name, t in template.state_dict().items()}
         self._active: dict[int, _Active] = {}
-        self._spares: dict[int, nn.Module] = {0: template}
+        # Spare modules, shared by both agents (one architecture). With an example, all three
+        # a steady state needs (two active, one loading) are built and traced now, so no swap
+        # pays for building one.
+        self._spares: list[_Policy] = [self._compiled(template)]
+        if self._example is not None:
+            self._spares += [self._compiled(build()) for _ in range(2)]
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-verify")
         self.inference_s = Ring(self.config.stats_window)
@@ -200,15 +223,14 @@ class PolicySlot:
         """Stops the worker thread (waits for a verification in progress)."""
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    def _prepare(self, weights: Any) -> tuple[int, int, nn.Module]:
+    def _prepare(self, weights: Any) -> tuple[int, int, _Policy]:
         """Verifies and loads into a spare module (worker thread). Raises WeightsRejected."""
         agent, version, tensors = self._verify(weights)
         with self._lock:
-            module = self._spares.pop(agent, None)
-            if module is None:  # both agents share one architecture
-                module = self._spares.pop(1 - agent, None)
-        if module is None:
-            module = self._build()
+            policy = self._spares.pop() if self._spares else None
+        if policy is None:
+            policy = self._compiled(self._build())
+        module = policy.module
         # One pass per tensor, straight from the (read-only) received arrays into the spare's
         # own storage, converting where the slot holds another dtype (bf16 encoder). The names
         # and shapes were checked against the layout, so this cannot half-load.
@@ -223,10 +245,26 @@ class PolicySlot:
         if self._example is not None:
             try:
                 with torch.inference_mode():
-                    module(self._example)  # kernel set-up and caches, off the loop
+                    policy.run(self._example)  # kernel set-up and caches, off the loop
             except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:
+                self._recycle(agent, policy)
                 raise WeightsRejected(f"the policy fails on an example observation: {e}") from e
-        return agent, version, module
+        return agent, version, policy
+
+    def _compiled(self, module: nn.Module) -> _Policy:
+        """Pairs ``module`` with what inference calls (its trace when configured and possible)."""
+        if not (self.config.trace and self._example is not None):
+            return _Policy(module=module, run=module)
+        try:
+            with torch.no_grad():
+                traced = torch.jit.trace(module, (self._example,), strict=False, check_trace=False)
+            with torch.inference_mode():
+                for _ in range(3):  # TorchScript profiles the first calls, then optimises
+                    traced(self._example)
+        except (RuntimeError, TypeError, ValueError) as e:
+            logger.warning("policy: tracing failed, running the module eagerly: %s", e)
+            return _Policy(module=module, run=module)
+        return _Policy(module=module, run=traced)
 
     def _verify(self, weights: Any) -> tuple[int, int, dict[str, np.ndarray]]:
         try:
@@ -261,20 +299,22 @@ class PolicySlot:
             raise WeightsRejected("sha256 mismatch")
         return agent, int(version), dict(tensors)
 
-    def _install(self, agent: int, version: int, module: nn.Module) -> None:
+    def _install(self, agent: int, version: int, policy: _Policy) -> None:
         current = self.version(agent)
         if current is not None and version <= current:  # a newer blob won the race
-            self._recycle(agent, module)
+            self._recycle(agent, policy)
             raise WeightsRejected(f"version {version} is not newer than active {current}")
         previous = self._active.get(agent)
-        weights = (*module.parameters(), *module.buffers())
-        self._active[agent] = _Active(module=module, version=version, weights=weights)  # the atomic swap
+        weights = (*policy.module.parameters(), *policy.module.buffers())
+        self._active[agent] = _Active(module=policy, version=version, weights=weights)  # the atomic swap
         if previous is not None:
             self._recycle(agent, previous.module)
 
-    def _recycle(self, agent: int, module: nn.Module) -> None:
+    def _recycle(self, agent: int, policy: _Policy) -> None:
+        del agent  # any spare serves either agent
         with self._lock:
-            self._spares.setdefault(agent, module)
+            if len(self._spares) < 3:
+                self._spares.append(policy)
 
     def _accept(self, agent: int, version: int, started: float) -> OfferResult:
         elapsed = (time.perf_counter() - started) * 1e3
@@ -316,7 +356,7 @@ class PolicySlot:
                     tensor.sum()  # a read of every byte; the result is discarded
             else:
                 try:
-                    active.module(_batch(observation))
+                    active.module.run(_batch(observation))
                 except (RuntimeError, ValueError, TypeError, KeyError, IndexError):
                     pass  # act() on the next tick reports the same failure properly
         self.prefetch_s.add(time.perf_counter() - started)
@@ -333,7 +373,7 @@ class PolicySlot:
         started = time.perf_counter()
         try:
             with torch.inference_mode():
-                output = active.module(_batch(observation))
+                output = active.module.run(_batch(observation))
             action = np.asarray(output.detach().cpu().numpy()[0], dtype=np.float32)
         except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:
             raise PolicyError(f"policy failed on the observation: {e}") from e

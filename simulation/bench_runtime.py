@@ -125,10 +125,11 @@ async def measure_rate(hz: float, seconds: float, args: argparse.Namespace, work
     cmd = [sys.executable, "-m", "runtime", "--robot", "sim:cube", "--obs", "pixels", "--hz", str(hz),
            "--learner", endpoint, "--spill-dir", str(spill), "--control-bind", "tcp://127.0.0.1:0",
            "--seed", "0", "--priority", args.priority, "--gc", args.gc, "--log-level", "WARNING",
-           "--conv-dtype", args.conv_dtype, "--prefetch-lead-ms", str(args.prefetch_lead_ms)]
+           "--conv-dtype", args.conv_dtype, "--prefetch-lead-ms", str(args.prefetch_lead_ms),
+           "--prefetch-passes", str(args.prefetch_passes), "--threads", str(args.threads)]
     if args.cpu is not None:
         cmd += ["--cpu", str(args.cpu)]
-    runtime = subprocess.Popen(cmd, cwd=ROOT, env={**env, "OMP_NUM_THREADS": "1"})
+    runtime = subprocess.Popen(cmd, cwd=ROOT, env={**env, "OMP_NUM_THREADS": str(args.threads)})
     swaps: list[float] = []
     control: StatusPoller | None = None
     try:
@@ -232,7 +233,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--weights-dtype", default="float16", help="published weights dtype (the learner's "
                    "service.weights_dtype: float16, float32)")
     p.add_argument("--conv-dtype", default="auto", help="runtime --conv-dtype (auto, float32, bfloat16)")
-    p.add_argument("--prefetch-lead-ms", type=float, default=8.0, help="runtime --prefetch-lead-ms (0: off)")
+    p.add_argument("--prefetch-lead-ms", type=float, default=10.0, help="runtime --prefetch-lead-ms (0: off)")
+    p.add_argument("--prefetch-passes", type=int, default=2, help="runtime --prefetch-passes")
+    p.add_argument("--threads", type=int, default=1, help="runtime --threads (torch threads for inference)")
     p.add_argument("--load", type=float, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.load is not None:
@@ -241,7 +244,8 @@ def main(argv: list[str]) -> int:
     seconds = 10.0 if args.quick else args.seconds
     result: dict[str, Any] = {"cpu": os.cpu_count(), "levers": {
         "cpu": args.cpu, "priority": args.priority, "gc": args.gc, "conv_dtype": args.conv_dtype, "weights_dtype": args.weights_dtype,
-        "prefetch_lead_ms": args.prefetch_lead_ms}}
+        "prefetch_lead_ms": args.prefetch_lead_ms,
+        "prefetch_passes": args.prefetch_passes, "threads": args.threads}}
     with tempfile.TemporaryDirectory(prefix="bench-runtime-") as work:
         for hz in (float(r) for r in args.rates.split(",")):
             figures = asyncio.run(measure_rate(hz, seconds, args, Path(work)))

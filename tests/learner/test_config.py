@@ -54,6 +54,10 @@ def test_overrides_types_and_unknown_keys():
         cfg.with_overrides(["agent.lr=-1"])
     with pytest.raises(ValueError, match="agent.batch_size"):
         cfg.with_overrides(["agent.batch_size='big'"])
+    assert cfg.service.weights_dtype == "float16"
+    assert cfg.with_overrides(["service.weights_dtype=float32"]).service.weights_dtype == "float32"
+    with pytest.raises(ValueError, match="weights_dtype"):
+        cfg.with_overrides(["service.weights_dtype=bfloat16"])
 
 
 def test_toml_layering_and_round_trip(tmp_path):

@@ -165,3 +165,29 @@ def test_prefetch_reads_the_active_weights_and_is_a_no_op_before_them() -> None:
         assert len(slot.prefetch_s) == 1 and slot.counters()["prefetch_p50_ms"] > 0
     finally:
         slot.close()
+
+
+def test_traced_policy_follows_every_swap_like_the_eager_module() -> None:
+    from learner.networks import NetworkConfig, build_actor
+    from protocol.messages import Weights
+    from runtime.policy_slot import PolicySlotConfig
+
+    spec = {"wrist": ((3, 84, 84), "uint8"), "proprio": ((4,), "float32")}
+    net = NetworkConfig(hidden_dim=32)
+    rng = np.random.default_rng(1)
+    obs = {"wrist": rng.integers(0, 256, (3, 84, 84), dtype=np.uint8), "proprio": rng.standard_normal(4).astype(np.float32)}
+    slots = {trace: PolicySlot.for_actor(spec, 2, net.to_dict(), PolicySlotConfig(conv_dtype="float32", trace=trace))
+             for trace in (True, False)}
+    try:
+        for version in range(1, 6):  # more swaps than spare modules: every module is reused
+            torch.manual_seed(version)
+            tensors = {k: v.numpy().copy() for k, v in build_actor(spec, 2, net).state_dict().items()}
+            agent = "forward" if version % 2 else "backward"
+            actions = []
+            for slot in slots.values():
+                assert slot.offer_blocking(Weights.create(agent=agent, version=version, tensors=tensors)).accepted
+                actions.append(slot.act(0 if agent == "forward" else 1, obs))
+            np.testing.assert_allclose(actions[0], actions[1], rtol=1e-5, atol=1e-6)
+    finally:
+        for slot in slots.values():
+            slot.close()
