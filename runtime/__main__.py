@@ -76,9 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefetch-lead-ms", type=float, default=10.0,
                    help="warm the CPU caches for the acting policy this long before each tick (one inference "
                         "on the previous observation; 0: off): an inference right after idling runs ~2x slower")
-    p.add_argument("--prefetch-passes", type=int, default=2,
-                   help="warm-up inferences before each tick (the second brought a 10 Hz inference under "
-                        "learner load from 2.8 to 1.95 ms here)")
+    p.add_argument("--prefetch-passes", type=int, default=None,
+                   help="warm-up inferences before each tick (default: one per 30 ms of period, 1 to 3; "
+                        "at 10 Hz under learner load a second pass took inference from 2.8 to 1.95 ms here)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     return p
 

@@ -32,6 +32,7 @@ import logging
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from protocol.transport import (
     ConnectionState, ControlServer, ControlServerConfig, HandshakeRefused, UplinkClient, UplinkClientConfig,
     WeightsSubscriber, WeightsSubscriberConfig,
 )
-from runtime.clock import Clock, ClockConfig, IsolationConfig, collect_young, settle_gc
+from runtime.clock import Clock, ClockConfig, IsolationConfig, collect_young, lower_thread_priority, settle_gc
 from runtime.errors import RuntimeFault
 from runtime.loop import ControlLoop, LoopConfig
 from runtime.outbox import Outbox, OutboxConfig
@@ -112,8 +113,8 @@ class DaemonConfig:
     """Policy slot: blob limits and the conv trunk's inference dtype."""
     prefetch_lead_s: float = 0.010
     """Warm the caches for the acting policy this long before each tick (0: off; `LoopConfig`)."""
-    prefetch_passes: int = 2
-    """Warm-up inferences before each tick (`LoopConfig.prefetch_passes`)."""
+    prefetch_passes: int | None = None
+    """Warm-up inferences before each tick; None: by the period (`LoopConfig.prefetch_passes`)."""
     gc_every_ticks: int = 50
     """``gc_mode == "manual"``: collect generation 0 after every this many ticks."""
 
@@ -194,6 +195,10 @@ class RuntimeDaemon:
         stopped and the outbox flushed to disk in every case.
         """
         code = EXIT_OK
+        # asyncio.to_thread workers (device connection, weight hashing, ...) and the device
+        # threads they start run one FIFO level below the loop (`lower_thread_priority`)
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(thread_name_prefix="runtime-worker", initializer=lower_thread_priority))
         try:
             await self._start()
             await self._serve()

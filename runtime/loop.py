@@ -86,10 +86,18 @@ class LoopConfig:
     previous observation (``PolicySlot.prefetch``; 0 turns it off). Long enough for the
     warm-up passes (≈2–4 ms each here) to end before the tick; skipped when the period is
     under twice the lead."""
-    prefetch_passes: int = 2
-    """Warm-up inferences per tick; a pass is skipped when it could run into the tick. On this
-    2-core CPU with a learner running, the tick's inference took 2.8 ms after one pass and
-    1.95 ms after two (1.66 ms back to back) at 10 Hz."""
+    prefetch_passes: int | None = None
+    """Warm-up inferences per tick; None: one per 30 ms of period, 1 to 3 (the longer the
+    learner had the core, the colder the caches). A pass is skipped when it could run into
+    the tick. On this 2-core CPU with a learner running, a 10 Hz tick's inference took 2.8 ms
+    after one pass, 1.95 after two, 1.66 back to back; at 50 Hz one pass suffices, and two
+    cost 8 overruns in 15,000 ticks."""
+
+    def passes_for(self, period_s: float) -> int:
+        """Returns the warm-up passes per tick at ``period_s``."""
+        if self.prefetch_passes is not None:
+            return self.prefetch_passes
+        return min(3, max(1, int(period_s / 0.030)))
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_frame_age_s) and self.max_frame_age_s > 0):
@@ -102,7 +110,7 @@ class LoopConfig:
             raise ValueError(f"stats_log_interval_s: must be positive, got {self.stats_log_interval_s}")
         if not (math.isfinite(self.prefetch_lead_s) and self.prefetch_lead_s >= 0):
             raise ValueError(f"prefetch_lead_s: must be >= 0, got {self.prefetch_lead_s}")
-        if self.prefetch_passes < 1:
+        if self.prefetch_passes is not None and self.prefetch_passes < 1:
             raise ValueError(f"prefetch_passes: must be positive, got {self.prefetch_passes}")
         if self.env_reset_every is not None and self.env_reset_every < 1:
             raise ValueError(f"env_reset_every: must be positive or None, got {self.env_reset_every}")
@@ -287,7 +295,7 @@ class ControlLoop:
         if not await self.clock.wait_lead(lead):
             return
         margin = self.clock.config.spin_margin_s
-        for _ in range(self.config.prefetch_passes):
+        for _ in range(self.config.passes_for(self.clock.period)):
             started = time.perf_counter()
             self.policy.prefetch(self.schedule.agent, self._last_observation)
             took = time.perf_counter() - started

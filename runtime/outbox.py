@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
 from protocol.messages import TransitionBatch
+from runtime.clock import lower_thread_priority
 from runtime.errors import OutboxError, SpillError, SpillFullError
 from runtime.spill import SpillLog
 
@@ -140,7 +141,8 @@ class Outbox:
         self._closed = False
         self._jobs: queue.Queue[tuple[str, object]] = queue.Queue(self.config.writer_queue)
         self._writer: threading.Thread | None = None
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-read")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-read",
+                                          initializer=lower_thread_priority)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self.generation = 0
@@ -348,6 +350,7 @@ class Outbox:
         return True
 
     def _write_loop(self) -> None:
+        lower_thread_priority()  # disk writes must never hold the loop's core
         last_persist = time.monotonic()
         while True:
             try:

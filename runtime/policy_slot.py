@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from protocol.messages import Weights, weights_sha256
+from runtime.clock import lower_thread_priority
 from runtime.errors import PolicyError, WeightsRejected
 from runtime.schedule import AGENT_NAMES, agent_index
 from runtime.stats import Ring
@@ -147,7 +148,8 @@ class PolicySlot:
         if self._example is not None:
             self._spares += [self._compiled(build()) for _ in range(2)]
         self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-verify")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-verify",
+                                            initializer=lower_thread_priority)
         self.inference_s = Ring(self.config.stats_window)
         self.prefetch_s = Ring(self.config.stats_window)
         self.swap_ms = Ring(100)

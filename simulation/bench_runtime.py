@@ -126,7 +126,9 @@ async def measure_rate(hz: float, seconds: float, args: argparse.Namespace, work
            "--learner", endpoint, "--spill-dir", str(spill), "--control-bind", "tcp://127.0.0.1:0",
            "--seed", "0", "--priority", args.priority, "--gc", args.gc, "--log-level", "WARNING",
            "--conv-dtype", args.conv_dtype, "--prefetch-lead-ms", str(args.prefetch_lead_ms),
-           "--prefetch-passes", str(args.prefetch_passes), "--threads", str(args.threads)]
+           "--threads", str(args.threads)]
+    if args.prefetch_passes is not None:
+        cmd += ["--prefetch-passes", str(args.prefetch_passes)]
     if args.cpu is not None:
         cmd += ["--cpu", str(args.cpu)]
     runtime = subprocess.Popen(cmd, cwd=ROOT, env={**env, "OMP_NUM_THREADS": str(args.threads)})
@@ -234,7 +236,7 @@ def main(argv: list[str]) -> int:
                    "service.weights_dtype: float16, float32)")
     p.add_argument("--conv-dtype", default="auto", help="runtime --conv-dtype (auto, float32, bfloat16)")
     p.add_argument("--prefetch-lead-ms", type=float, default=10.0, help="runtime --prefetch-lead-ms (0: off)")
-    p.add_argument("--prefetch-passes", type=int, default=2, help="runtime --prefetch-passes")
+    p.add_argument("--prefetch-passes", type=int, default=None, help="runtime --prefetch-passes (default: its own)")
     p.add_argument("--threads", type=int, default=1, help="runtime --threads (torch threads for inference)")
     p.add_argument("--load", type=float, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

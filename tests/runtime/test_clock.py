@@ -138,3 +138,30 @@ def test_fast_rates_cap_the_spin_margin_at_half_a_period() -> None:
 
     asyncio.run(body())
     assert clock.ticks == 50 and clock.overruns == 0
+
+
+def test_worker_threads_drop_one_fifo_level_below_the_loop() -> None:
+    import os
+    import threading
+
+    from runtime.clock import lower_thread_priority
+
+    seen: dict[str, tuple[int, int]] = {}
+
+    def worker(name: str, fifo: bool) -> None:
+        if fifo:
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(5))
+            except OSError:
+                seen[name] = (-1, -1)  # no privileges here: nothing to check
+                return
+        lower_thread_priority()
+        seen[name] = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)
+
+    for name, fifo in (("fifo", True), ("normal", False)):
+        t = threading.Thread(target=worker, args=(name, fifo))
+        t.start()
+        t.join()
+    assert seen["normal"] == (os.SCHED_OTHER, 0)  # never raised
+    assert seen["fifo"] in ((os.SCHED_FIFO, 4), (-1, -1))
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # only the calling thread changed

@@ -241,3 +241,11 @@ def test_lock_step_gate_paces_the_loop() -> None:
         assert loop.clock.ticks == 5 and loop.clock.overruns == 0
 
     asyncio.run(body())
+
+
+def test_warm_up_passes_follow_the_period_unless_set() -> None:
+    auto = LoopConfig()
+    assert [auto.passes_for(1 / hz) for hz in (2, 10, 20, 50, 100)] == [3, 3, 1, 1, 1]
+    assert LoopConfig(prefetch_passes=2).passes_for(0.02) == 2
+    with pytest.raises(ValueError, match="prefetch_passes"):
+        LoopConfig(prefetch_passes=0)
