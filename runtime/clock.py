@@ -254,6 +254,10 @@ def apply_isolation(config: IsolationConfig) -> dict[str, str]:
         try:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(config.fifo_priority))
             outcome["priority"] = f"SCHED_FIFO {config.fifo_priority}"
+            if config.fifo_priority > 1:  # ZeroMQ I/O threads: below the loop, above the learner
+                from protocol.transport.common import set_io_thread_scheduling
+
+                set_io_thread_scheduling(os.SCHED_FIFO, config.fifo_priority - 1)
         except (OSError, AttributeError) as e:
             logger.warning("isolation: SCHED_FIFO refused (%s); trying nice", e)
     if config.priority in ("nice", "fifo") and "priority" not in outcome:

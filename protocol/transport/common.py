@@ -43,11 +43,27 @@ def _is_loopback(endpoint: str) -> bool:
     return host in _LOOPBACK_HOSTS or host.startswith("127.")
 
 
+_io_thread_scheduling: tuple[int, int] | None = None
+
+
+def set_io_thread_scheduling(policy: int, priority: int) -> None:
+    """Makes the ZeroMQ I/O threads of every context created from now on run with OS
+    scheduling ``policy`` (e.g. ``os.SCHED_FIFO``) at ``priority`` (libzmq's
+    ``ZMQ_THREAD_SCHED_POLICY`` / ``ZMQ_THREAD_PRIORITY``). A real-time runtime sets them one
+    level below its control loop: otherwise they inherit the loop's own level, and a 10 MB
+    weights blob arriving on the loop's core holds the tick back until it is read."""
+    global _io_thread_scheduling
+    _io_thread_scheduling = (policy, priority)
+
+
 class _Sockets:
     """One context plus the optional ZAP authenticator; owns their shutdown."""
 
     def __init__(self) -> None:
         self.ctx = zmq.asyncio.Context()
+        if _io_thread_scheduling is not None:  # before the first socket starts the I/O thread
+            self.ctx.set(zmq.THREAD_SCHED_POLICY, _io_thread_scheduling[0])
+            self.ctx.set(zmq.THREAD_PRIORITY, _io_thread_scheduling[1])
         self.auth: AsyncioAuthenticator | None = None
 
     def socket(self, kind: int, *, limits: Limits | None = None) -> zmq.asyncio.Socket:
