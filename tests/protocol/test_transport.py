@@ -395,3 +395,23 @@ def test_heartbeats_reach_the_learner() -> None:
             client.close()
             server.close()
     run(body)
+
+
+def test_io_thread_scheduling_applies_to_contexts_created_afterwards(monkeypatch) -> None:
+    import os
+
+    import zmq
+
+    from protocol.transport import common
+
+    monkeypatch.setattr(common, "_io_thread_scheduling", None)
+    before = common._Sockets()
+    common.set_io_thread_scheduling(os.SCHED_OTHER, 0)
+    after = common._Sockets()
+    try:
+        assert after.ctx.get(zmq.THREAD_SCHED_POLICY) == os.SCHED_OTHER
+        assert after.ctx.get(zmq.THREAD_PRIORITY) == 0
+        assert before.ctx.get(zmq.THREAD_SCHED_POLICY) == -1  # libzmq default: inherit
+    finally:
+        before.close()
+        after.close()
