@@ -409,8 +409,7 @@ def test_io_thread_scheduling_applies_to_contexts_created_afterwards(monkeypatch
     common.set_io_thread_scheduling(os.SCHED_OTHER, 0)
     after = common._Sockets()
     try:
-        assert after.ctx.get(zmq.THREAD_SCHED_POLICY) == os.SCHED_OTHER
-        assert after.ctx.get(zmq.THREAD_PRIORITY) == 0
+        assert after.ctx.get(zmq.THREAD_SCHED_POLICY) == os.SCHED_OTHER  # (libzmq cannot read back the priority)
         assert before.ctx.get(zmq.THREAD_SCHED_POLICY) == -1  # libzmq default: inherit
     finally:
         before.close()
