@@ -29,6 +29,7 @@ from runtime.clock import GC_MODES, IsolationConfig, install_uvloop
 from runtime.daemon import EXIT_CRASH, DaemonConfig, RuntimeDaemon, install_signal_handlers
 from runtime.policy_slot import CONV_DTYPES, PolicySlotConfig
 from runtime.errors import RuntimeFault
+from runtime.loop import LoopConfig
 from runtime.robots import RobotSpecError, make_robot, parse_spec, robot_facts
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dtype of the pixel conv trunk at inference: bfloat16 computes as the learner's "
                         "autocast does (about half the time on CPUs with AMX/AVX512-BF16); auto picks it "
                         "where the CPU has native bf16")
-    p.add_argument("--prefetch-lead-ms", type=float, default=10.0,
+    p.add_argument("--prefetch-lead-ms", type=float, default=LoopConfig.prefetch_lead_s * 1e3,
                    help="warm the CPU caches for the acting policy this long before each tick (one inference "
                         "on the previous observation; 0: off): an inference right after idling runs ~2x slower")
     p.add_argument("--prefetch-passes", type=int, default=None,

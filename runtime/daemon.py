@@ -111,9 +111,9 @@ class DaemonConfig:
     """Affinity, priority, GC and thread levers."""
     policy: PolicySlotConfig = PolicySlotConfig()
     """Policy slot: blob limits and the conv trunk's inference dtype."""
-    prefetch_lead_s: float = 0.010
+    prefetch_lead_s: float = LoopConfig.prefetch_lead_s
     """Warm the caches for the acting policy this long before each tick (0: off; `LoopConfig`)."""
-    prefetch_passes: int | None = None
+    prefetch_passes: int | None = LoopConfig.prefetch_passes
     """Warm-up inferences before each tick; None: by the period (`LoopConfig.prefetch_passes`)."""
     gc_every_ticks: int = 50
     """``gc_mode == "manual"``: collect generation 0 after every this many ticks."""

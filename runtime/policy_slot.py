@@ -120,7 +120,7 @@ class _Policy:
 
 @dataclass(frozen=True)
 class _Active:
-    module: _Policy
+    policy: _Policy
     version: int
     weights: tuple[torch.Tensor, ...]
     """The module's parameters and buffers (what :meth:`PolicySlot.prefetch` reads)."""
@@ -242,6 +242,7 @@ class PolicySlot:
                 for name, array in tensors.items():
                     targets[name].copy_(torch.from_numpy(array))
         except (RuntimeError, ValueError, TypeError) as e:
+            self._recycle(policy)  # a spare: half-loaded is harmless, the next blob overwrites it
             raise WeightsRejected(f"loading the tensors failed: {e}") from e
         module.eval()
         if self._example is not None:
@@ -249,7 +250,7 @@ class PolicySlot:
                 with torch.inference_mode():
                     policy.run(self._example)  # kernel set-up and caches, off the loop
             except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:
-                self._recycle(agent, policy)
+                self._recycle(policy)
                 raise WeightsRejected(f"the policy fails on an example observation: {e}") from e
         return agent, version, policy
 
@@ -304,17 +305,16 @@ class PolicySlot:
     def _install(self, agent: int, version: int, policy: _Policy) -> None:
         current = self.version(agent)
         if current is not None and version <= current:  # a newer blob won the race
-            self._recycle(agent, policy)
+            self._recycle(policy)
             raise WeightsRejected(f"version {version} is not newer than active {current}")
         previous = self._active.get(agent)
         weights = (*policy.module.parameters(), *policy.module.buffers())
-        self._active[agent] = _Active(module=policy, version=version, weights=weights)  # the atomic swap
+        self._active[agent] = _Active(policy=policy, version=version, weights=weights)  # the atomic swap
         if previous is not None:
-            self._recycle(agent, previous.module)
+            self._recycle(previous.policy)
 
-    def _recycle(self, agent: int, policy: _Policy) -> None:
-        del agent  # any spare serves either agent
-        with self._lock:
+    def _recycle(self, policy: _Policy) -> None:
+        with self._lock:  # any spare serves either agent
             if len(self._spares) < 3:
                 self._spares.append(policy)
 
@@ -358,7 +358,7 @@ class PolicySlot:
                     tensor.sum()  # a read of every byte; the result is discarded
             else:
                 try:
-                    active.module.run(_batch(observation))
+                    active.policy.run(_batch(observation))
                 except (RuntimeError, ValueError, TypeError, KeyError, IndexError):
                     pass  # act() on the next tick reports the same failure properly
         self.prefetch_s.add(time.perf_counter() - started)
@@ -375,7 +375,7 @@ class PolicySlot:
         started = time.perf_counter()
         try:
             with torch.inference_mode():
-                output = active.module.run(_batch(observation))
+                output = active.policy.run(_batch(observation))
             action = np.asarray(output.detach().cpu().numpy()[0], dtype=np.float32)
         except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:
             raise PolicyError(f"policy failed on the observation: {e}") from e

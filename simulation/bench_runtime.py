@@ -125,10 +125,10 @@ async def measure_rate(hz: float, seconds: float, args: argparse.Namespace, work
     cmd = [sys.executable, "-m", "runtime", "--robot", "sim:cube", "--obs", "pixels", "--hz", str(hz),
            "--learner", endpoint, "--spill-dir", str(spill), "--control-bind", "tcp://127.0.0.1:0",
            "--seed", "0", "--priority", args.priority, "--gc", args.gc, "--log-level", "WARNING",
-           "--conv-dtype", args.conv_dtype, "--prefetch-lead-ms", str(args.prefetch_lead_ms),
-           "--threads", str(args.threads)]
-    if args.prefetch_passes is not None:
-        cmd += ["--prefetch-passes", str(args.prefetch_passes)]
+           "--conv-dtype", args.conv_dtype, "--threads", str(args.threads)]
+    for flag, value in (("--prefetch-lead-ms", args.prefetch_lead_ms), ("--prefetch-passes", args.prefetch_passes)):
+        if value is not None:  # otherwise the runtime's own default
+            cmd += [flag, str(value)]
     if args.cpu is not None:
         cmd += ["--cpu", str(args.cpu)]
     runtime = subprocess.Popen(cmd, cwd=ROOT, env={**env, "OMP_NUM_THREADS": str(args.threads)})
@@ -235,7 +235,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--weights-dtype", default="float16", help="published weights dtype (the learner's "
                    "service.weights_dtype: float16, float32)")
     p.add_argument("--conv-dtype", default="auto", help="runtime --conv-dtype (auto, float32, bfloat16)")
-    p.add_argument("--prefetch-lead-ms", type=float, default=10.0, help="runtime --prefetch-lead-ms (0: off)")
+    p.add_argument("--prefetch-lead-ms", type=float, default=None, help="runtime --prefetch-lead-ms (0: off; "
+                   "default: its own)")
     p.add_argument("--prefetch-passes", type=int, default=None, help="runtime --prefetch-passes (default: its own)")
     p.add_argument("--threads", type=int, default=1, help="runtime --threads (torch threads for inference)")
     p.add_argument("--load", type=float, default=None, help=argparse.SUPPRESS)
