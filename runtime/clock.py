@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -232,11 +234,7 @@ def apply_isolation(config: IsolationConfig) -> dict[str, str]:
     Returns lever → outcome (for logs and benchmarks). Never raises for a lever the OS refuses
     (it is logged at WARNING). Call early, before worker threads start, so they inherit it.
     """
-    import os
-
-    import torch
-
-    import sys
+    import torch  # lazily: the clock itself needs no torch
 
     outcome: dict[str, str] = {}
     torch.set_num_threads(config.torch_threads)
@@ -277,8 +275,6 @@ def lower_thread_priority() -> None:
     start, which inherit it): at the loop's own level a FIFO worker is never preempted by
     the loop, and a simulator render or a weights hash then delayed ticks by up to 18 ms
     (13 overruns in 15,000 ticks at 50 Hz); one level down they still run before the learner."""
-    import os
-
     try:
         if os.sched_getscheduler(0) != os.SCHED_FIFO:
             return
