@@ -85,7 +85,12 @@ class AgentConfig:
     target_entropy: float | None = None
     """Target policy entropy when α is learnt; None means ``-action_dim``."""
     stddev_clip: float | None = 0.3
-    """Clip of the pre-tanh exploration noise in target and actor-update samples (DrQ-v2)."""
+    """Clip of the pre-tanh exploration noise in target and actor-update samples (DrQ-v2).
+
+    Used only while the entropy bonus is off (``init_temperature == 0``). With α > 0 a
+    clipped sample hides the std from the Q term (a clipped noise has no gradient), so the
+    entropy term alone acts on it and drives the std to ``log_std_max`` (practice turns into
+    uniform random actions); SAC's unclipped sample is used instead."""
     augment_pad: int = 4
     """Random-shift padding in pixels (DrQ-v2: 4)."""
     encoder_bf16: bool = True
@@ -180,6 +185,11 @@ class RedqAgent:
             return torch.zeros((), device=self.device)
         return self.log_alpha.detach().exp()
 
+    @property
+    def noise_clip(self) -> float | None:
+        """Noise clip for target and actor samples: ``stddev_clip`` without entropy bonus, else None."""
+        return self.cfg.stddev_clip if self.cfg.init_temperature == 0 else None
+
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         return torch.autocast(self.device.type, dtype=torch.bfloat16,
                               enabled=self.cfg.encoder_bf16 and bool(self.encoder.image_keys))
@@ -237,7 +247,7 @@ class RedqAgent:
     def target_q(self, h_next: Tensor, reward: Tensor, discount: Tensor) -> tuple[Tensor, Tensor]:
         """Returns ``(target (B,), members used)``: REDQ's min over a random critic subset."""
         with torch.no_grad():
-            action, log_prob, _ = self.actor.sample(h_next, noise_clip=self.cfg.stddev_clip)
+            action, log_prob, _ = self.actor.sample(h_next, noise_clip=self.noise_clip)
             members = torch.randperm(self.net_cfg.num_critics, device=self.device)[
                 : self.net_cfg.num_min_target
             ]
@@ -275,7 +285,7 @@ class RedqAgent:
         BC is ``bc_weight · mean over demo rows of ‖tanh(μ(s)) − a_demo‖²`` (squared error of
         the mean action, summed over action dims); zero when the batch has no demo rows.
         """
-        action, log_prob, mean_action = self.actor.sample(h, noise_clip=self.cfg.stddev_clip)
+        action, log_prob, mean_action = self.actor.sample(h, noise_clip=self.noise_clip)
         q = self.critic(h, action).mean(dim=0)  # REDQ: the policy ascends the ensemble mean
         policy_loss = (self.alpha * log_prob - q).mean()
         if bool(is_demo.any()):

@@ -100,7 +100,7 @@ def test_redq_target_uses_exactly_num_min_target_critics():
         assert members.numel() == NET.num_min_target and members.unique().numel() == NET.num_min_target
         seen.add(tuple(sorted(members.tolist())))
         torch.manual_seed(seed)
-        action, _, _ = agent.actor.sample(h_next, noise_clip=agent.cfg.stddev_clip)
+        action, _, _ = agent.actor.sample(h_next, noise_clip=agent.noise_clip)
         q_all = agent.critic_target(h_next, action)
         expected = reward + discount * q_all[members].min(0).values
         torch.testing.assert_close(target, expected)
@@ -219,3 +219,17 @@ def test_tune_cpu_allocator_keeps_fresh_memory_lazy():
         "assert int(a.sum()) == 2**30 // 4096\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_entropy_bonus_does_not_drive_std_to_its_ceiling():
+    # With α > 0 the actor's sample must be unclipped: a clipped noise hides the std from the
+    # Q term, the entropy term alone then pushes log_std to log_std_max (entropy ~9.7 nats
+    # here after 300 steps, uniform random practice — the door failure of docs/learning.md §6).
+    agent = make_agent(init_temperature=0.1, learnable_temperature=True)
+    assert agent.noise_clip is None and make_agent().noise_clip == AgentConfig().stddev_clip
+    torch.manual_seed(0)
+    h = torch.randn(64, agent.encoder.repr_dim)
+    demo_action, is_demo = torch.zeros(64, A), torch.zeros(64, dtype=torch.bool)
+    for _ in range(300):
+        metrics = agent.update_actor(h, demo_action, is_demo, bc_weight=0.0)
+    assert metrics["charts/entropy"] < 4.0
