@@ -29,6 +29,7 @@ from hardware.interfaces import Camera, Frame, HardwareError, Robot, RobotState,
 from protocol.messages import LoopStats, TransitionBatch
 from runtime.clock import Clock, Tick
 from runtime.errors import OutboxError, PolicyError
+from runtime.lateness import LateTickProbe
 from runtime.policy_slot import PolicySlot
 from runtime.schedule import AGENT_NAMES, Schedule
 from runtime.shield import Shield, ShieldResult
@@ -218,6 +219,8 @@ class ControlLoop:
         self._last_stats_log = time.monotonic()
         self._last_observation: dict[str, np.ndarray] | None = None
         """The newest complete observation (the policy's cache warm-up input)."""
+        self.lateness = LateTickProbe()
+        """Explains, logs and counts late ticks."""
 
     # ------------------------------------------------------------------ commands
     def pause(self) -> None:
@@ -278,11 +281,15 @@ class ControlLoop:
                     await self._await_gate()
                 await self._prefetch()
                 tick = await self.clock.wait_next()
+                if tick.late:  # lateness counted from the first missed deadline
+                    self.lateness.late(tick.started - tick.deadline + tick.skipped * self.clock.period)
                 self.tick(tick)
                 if self._reset_due():
                     await self._reset_environment()
                 self._maybe_log_stats()
+                self.lateness.mark()
         finally:
+            self.lateness.close()
             self.robot.stop()
             self._builder.end_segment()
             self._flush(force=True)
@@ -299,6 +306,7 @@ class ControlLoop:
             started = time.perf_counter()
             self.policy.prefetch(self.schedule.agent, self._last_observation)
             took = time.perf_counter() - started
+            self.lateness.warmup_s += took
             remaining = self.clock.time_to_next()
             if remaining is None or remaining < took + margin:  # another pass could make the tick late
                 break
@@ -450,6 +458,7 @@ class ControlLoop:
             loop=loop, ticks=self.clock.ticks, skipped_ticks=self.clock.skipped,
             inference_p99_ms=inference.percentile(99) * 1e3, held_ticks=self.held_ticks,
             shield=self.shield.counters.snapshot(), policy=self.policy.counters(),
+            late=self.lateness.counts(),
         )
 
     def _maybe_log_stats(self) -> None:

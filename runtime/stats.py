@@ -84,6 +84,8 @@ class RuntimeStats:
     """Shield clip/hold counts by reason."""
     policy: dict[str, float] = field(default_factory=dict)
     """Policy slot counters: versions, swaps, rejections, last swap time."""
+    late: dict[str, int] = field(default_factory=dict)
+    """Late ticks by cause (:mod:`runtime.lateness`)."""
 
     def detail(self) -> dict[str, float | int | str | bool]:
         """Returns every figure as flat scalars (for ``Status.detail``): the LoopStats fields,
@@ -93,4 +95,5 @@ class RuntimeStats:
                    inference_p99_ms=self.inference_p99_ms, held_ticks=self.held_ticks)
         out.update({f"shield_{k}": v for k, v in self.shield.items()})
         out.update({f"policy_{k}": v for k, v in self.policy.items()})
+        out.update({f"late_{k}": v for k, v in self.late.items()})
         return out

@@ -164,6 +164,7 @@ async def measure_rate(hz: float, seconds: float, args: argparse.Namespace, work
             "inference_p50_ms": final["inference_p50_ms"], "inference_p99_ms": final["inference_p99_ms"],
             "prefetch_p50_ms": final.get("policy_prefetch_p50_ms"),
             "swap_to_active_ms": float(np.median(swaps)) if swaps else None, "steps": final["steps"],
+            "late_causes": {k[len("late_"):]: v for k, v in final.items() if k.startswith("late_") and v},
             "learner_updates_per_s": load_rate}
 
 

@@ -1,0 +1,135 @@
+"""Late-tick probe: each cause is recognised from what the loop thread did in the gap."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from runtime.lateness import LATE_CAUSES, LateTickProbe
+from tests.runtime.fakes import FakeRobot
+from tests.runtime.test_loop import ListSink, build, run_for
+
+
+def spin(cpu_seconds: float) -> None:
+    """Burns this much of the thread's own CPU time (not wall time: the core may be shared)."""
+    end = time.thread_time() + cpu_seconds
+    while time.thread_time() < end:
+        pass
+
+
+@pytest.fixture
+def probe():
+    p = LateTickProbe(log_interval_s=0.0)
+    yield p
+    p.close()
+
+
+def test_no_report_before_the_first_mark(probe):
+    assert probe.late(0.01) is None and probe.counts() == dict.fromkeys(LATE_CAUSES, 0)
+
+
+def late_after(probe, work, deadline_after_s=0.001):
+    """Marks, does ``work``, and reports the tick as due ``deadline_after_s`` after the mark."""
+    probe.mark()
+    started = time.perf_counter()
+    work()
+    return probe.late(time.perf_counter() - started - deadline_after_s)
+
+
+def test_own_work_is_busy(probe):
+    report = late_after(probe, lambda: spin(0.02))
+    assert report.cause == "busy" and report.cpu_ms >= 20 and report.gap_ms >= 20
+
+
+def test_waiting_off_cpu_is_blocked(probe):
+    report = late_after(probe, lambda: time.sleep(0.02))
+    assert report.cpu_ms < 5 and report.voluntary >= 1
+    # on a loaded machine the wake-up itself may wait for a core
+    assert report.cause == ("preempted" if report.runqueue_ms and report.runqueue_ms >= report.late_ms / 2 else "blocked")
+
+
+def test_waiting_for_a_core_is_preempted(probe):
+    if probe._sample().runqueue is None:
+        pytest.skip("no per-thread schedstat on this OS")
+    core = {min(os.sched_getaffinity(0))}
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    affinity = os.sched_getaffinity(0)
+    try:
+        for b in burners:
+            os.sched_setaffinity(b.pid, core)
+        os.sched_setaffinity(0, core)  # share one core with two busy processes
+        time.sleep(0.05)
+        # 10 ms of own work due by 12 ms: on a core of its own it would be on time
+        report = late_after(probe, lambda: spin(0.01), deadline_after_s=0.012)
+    finally:
+        os.sched_setaffinity(0, affinity)
+        for b in burners:
+            b.kill()
+            b.wait()
+    assert report.late_ms > 2 and report.runqueue_ms > report.late_ms / 2 and report.cause == "preempted"
+
+
+def test_a_worker_holding_the_gil_is_blocked(probe):
+    stop = threading.Event()
+
+    def hold_gil():
+        while not stop.is_set():
+            pass
+
+    worker = threading.Thread(target=hold_gil)
+    worker.start()
+    try:
+        time.sleep(0.01)
+        report = late_after(probe, lambda: [time.sleep(0.0005) for _ in range(20)])
+    finally:
+        stop.set()
+        worker.join()
+    # every wake-up waits for the GIL off-CPU (a voluntary switch), not for a core
+    assert report.voluntary >= 20 and report.cause in ("blocked", "preempted")
+
+
+def test_counts_every_late_tick_but_rate_limits_the_log(caplog):
+    probe = LateTickProbe(log_interval_s=60.0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="runtime.lateness"):
+            for _ in range(3):
+                probe.mark()
+                time.sleep(0.001)
+                probe.late(0.0005)
+    finally:
+        probe.close()
+    assert sum(probe.counts().values()) == 3
+    assert len([r for r in caplog.records if "late" in r.getMessage()]) == 1
+    probe.close()  # idempotent
+
+
+def test_a_callback_that_holds_the_loop_shows_as_busy_in_the_loop_stats():
+    robot = FakeRobot()
+    sink = ListSink()
+
+    async def body():
+        loop = build(robot, sink, rate_hz=50.0)
+
+        async def hog():
+            await asyncio.sleep(0.3)
+            spin(0.05)  # blocks the event loop thread across a deadline
+
+        try:
+            await run_for(loop, 0.6, hog())
+        finally:
+            loop.policy.close()
+        return loop
+
+    loop = asyncio.run(body())
+    detail = loop.stats().detail()
+    assert loop.clock.overruns >= 1 and detail["late_busy"] >= 1
+    assert sum(detail[f"late_{c}"] for c in LATE_CAUSES) == loop.clock.overruns
+    assert loop.lateness.last is not None and loop.lateness.last.cpu_ms >= 50
