@@ -170,14 +170,15 @@ class Encoder(nn.Module):
             images = torch.stack([obs[k] for k in self.image_keys], dim=1)  # (B, N, C, H, W)
             batch, n_cams = images.shape[:2]
             # The conv weights' dtype: float32 in training (autocast may run it in bf16),
-            # bfloat16 in a runtime that holds a bf16 trunk (`cast_conv_trunk`).
+            # bfloat16 in a runtime that holds a bf16 trunk (`cast_for_inference`).
             x = images.flatten(0, 1).to(self.convnet[0].weight.dtype).div_(255.0).sub_(0.5)
             x = x.contiguous(memory_format=torch.channels_last)
             conv = self.convnet(x)  # (B*N, ch, h, w), channels_last
-            projection_dtype = self.projection[0].weight.dtype
-            if conv.dtype != projection_dtype and not torch.is_autocast_enabled(conv.device.type):
-                conv = conv.contiguous().to(projection_dtype)  # NCHW first: a cast, not a strided copy
-            parts.append(self.projection(conv.reshape(batch, n_cams * self.conv_dim)).float())
+            linear, norm, squash = self.projection
+            if conv.dtype != linear.weight.dtype and not torch.is_autocast_enabled(conv.device.type):
+                conv = conv.contiguous().to(linear.weight.dtype)  # NCHW first: a cast, not a strided copy
+            features = linear(conv.reshape(batch, n_cams * self.conv_dim))
+            parts.append(squash(norm(features.float())))  # LayerNorm in float32, as autocast runs it
         parts.extend(obs[k].float() for k in self.vector_keys)
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
@@ -299,17 +300,22 @@ class PolicyNetwork(nn.Module):
         return torch.tanh(mu)
 
 
-def cast_conv_trunk(policy: PolicyNetwork, dtype: torch.dtype) -> PolicyNetwork:
-    """Holds ``policy``'s conv trunk in ``dtype``, in place; returns ``policy``.
+def cast_for_inference(policy: PolicyNetwork, conv_dtype: torch.dtype,
+                       projection_dtype: torch.dtype = torch.float32) -> PolicyNetwork:
+    """Holds ``policy``'s conv trunk in ``conv_dtype`` and its projection's linear layer in
+    ``projection_dtype``, in place; returns ``policy``. No-op in state mode.
 
     For inference: the learner trains the encoder under bfloat16 autocast
     (``AgentConfig.encoder_bf16``), so a bf16 trunk computes what training computed, in about
-    half the conv time on CPUs with AMX/AVX512-BF16. The projection and the actor MLP stay
-    float32: at batch 1 they are matrix-vector products bound by memory, where CPU bf16 kernels
-    measured no faster (78,400×50: 0.63 ms fp32 vs 0.75–0.83 ms bf16). No-op in state mode.
+    half the conv time on CPUs with AMX/AVX512-BF16. The projection (78,400×50 for two
+    cameras) is a matrix-vector product bound by memory at batch 1: float16 halves its bytes
+    and ran 0.44 ms against 0.58 (float32) and 0.63 (bf16) on AVX512-FP16 here (whole
+    two-camera actor 1.45 vs 1.56 ms); float16 is also the precision the learner publishes
+    in. LayerNorm and the actor MLP stay float32 (an fp16 MLP measured no faster).
     """
     if policy.encoder.image_keys:
-        policy.encoder.convnet.to(dtype)
+        policy.encoder.convnet.to(conv_dtype)
+        policy.encoder.projection[0].to(projection_dtype)
     return policy
 
 

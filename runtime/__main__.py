@@ -27,7 +27,7 @@ from pathlib import Path
 
 from runtime.clock import GC_MODES, IsolationConfig, install_uvloop
 from runtime.daemon import EXIT_CRASH, DaemonConfig, RuntimeDaemon, install_signal_handlers
-from runtime.policy_slot import CONV_DTYPES, PolicySlotConfig
+from runtime.policy_slot import CONV_DTYPES, PROJECTION_DTYPES, PolicySlotConfig
 from runtime.errors import RuntimeFault
 from runtime.loop import LoopConfig
 from runtime.robots import RobotSpecError, make_robot, parse_spec, robot_facts
@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dtype of the pixel conv trunk at inference: bfloat16 computes as the learner's "
                         "autocast does (about half the time on CPUs with AMX/AVX512-BF16); auto picks it "
                         "where the CPU has native bf16")
+    p.add_argument("--projection-dtype", choices=PROJECTION_DTYPES, default="auto",
+                   help="dtype of the image projection layer at inference (memory-bound at batch 1): float16 "
+                        "halves the bytes it reads per tick; auto picks it where the CPU has native fp16")
     p.add_argument("--prefetch-lead-ms", type=float, default=LoopConfig.prefetch_lead_s * 1e3,
                    help="warm the CPU caches for the acting policy this long before each tick (one inference "
                         "on the previous observation; 0: off): an inference right after idling runs ~2x slower")
@@ -111,7 +114,7 @@ def daemon_config(args: argparse.Namespace) -> DaemonConfig:
         robot=args.robot, learner=args.learner, spill_dir=spill, control_bind=args.control_bind, hz=args.hz,
         lockstep=args.lockstep, switch_every=args.switch_every, max_steps=args.max_steps, seed=args.seed,
         keys_dir=args.keys, batch_steps=args.batch_steps, ack_wait_s=args.ack_wait,
-        policy=PolicySlotConfig(conv_dtype=args.conv_dtype), prefetch_lead_s=args.prefetch_lead_ms / 1e3,
+        policy=PolicySlotConfig(conv_dtype=args.conv_dtype, projection_dtype=args.projection_dtype), prefetch_lead_s=args.prefetch_lead_ms / 1e3,
         prefetch_passes=args.prefetch_passes,
         isolation=IsolationConfig(cpu=args.cpu, priority=args.priority, gc_mode=args.gc,
                                   torch_threads=args.threads))

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -283,6 +284,38 @@ def lower_thread_priority() -> None:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(level - 1))
     except (OSError, AttributeError) as e:  # no privileges, or no sched_* on this OS
         logger.debug("isolation: worker priority unchanged: %s", e)
+
+
+def lower_other_threads() -> int:
+    """Drops every other thread of this process that runs SCHED_FIFO at or above the calling
+    (loop) thread's level to one level below it; returns how many were lowered (0 unless the
+    caller runs SCHED_FIFO above level 1, or off Linux).
+
+    For threads started outside the executors' :func:`lower_thread_priority` initializer,
+    which inherit the loop's level from the thread that created them: pyzmq's zero-copy
+    garbage-collector thread and its ZeroMQ I/O thread (started by the first large send on
+    the loop thread), and any a library starts. Call once after start-up, before the loop."""
+    try:
+        if os.sched_getscheduler(0) != os.SCHED_FIFO:
+            return 0
+        level = os.sched_getparam(0).sched_priority
+        tasks = os.listdir("/proc/self/task")
+    except (OSError, AttributeError):
+        return 0
+    if level <= 1:
+        return 0
+    own, lowered = threading.get_native_id(), 0
+    for name in tasks:
+        tid = int(name)
+        if tid == own:
+            continue
+        try:
+            if os.sched_getscheduler(tid) == os.SCHED_FIFO and os.sched_getparam(tid).sched_priority >= level:
+                os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(level - 1))
+                lowered += 1
+        except OSError as e:  # the thread exited meanwhile, or no privileges
+            logger.debug("isolation: thread %d unchanged: %s", tid, e)
+    return lowered
 
 
 def settle_gc(mode: str) -> None:

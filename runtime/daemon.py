@@ -46,9 +46,10 @@ from protocol.messages import Ack, ArraySpec, Command, Hello, LoopStats, Status,
 from protocol.session import SessionSettings
 from protocol.transport import (
     ConnectionState, ControlServer, ControlServerConfig, HandshakeRefused, UplinkClient, UplinkClientConfig,
-    WeightsSubscriber, WeightsSubscriberConfig,
+    WeightsSubscriber, WeightsSubscriberConfig, start_zero_copy_collector,
 )
-from runtime.clock import Clock, ClockConfig, IsolationConfig, collect_young, lower_thread_priority, settle_gc
+from runtime.clock import (Clock, ClockConfig, IsolationConfig, collect_young, lower_other_threads,
+                           lower_thread_priority, settle_gc)
 from runtime.errors import RuntimeFault
 from runtime.loop import ControlLoop, LoopConfig
 from runtime.outbox import Outbox, OutboxConfig
@@ -304,6 +305,12 @@ class RuntimeDaemon:
         self.control = control
         self.control_endpoint = await control.start()
         self._write_endpoints()
+        # pyzmq's zero-copy collector would otherwise start on the loop's first large send, at
+        # the loop's FIFO level, with its own I/O thread; start it now and lower every helper.
+        start_zero_copy_collector()
+        lowered = lower_other_threads()
+        if lowered:
+            logger.info("isolation: %d helper thread(s) moved one FIFO level below the loop", lowered)
         settle_gc(self.config.isolation.gc_mode)
         try:
             async with asyncio.TaskGroup() as tg:

@@ -16,6 +16,9 @@ time, CPU time, time runnable but waiting for a core from Linux's
 - ``blocked``: none of the above — it waited off-CPU (the GIL held by a worker in a call
   that does not release it, a lock, or a sleep that woke late).
 
+The log line also names where every other Python thread is at that moment (its innermost
+frame): a worker that held the GIL through the gap is usually still in the same call.
+
 Every late tick is counted by cause (reported in ``Status.detail`` as ``late_<cause>``) and
 logged at WARNING with these figures, at most one line per ``log_interval_s`` (the line says
 how many were not logged). Not thread-safe: the loop thread only.
@@ -27,6 +30,7 @@ import gc
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections import Counter
@@ -119,6 +123,15 @@ class LateTick:
         return "blocked"
 
 
+def other_threads() -> str:
+    """Returns ``name@function (file:line)`` of every other Python thread's innermost frame."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    own = threading.get_ident()
+    return ", ".join(
+        f"{names.get(ident, ident)}@{frame.f_code.co_name} ({os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno})"
+        for ident, frame in sys._current_frames().items() if ident != own) or "none"
+
+
 class LateTickProbe:
     """Samples the loop thread after every tick; explains, logs and counts late ones."""
 
@@ -187,11 +200,12 @@ class LateTickProbe:
         self._last_log = now.wall
         logger.warning(
             "loop: tick %.2f ms late (%s): gap %.2f ms, loop thread CPU %.2f ms (warm-up %.2f), waiting for "
-            "a core %s ms, gc %.2f ms, switches %d involuntary / %d voluntary, page faults %d minor / %d major%s",
+            "a core %s ms, gc %.2f ms, switches %d involuntary / %d voluntary, page faults %d minor / %d major%s; "
+            "other threads: %s",
             report.late_ms, report.cause, report.gap_ms, report.cpu_ms, report.warmup_ms,
             "?" if report.runqueue_ms is None else f"{report.runqueue_ms:.2f}", report.gc_ms,
             report.involuntary, report.voluntary, report.minor_faults, report.major_faults,
-            f" ({self._unlogged} late ticks since the last line)" if self._unlogged else "")
+            f" ({self._unlogged} late ticks since the last line)" if self._unlogged else "", other_threads())
         self._unlogged = 0
         return report
 

@@ -9,7 +9,7 @@ runs on the event loop, so a swap can never happen in the middle of an inference
 costs a tick. A bad blob is logged, counted and rejected; the current policy stays.
 
 Inference speed (``PolicySlotConfig``): the conv trunk in bfloat16 where the CPU has native
-bf16, each module run through a TorchScript trace of itself that shares its parameters, and
+bf16, the image projection in float16 where it has native fp16, each module run through a TorchScript trace of itself that shares its parameters, and
 :meth:`prefetch` for the loop's cache warm-up before each tick. Float32 tensors may arrive
 as float16 (``protocol.messages.weights_in_dtype``).
 
@@ -42,10 +42,12 @@ from runtime.stats import Ring
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CONV_DTYPES", "OfferResult", "PolicySlot", "PolicySlotConfig", "resolve_conv_dtype",
-           "weights_sha256"]
+__all__ = ["CONV_DTYPES", "PROJECTION_DTYPES", "OfferResult", "PolicySlot", "PolicySlotConfig",
+           "resolve_conv_dtype", "resolve_projection_dtype", "weights_sha256"]
 
 CONV_DTYPES = ("auto", "float32", "bfloat16")
+PROJECTION_DTYPES = ("auto", "float32", "float16")
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 # Blobs decoded from ZeroMQ frames are read-only arrays; the slot only ever *reads* them (copies
 # them into its own modules), which is what torch's one-time "not writable" warning is about.
@@ -59,10 +61,24 @@ def resolve_conv_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
+def resolve_projection_dtype(name: str) -> torch.dtype:
+    """Returns the torch dtype for ``PolicySlotConfig.projection_dtype`` (``auto`` resolved here)."""
+    if name == "auto":
+        name = "float16" if _native_fp16() else "float32"
+    return {"float32": torch.float32, "float16": torch.float16}[name]
+
+
 def _native_bf16() -> bool:
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a build without the check
+        return False
+
+
+def _native_fp16() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):
         return False
 
 
@@ -79,6 +95,11 @@ class PolicySlotConfig:
     the learner does under autocast (``agent.encoder_bf16``);
     ``float32`` runs the published tensors as they are; ``auto`` picks bfloat16 where the CPU
     has native bf16 (AMX / AVX512-BF16), else float32. State-mode policies are unaffected."""
+    projection_dtype: str = "auto"
+    """Dtype of the image projection's linear layer (the largest tensor, ~16 MB in float32,
+    read once per inference): ``float16`` halves that read and is the precision weights are
+    published in by default; a blob holding a value beyond float16's range is then rejected.
+    ``auto`` picks float16 where the CPU has native fp16 (AVX512-FP16), else float32."""
 
     trace: bool = True
     """Run the policy as a TorchScript trace of itself (same parameters, loaded in place):
@@ -88,6 +109,8 @@ class PolicySlotConfig:
     def __post_init__(self) -> None:
         if self.conv_dtype not in CONV_DTYPES:
             raise ValueError(f"conv_dtype: must be one of {CONV_DTYPES}, got {self.conv_dtype!r}")
+        if self.projection_dtype not in PROJECTION_DTYPES:
+            raise ValueError(f"projection_dtype: must be one of {PROJECTION_DTYPES}, got {self.projection_dtype!r}")
         if self.max_blob_bytes < 1:
             raise ValueError(f"max_blob_bytes: must be positive, got {self.max_blob_bytes}")
         if self.stats_window < 1:
@@ -164,14 +187,16 @@ class PolicySlot:
 
         Raises ValueError when the learner's network config is invalid.
         """
-        from learner.networks import build_actor, cast_conv_trunk
+        from learner.networks import build_actor, cast_for_inference
 
         config = config or PolicySlotConfig()
-        dtype = resolve_conv_dtype(config.conv_dtype)
+        conv = resolve_conv_dtype(config.conv_dtype)
+        projection = resolve_projection_dtype(config.projection_dtype)
         example = {name: np.zeros(shape, dtype) for name, (shape, dtype) in obs_spec.items()}
-        slot = cls(lambda: cast_conv_trunk(build_actor(obs_spec, action_dim, net_config).eval(), dtype), config,
-                   example=example)
-        logger.info("policy: conv trunk runs in %s", str(dtype).removeprefix("torch."))
+        slot = cls(lambda: cast_for_inference(build_actor(obs_spec, action_dim, net_config).eval(), conv, projection),
+                   config, example=example)
+        logger.info("policy: conv trunk in %s, image projection in %s", str(conv).removeprefix("torch."),
+                    str(projection).removeprefix("torch."))
         return slot
 
     # ------------------------------------------------------------------ queries
@@ -240,9 +265,15 @@ class PolicySlot:
         try:
             with torch.no_grad():
                 for name, array in tensors.items():
-                    targets[name].copy_(torch.from_numpy(array))
-        except (RuntimeError, ValueError, TypeError) as e:
+                    target = targets[name]
+                    if target.dtype == torch.float16 and array.dtype != np.float16 and _beyond_float16(array):
+                        raise WeightsRejected(f"tensors[{name!r}]: values beyond float16's range "
+                                              f"(±{FLOAT16_MAX:g}); run the runtime with --projection-dtype float32")
+                    target.copy_(torch.from_numpy(array))
+        except (RuntimeError, ValueError, TypeError, WeightsRejected) as e:
             self._recycle(policy)  # a spare: half-loaded is harmless, the next blob overwrites it
+            if isinstance(e, WeightsRejected):
+                raise
             raise WeightsRejected(f"loading the tensors failed: {e}") from e
         module.eval()
         if self._example is not None:
@@ -384,8 +415,9 @@ class PolicySlot:
 
 
 def _wire_dtype(tensor: torch.Tensor) -> np.dtype:
-    """The dtype a tensor travels in: its own, except bf16 copies, which are published as float32."""
-    dtype = torch.float32 if tensor.dtype == torch.bfloat16 else tensor.dtype
+    """The dtype a tensor travels in: its own, except the slot's bf16/fp16 copies of learner
+    tensors, which are published as float32 (or float16, see :func:`_dtype_fits`)."""
+    dtype = torch.float32 if tensor.dtype in (torch.bfloat16, torch.float16) else tensor.dtype
     return torch.empty(0, dtype=dtype).numpy().dtype
 
 
@@ -393,6 +425,11 @@ def _dtype_fits(got: np.dtype, expected: np.dtype) -> bool:
     """Whether a received tensor of ``got`` loads into a slot tensor published as ``expected``
     (float32 tensors may travel as float16: ``service.weights_dtype``)."""
     return got == expected or (expected == np.float32 and got == np.float16)
+
+
+def _beyond_float16(array: np.ndarray) -> bool:
+    """Whether a (finite) array holds a value float16 cannot represent (it would load as inf)."""
+    return array.size > 0 and float(np.max(np.abs(array))) > FLOAT16_MAX
 
 
 def _all_finite(array: np.ndarray) -> bool:

@@ -125,7 +125,8 @@ async def measure_rate(hz: float, seconds: float, args: argparse.Namespace, work
     cmd = [sys.executable, "-m", "runtime", "--robot", "sim:cube", "--obs", "pixels", "--hz", str(hz),
            "--learner", endpoint, "--spill-dir", str(spill), "--control-bind", "tcp://127.0.0.1:0",
            "--seed", "0", "--priority", args.priority, "--gc", args.gc, "--log-level", "WARNING",
-           "--conv-dtype", args.conv_dtype, "--threads", str(args.threads)]
+           "--conv-dtype", args.conv_dtype, "--projection-dtype", args.projection_dtype,
+           "--threads", str(args.threads)]
     for flag, value in (("--prefetch-lead-ms", args.prefetch_lead_ms), ("--prefetch-passes", args.prefetch_passes)):
         if value is not None:  # otherwise the runtime's own default
             cmd += [flag, str(value)]
@@ -236,6 +237,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--weights-dtype", default="float16", help="published weights dtype (the learner's "
                    "service.weights_dtype: float16, float32)")
     p.add_argument("--conv-dtype", default="auto", help="runtime --conv-dtype (auto, float32, bfloat16)")
+    p.add_argument("--projection-dtype", default="auto", help="runtime --projection-dtype (auto, float32, float16)")
     p.add_argument("--prefetch-lead-ms", type=float, default=None, help="runtime --prefetch-lead-ms (0: off; "
                    "default: its own)")
     p.add_argument("--prefetch-passes", type=int, default=None, help="runtime --prefetch-passes (default: its own)")
@@ -247,7 +249,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     seconds = 10.0 if args.quick else args.seconds
     result: dict[str, Any] = {"cpu": os.cpu_count(), "levers": {
-        "cpu": args.cpu, "priority": args.priority, "gc": args.gc, "conv_dtype": args.conv_dtype, "weights_dtype": args.weights_dtype,
+        "cpu": args.cpu, "priority": args.priority, "gc": args.gc, "conv_dtype": args.conv_dtype, "projection_dtype": args.projection_dtype, "weights_dtype": args.weights_dtype,
         "prefetch_lead_ms": args.prefetch_lead_ms,
         "prefetch_passes": args.prefetch_passes, "threads": args.threads}}
     with tempfile.TemporaryDirectory(prefix="bench-runtime-") as work:

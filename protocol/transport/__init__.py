@@ -17,7 +17,7 @@ Modules by channel: :mod:`.common` (sockets, sends, loopback check), :mod:`.upli
 
 import logging
 
-from protocol.transport.common import DEFAULT_ENDPOINT
+from protocol.transport.common import DEFAULT_ENDPOINT, set_io_thread_scheduling, start_zero_copy_collector
 from protocol.transport.control import (ControlClient, ControlClientConfig, ControlServer, ControlServerConfig,
                                         Handler)
 from protocol.transport.uplink import (HELLO_REQUIRED, ConnectionState, HandshakeRefused, PeerInfo, UplinkClient,
@@ -28,6 +28,7 @@ from protocol.transport.weights import (WeightsPublisher, WeightsPublisherConfig
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "set_io_thread_scheduling", "start_zero_copy_collector",
     "DEFAULT_ENDPOINT", "HELLO_REQUIRED", "ConnectionState", "ControlClient", "ControlClientConfig", "ControlServer",
     "ControlServerConfig", "HandshakeRefused", "Handler", "PeerInfo", "UplinkClient", "UplinkClientConfig",
     "UplinkServer", "UplinkServerConfig", "WeightsPublisher", "WeightsPublisherConfig", "WeightsSubscriber",

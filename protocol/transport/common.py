@@ -56,6 +56,17 @@ def set_io_thread_scheduling(policy: int, priority: int) -> None:
     _io_thread_scheduling = (policy, priority)
 
 
+def start_zero_copy_collector() -> None:
+    """Starts pyzmq's garbage-collector thread now, in the calling thread, instead of at the
+    first zero-copy send (which would start it wherever that send happens). The thread frees
+    a sent buffer once libzmq is done with it; a real-time caller starts it before lowering
+    its helper threads, so it does not run at the control loop's own priority."""
+    from zmq.utils.garbage import gc as zero_copy_gc
+
+    if not zero_copy_gc.is_alive():
+        zero_copy_gc.start()
+
+
 class _Sockets:
     """One context plus the optional ZAP authenticator; owns their shutdown."""
 

@@ -165,3 +165,44 @@ def test_worker_threads_drop_one_fifo_level_below_the_loop() -> None:
     assert seen["normal"] == (os.SCHED_OTHER, 0)  # never raised
     assert seen["fifo"] in ((os.SCHED_FIFO, 4), (-1, -1))
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # only the calling thread changed
+
+
+def test_lower_other_threads_is_a_no_op_without_fifo():
+    import os
+
+    from runtime.clock import lower_other_threads
+
+    if hasattr(os, "sched_getscheduler") and os.sched_getscheduler(0) == getattr(os, "SCHED_FIFO", None):
+        pytest.skip("the test process itself runs SCHED_FIFO")
+    assert lower_other_threads() == 0
+
+
+LOWER_OTHERS = """
+import os, threading
+from runtime.clock import lower_other_threads
+try:
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(5))
+except (OSError, AttributeError):
+    print("refused"); raise SystemExit
+stop = threading.Event()
+helper = threading.Thread(target=stop.wait)  # inherits FIFO 5 from this thread
+helper.start()
+before = os.sched_getparam(helper.native_id).sched_priority
+lowered = lower_other_threads()
+after = os.sched_getparam(helper.native_id).sched_priority
+stop.set(); helper.join()
+print(before, lowered, after, os.sched_getparam(0).sched_priority)
+"""
+
+
+def test_lower_other_threads_moves_inherited_fifo_threads_below_the_caller():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", LOWER_OTHERS], capture_output=True, text=True, timeout=60,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    assert out.returncode == 0, out.stderr
+    if out.stdout.strip() == "refused":
+        pytest.skip("SCHED_FIFO needs privileges this machine does not grant")
+    before, lowered, after, own = map(int, out.stdout.split())
+    assert (before, after, own) == (5, 4, 5) and lowered >= 1

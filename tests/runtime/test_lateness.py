@@ -133,3 +133,18 @@ def test_a_callback_that_holds_the_loop_shows_as_busy_in_the_loop_stats():
     assert loop.clock.overruns >= 1 and detail["late_busy"] >= 1
     assert sum(detail[f"late_{c}"] for c in LATE_CAUSES) == loop.clock.overruns
     assert loop.lateness.last is not None and loop.lateness.last.cpu_ms >= 50
+
+
+def test_the_log_line_names_the_other_threads(caplog):
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait, name="weights-worker")
+    worker.start()
+    probe = LateTickProbe(log_interval_s=0.0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="runtime.lateness"):
+            late_after(probe, lambda: time.sleep(0.002))
+    finally:
+        stop.set()
+        worker.join()
+        probe.close()
+    assert "weights-worker@wait (threading.py:" in caplog.records[-1].getMessage()

@@ -191,3 +191,61 @@ def test_traced_policy_follows_every_swap_like_the_eager_module() -> None:
     finally:
         for slot in slots.values():
             slot.close()
+
+
+def _pixel_actor_blob(spec, net, seed=0):
+    from learner.networks import build_actor
+
+    torch.manual_seed(seed)
+    return {k: v.numpy().copy() for k, v in build_actor(spec, 3, net).state_dict().items()}
+
+
+def test_float16_projection_acts_like_float32_from_float32_and_float16_blobs() -> None:
+    from learner.networks import NetworkConfig
+    from protocol.messages import Weights, weights_in_dtype
+    from runtime.policy_slot import PolicySlotConfig
+
+    spec = {"wrist": ((3, 84, 84), "uint8"), "proprio": ((4,), "float32")}
+    net = NetworkConfig(hidden_dim=64)
+    tensors = _pixel_actor_blob(spec, net)
+    rng = np.random.default_rng(2)
+    obs = {"wrist": rng.integers(0, 256, (3, 84, 84), dtype=np.uint8), "proprio": rng.standard_normal(4).astype(np.float32)}
+    actions = {}
+    for projection, wire in (("float32", "float32"), ("float16", "float32"), ("float16", "float16")):
+        slot = PolicySlot.for_actor(spec, 3, net.to_dict(), PolicySlotConfig(conv_dtype="float32",
+                                                                             projection_dtype=projection))
+        try:
+            blob = weights_in_dtype(tensors, wire)
+            assert slot.offer_blocking(Weights.create(agent="forward", version=1, tensors=blob)).accepted
+            actions[projection, wire] = slot.act(0, obs)
+        finally:
+            slot.close()
+    reference = actions["float32", "float32"]
+    assert np.abs(reference).max() > 1e-3
+    for key in (("float16", "float32"), ("float16", "float16")):
+        np.testing.assert_allclose(actions[key], reference, atol=5e-3)
+
+
+def test_a_projection_value_beyond_float16_is_rejected_and_the_policy_stays() -> None:
+    from learner.networks import NetworkConfig
+    from protocol.messages import Weights
+    from runtime.policy_slot import PolicySlotConfig
+
+    spec = {"wrist": ((3, 84, 84), "uint8"), "proprio": ((4,), "float32")}
+    net = NetworkConfig(hidden_dim=32)
+    good = _pixel_actor_blob(spec, net)
+    huge = {k: v.copy() for k, v in good.items()}
+    huge["encoder.projection.0.weight"][0, 0] = 1e6  # finite in float32, inf in float16
+    obs = {"wrist": np.zeros((3, 84, 84), np.uint8), "proprio": np.zeros(4, np.float32)}
+    for projection, accepted in (("float16", False), ("float32", True)):
+        slot = PolicySlot.for_actor(spec, 3, net.to_dict(), PolicySlotConfig(projection_dtype=projection))
+        try:
+            assert slot.offer_blocking(Weights.create(agent="forward", version=1, tensors=good)).accepted
+            before = slot.act(0, obs)
+            result = slot.offer_blocking(Weights.create(agent="forward", version=2, tensors=huge))
+            assert result.accepted is accepted
+            if not accepted:
+                assert "float16" in result.reason and slot.version(0) == 1
+                np.testing.assert_array_equal(slot.act(0, obs), before)
+        finally:
+            slot.close()
