@@ -97,6 +97,10 @@ class AgentConfig:
     """Run the encoder under bfloat16 autocast in updates (fp32 master weights)."""
     critic_grad_clip: float | None = None
     """Max global grad norm of encoder + critics; None disables clipping."""
+    q_scale: float | None = None
+    """TD3+BC's normalisation of the actor's Q term: ``q_scale / mean|Q|`` (batch, no grad)
+    multiplies ``α log π − Q``, so the BC term keeps its weight as |Q| grows (TD3+BC: 2.5).
+    None: the plain ``α log π − Q`` (paper)."""
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -119,6 +123,8 @@ class AgentConfig:
             raise ValueError(f"AgentConfig.augment_pad must be >= 0, got {self.augment_pad}")
         if self.critic_grad_clip is not None and self.critic_grad_clip <= 0:
             raise ValueError("AgentConfig.critic_grad_clip must be > 0 or None")
+        if self.q_scale is not None and not self.q_scale > 0:
+            raise ValueError(f"AgentConfig.q_scale must be > 0 or None, got {self.q_scale}")
 
 
 @contextlib.contextmanager
@@ -288,6 +294,8 @@ class RedqAgent:
         action, log_prob, mean_action = self.actor.sample(h, noise_clip=self.noise_clip)
         q = self.critic(h, action).mean(dim=0)  # REDQ: the policy ascends the ensemble mean
         policy_loss = (self.alpha * log_prob - q).mean()
+        if self.cfg.q_scale is not None:  # TD3+BC: the Q term in units of its own magnitude
+            policy_loss = policy_loss * (self.cfg.q_scale / q.detach().abs().mean().clamp_min(1e-6))
         if bool(is_demo.any()):
             bc = (mean_action[is_demo] - demo_action[is_demo]).pow(2).sum(-1).mean()
         else:

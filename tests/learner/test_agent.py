@@ -233,3 +233,21 @@ def test_entropy_bonus_does_not_drive_std_to_its_ceiling():
     for _ in range(300):
         metrics = agent.update_actor(h, demo_action, is_demo, bc_weight=0.0)
     assert metrics["charts/entropy"] < 4.0
+
+
+def test_q_scale_makes_the_actor_step_independent_of_the_q_magnitude():
+    # TD3+BC: with q_scale, multiplying every Q by 10 leaves the actor's loss (hence the
+    # weight the BC term has against it) unchanged; without it the Q term grows tenfold.
+    batch = make_batch(n_demo=3)
+    h = torch.randn(8, make_agent().encoder.repr_dim)
+    for q_scale, expected_ratio in ((2.5, 1.0), (None, 10.0)):
+        agent = make_agent(q_scale=q_scale)
+        losses = []
+        for factor in (1.0, 10.0):
+            with torch.no_grad():  # the last layer scaled: every Q times `factor`
+                for p in agent.critic.l3.parameters():
+                    p.mul_(factor)
+            torch.manual_seed(3)
+            loss, _ = agent.actor_loss(h, batch.action, batch.is_demo, 0.0)
+            losses.append(float(loss))
+        assert losses[1] / losses[0] == pytest.approx(expected_ratio, rel=1e-4)
