@@ -309,9 +309,9 @@ def cast_for_inference(policy: PolicyNetwork, conv_dtype: torch.dtype,
     (``AgentConfig.encoder_bf16``), so a bf16 trunk computes what training computed, in about
     half the conv time on CPUs with AMX/AVX512-BF16. The projection (78,400×50 for two
     cameras) is a matrix-vector product bound by memory at batch 1: float16 halves its bytes
-    and ran 0.44 ms against 0.58 (float32) and 0.63 (bf16) on AVX512-FP16 here (whole
-    two-camera actor 1.45 vs 1.56 ms); float16 is also the precision the learner publishes
-    in. LayerNorm and the actor MLP stay float32 (an fp16 MLP measured no faster).
+    and ran 0.44 ms against 0.58 (float32) and 0.63 (bf16) on an idle AVX512-FP16 core here,
+    but the whole actor was slower with fp16 under a learner's load (see the runtime's
+    ``PolicySlotConfig.projection_dtype``). LayerNorm and the actor MLP stay float32.
     """
     if policy.encoder.image_keys:
         policy.encoder.convnet.to(conv_dtype)

@@ -74,9 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dtype of the pixel conv trunk at inference: bfloat16 computes as the learner's "
                         "autocast does (about half the time on CPUs with AMX/AVX512-BF16); auto picks it "
                         "where the CPU has native bf16")
-    p.add_argument("--projection-dtype", choices=PROJECTION_DTYPES, default="auto",
-                   help="dtype of the image projection layer at inference (memory-bound at batch 1): float16 "
-                        "halves the bytes it reads per tick; auto picks it where the CPU has native fp16")
+    p.add_argument("--projection-dtype", choices=PROJECTION_DTYPES, default="float32",
+                   help="dtype of the image projection layer at inference: float16 halves the bytes it reads "
+                        "per tick and was faster on an idle CPU with AVX512-FP16, slower with a learner "
+                        "on the same cores (see PolicySlotConfig)")
     p.add_argument("--prefetch-lead-ms", type=float, default=LoopConfig.prefetch_lead_s * 1e3,
                    help="warm the CPU caches for the acting policy this long before each tick (one inference "
                         "on the previous observation; 0: off): an inference right after idling runs ~2x slower")

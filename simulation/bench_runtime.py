@@ -237,7 +237,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--weights-dtype", default="float16", help="published weights dtype (the learner's "
                    "service.weights_dtype: float16, float32)")
     p.add_argument("--conv-dtype", default="auto", help="runtime --conv-dtype (auto, float32, bfloat16)")
-    p.add_argument("--projection-dtype", default="auto", help="runtime --projection-dtype (auto, float32, float16)")
+    p.add_argument("--projection-dtype", default="float32", help="runtime --projection-dtype (float32, float16)")
     p.add_argument("--prefetch-lead-ms", type=float, default=None, help="runtime --prefetch-lead-ms (0: off; "
                    "default: its own)")
     p.add_argument("--prefetch-passes", type=int, default=None, help="runtime --prefetch-passes (default: its own)")
