@@ -148,12 +148,13 @@ class LateTickProbe:
         """The loop adds its warm-up time here (reset at every mark)."""
         self.causes: Counter[str] = Counter()
         self.last: LateTick | None = None
-        gc.callbacks.append(self._on_gc)
+        self._hooked = False  # the collector hook goes in at the first mark (a loop never run adds none)
 
     def close(self) -> None:
         """Removes the collector hook and closes the schedstat file (idempotent)."""
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
+        self._hooked = False
         if self._fd is not None:
             os.close(self._fd)
             self._fd = self._tid = None
@@ -175,6 +176,9 @@ class LateTickProbe:
 
     def mark(self) -> None:
         """Call at the end of every tick's work."""
+        if not self._hooked:
+            gc.callbacks.append(self._on_gc)
+            self._hooked = True
         self._since = self._sample()
         self._gc_s = 0.0
         self.warmup_s = 0.0

@@ -154,3 +154,12 @@ def test_the_log_line_names_the_other_threads(caplog):
         worker.join()
         probe.close()
     assert "weights-worker@wait (threading.py:" in caplog.records[-1].getMessage()
+
+
+def test_the_collector_hook_lives_from_the_first_mark_to_close():
+    probe = LateTickProbe()
+    assert not any(getattr(cb, "__self__", None) is probe for cb in gc.callbacks)  # a loop never run adds none
+    probe.mark()
+    assert any(getattr(cb, "__self__", None) is probe for cb in gc.callbacks)
+    probe.close()
+    assert not any(getattr(cb, "__self__", None) is probe for cb in gc.callbacks)
