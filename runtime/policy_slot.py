@@ -10,8 +10,9 @@ costs a tick. A bad blob is logged, counted and rejected; the current policy sta
 
 Inference speed (``PolicySlotConfig``): the conv trunk in bfloat16 where the CPU has native
 bf16 (the image projection optionally in float16), each module run through a TorchScript
-trace of itself that shares its parameters, and :meth:`prefetch` for the loop's cache warm-up before each tick. Float32 tensors may arrive
-as float16 (``protocol.messages.weights_in_dtype``).
+trace of itself that shares its parameters, and :meth:`prefetch` for the loop's cache
+warm-up before each tick. Float32 tensors may arrive as float16
+(``protocol.messages.weights_in_dtype``).
 
 The weights object is ``protocol.messages.Weights`` or anything with ``agent`` (``"forward"``/
 ``"backward"`` or 0/1), ``version: int``, ``tensors: dict[str, np.ndarray]`` and ``sha256: str``.
