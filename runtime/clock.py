@@ -85,6 +85,8 @@ class Tick:
     """Whether the tick is an overrun (started after deadline + tolerance)."""
     skipped: int
     """Ticks skipped just before this one because the loop fell behind."""
+    lateness: float = 0.0
+    """Seconds the tick started after the first deadline it was due at (before any skip)."""
 
 
 class Clock:
@@ -166,7 +168,8 @@ class Clock:
         self._recent.append(started)
         if len(self._recent) > 64:
             del self._recent[:32]
-        return Tick(index=self._index, deadline=self._next, started=started, late=late, skipped=skipped)
+        return Tick(index=self._index, deadline=self._next, started=started, late=late, skipped=skipped,
+                    lateness=lateness)
 
     async def _sleep_until(self, deadline: float) -> None:
         coarse = deadline - min(self.config.spin_margin_s, self.period / 2) - self._now()
@@ -270,6 +273,13 @@ def apply_isolation(config: IsolationConfig) -> dict[str, str]:
     return outcome
 
 
+def _fifo_level(tid: int = 0) -> int | None:
+    """The SCHED_FIFO priority of thread ``tid`` (0: the caller); None when not FIFO."""
+    if os.sched_getscheduler(tid) != os.SCHED_FIFO:
+        return None
+    return os.sched_getparam(tid).sched_priority
+
+
 def lower_thread_priority() -> None:
     """Drops the calling thread one SCHED_FIFO level below the loop (a no-op unless it runs
     SCHED_FIFO above level 1). For worker threads (executors, and the device threads they
@@ -277,10 +287,8 @@ def lower_thread_priority() -> None:
     the loop, and a simulator render or a weights hash then delayed ticks by up to 18 ms
     (13 overruns in 15,000 ticks at 50 Hz); one level down they still run before the learner."""
     try:
-        if os.sched_getscheduler(0) != os.SCHED_FIFO:
-            return
-        level = os.sched_getparam(0).sched_priority
-        if level > 1:
+        level = _fifo_level()
+        if level is not None and level > 1:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(level - 1))
     except (OSError, AttributeError) as e:  # no privileges, or no sched_* on this OS
         logger.debug("isolation: worker priority unchanged: %s", e)
@@ -296,21 +304,17 @@ def lower_other_threads() -> int:
     garbage-collector thread and its ZeroMQ I/O thread (started by the first large send on
     the loop thread), and any a library starts. Call once after start-up, before the loop."""
     try:
-        if os.sched_getscheduler(0) != os.SCHED_FIFO:
-            return 0
-        level = os.sched_getparam(0).sched_priority
+        level = _fifo_level()
         tasks = os.listdir("/proc/self/task")
     except (OSError, AttributeError):
         return 0
-    if level <= 1:
+    if level is None or level <= 1:
         return 0
     own, lowered = threading.get_native_id(), 0
-    for name in tasks:
-        tid = int(name)
-        if tid == own:
-            continue
+    for tid in map(int, tasks):
         try:
-            if os.sched_getscheduler(tid) == os.SCHED_FIFO and os.sched_getparam(tid).sched_priority >= level:
+            theirs = _fifo_level(tid) if tid != own else None
+            if theirs is not None and theirs >= level:
                 os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(level - 1))
                 lowered += 1
         except OSError as e:  # the thread exited meanwhile, or no privileges

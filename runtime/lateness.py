@@ -138,7 +138,6 @@ class LateTickProbe:
     def __init__(self, *, log_interval_s: float = 1.0) -> None:
         self.log_interval_s = log_interval_s
         self._fd: int | None = None
-        self._tid: int | None = None
         self._last_log = -math.inf
         self._unlogged = 0
         self._since: ThreadSample | None = None
@@ -148,24 +147,16 @@ class LateTickProbe:
         """The loop adds its warm-up time here (reset at every mark)."""
         self.causes: Counter[str] = Counter()
         self.last: LateTick | None = None
-        self._hooked = False  # the collector hook goes in at the first mark (a loop never run adds none)
+        self._started = False  # hook and schedstat file come with the first mark (a loop never run has none)
 
     def close(self) -> None:
         """Removes the collector hook and closes the schedstat file (idempotent)."""
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
-        self._hooked = False
         if self._fd is not None:
             os.close(self._fd)
-            self._fd = self._tid = None
-
-    def _sample(self) -> ThreadSample:
-        tid = threading.get_native_id()
-        if tid != self._tid:  # first sample, or the loop moved to another thread
-            if self._fd is not None:
-                os.close(self._fd)
-            self._fd, self._tid = open_schedstat(), tid
-        return ThreadSample.now(self._fd)
+            self._fd = None
+        self._started = False
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
@@ -175,11 +166,12 @@ class LateTickProbe:
             self._gc_started = None
 
     def mark(self) -> None:
-        """Call at the end of every tick's work."""
-        if not self._hooked:
+        """Call at the end of every tick's work, on the loop's thread."""
+        if not self._started:
             gc.callbacks.append(self._on_gc)
-            self._hooked = True
-        self._since = self._sample()
+            self._fd = open_schedstat()
+            self._started = True
+        self._since = ThreadSample.now(self._fd)
         self._gc_s = 0.0
         self.warmup_s = 0.0
 
@@ -188,7 +180,7 @@ class LateTickProbe:
         WARNING and counts its cause. None before the first mark."""
         if self._since is None:
             return None
-        now, then = self._sample(), self._since
+        now, then = ThreadSample.now(self._fd), self._since
         runqueue = None if now.runqueue is None or then.runqueue is None else (now.runqueue - then.runqueue) * 1e3
         report = LateTick(
             late_ms=late_s * 1e3, gap_ms=(now.wall - then.wall) * 1e3, cpu_ms=(now.cpu - then.cpu) * 1e3,

@@ -281,8 +281,8 @@ class ControlLoop:
                     await self._await_gate()
                 await self._prefetch()
                 tick = await self.clock.wait_next()
-                if tick.late:  # lateness counted from the first missed deadline
-                    self.lateness.late(tick.started - tick.deadline + tick.skipped * self.clock.period)
+                if tick.late:
+                    self.lateness.late(tick.lateness)
                 self.tick(tick)
                 if self._reset_due():
                     await self._reset_environment()

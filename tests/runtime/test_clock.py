@@ -78,6 +78,8 @@ def test_a_long_stall_is_one_overrun_and_skipped_ticks_not_a_burst() -> None:
     assert not ticks[2].late and ticks[2].index == 5
     assert ticks[3].started - ticks[2].started == pytest.approx(0.02, abs=1e-4)  # no burst
     assert clock.overruns == 1 and clock.skipped == 3
+    # lateness counts from the first missed deadline (20 ms), not the one after the skip
+    assert ticks[1].lateness == pytest.approx(0.075, abs=1e-4) and ticks[2].lateness == pytest.approx(0, abs=1e-4)
 
 
 def test_rebase_restarts_the_grid() -> None:
