@@ -24,7 +24,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from learner.augment import RandomShift
 from learner.errors import DiscriminatorError
-from learner.networks import Encoder, NetworkConfig, ObsSpec
+from learner.networks import Encoder, NetworkConfig, ObsSpec, is_image
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,17 @@ class DiscriminatorConfig:
     """Spectral normalisation on every layer the discriminator owns."""
     augment_pad: int = 4
     """Random-shift padding on images (DrQ-v2); 0 disables it."""
+    normalize_vectors: bool = True
+    """Standardise vector keys (state, proprio) by the demos' per-dimension mean and std.
+
+    Spectral norm makes every layer 1-Lipschitz, so on raw states in metres the logit can
+    move only as far as the state does: on door (handle travel ~0.3 m) the logits stayed
+    within ±0.2 and the reward barely varied (docs/learning.md §7, §9). In demo-std units
+    the same travel is several units."""
+    vector_std_floor: float = 0.01
+    """Smallest std used for a dimension (keeps constant dimensions, e.g. a fixed goal, finite)."""
+    vector_clip: float = 10.0
+    """Standardised vectors are clipped to ±this (a state far outside the demos saturates)."""
 
     def __post_init__(self) -> None:
         for name in ("updates_every", "updates_per_round", "feature_dim", "hidden_dim"):
@@ -70,6 +81,10 @@ class DiscriminatorConfig:
             raise ValueError(f"DiscriminatorConfig.lr must be > 0, got {self.lr}")
         if self.augment_pad < 0:
             raise ValueError(f"DiscriminatorConfig.augment_pad must be >= 0, got {self.augment_pad}")
+        if not self.vector_std_floor > 0:
+            raise ValueError(f"DiscriminatorConfig.vector_std_floor must be > 0, got {self.vector_std_floor}")
+        if not self.vector_clip > 0:
+            raise ValueError(f"DiscriminatorConfig.vector_clip must be > 0, got {self.vector_clip}")
         if self.cameras is not None:
             object.__setattr__(self, "cameras", tuple(self.cameras))
 
@@ -83,11 +98,60 @@ def mixup(h: Tensor, labels: Tensor, lam: Tensor, perm: Tensor) -> tuple[Tensor,
     return lam_h * h + (1 - lam_h) * h[perm], lam * labels + (1 - lam) * labels[perm]
 
 
+class VectorNormalizer(nn.Module):
+    """Per-dimension standardisation of vector keys, `clip((x − mean) / std, ±clip)`.
+
+    The statistics are buffers (saved with the discriminator), fixed at construction from
+    the demos; image keys pass through untouched. Until `set_stats` is called it is the
+    identity (mean 0, std 1).
+    """
+
+    def __init__(self, obs_spec: ObsSpec, std_floor: float, clip: float) -> None:
+        super().__init__()
+        self.keys = tuple(sorted(k for k, (shape, dtype) in obs_spec.items() if not is_image(shape, dtype)))
+        self.std_floor = std_floor
+        self.clip = clip
+        for k in self.keys:
+            dim = int(obs_spec[k][0][0])
+            self.register_buffer(_buf(k, "mean"), torch.zeros(dim))
+            self.register_buffer(_buf(k, "std"), torch.ones(dim))
+
+    def set_stats(self, samples: Mapping[str, Tensor]) -> None:
+        """Sets mean and std (floored) from `(N, D)` samples of each vector key present."""
+        for k in self.keys:
+            if k not in samples:
+                continue
+            x = samples[k].double()
+            if x.ndim != 2 or len(x) == 0 or not bool(torch.isfinite(x).all()):
+                raise DiscriminatorError(f"normaliser: {k!r} samples must be finite (N, D), got {tuple(x.shape)}")
+            mean = getattr(self, _buf(k, "mean"))
+            if x.shape[1] != mean.numel():
+                raise DiscriminatorError(f"normaliser: {k!r} has {x.shape[1]} dims, the spec {mean.numel()}")
+            mean.copy_(x.mean(0).float())
+            getattr(self, _buf(k, "std")).copy_(x.std(0, correction=0).clamp_min(self.std_floor).float())
+
+    def forward(self, obs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Returns `obs` with every vector key standardised (new dict; inputs untouched)."""
+        out = dict(obs)
+        for k in self.keys:
+            if k in out:
+                x = (out[k].float() - getattr(self, _buf(k, "mean"))) / getattr(self, _buf(k, "std"))
+                out[k] = x.clamp(-self.clip, self.clip)
+        return out
+
+
+def _buf(key: str, stat: str) -> str:
+    return f"{key.replace('.', '_')}_{stat}"
+
+
 class DiscriminatorNet(nn.Module):
     """Own encoder (optional) + MLP head → one logit per observation."""
 
     def __init__(self, obs_spec: ObsSpec, cfg: DiscriminatorConfig, shared: Encoder | None) -> None:
         super().__init__()
+        self.normalizer: VectorNormalizer | None = (
+            VectorNormalizer(obs_spec, cfg.vector_std_floor, cfg.vector_clip) if cfg.normalize_vectors else None
+        )
         self.encoder: Encoder | None = None
         if shared is None:
             net_cfg = NetworkConfig(feature_dim=cfg.feature_dim, cameras=cfg.cameras, use_proprio=cfg.use_proprio)
@@ -138,9 +202,17 @@ class Discriminator:
         )
         self.num_updates = 0
 
+    def set_input_stats(self, samples: Mapping[str, Tensor]) -> None:
+        """Fixes the vector-key standardisation from `(N, D)` samples (the demos); a no-op
+        when `normalize_vectors` is off. Raises DiscriminatorError on malformed samples."""
+        if self.net.normalizer is not None:
+            self.net.normalizer.set_stats({k: v.to(self.device) for k, v in samples.items()})
+
     def embed(self, obs: Mapping[str, Tensor], *, augment: bool) -> Tensor:
         """Returns the fused embedding `(B, repr_dim)` (shared encoder: without gradient)."""
         obs = {k: v.to(self.device) for k, v in obs.items()}
+        if self.net.normalizer is not None:
+            obs = self.net.normalizer(obs)
         if augment:
             obs = self.augment(obs)
         if self.net.encoder is not None:
@@ -204,7 +276,12 @@ class Discriminator:
     def load_state_dict(self, state: Mapping[str, object]) -> None:
         """Loads a `state_dict()` in place. Raises DiscriminatorError on a mismatch."""
         try:
-            self.net.load_state_dict(state["net"])
+            net_state = dict(state["net"])  # type: ignore[arg-type]
+            if self.net.normalizer is not None and not any(k.startswith("normalizer.") for k in net_state):
+                # A checkpoint from before input standardisation: keep the demo statistics set here.
+                logger.warning("%s: checkpoint has no input statistics; keeping the ones from the demos", self.name)
+                net_state.update({f"normalizer.{k}": v for k, v in self.net.normalizer.state_dict().items()})
+            self.net.load_state_dict(net_state)
             self.optim.load_state_dict(state["optim"])
             self.num_updates = int(state["num_updates"])
         except (KeyError, RuntimeError, ValueError) as e:

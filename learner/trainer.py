@@ -178,6 +178,10 @@ class MedalTrainer:
         self.medal_pos = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in fwd.observations.items()}
         self.vice = Discriminator(obs_spec, config.vice, self.device, shared_encoder=self._vice_encoder(), name="vice")
         self.medal = Discriminator(obs_spec, config.medal, self.device, name="medal")
+        # Both discriminators standardise vector keys by every demo state they can see.
+        stats = _demo_states(demos, self.obs_spec)
+        self.vice.set_input_stats(stats)
+        self.medal.set_input_stats(stats)
         self.env_steps = 0
         self.agent_steps = [0, 0]
         self.updates = [0, 0]
@@ -428,6 +432,16 @@ class MedalTrainer:
             self.load_replay_state(ckpt.replay)
         logger.info("restored %s (env_steps %d)", ckpt.path, self.env_steps)
         return ckpt.path
+
+
+def _demo_states(demos: tuple[DemoData | None, DemoData | None], obs_spec: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Returns the vector-key observations of all demos (forward and backward), stacked."""
+    out: dict[str, torch.Tensor] = {}
+    for k in obs_spec:
+        parts = [np.asarray(d.observations[k], dtype=np.float32) for d in demos if d is not None]
+        if parts and parts[0].ndim == 2:
+            out[k] = torch.from_numpy(np.concatenate(parts))
+    return out
 
 
 def _finite(t: torch.Tensor) -> bool:

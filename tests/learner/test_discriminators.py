@@ -100,3 +100,53 @@ def test_bad_inputs_raise() -> None:
         disc.update({"state": torch.zeros(0, 2)}, {"state": torch.zeros(3, 2)})
     with pytest.raises(ValueError, match="batch_size"):
         DiscriminatorConfig(batch_size=3)
+
+
+def _state_gap(normalize: bool) -> float:
+    """Trains a spectral-norm state discriminator on states 5 cm apart (door-like scale)
+    and returns the logit gap between the two classes."""
+    torch.manual_seed(2)
+    spec = {"state": ((3,), "float32")}
+    disc = Discriminator(spec, DiscriminatorConfig(hidden_dim=32, lr=1e-3, mixup_alpha=0.0,
+                                                   normalize_vectors=normalize))
+
+    def states(n: int, x: float) -> dict[str, torch.Tensor]:
+        return {"state": torch.tensor([x, 0.5, 0.1]) + 0.005 * torch.randn(n, 3)}
+
+    disc.set_input_stats({"state": torch.cat([states(64, 0.0)["state"], states(64, 0.05)["state"]])})
+    for _ in range(300):
+        disc.update(states(64, 0.0), states(64, 0.05))
+    return float(disc.logits(states(256, 0.0)).mean() - disc.logits(states(256, 0.05)).mean())
+
+
+def test_standardised_states_give_spectral_norm_a_usable_logit_range() -> None:
+    # 1-Lipschitz layers on raw metres: the gap can be at most |Δs| = 0.05. In demo-std
+    # units (std 0.025 along x) the same states are ~2 units apart and the gap opens up.
+    raw, standardised = _state_gap(False), _state_gap(True)
+    assert raw < 0.06
+    assert standardised > 1.0
+
+
+def test_input_stats_are_saved_floored_and_restored() -> None:
+    spec = {"state": ((2,), "float32"), "img": ((3, 16, 16), "uint8")}
+    cfg = DiscriminatorConfig(hidden_dim=8, feature_dim=4, vector_std_floor=0.01, vector_clip=5.0)
+    disc = Discriminator(spec, cfg)
+    disc.set_input_stats({"state": torch.tensor([[1.0, 3.0], [3.0, 3.0]])})  # std (1, 0)
+    norm = disc.net.normalizer
+    assert torch.allclose(norm.state_mean, torch.tensor([2.0, 3.0]))
+    assert torch.allclose(norm.state_std, torch.tensor([1.0, 0.01]))  # constant dim: floored
+    out = norm({"state": torch.tensor([[4.0, 4.0]]), "img": torch.zeros(1, 3, 16, 16, dtype=torch.uint8)})
+    assert torch.allclose(out["state"], torch.tensor([[2.0, 5.0]]))  # 100 std clipped to 5
+    assert out["img"].dtype == torch.uint8
+    other = Discriminator(spec, cfg)
+    other.load_state_dict(disc.state_dict())
+    assert torch.equal(other.net.normalizer.state_mean, norm.state_mean)
+    # A checkpoint from before the normaliser keeps the statistics set from the demos.
+    old = disc.state_dict()
+    old["net"] = {k: v for k, v in old["net"].items() if not k.startswith("normalizer.")}
+    fresh = Discriminator(spec, cfg)
+    fresh.set_input_stats({"state": torch.tensor([[0.0, 0.0], [2.0, 2.0]])})
+    fresh.load_state_dict(old)
+    assert torch.allclose(fresh.net.normalizer.state_mean, torch.tensor([1.0, 1.0]))
+    with pytest.raises(DiscriminatorError, match="finite"):
+        disc.set_input_stats({"state": torch.tensor([[float("nan"), 0.0]])})
