@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default=None, help="torch device (default auto)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: service.torch_threads = 1, leaving a core to the runtime)")
+    p.add_argument("--cpus", default=None, metavar="LIST",
+                   help="CPUs the learner may use, e.g. '0' or '0,2' (default: all); on a PC that also "
+                        "runs the runtime, keep it off the runtime's --cpu")
     p.add_argument("--seed", type=int, default=None, help="seed of torch/numpy/python RNGs")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="log level")
     return p
@@ -67,6 +70,9 @@ def resolve_config(args: argparse.Namespace) -> tuple[LearnerConfig, Path]:
             sets.append(f"service.{key}={json.dumps(getattr(args, flag))}")
     if args.threads is not None:
         sets.append(f"service.torch_threads={args.threads}")
+    if args.cpus is not None:
+        cpus = [int(c) for c in args.cpus.split(",") if c.strip()]
+        sets.append(f"service.cpus={json.dumps(cpus)}")
     if args.seed is not None:
         sets.append(f"seed={args.seed}")
     return cfg.with_overrides(sets), Path(run_dir)

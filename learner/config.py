@@ -69,6 +69,10 @@ class ServiceConfig:
     """Torch device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:N``."""
     torch_threads: int = 1
     """Intra-op threads on CPU (leave cores to a runtime on the same machine)."""
+    cpus: tuple[int, ...] = ()
+    """CPUs the learner process may run on (Linux); empty: all. On a PC that also runs the
+    runtime, keep the learner off the runtime's ``--cpu`` so it neither takes that core nor
+    evicts the loop's caches (``resetfree-bench runtime --cpu 1 --load-cpus 0``)."""
     tune_allocator: bool = True
     """Keep freed activations in glibc's heap (``learner.agent.tune_cpu_allocator``)."""
     publish_every: int = 100
@@ -101,6 +105,9 @@ class ServiceConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ServiceConfig.{name} must be a positive int, got {value!r}")
+        object.__setattr__(self, "cpus", tuple(self.cpus))
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in self.cpus):
+            raise ValueError(f"ServiceConfig.cpus must be CPU numbers >= 0, got {self.cpus!r}")
         if self.mode not in ("realtime", "lockstep"):
             raise ValueError(f"ServiceConfig.mode must be realtime or lockstep, got {self.mode!r}")
         if not isinstance(self.journal_retention_steps, int) or self.journal_retention_steps < 0:

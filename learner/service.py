@@ -433,6 +433,7 @@ class LearnerService:
     # ------------------------------------------------------------------ preparation (thread)
     def _prepare(self, loop: asyncio.AbstractEventLoop, metrics: Metrics) -> TrainingWorker:
         cfg = self.cfg
+        pin_process(cfg.service.cpus)
         torch.set_num_threads(cfg.service.torch_threads)
         trainer = MedalTrainer(cfg, self.demos.obs_spec, self.demos.action_dim,
                                (self.demos.forward, self.demos.backward), resolve_device(cfg.service.device),
@@ -678,3 +679,25 @@ async def serve(service: LearnerService) -> None:
         await service.run()
     except* _Stop:
         logger.info("learner stopped cleanly")
+
+
+def pin_process(cpus: tuple[int, ...]) -> bool:
+    """Restricts every thread of this process, and those it starts later, to ``cpus``.
+
+    Returns whether the affinity was set (False for an empty ``cpus``, off Linux, or when the
+    OS refuses, which is logged). Raises ServiceError when none of ``cpus`` exists here.
+    """
+    if not cpus:
+        return False
+    available = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    if available and not set(cpus) & available:
+        raise ServiceError(f"service.cpus {sorted(cpus)}: none of them is available here ({sorted(available)})")
+    try:
+        # Threads started before this (the asyncio loop's, ZeroMQ's) are moved one by one.
+        for tid in map(int, os.listdir("/proc/self/task")):
+            os.sched_setaffinity(tid, cpus)
+    except (OSError, AttributeError) as e:
+        logger.warning("learner: cannot pin to CPUs %s: %s", sorted(cpus), e)
+        return False
+    logger.info("learner: pinned to CPUs %s", sorted(cpus))
+    return True

@@ -119,8 +119,11 @@ async def measure_rate(hz: float, seconds: float, args: argparse.Namespace, work
     serve = asyncio.create_task(learner.run())
     spill = work / f"spill-{int(hz)}"
     env = {**os.environ, "OMP_NUM_THREADS": str(args.load_threads), "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
-    load = None if args.no_load else subprocess.Popen([sys.executable, "-m", "simulation.bench_runtime", "--load", str(seconds + 60),
-                             "--load-threads", str(args.load_threads)], cwd=ROOT, env=env,
+    load_cmd = [sys.executable, "-m", "simulation.bench_runtime", "--load", str(seconds + 60),
+                "--load-threads", str(args.load_threads)]
+    if args.load_cpus:
+        load_cmd += ["--load-cpus", args.load_cpus]
+    load = None if args.no_load else subprocess.Popen(load_cmd, cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=open(work / f"load-{int(hz)}.log", "wb"))
     cmd = [sys.executable, "-m", "runtime", "--robot", "sim:cube", "--obs", "pixels", "--hz", str(hz),
            "--learner", endpoint, "--spill-dir", str(spill), "--control-bind", "tcp://127.0.0.1:0",
@@ -199,10 +202,14 @@ def _last_json(text: str) -> dict[str, Any]:
     return {}
 
 
-def run_load(seconds: float, threads: int) -> int:
-    """The learner's load: batch-256 pixel REDQ updates until ``seconds`` pass or SIGTERM;
-    prints ``{"updates_per_s": ...}``."""
+def run_load(seconds: float, threads: int, cpus: set[int] | None = None) -> int:
+    """The learner's load: batch-256 pixel REDQ updates until ``seconds`` pass or SIGTERM,
+    on ``cpus`` when given (the learner kept off the runtime's core); prints
+    ``{"updates_per_s": ...}``."""
     import torch
+
+    if cpus:
+        os.sched_setaffinity(0, cpus)
 
     from learner.agent import AgentConfig, RedqAgent
     from learner.bench import ACTION_DIM, filled_replay
@@ -231,6 +238,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--publish-every", type=float, default=3.0, help="seconds between weight publishes")
     p.add_argument("--load-threads", type=int, default=2, help="torch threads of the learner load")
     p.add_argument("--no-load", action="store_true", help="idle machine (no learner load)")
+    p.add_argument("--load-cpus", default="", help="CPUs the learner load may use, e.g. '0' (default: all); "
+                   "with --cpu, keeps the learner off the runtime's core")
     p.add_argument("--cpu", type=int, default=None, help="runtime --cpu")
     p.add_argument("--priority", default="fifo", help="runtime --priority (none, nice, fifo)")
     p.add_argument("--gc", default="freeze", help="runtime --gc (default, freeze, manual)")
@@ -245,11 +254,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--load", type=float, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.load is not None:
-        return run_load(args.load, args.load_threads)
+        cpus = {int(c) for c in args.load_cpus.split(",") if c.strip()} if args.load_cpus else None
+        return run_load(args.load, args.load_threads, cpus)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     seconds = 10.0 if args.quick else args.seconds
     result: dict[str, Any] = {"cpu": os.cpu_count(), "levers": {
-        "cpu": args.cpu, "priority": args.priority, "gc": args.gc, "conv_dtype": args.conv_dtype, "projection_dtype": args.projection_dtype, "weights_dtype": args.weights_dtype,
+        "cpu": args.cpu, "load_cpus": args.load_cpus or "all", "load_threads": args.load_threads, "priority": args.priority, "gc": args.gc, "conv_dtype": args.conv_dtype, "projection_dtype": args.projection_dtype, "weights_dtype": args.weights_dtype,
         "prefetch_lead_ms": args.prefetch_lead_ms,
         "prefetch_passes": args.prefetch_passes, "threads": args.threads}}
     with tempfile.TemporaryDirectory(prefix="bench-runtime-") as work:

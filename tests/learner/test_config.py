@@ -100,3 +100,15 @@ def test_config_hash_is_stable_and_covers_shared_fields_only():
 def test_session_settings_follow_the_switch_section():
     cfg = profile("sim").with_overrides(["switch.interval=150"])
     assert cfg.session_settings().switch_interval == 150
+
+
+def test_learner_cpus_from_the_command_line_and_validated(tmp_path):
+    from learner.__main__ import build_parser
+    from learner.__main__ import resolve_config as resolve_learner_config
+
+    args = build_parser().parse_args(["--demos", str(tmp_path), "--cpus", "0,1", "--run-dir", str(tmp_path)])
+    cfg, _ = resolve_learner_config(args)
+    assert cfg.service.cpus == (0, 1)
+    assert profile("sim").service.cpus == ()  # default: every CPU
+    with pytest.raises(ValueError, match="service.cpus|ServiceConfig.cpus"):
+        profile("sim").with_overrides(["service.cpus=[-1]"])

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -299,3 +303,29 @@ def test_a_hole_the_runtime_declares_is_counted_lost_and_skipped(tmp_path: Path,
             ctx.destroy(linger=0)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
+def test_pin_process_moves_every_thread_and_refuses_absent_cpus() -> None:
+    # In a child: pinning the test process itself would slow every test after this one.
+    cpu = min(os.sched_getaffinity(0))
+    code = textwrap.dedent(f"""
+        import os, threading, time
+        from learner.service import ServiceError, pin_process
+        started = threading.Event()
+        t = threading.Thread(target=lambda: (started.set(), time.sleep(5)), daemon=True)
+        t.start(); started.wait()
+        assert pin_process(({cpu},)) is True
+        tids = [int(x) for x in os.listdir("/proc/self/task")]
+        assert len(tids) >= 2 and all(os.sched_getaffinity(tid) == {{{cpu}}} for tid in tids), tids
+        assert pin_process(()) is False
+        try:
+            pin_process((10_000,))
+        except ServiceError as e:
+            assert "10000" in str(e)
+        else:
+            raise AssertionError("an absent CPU was accepted")
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr
