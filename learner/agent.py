@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from learner.augment import RandomShift
 from learner.batch import Batch
 from learner.networks import (
-    Actor, CriticEnsemble, Encoder, NetworkConfig, ObsSpec, PolicyNetwork, is_image,
+    Actor, CriticEnsemble, Encoder, NetworkConfig, ObsSpec, PolicyNetwork, is_image, native_bf16,
 )
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,9 @@ class AgentConfig:
     augment_pad: int = 4
     """Random-shift padding in pixels (DrQ-v2: 4)."""
     encoder_bf16: bool = True
-    """Run the encoder under bfloat16 autocast in updates (fp32 master weights)."""
+    """Run the encoder under bfloat16 autocast in updates (fp32 master weights) where the device
+    computes bf16 natively (``learner.networks.native_bf16``: CUDA, AMX / AVX512-BF16 CPUs);
+    elsewhere it runs in float32, since emulated bf16 is ~6x slower. False: float32 always."""
     critic_grad_clip: float | None = None
     """Max global grad norm of encoder + critics; None disables clipping."""
     q_scale: float | None = None
@@ -164,6 +166,9 @@ class RedqAgent:
         self.encoder = (encoder if encoder is not None else Encoder(obs_spec, net_cfg)).to(self.device)
         if self.encoder.image_keys:
             self.encoder.to(memory_format=torch.channels_last)
+        self._bf16 = bool(agent_cfg.encoder_bf16 and self.encoder.image_keys and native_bf16(self.device))
+        if agent_cfg.encoder_bf16 and self.encoder.image_keys and not self._bf16:
+            logger.info("agent: %s has no native bfloat16; the encoder trains in float32", self.device)
         rd = self.encoder.repr_dim
         self.actor = Actor(rd, action_dim, net_cfg).to(self.device)
         self.critic = CriticEnsemble(rd, action_dim, net_cfg).to(self.device)
@@ -197,8 +202,7 @@ class RedqAgent:
         return self.cfg.stddev_clip if self.cfg.init_temperature == 0 else None
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16,
-                              enabled=self.cfg.encoder_bf16 and bool(self.encoder.image_keys))
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16)
 
     # ------------------------------------------------------------------ acting
     def act(self, obs: Mapping[str, np.ndarray], *, explore: bool) -> np.ndarray:

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from learner.networks import native_bf16
 from protocol.messages import Weights, weights_sha256
 from runtime.clock import lower_thread_priority
 from runtime.errors import PolicyError, WeightsRejected
@@ -58,20 +59,13 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 def resolve_conv_dtype(name: str) -> torch.dtype:
     """Returns the torch dtype for ``PolicySlotConfig.conv_dtype`` (``auto`` resolved here)."""
     if name == "auto":
-        name = "bfloat16" if _native_bf16() else "float32"
+        name = "bfloat16" if native_bf16("cpu") else "float32"
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
 def resolve_projection_dtype(name: str) -> torch.dtype:
     """Returns the torch dtype for ``PolicySlotConfig.projection_dtype``."""
     return {"float32": torch.float32, "float16": torch.float16}[name]
-
-
-def _native_bf16() -> bool:
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without the check
-        return False
 
 
 

@@ -251,3 +251,14 @@ def test_q_scale_makes_the_actor_step_independent_of_the_q_magnitude():
             loss, _ = agent.actor_loss(h, batch.action, batch.is_demo, 0.0)
             losses.append(float(loss))
         assert losses[1] / losses[0] == pytest.approx(expected_ratio, rel=1e-4)
+
+
+def test_bf16_autocast_only_where_the_device_has_native_bf16(monkeypatch):
+    import learner.agent as agent_module
+
+    # Emulated bf16 is ~6x slower than float32 (24 s vs 4 s per pixel update on an AVX2 EPYC).
+    monkeypatch.setattr(agent_module, "native_bf16", lambda device: False)
+    assert make_agent(encoder_bf16=True)._bf16 is False
+    monkeypatch.setattr(agent_module, "native_bf16", lambda device: True)
+    assert make_agent(encoder_bf16=True)._bf16 is True
+    assert make_agent(encoder_bf16=False)._bf16 is False
