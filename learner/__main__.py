@@ -20,7 +20,7 @@ from pathlib import Path
 from learner.config import LearnerConfig, add_config_arguments, config_from_args
 from learner.demo_dir import DemoDirError, load_demo_dir
 from learner.errors import LearnerError
-from learner.service import LearnerService, serve
+from learner.service import LearnerService, parse_cpus, serve
 from protocol.keys import server_keys
 
 logger = logging.getLogger(__name__)
@@ -71,8 +71,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[LearnerConfig, Path]:
     if args.threads is not None:
         sets.append(f"service.torch_threads={args.threads}")
     if args.cpus is not None:
-        cpus = [int(c) for c in args.cpus.split(",") if c.strip()]
-        sets.append(f"service.cpus={json.dumps(cpus)}")
+        sets.append(f"service.cpus={json.dumps(list(parse_cpus(args.cpus)))}")
     if args.seed is not None:
         sets.append(f"seed={args.seed}")
     return cfg.with_overrides(sets), Path(run_dir)

@@ -681,6 +681,18 @@ async def serve(service: LearnerService) -> None:
         logger.info("learner stopped cleanly")
 
 
+def parse_cpus(text: str) -> tuple[int, ...]:
+    """Returns the CPUs of a list such as ``"0"`` or ``"0,2"`` (empty text: none = all).
+    Raises ValueError naming the list when an entry is not a CPU number."""
+    try:
+        cpus = tuple(int(c) for c in text.split(",") if c.strip())
+    except ValueError as e:
+        raise ValueError(f"CPU list {text!r}: entries must be CPU numbers, e.g. '0' or '0,2'") from e
+    if any(c < 0 for c in cpus):
+        raise ValueError(f"CPU list {text!r}: CPU numbers are >= 0")
+    return cpus
+
+
 def pin_process(cpus: tuple[int, ...]) -> bool:
     """Restricts every thread of this process, and those it starts later, to ``cpus``.
 

@@ -68,7 +68,6 @@ def resolve_projection_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "float16": torch.float16}[name]
 
 
-
 @dataclass(frozen=True, kw_only=True)
 class PolicySlotConfig:
     """Limits and statistics of the policy slot."""

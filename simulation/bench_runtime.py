@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from learner.networks import NetworkConfig, build_actor
+from learner.service import parse_cpus
 from protocol.errors import PeerTimeout, SequenceGap
 from protocol.messages import Ack, Hello, TransitionBatch, Weights, Welcome, weights_in_dtype
 from protocol.reliability import ReceiveTracker
@@ -207,17 +208,17 @@ def _last_json(text: str) -> dict[str, Any]:
     return {}
 
 
-def run_load(seconds: float, threads: int, cpus: set[int] | None = None) -> int:
+def run_load(seconds: float, threads: int, cpus: tuple[int, ...] = ()) -> int:
     """The learner's load: batch-256 pixel REDQ updates until ``seconds`` pass or SIGTERM,
     on ``cpus`` when given (the learner kept off the runtime's core); prints
     ``{"updates_per_s": ...}``."""
     import torch
 
-    if cpus:
-        os.sched_setaffinity(0, cpus)
-
     from learner.agent import AgentConfig, RedqAgent
     from learner.bench import ACTION_DIM, filled_replay
+    from learner.service import pin_process
+
+    pin_process(cpus)  # as `resetfree-learner --cpus` pins the real learner
 
     torch.set_num_threads(threads)
     spec = {"wrist": ((3, 84, 84), "uint8"), "third_person": ((3, 84, 84), "uint8"), "proprio": ((4,), "float32")}
@@ -258,9 +259,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--threads", type=int, default=1, help="runtime --threads (torch threads for inference)")
     p.add_argument("--load", type=float, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    try:
+        parse_cpus(args.load_cpus)
+    except ValueError as e:
+        p.error(str(e))
     if args.load is not None:
-        cpus = {int(c) for c in args.load_cpus.split(",") if c.strip()} if args.load_cpus else None
-        return run_load(args.load, args.load_threads, cpus)
+        return run_load(args.load, args.load_threads, parse_cpus(args.load_cpus))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     seconds = 10.0 if args.quick else args.seconds
     result: dict[str, Any] = {"cpu": os.cpu_count(), "levers": {

@@ -112,3 +112,12 @@ def test_learner_cpus_from_the_command_line_and_validated(tmp_path):
     assert profile("sim").service.cpus == ()  # default: every CPU
     with pytest.raises(ValueError, match="service.cpus|ServiceConfig.cpus"):
         profile("sim").with_overrides(["service.cpus=[-1]"])
+
+
+def test_cpu_lists_parse_or_name_the_bad_list():
+    from learner.service import parse_cpus
+
+    assert parse_cpus("0,2") == (0, 2) and parse_cpus("") == () and parse_cpus(" 1 ") == (1,)
+    for bad in ("a", "0,x", "-1"):
+        with pytest.raises(ValueError, match="CPU list"):
+            parse_cpus(bad)
