@@ -141,7 +141,8 @@ def load_task_demos(task: str, direction: str, *, source: str = "earl", episodes
     """Returns state demos of ``task`` in ``direction``.
 
     ``source="earl"`` converts EARL's own demos (``EARL_DEMO_DIR``); ``"expert"`` runs the
-    scripted expert (``episodes`` default 10); a path loads a demo file. ``episodes`` keeps
+    scripted expert (``episodes`` default 10); a path loads a demo file, or from a directory
+    (as ``resetfree-sim --demos`` takes) the file ``<task>_<direction>.npz``. ``episodes`` keeps
     the first that many episodes. Blocks while converting or simulating.
 
     Raises:
@@ -152,10 +153,12 @@ def load_task_demos(task: str, direction: str, *, source: str = "earl", episodes
         demos = import_earl(EARL_DEMO_DIR / f"{task}_{direction}.npz", task, direction)
     elif source == "expert":
         demos = generate(task, direction, episodes=episodes or 10, seed=seed, noise=noise)
+    elif Path(source).is_dir():  # a run's demo directory: <task>_<direction>.npz
+        demos = load_demos(Path(source) / f"{task}_{direction}.npz")
     elif Path(source).is_file():
         demos = load_demos(source)
     else:
-        raise ValueError(f"source: must be 'earl', 'expert' or a demo file, got {source!r}")
+        raise ValueError(f"source: must be 'earl', 'expert', a demo file or a directory of them, got {source!r}")
     if episodes is not None and episodes != demos.num_episodes:
         if episodes > demos.num_episodes:
             raise ValueError(f"episodes: asked for {episodes}, the set has {demos.num_episodes}")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from learner.bc import BCConfig
+from protocol.demos import DemoFormatError, save_demos
 from learner.config import LearnerConfig, profile
 from learner.networks import NetworkConfig
 from simulation.practice import (
@@ -92,6 +93,16 @@ def test_load_task_demos_sources() -> None:
         load_task_demos("tabletop", "forward", source="earl", episodes=13)
     with pytest.raises(ValueError, match="source"):
         load_task_demos("tabletop", "forward", source="nowhere")
+
+
+def test_load_task_demos_from_a_run_directory_picks_the_direction(tabletop_demos: tuple, tmp_path) -> None:
+    forward, backward = tabletop_demos
+    save_demos(tmp_path / "tabletop_forward.npz", forward)
+    save_demos(tmp_path / "tabletop_backward.npz", backward)
+    got = load_task_demos("tabletop", "backward", source=str(tmp_path), episodes=1)
+    np.testing.assert_array_equal(got.actions, backward.episode(0).actions)
+    with pytest.raises(DemoFormatError, match="door_forward.npz: no such file"):
+        load_task_demos("door", "forward", source=str(tmp_path))
 
 
 @pytest.mark.parametrize("field,value", [("task", "chess"), ("eval_every", 0), ("max_minutes", 0.0),
