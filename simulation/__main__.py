@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-every", type=int, default=10_000, help="env steps between evaluations (default 10000)")
     parser.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation (default 10)")
     parser.add_argument("--bc-steps", type=int, default=10_000, help="BC gradient steps (default 10000)")
+    parser.add_argument("--bc-seeds", type=int, default=None,
+                        help="BC actors trained, the baseline being their mean success (default 3 state, 1 pixels)")
     parser.add_argument("--reset-every", type=int, default=None,
                         help="env steps between environment resets (default: tabletop 10000 as the authors' "
                              "code, other tasks EARL's schedule; 0: never)")
@@ -82,26 +84,28 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
                    robots=args.robots, seed=args.seed, resume=args.resume is not None, profile=args.profile,
                    config=args.config, overrides=tuple(args.overrides), demos=args.demos,
                    eval_every=args.eval_every, eval_episodes=args.eval_episodes, video=not args.no_video,
-                   bc_steps=args.bc_steps, max_wall_s=args.minutes * 60 if args.minutes else None, hz=args.hz,
-                   reset_every=args.reset_every,
+                   bc_steps=args.bc_steps, bc_seeds=args.bc_seeds,
+                   max_wall_s=args.minutes * 60 if args.minutes else None, hz=args.hz, reset_every=args.reset_every,
                    device=args.device, learner_threads=args.learner_threads, log_level=args.log_level.upper())
 
 
 def run_bc_only(spec: RunSpec) -> int:
     """``--bc``: trains and evaluates only the BC baseline into ``RUN_DIR/bc.json``; returns 0/1."""
     from learner.bc import BCConfig
-    from simulation.bc_baseline import BaselineConfig, run_baseline, write_json_atomic
+    from simulation.bc_baseline import BaselineConfig, bc_seeds_text, run_baseline, write_json_atomic
     from simulation.orchestrator import EVAL_SEED, prepare_demos, resolve_config
+    from simulation.run_setup import bc_seed_count
 
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     cfg = resolve_config(spec)
     demos = prepare_demos(spec)
     baseline = BaselineConfig(task=spec.task, obs=spec.obs, episodes=spec.eval_episodes, eval_seed=EVAL_SEED,
-                              bc=BCConfig(steps=spec.bc_steps, seed=spec.seed, log_every=max(1, spec.bc_steps // 10)))
+                              bc=BCConfig(steps=spec.bc_steps, seed=spec.seed, log_every=max(1, spec.bc_steps // 10)),
+                              seeds=bc_seed_count(spec))
     result = run_baseline(baseline, demos, cfg.network)
     write_json_atomic(spec.run_dir / "bc.json", result)
     print(f"BC baseline on {spec.task}/{spec.obs}: success {result['success_rate']:.0%} "
-          f"({result['episodes']} episodes) -> {spec.run_dir / 'bc.json'}")
+          f"({result['episodes']} episodes{bc_seeds_text(result)}) -> {spec.run_dir / 'bc.json'}")
     return 0
 
 

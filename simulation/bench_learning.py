@@ -4,8 +4,8 @@ The same code path as ``resetfree-sim`` (:class:`simulation.orchestrator.Orchest
 expert demos, the BC baseline, a learner process, lock-step runtime processes and
 deployed-policy evaluations; after M minutes it stops cleanly, evaluates the final
 published forward policy and prints, as its last line, one JSON object with ``env_steps``,
-``updates``, ``wall_s``, ``success_final``, ``success_best``, ``bc_success``, ``resets``
-and ``device``.
+``updates``, ``wall_s``, ``success_final``, ``success_best``, ``bc_success`` (the mean over
+the BC seeds; each seed's in ``bc_success_seeds``), ``resets`` and ``device``.
 
     resetfree-bench learning --task tabletop --obs state --minutes 20
 """
@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-every", type=int, default=10_000, help="env steps between evaluations")
     parser.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation")
     parser.add_argument("--bc-steps", type=int, default=10_000, help="BC baseline gradient steps")
+    parser.add_argument("--bc-seeds", type=int, default=None,
+                        help="BC actors trained, the baseline being their mean (default 3 state, 1 pixels)")
     parser.add_argument("--demos", type=Path, default=None,
                         help="directory of demo files (default: generate with the scripted experts)")
     parser.add_argument("--config", type=Path, default=None, help="learner TOML over profile and preset")
@@ -73,13 +75,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bc_per_seed(run_dir: Path) -> list[float] | None:
+    """Returns the BC success rate of each seed from ``RUN_DIR/bc.json``, None without one."""
+    try:
+        data = json.loads((run_dir / "bc.json").read_text(encoding="utf-8"))
+        return [float(p["success_rate"]) for p in data.get("per_seed", [])] or [float(data["success_rate"])]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def main(argv: list[str]) -> int:
     """Runs the benchmark; prints the JSON result last. Returns 0 when the run was clean, else 1."""
     args = _parser().parse_args(argv)
     run_dir = args.run_dir or Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     spec = RunSpec(run_dir=run_dir, task=args.task, obs=args.obs, steps=args.steps, robots=args.robots,
                    seed=args.seed, config=args.config, overrides=tuple(args.overrides), eval_every=args.eval_every,
-                   eval_episodes=args.eval_episodes, video=args.video, bc_steps=args.bc_steps, demos=args.demos,
+                   eval_episodes=args.eval_episodes, video=args.video, bc_steps=args.bc_steps, bc_seeds=args.bc_seeds,
+                   demos=args.demos,
                    max_wall_s=args.minutes * 60.0, device=args.device, log_level="WARNING")
     display = ProgressDisplay(io.StringIO() if args.quiet else sys.stderr, interval=10.0, tty=False)
     outcome = asyncio.run(Orchestrator(spec, display).run())
@@ -88,7 +100,8 @@ def main(argv: list[str]) -> int:
         "env_steps": outcome.env_steps, "updates": outcome.updates, "wall_s": round(outcome.wall_s, 1),
         "steps_per_s": round(outcome.env_steps / outcome.wall_s, 2) if outcome.wall_s > 0 else 0.0,
         "success_final": outcome.success_final, "success_best": outcome.success_best,
-        "bc_success": outcome.bc_success, "resets": outcome.resets, "device": device_name(args.device),
+        "bc_success": outcome.bc_success, "bc_success_seeds": _bc_per_seed(run_dir), "resets": outcome.resets,
+        "device": device_name(args.device),
         "reason": outcome.reason, "ok": outcome.ok, "run_dir": str(run_dir),
     }
     print(json.dumps(result))

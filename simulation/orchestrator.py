@@ -44,6 +44,7 @@ import mujoco
 from learner.config import LearnerConfig
 from learner.errors import LearnerError
 from protocol.transport import WeightsSubscriber, WeightsSubscriberConfig
+from simulation.bc_baseline import bc_seeds_text
 from simulation.evaluator import EvalCancelled, EvalRecord, EvaluatorConfig, EvaluatorError, PolicyEvaluator
 from simulation.plot import plot_runs
 from simulation.processes import (ChildProcess, StatusPoller, child_env, pick_endpoint, read_endpoints,
@@ -85,7 +86,7 @@ class RunOutcome:
     success_best: float | None
     """Best evaluated success rate, None when none ran."""
     bc_success: float | None
-    """BC baseline success rate, None when not computed."""
+    """BC baseline success rate (mean over its seeds), None when not computed."""
     resets: int
     """Environment resets the runtimes reported (sum over runtimes)."""
     exit_codes: dict[str, int | None]
@@ -109,6 +110,7 @@ class Orchestrator:
         self.learner_detail: dict[str, Any] = {}
         self.runtime_details: list[dict[str, Any]] = []
         self.bc_success: float | None = None
+        self.bc_seeds_text = ""
         self.last_eval: EvalRecord | None = None
         self._pollers: dict[str, StatusPoller] = {}
         self._interrupted = False
@@ -282,7 +284,7 @@ class Orchestrator:
         code = self.bc_child.poll()
         if code == 0:
             self._read_bc()
-            self.display.message(f"BC baseline: success {self.bc_success:.0%}")
+            self.display.message(f"BC baseline: success {self.bc_success:.0%}{self.bc_seeds_text}")
         elif code is not None and not self.bc_child.expected_exit:
             self.bc_child.expected_exit = True  # report once
             self.display.message(f"BC baseline failed with code {code}:\n{self.bc_child.tail(10)}")
@@ -291,6 +293,7 @@ class Orchestrator:
         try:
             data = json.loads((self.spec.run_dir / "bc.json").read_text(encoding="utf-8"))
             self.bc_success = float(data["success_rate"])
+            self.bc_seeds_text = bc_seeds_text(data)
         except (OSError, ValueError, KeyError, TypeError) as e:
             logger.warning("bc.json unreadable: %s", e)
 

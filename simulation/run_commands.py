@@ -10,7 +10,7 @@ from pathlib import Path
 
 from learner.config import LearnerConfig
 from simulation.processes import python_module
-from simulation.run_setup import RunSpec, reset_interval
+from simulation.run_setup import RunSpec, bc_seed_count, reset_interval
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def bc_command(spec: RunSpec, demos: Path) -> list[str]:
             "--demos", str(demos), "--config", str(spec.run_dir / "config.toml"),
             "--out", str(spec.run_dir / "bc.json"), "--steps", str(spec.bc_steps),
             "--episodes", str(spec.eval_episodes), "--eval-seed", str(EVAL_SEED), "--seed", str(spec.seed),
-            "--log-level", spec.log_level]
+            "--seeds", str(bc_seed_count(spec)), "--log-level", spec.log_level]
 
 
 EVAL_SEED = 10_000

@@ -69,6 +69,9 @@ class RunSpec:
     """Compute the BC baseline (``bc.json``) in a child at the start."""
     bc_steps: int = 10_000
     """BC gradient steps."""
+    bc_seeds: int | None = None
+    """BC actors trained (seeds ``seed``, ``seed + 1``, …), the baseline being their mean;
+    None: :data:`DEFAULT_BC_SEEDS` for the observation mode."""
     max_wall_s: float | None = None
     """Stop cleanly after this many seconds (benchmarks); None: only ``steps`` ends the run."""
     reset_every: int | None = None
@@ -108,6 +111,9 @@ class RunSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"RunSpec.{name} must be a positive int, got {value!r}")
+        if self.bc_seeds is not None and (not isinstance(self.bc_seeds, int) or isinstance(self.bc_seeds, bool)
+                                          or self.bc_seeds < 1):
+            raise ValueError(f"RunSpec.bc_seeds must be a positive int or None, got {self.bc_seeds!r}")
         if self.reset_every is not None and (not isinstance(self.reset_every, int) or self.reset_every < 0):
             raise ValueError(f"RunSpec.reset_every must be a non-negative int or None, got {self.reset_every!r}")
         for name in ("max_wall_s", "hz"):
@@ -134,13 +140,24 @@ reset draws one of four goals); with EARL's 200k an hour's practice sees one goa
 ``resetfree-sim`` resets it every 10k steps, as the authors' code does (docs/learning.md)."""
 
 
+DEFAULT_BC_SEEDS: dict[str, int] = {"state": 3, "pixels": 1}
+"""BC seeds per observation mode: with a handful of demos one BC seed is a coin toss (peg,
+EARL's first five demos: 0.35 and 0.75), and a state BC costs about a minute; a pixel BC
+costs far more on a CPU, so it gets one."""
+
+
+def bc_seed_count(spec: RunSpec) -> int:
+    """Returns how many BC seeds the baseline of ``spec`` trains."""
+    return spec.bc_seeds if spec.bc_seeds is not None else DEFAULT_BC_SEEDS[spec.obs]
+
+
 def reset_interval(spec: RunSpec) -> int | None:
     """Returns the reset interval the runtimes get (None: the task's EARL schedule; 0: never)."""
     return spec.reset_every if spec.reset_every is not None else DEFAULT_RESET_EVERY.get(spec.task)
 
 
 RESUMED_FIELDS = ("task", "obs", "robots", "seed", "demos", "eval_every", "eval_episodes", "video", "bc_steps",
-                  "reset_every")
+                  "bc_seeds", "reset_every")
 """What a resumed run takes from its ``run.json`` (the rest comes from the new command line)."""
 
 

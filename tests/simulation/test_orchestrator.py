@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from learner.config import LearnerConfig, profile
-from simulation.orchestrator import (ChildProcess, Orchestrator, OrchestratorError, RunSpec, learner_command,
+from learner.networks import NetworkConfig
+from simulation.orchestrator import (ChildProcess, Orchestrator, OrchestratorError, RunSpec, bc_command, learner_command,
                                      pick_endpoint, read_endpoints, resolve_config, resumed_spec, runtime_command,
                                      steps_per_runtime, to_toml)
 from simulation.progress import ProgressDisplay, Snapshot, format_line
@@ -68,6 +69,8 @@ def test_spec_validation_names_the_field(tmp_path: Path) -> None:
         RunSpec(run_dir=tmp_path, robots=0)
     with pytest.raises(ValueError, match="RunSpec.task"):
         RunSpec(run_dir=tmp_path, task="kitchen")
+    with pytest.raises(ValueError, match="RunSpec.bc_seeds"):
+        RunSpec(run_dir=tmp_path, bc_seeds=0)
 
 
 def test_steps_per_runtime() -> None:
@@ -95,6 +98,12 @@ def test_commands_follow_the_contract(tmp_path: Path) -> None:
     tabletop = runtime_command(dataclasses.replace(spec, task="tabletop"), 0, "tcp://127.0.0.1:4000",
                                max_steps=50, switch_every=200)
     assert tabletop[tabletop.index("--reset-every") + 1] == "10000"  # the authors' tabletop schedule
+    demos = tmp_path / "demos"
+    assert bc_command(spec, demos)[bc_command(spec, demos).index("--seeds") + 1] == "1"  # pixels: one BC seed
+    state = dataclasses.replace(spec, obs="state")
+    assert bc_command(state, demos)[bc_command(state, demos).index("--seeds") + 1] == "3"
+    five = dataclasses.replace(spec, bc_seeds=5)
+    assert bc_command(five, demos)[bc_command(five, demos).index("--seeds") + 1] == "5"
 
 
 def test_endpoints_file_forms(tmp_path: Path) -> None:
@@ -183,6 +192,24 @@ def test_bc_baseline_takes_forward_demos_only(tmp_path: Path) -> None:
     assert forward_demos(tmp_path, "tabletop", "state").num_episodes == 3
     with pytest.raises(BaselineError, match="run is door/state"):
         forward_demos(tmp_path, "door", "state")
+
+
+def test_bc_baseline_over_seeds_reports_each_and_their_mean(tmp_path: Path) -> None:
+    from learner.bc import BCConfig
+    from protocol.demos import save_demos
+    from simulation.bc_baseline import BaselineConfig, bc_seeds_text, run_baseline
+    from simulation.demos_cli import generate
+
+    save_demos(tmp_path / "f.npz", generate("tabletop", "forward", episodes=1))
+    cfg = BaselineConfig(task="tabletop", episodes=2, bc=BCConfig(steps=20, batch_size=16, seed=4), seeds=2)
+    result = run_baseline(cfg, tmp_path, NetworkConfig(hidden_dim=16))
+    assert [p["seed"] for p in result["per_seed"]] == [4, 5] and result["seeds"] == 2
+    assert len(result["returns"]) == 4
+    assert result["success_rate"] == pytest.approx(sum(p["success_rate"] for p in result["per_seed"]) / 2)
+    assert bc_seeds_text(result).startswith(", mean of 2 seeds: ")
+    assert bc_seeds_text({"success_rate": 0.5}) == ""
+    with pytest.raises(ValueError, match="BaselineConfig.seeds"):
+        BaselineConfig(task="tabletop", seeds=0)
 
 
 # ============================================================================ whole runs with stand-ins
