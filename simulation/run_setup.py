@@ -236,16 +236,37 @@ def _toml_value(value: Any) -> str:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Writes ``text`` to ``path`` through a temp file and a rename. Blocks on disk I/O."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` through a temp file and a rename. Blocks on disk I/O."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(data)
     tmp.replace(path)
 
 
 # ============================================================================ demos
+BUNDLED_DEMOS = Path(__file__).resolve().parent / "assets" / "demos"
+"""State demos shipped with the package, ``<task>_<direction>.npz`` (their source and licence:
+``NOTICE.md`` beside them): EARL's first door demonstration, the demos of the default run."""
+
+
+def bundled_demos(task: str, obs: ObsMode) -> dict[str, Path] | None:
+    """Returns the shipped forward and backward demo files of ``task`` (direction → path), or
+    None when the package has none for it (pixel runs never: the shipped demos are states)."""
+    if obs != "state":
+        return None
+    paths = {d: BUNDLED_DEMOS / f"{task}_{d}.npz" for d in ("forward", "backward")}
+    return paths if all(p.is_file() for p in paths.values()) else None
+
+
 def prepare_demos(spec: RunSpec) -> Path:
-    """Returns the demo directory: ``spec.demos``, or ``RUN_DIR/demos`` filled with expert
-    demos (forward + backward, the task's default episode count) when it has none.
+    """Returns the demo directory: ``spec.demos``; else ``RUN_DIR/demos`` holding a copy of the
+    task's shipped demos (:func:`bundled_demos`: door in state mode, EARL's first
+    demonstration); else expert demos generated there (forward + backward, the task's
+    default episode count). Files already there are kept (a resumed run).
 
     Blocks while the experts run. Raises OrchestratorError when ``spec.demos`` is not a
     directory with ``.npz`` files.
@@ -259,6 +280,15 @@ def prepare_demos(spec: RunSpec) -> Path:
 
     out = spec.run_dir / "demos"
     out.mkdir(parents=True, exist_ok=True)
+    shipped = bundled_demos(spec.task, spec.obs)
+    if shipped is not None:
+        for direction, source in shipped.items():
+            path = out / source.name
+            if not path.exists():
+                write_bytes_atomic(path, source.read_bytes())
+                logger.info("copied %s's shipped %s demos (%s) to %s", spec.task, direction,
+                            BUNDLED_DEMOS / "NOTICE.md", path)
+        return out
     episodes = CUBE_DEFAULT_EPISODES if spec.task == "cube" else EARL_DEFAULT_EPISODES
     for direction in ("forward", "backward"):
         path = out / f"{spec.task}_{direction}.npz"

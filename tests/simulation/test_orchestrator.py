@@ -194,6 +194,26 @@ def test_bc_baseline_takes_forward_demos_only(tmp_path: Path) -> None:
         forward_demos(tmp_path, "door", "state")
 
 
+def test_door_state_runs_start_from_the_shipped_earl_demo(tmp_path: Path) -> None:
+    from protocol.demos import load_demos
+    from simulation.run_setup import BUNDLED_DEMOS, bundled_demos, prepare_demos
+
+    assert bundled_demos("door", "pixels") is None and bundled_demos("peg", "state") is None
+    assert (BUNDLED_DEMOS / "NOTICE.md").is_file()
+    spec = RunSpec(run_dir=tmp_path / "run", task="door")
+    out = prepare_demos(spec)
+    assert out == tmp_path / "run" / "demos"
+    for direction in ("forward", "backward"):
+        copied = out / f"door_{direction}.npz"
+        assert copied.read_bytes() == (BUNDLED_DEMOS / f"door_{direction}.npz").read_bytes()
+        demos = load_demos(copied)
+        assert (demos.meta.task, demos.meta.direction, demos.meta.source) == ("door", direction, "earl")
+        assert demos.num_episodes == 1 and bool(demos.episode_success.all())
+    (out / "door_forward.npz").write_bytes(b"kept")  # a resumed run keeps what it has
+    prepare_demos(spec)
+    assert (out / "door_forward.npz").read_bytes() == b"kept"
+
+
 def test_bc_baseline_over_seeds_reports_each_and_their_mean(tmp_path: Path) -> None:
     from learner.bc import BCConfig
     from protocol.demos import save_demos
