@@ -111,6 +111,7 @@ class TrainingWorker:
         self._published = [-1, -1]
         self._trained: dict[str, int] = {}
         self._last_ckpt = self._last_log = sum(trainer.updates)
+        self._latest_metrics: dict[str, float] = {}
         self._rate: deque[tuple[float, int]] = deque(maxlen=64)
         self.weights_withheld = 0
         """Publications skipped because the actor held non-finite tensors."""
@@ -223,9 +224,13 @@ class TrainingWorker:
         t = self.trainer
         metrics = t.train_step()
         self._rate.append((time.monotonic(), sum(t.updates)))
+        # Discriminator rounds run on their own schedule, so a step's metrics rarely hold
+        # them: log the latest value of every metric, not only the logging step's own.
+        self._latest_metrics.update(metrics)
         if sum(t.updates) - self._last_log >= self.cfg.service.log_every and metrics:
             self._last_log = sum(t.updates)
-            self.metrics.write(t.env_steps, metrics)
+            self.metrics.write(t.env_steps, self._latest_metrics)
+            self._latest_metrics = {}
         for a in (FORWARD, BACKWARD):
             if t.updates[a] - max(self._published[a], 0) >= self.cfg.service.publish_every:
                 self._publish(a)

@@ -169,7 +169,7 @@ def test_hello_refused_on_space_or_hash_mismatch_with_the_reason(tmp_path: Path,
 
 def test_ingest_acks_trains_and_publishes_finite_weights(tmp_path: Path, demos) -> None:
     async def scenario() -> None:
-        service = LearnerService(tiny_config(), demos, run_dir=tmp_path / "run")
+        service = LearnerService(tiny_config("service.log_every=4"), demos, run_dir=tmp_path / "run")
         task = await started(service)
         ctx = zmq.asyncio.Context()
         sub = ctx.socket(zmq.SUB)
@@ -204,6 +204,14 @@ def test_ingest_acks_trains_and_publishes_finite_weights(tmp_path: Path, demos) 
             await stop(service, task)
             ctx.destroy(linger=0)
         assert any((tmp_path / "run").glob("ckpt-*")) and (tmp_path / "run" / "endpoints.json").is_file()
+        # TensorBoard holds VICE too, although its rounds (every 20 env steps)
+        # rarely fall on a logging step (every 4 updates)
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(tmp_path / "run" / "tb"))
+        events.Reload()
+        scalars = set(events.Tags()["scalars"])
+        assert {"disc/vice_accuracy", "disc/vice_logits_pos", "losses/forward_critic"} <= scalars, scalars
 
     asyncio.run(scenario())
 
