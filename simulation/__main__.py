@@ -1,12 +1,14 @@
 """``resetfree-sim``: watch MEDAL++ learn in simulation, with no hardware and no flags.
 
-With no arguments it generates expert demos, starts a learner and a lock-step simulated
-runtime as separate processes, evaluates the learner's forward policy every
-``--eval-every`` env steps and shows progress; Ctrl-C stops everything cleanly and leaves a
-run that ``--resume RUN_DIR`` continues. ``--bc`` runs only the behaviour-cloning baseline.
+With no arguments it practises door closing from state observations, starting from EARL's
+single door demonstration (shipped with the package; other tasks generate expert demos),
+starts a learner and a lock-step simulated runtime as separate processes, evaluates the
+learner's forward policy every ``--eval-every`` env steps and shows progress; Ctrl-C stops
+everything cleanly and leaves a run that ``--resume RUN_DIR`` continues. ``--bc`` runs only
+the behaviour-cloning baseline.
 
     resetfree-sim
-    resetfree-sim --task door --steps 300000 --robots 2
+    resetfree-sim --task peg --steps 300000 --robots 2
     resetfree-sim --resume runs/20260101-120000
     resetfree-sim --bc --task tabletop
 """
@@ -31,14 +33,10 @@ from pathlib import Path
 
 from learner.errors import LearnerError
 from simulation.orchestrator import TASKS, Orchestrator, RunSpec
+from simulation.run_setup import DEFAULT_OBS, DEFAULT_TASK
 from simulation.tasks.base import SimulationError
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_TASK = "tabletop"
-"""The task ``resetfree-sim`` runs with no ``--task`` (a state-based EARL task)."""
-DEFAULT_OBS = "state"
-"""The observation mode with no ``--obs``."""
 
 
 def build_parser() -> argparse.ArgumentParser:

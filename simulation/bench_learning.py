@@ -7,7 +7,7 @@ published forward policy and prints, as its last line, one JSON object with ``en
 ``updates``, ``wall_s``, ``success_final``, ``success_best``, ``bc_success`` (the mean over
 the BC seeds; each seed's in ``bc_success_seeds``), ``resets`` and ``device``.
 
-    resetfree-bench learning --task tabletop --obs state --minutes 20
+    resetfree-bench learning --task door --obs state --minutes 60
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 
 from simulation.orchestrator import TASKS, Orchestrator, RunSpec
 from simulation.progress import ProgressDisplay
-from simulation.run_setup import UNBOUNDED_STEPS
+from simulation.run_setup import DEFAULT_TASK, UNBOUNDED_STEPS
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def device_name(requested: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resetfree-bench learning", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", choices=TASKS, default="tabletop", help="task (default tabletop)")
+    parser.add_argument("--task", choices=TASKS, default=DEFAULT_TASK, help=f"task (default {DEFAULT_TASK}, as resetfree-sim)")
     parser.add_argument("--obs", choices=("state", "pixels"), default="state", help="observations (default state)")
     parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock minutes of learning (default 10)")
     parser.add_argument("--steps", type=int, default=UNBOUNDED_STEPS, help="stop earlier at this many env steps")

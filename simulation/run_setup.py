@@ -140,6 +140,14 @@ reset draws one of four goals); with EARL's 200k an hour's practice sees one goa
 ``resetfree-sim`` resets it every 10k steps, as the authors' code does (docs/learning.md)."""
 
 
+DEFAULT_TASK = "door"
+"""The task ``resetfree-sim`` runs with no ``--task``: the state-based EARL task and preset
+(``simulation/configs/door_state.toml``, EARL's single demo) with which the full pipeline
+beat BC within an hour on a 2-core CPU (docs/learning.md, section 11)."""
+DEFAULT_OBS = "state"
+"""The observation mode ``resetfree-sim`` runs with no ``--obs``."""
+
+
 DEFAULT_BC_SEEDS: dict[str, int] = {"state": 3, "pixels": 1}
 """BC seeds per observation mode: with a handful of demos one BC seed is a coin toss (peg,
 EARL's first five demos: 0.35 and 0.75), and a state BC costs about a minute; a pixel BC
@@ -286,8 +294,8 @@ def prepare_demos(spec: RunSpec) -> Path:
             path = out / source.name
             if not path.exists():
                 write_bytes_atomic(path, source.read_bytes())
-                logger.info("copied %s's shipped %s demos (%s) to %s", spec.task, direction,
-                            BUNDLED_DEMOS / "NOTICE.md", path)
+                logger.info("copied the shipped %s %s demos to %s (their source: %s)", spec.task, direction,
+                            path, BUNDLED_DEMOS / "NOTICE.md")
         return out
     episodes = CUBE_DEFAULT_EPISODES if spec.task == "cube" else EARL_DEFAULT_EPISODES
     for direction in ("forward", "backward"):

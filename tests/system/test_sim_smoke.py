@@ -32,16 +32,18 @@ TINY = [  # small networks and batches: the point is the plumbing, not learning
 ]
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 def test_sim_smoke(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    argv = [sys.executable, "-m", "simulation", "--task", "tabletop", "--obs", "state", "--steps", str(STEPS),
+    # no --task / --obs: the newcomer's default run (door, state, the shipped EARL demo)
+    argv = [sys.executable, "-m", "simulation", "--steps", str(STEPS),
             "--eval-every", "200", "--eval-episodes", "2", "--bc-steps", "50", "--run-dir", str(run),
             "--log-level", "INFO"]
     for item in TINY:
         argv += ["--set", item]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=110)
+    # door's 300-step evaluations with video: 88 s here beside a learning run
+    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=230)
     logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted((run / "logs").glob("*.log")))
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{logs}"
 
@@ -52,10 +54,11 @@ def test_sim_smoke(tmp_path: Path) -> None:
 
     # the run directory
     assert LearnerConfig.from_toml(run / "config.toml").network.hidden_dim == 32
-    assert json.loads((run / "run.json").read_text())["task"] == "tabletop"
+    assert json.loads((run / "run.json").read_text())["task"] == "door"
     assert {"learner.log", "runtime0.log", "bc.log"} <= {p.name for p in (run / "logs").iterdir()}
     assert len(list((run / "demos").glob("*.npz"))) == 2
-    assert 0.0 <= json.loads((run / "bc.json").read_text())["success_rate"] <= 1.0
+    bc = json.loads((run / "bc.json").read_text())
+    assert 0.0 <= bc["success_rate"] <= 1.0 and len(bc["per_seed"]) == 3  # state mode: three BC seeds
     assert (run / "curves.png").stat().st_size > 0
     assert list((run / "videos").glob("eval_*"))
     assert any(p.is_dir() and p.name.startswith("ckpt-") for p in run.iterdir()), "no checkpoint on SIGTERM"
