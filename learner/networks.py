@@ -309,10 +309,18 @@ class PolicyNetwork(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.actor = actor
+        self.gaussian_output = False
+        """When set, :meth:`forward` returns the pre-tanh Gaussian ``[mu, log_std]`` ``(B, 2A)``
+        instead of the action, so a runtime can sample exploration actions from it (the
+        learner's ``RedqAgent.act(explore=True)`` draws ``tanh(mu + std · ε)``). Not part of
+        the state dict; set it before tracing."""
 
     def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
-        """Returns the deterministic action ``tanh(mu)``, shape ``(B, A)``."""
-        mu, _ = self.actor(self.encoder(obs))
+        """Returns the deterministic action ``tanh(mu)`` ``(B, A)``, or ``[mu, log_std]``
+        ``(B, 2A)`` with :attr:`gaussian_output`."""
+        mu, log_std = self.actor(self.encoder(obs))
+        if self.gaussian_output:
+            return torch.cat([mu, log_std], dim=-1)
         return torch.tanh(mu)
 
 

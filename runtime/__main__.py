@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dtype of the image projection layer at inference: float16 halves the bytes it reads "
                         "per tick and was faster on an idle CPU with AVX512-FP16, slower with a learner "
                         "on the same cores (see PolicySlotConfig)")
+    p.add_argument("--no-explore", action="store_true",
+                   help="act with the policy's mean action instead of sampling from it (to show a learned "
+                        "policy; practice needs the sampling, as the learner's own agent does)")
     p.add_argument("--prefetch-lead-ms", type=float, default=LoopConfig.prefetch_lead_s * 1e3,
                    help="warm the CPU caches for the acting policy this long before each tick (one inference "
                         "on the previous observation; 0: off): an inference right after idling runs ~2x slower")
@@ -115,7 +118,9 @@ def daemon_config(args: argparse.Namespace) -> DaemonConfig:
         robot=args.robot, learner=args.learner, spill_dir=spill, control_bind=args.control_bind, hz=args.hz,
         lockstep=args.lockstep, switch_every=args.switch_every, max_steps=args.max_steps, seed=args.seed,
         keys_dir=args.keys, batch_steps=args.batch_steps, ack_wait_s=args.ack_wait,
-        policy=PolicySlotConfig(conv_dtype=args.conv_dtype, projection_dtype=args.projection_dtype), prefetch_lead_s=args.prefetch_lead_ms / 1e3,
+        policy=PolicySlotConfig(conv_dtype=args.conv_dtype, projection_dtype=args.projection_dtype,
+                                explore=not args.no_explore, seed=args.seed),
+        prefetch_lead_s=args.prefetch_lead_ms / 1e3,
         prefetch_passes=args.prefetch_passes,
         isolation=IsolationConfig(cpu=args.cpu, priority=args.priority, gc_mode=args.gc,
                                   torch_threads=args.threads))

@@ -89,6 +89,14 @@ class PolicySlotConfig:
     with a learner training on the same two cores (50 Hz inference p50 2.35 and 2.42 ms
     against 2.01 and 2.19 in alternating runs), so float32 is the default."""
 
+    explore: bool = True
+    """Sample practice actions from the policy's tanh-Gaussian, ``tanh(mu + std · ε)``, as the
+    learner's in-process agent does (SAC / REDQ collect data with the stochastic policy);
+    False acts with the mean ``tanh(mu)`` (showing a learned policy, not practising). Applies
+    to slots built by :meth:`PolicySlot.for_actor`; a generic module's output is the action."""
+    seed: int | None = None
+    """Seed of the exploration noise (None: from the OS)."""
+
     trace: bool = True
     """Run the policy as a TorchScript trace of itself (same parameters, loaded in place):
     ~10% less per-call overhead at batch 1 (1.70 -> 1.53 ms for the two-camera actor here).
@@ -141,13 +149,18 @@ class PolicySlot:
     """Holds the active policy module of each agent; see the module docstring."""
 
     def __init__(self, build: Callable[[], nn.Module], config: PolicySlotConfig | None = None, *,
-                 example: Mapping[str, np.ndarray] | None = None) -> None:
+                 example: Mapping[str, np.ndarray] | None = None, gaussian: bool = False) -> None:
         """``build()`` returns a fresh policy module (e.g. ``build_actor(...)``); it is called
         once now for the expected ``state_dict`` layout and later in the worker thread.
         ``example`` (an observation) is run through every freshly loaded module in the worker
-        thread, so the first inference on the loop does not pay for kernel set-up."""
+        thread, so the first inference on the loop does not pay for kernel set-up.
+        ``gaussian``: the module returns ``[mu, log_std]`` ``(B, 2A)`` of a tanh-Gaussian
+        (``PolicyNetwork.gaussian_output``), and :meth:`act` samples from it or takes its
+        mean (``config.explore``); otherwise its output is the action."""
         self.config = config or PolicySlotConfig()
         self._build = build
+        self._gaussian = gaussian
+        self._rng = np.random.default_rng(self.config.seed)
         self._example = None if example is None else _batch(example)
         template = build()
         self._layout = {name: (tuple(t.shape), _wire_dtype(t)) for name, t in template.state_dict().items()}
@@ -181,8 +194,13 @@ class PolicySlot:
         conv = resolve_conv_dtype(config.conv_dtype)
         projection = resolve_projection_dtype(config.projection_dtype)
         example = {name: np.zeros(shape, dtype) for name, (shape, dtype) in obs_spec.items()}
-        slot = cls(lambda: cast_for_inference(build_actor(obs_spec, action_dim, net_config).eval(), conv, projection),
-                   config, example=example)
+
+        def build() -> nn.Module:
+            policy = cast_for_inference(build_actor(obs_spec, action_dim, net_config).eval(), conv, projection)
+            policy.gaussian_output = True
+            return policy
+
+        slot = cls(build, config, example=example, gaussian=True)
         logger.info("policy: conv trunk in %s, image projection in %s", str(conv).removeprefix("torch."),
                     str(projection).removeprefix("torch."))
         return slot
@@ -383,7 +401,8 @@ class PolicySlot:
         self.prefetch_s.add(time.perf_counter() - started)
 
     def act(self, agent: int, observation: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Returns the deterministic action ``(A,)`` float32 of ``agent``'s policy.
+        """Returns the action ``(A,)`` float32 of ``agent``'s policy: sampled from its
+        tanh-Gaussian in practice, its mean with ``config.explore`` off (see ``gaussian``).
 
         Runs on the calling thread (the event loop; ~1–2 ms for the pixel actor on CPU).
         Raises PolicyError when no weights are loaded or the module fails on the input.
@@ -398,8 +417,18 @@ class PolicySlot:
             action = np.asarray(output.detach().cpu().numpy()[0], dtype=np.float32)
         except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:
             raise PolicyError(f"policy failed on the observation: {e}") from e
+        if self._gaussian:
+            action = self._gaussian_action(action)
         self.inference_s.add(time.perf_counter() - started)
         return action
+
+
+    def _gaussian_action(self, mean_log_std: np.ndarray) -> np.ndarray:
+        """``tanh(mu + std · ε)`` (explore) or ``tanh(mu)`` from ``[mu, log_std]`` ``(2A,)``."""
+        mu, log_std = np.split(mean_log_std, 2)
+        if self.config.explore:
+            mu = mu + np.exp(log_std) * self._rng.standard_normal(mu.shape)
+        return np.tanh(mu).astype(np.float32)
 
 
 def _wire_dtype(tensor: torch.Tensor) -> np.dtype:

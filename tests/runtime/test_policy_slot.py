@@ -144,7 +144,7 @@ def test_bfloat16_conv_trunk_acts_like_the_float32_pixel_actor() -> None:
     obs = {"wrist": rng.integers(0, 256, (3, 84, 84), dtype=np.uint8), "proprio": rng.standard_normal(4).astype(np.float32)}
     actions = {}
     for dtype in ("float32", "bfloat16"):
-        slot = PolicySlot.for_actor(spec, 3, net.to_dict(), PolicySlotConfig(conv_dtype=dtype))
+        slot = PolicySlot.for_actor(spec, 3, net.to_dict(), PolicySlotConfig(conv_dtype=dtype, explore=False))
         try:
             assert slot.offer_blocking(Weights.create(agent="forward", version=1, tensors=tensors)).accepted
             actions[dtype] = slot.act(0, obs)
@@ -152,6 +152,35 @@ def test_bfloat16_conv_trunk_acts_like_the_float32_pixel_actor() -> None:
             slot.close()
     assert np.abs(actions["float32"]).max() > 1e-3
     np.testing.assert_allclose(actions["bfloat16"], actions["float32"], atol=1e-2)
+
+
+def test_actor_slot_samples_the_policy_gaussian_in_practice_and_its_mean_otherwise() -> None:
+    from learner.networks import NetworkConfig, build_actor
+    from protocol.messages import Weights
+    from runtime.policy_slot import PolicySlotConfig
+
+    spec = {"state": ((5,), "float32")}
+    net = NetworkConfig(hidden_dim=32)
+    actor = build_actor(spec, 3, net).eval()
+    tensors = {k: v.numpy().copy() for k, v in actor.state_dict().items()}
+    obs = {"state": np.linspace(-1, 1, 5).astype(np.float32)}
+    with torch.no_grad():
+        mu, log_std = actor.actor(actor.encoder({"state": torch.from_numpy(obs["state"])[None]}))
+        mean_action = actor({"state": torch.from_numpy(obs["state"])[None]})[0].numpy()
+    weights = Weights.create(agent="forward", version=1, tensors=tensors)
+    shown = PolicySlot.for_actor(spec, 3, net.to_dict(), PolicySlotConfig(explore=False))
+    practice = PolicySlot.for_actor(spec, 3, net.to_dict(), PolicySlotConfig(seed=7))
+    try:
+        assert shown.offer_blocking(weights).accepted and practice.offer_blocking(weights).accepted
+        np.testing.assert_allclose(shown.act(0, obs), mean_action, atol=1e-6)
+        samples = np.stack([practice.act(0, obs) for _ in range(4000)])
+    finally:
+        shown.close()
+        practice.close()
+    assert samples.shape == (4000, 3) and samples.dtype == np.float32 and np.abs(samples).max() < 1
+    pre_tanh = np.arctanh(np.clip(samples, -1 + 1e-6, 1 - 1e-6))
+    np.testing.assert_allclose(pre_tanh.mean(0), mu[0].numpy(), atol=0.1)
+    np.testing.assert_allclose(pre_tanh.std(0), log_std[0].exp().numpy(), rtol=0.1)
 
 
 def test_prefetch_reads_the_active_weights_and_is_a_no_op_before_them() -> None:
@@ -176,7 +205,8 @@ def test_traced_policy_follows_every_swap_like_the_eager_module() -> None:
     net = NetworkConfig(hidden_dim=32)
     rng = np.random.default_rng(1)
     obs = {"wrist": rng.integers(0, 256, (3, 84, 84), dtype=np.uint8), "proprio": rng.standard_normal(4).astype(np.float32)}
-    slots = {trace: PolicySlot.for_actor(spec, 2, net.to_dict(), PolicySlotConfig(conv_dtype="float32", trace=trace))
+    slots = {trace: PolicySlot.for_actor(spec, 2, net.to_dict(),
+                                         PolicySlotConfig(conv_dtype="float32", trace=trace, explore=False))
              for trace in (True, False)}
     try:
         for version in range(1, 6):  # more swaps than spare modules: every module is reused
@@ -212,7 +242,7 @@ def test_float16_projection_acts_like_float32_from_float32_and_float16_blobs() -
     obs = {"wrist": rng.integers(0, 256, (3, 84, 84), dtype=np.uint8), "proprio": rng.standard_normal(4).astype(np.float32)}
     actions = {}
     for projection, wire in (("float32", "float32"), ("float16", "float32"), ("float16", "float16")):
-        slot = PolicySlot.for_actor(spec, 3, net.to_dict(), PolicySlotConfig(conv_dtype="float32",
+        slot = PolicySlot.for_actor(spec, 3, net.to_dict(), PolicySlotConfig(conv_dtype="float32", explore=False,
                                                                              projection_dtype=projection))
         try:
             blob = weights_in_dtype(tensors, wire)
@@ -238,7 +268,7 @@ def test_a_projection_value_beyond_float16_is_rejected_and_the_policy_stays() ->
     huge["encoder.projection.0.weight"][0, 0] = 1e6  # finite in float32, inf in float16
     obs = {"wrist": np.zeros((3, 84, 84), np.uint8), "proprio": np.zeros(4, np.float32)}
     for projection, accepted in (("float16", False), ("float32", True)):
-        slot = PolicySlot.for_actor(spec, 3, net.to_dict(), PolicySlotConfig(projection_dtype=projection))
+        slot = PolicySlot.for_actor(spec, 3, net.to_dict(), PolicySlotConfig(projection_dtype=projection, explore=False))
         try:
             assert slot.offer_blocking(Weights.create(agent="forward", version=1, tensors=good)).accepted
             before = slot.act(0, obs)
