@@ -75,15 +75,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _bc_per_seed(run_dir: Path) -> list[float] | None:
-    """Returns the BC success rate of each seed from ``RUN_DIR/bc.json``, None without one."""
-    try:
-        data = json.loads((run_dir / "bc.json").read_text(encoding="utf-8"))
-        return [float(p["success_rate"]) for p in data.get("per_seed", [])] or [float(data["success_rate"])]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def main(argv: list[str]) -> int:
     """Runs the benchmark; prints the JSON result last. Returns 0 when the run was clean, else 1."""
     args = _parser().parse_args(argv)
@@ -100,7 +91,7 @@ def main(argv: list[str]) -> int:
         "env_steps": outcome.env_steps, "updates": outcome.updates, "wall_s": round(outcome.wall_s, 1),
         "steps_per_s": round(outcome.env_steps / outcome.wall_s, 2) if outcome.wall_s > 0 else 0.0,
         "success_final": outcome.success_final, "success_best": outcome.success_best,
-        "bc_success": outcome.bc_success, "bc_success_seeds": _bc_per_seed(run_dir), "resets": outcome.resets,
+        "bc_success": outcome.bc_success, "bc_success_seeds": outcome.bc_success_seeds, "resets": outcome.resets,
         "device": device_name(args.device),
         "reason": outcome.reason, "ok": outcome.ok, "run_dir": str(run_dir),
     }

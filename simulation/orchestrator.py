@@ -87,6 +87,8 @@ class RunOutcome:
     """Best evaluated success rate, None when none ran."""
     bc_success: float | None
     """BC baseline success rate (mean over its seeds), None when not computed."""
+    bc_success_seeds: list[float] | None
+    """Each BC seed's success rate, None when not computed."""
     resets: int
     """Environment resets the runtimes reported (sum over runtimes)."""
     exit_codes: dict[str, int | None]
@@ -110,6 +112,7 @@ class Orchestrator:
         self.learner_detail: dict[str, Any] = {}
         self.runtime_details: list[dict[str, Any]] = []
         self.bc_success: float | None = None
+        self.bc_success_seeds: list[float] | None = None
         self.bc_seeds_text = ""
         self.last_eval: EvalRecord | None = None
         self._pollers: dict[str, StatusPoller] = {}
@@ -293,6 +296,7 @@ class Orchestrator:
         try:
             data = json.loads((self.spec.run_dir / "bc.json").read_text(encoding="utf-8"))
             self.bc_success = float(data["success_rate"])
+            self.bc_success_seeds = [float(p["success_rate"]) for p in data.get("per_seed", [])] or [self.bc_success]
             self.bc_seeds_text = bc_seeds_text(data)
         except (OSError, ValueError, KeyError, TypeError) as e:
             logger.warning("bc.json unreadable: %s", e)
@@ -435,7 +439,7 @@ class Orchestrator:
             updates=int(self.learner_detail.get("updates", 0) or 0), wall_s=time.monotonic() - self._started,
             success_final=records[-1].success_rate if records else None,
             success_best=max(r.success_rate for r in records) if records else None,
-            bc_success=self.bc_success,
+            bc_success=self.bc_success, bc_success_seeds=self.bc_success_seeds,
             resets=sum(int(d.get("env_resets", 0) or 0) for d in self.runtime_details), exit_codes=codes)
 
     def snapshot(self) -> Snapshot:

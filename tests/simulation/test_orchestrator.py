@@ -266,6 +266,7 @@ def test_full_run_with_standins(tmp_path: Path, standins: pytest.MonkeyPatch) ->
     assert outcome.reason == "finished" and outcome.ok, (outcome, shown)
     assert outcome.exit_codes == {"learner": 0, "runtime0": 0, "runtime1": 0, "bc": 0}
     assert outcome.env_steps == 600 and outcome.resets == 2 and outcome.bc_success is not None
+    assert outcome.bc_success_seeds is not None and len(outcome.bc_success_seeds) == 3  # state mode: three seeds
     rows = (run / "evals.csv").read_text().splitlines()
     assert rows[0].startswith("step,success_rate") and len(rows) >= 3  # >= 1 during the run + the final one
     assert rows[-1].startswith("600,")
