@@ -52,6 +52,22 @@ def test_resolve_config_layers_file_overrides_and_seed(tmp_path: Path) -> None:
         resolve_config(RunSpec(run_dir=tmp_path / "run", overrides=("agent.nope=1",)))
 
 
+def test_the_default_run_uses_the_door_preset(tmp_path: Path) -> None:
+    from simulation.run_setup import DEFAULT_OBS, DEFAULT_TASK
+
+    assert (DEFAULT_TASK, DEFAULT_OBS) == ("door", "state")
+    spec = RunSpec(run_dir=tmp_path / "run", task=DEFAULT_TASK, obs=DEFAULT_OBS)
+    cfg = resolve_config(spec)
+    sim = profile("sim")
+    assert (cfg.vice.updates_per_round, sim.vice.updates_per_round) == (2, 10)
+    assert cfg.vice.updates_every == sim.vice.updates_every and cfg.medal == sim.medal
+    assert (cfg.network.hidden_dim, cfg.network.num_critics, cfg.schedule.bc_agents) == (256, 2, (0,))
+    assert (cfg.schedule.bc_weight_start, cfg.schedule.bc_weight_end) == (1.0, 0.5)
+    # the command line still wins over the preset
+    spec = dataclasses.replace(spec, overrides=("vice.updates_per_round=10",))
+    assert resolve_config(spec).vice.updates_per_round == 10
+
+
 def test_resume_reads_run_json_and_config(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
