@@ -118,6 +118,15 @@ def aggregate(curves: Sequence[RunCurve], band: Band = "minmax") -> Aggregate:
     return Aggregate(steps=grid, mean=mean, low=low, high=high, runs=len(curves))
 
 
+def steps_label(steps: float, _position: object = None) -> str:
+    """Formats an axis tick of environment steps compactly (``20k``, ``1.5M``): full numbers
+    overlapped one another at a panel's width."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(steps) >= scale:
+            return f"{steps / scale:g}{suffix}"
+    return f"{steps:g}"
+
+
 def plot_runs(run_dirs: Sequence[Path], out: Path, *, band: Band = "minmax", label: str = "resetfree (MEDAL++)",
               title: str | None = None) -> Path:
     """Plots the runs in ``run_dirs`` (one panel per task) to the PNG ``out``.
@@ -129,6 +138,7 @@ def plot_runs(run_dirs: Sequence[Path], out: Path, *, band: Band = "minmax", lab
 
     matplotlib.use("Agg")  # files only, never a window; safe on a worker thread
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
 
     curves = [read_run(Path(d)) for d in run_dirs]
     tasks = sorted({c.task for c in curves if c.steps.size})
@@ -148,6 +158,7 @@ def plot_runs(run_dirs: Sequence[Path], out: Path, *, band: Band = "minmax", lab
             ax.axhline(float(np.mean(bcs)), color="tab:gray", ls="--", lw=1.5, label="BC")
         ax.set_title(title or task)
         ax.set_xlabel("environment steps")
+        ax.xaxis.set_major_formatter(FuncFormatter(steps_label))
         ax.set_ylabel("success rate")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from simulation.evaluator import EvalRecord, EvaluatorError, append_eval, read_evals
-from simulation.plot import RunCurve, aggregate, main, plot_runs, read_run
+from simulation.plot import RunCurve, aggregate, main, plot_runs, read_run, steps_label
 
 
 def _run(tmp: Path, name: str, points: list[tuple[int, float]], *, task: str = "tabletop",
@@ -97,3 +97,7 @@ def test_cli_reports_runs_without_evaluations(tmp_path: Path, capsys: pytest.Cap
     run = _run(tmp_path, "r", [(10, 1.0)])
     assert main([str(run), "--out", str(tmp_path / "y.png"), "--band", "std"]) == 0
     assert (tmp_path / "y.png").exists()
+
+
+def test_step_ticks_are_compact() -> None:
+    assert [steps_label(x) for x in (0, 500, 20_000, 150_000, 1_500_000)] == ["0", "500", "20k", "150k", "1.5M"]
