@@ -422,7 +422,6 @@ class PolicySlot:
         self.inference_s.add(time.perf_counter() - started)
         return action
 
-
     def _gaussian_action(self, mean_log_std: np.ndarray) -> np.ndarray:
         """``tanh(mu + std · ε)`` (explore) or ``tanh(mu)`` from ``[mu, log_std]`` ``(2A,)``."""
         mu, log_std = np.split(mean_log_std, 2)
