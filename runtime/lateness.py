@@ -12,6 +12,10 @@ time, CPU time, time runnable but waiting for a core from Linux's
   made it late even on an idle core);
 - ``preempted``: it waited at least ``L/2`` runnable for a core (a thread or process at an
   equal or higher priority held it); without schedstat, any involuntary switch;
+- ``stalled``: a warm-up pass (pure computation, wrapped in :meth:`LateTickProbe.warmup`)
+  took at least ``L/2`` more wall time than its CPU time and its wait for a core, with no
+  context switch of its own: the thread neither yielded nor queued, yet did not run — the
+  hypervisor took the virtual CPU (steal time) or interrupts held it;
 - ``faults``: major page faults (memory paged in from disk);
 - ``blocked``: none of the above — it waited off-CPU (the GIL held by a worker in a call
   that does not release it, a lock, or a sleep that woke late).
@@ -26,6 +30,7 @@ how many were not logged). Not thread-safe: the loop thread only.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
@@ -34,6 +39,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 try:
@@ -46,7 +52,7 @@ except ImportError:  # not on POSIX
 
 logger = logging.getLogger(__name__)
 
-LATE_CAUSES = ("busy", "preempted", "gc", "faults", "blocked")
+LATE_CAUSES = ("busy", "preempted", "gc", "stalled", "faults", "blocked")
 
 
 @dataclass(frozen=True)
@@ -99,13 +105,27 @@ class LateTick:
     runqueue_ms: float | None
     """Time the loop thread was runnable but waited for a core (None without schedstat)."""
     warmup_ms: float
-    """Of which the policy warm-up passes before the tick."""
+    """Of which the policy warm-up passes before the tick (wall time)."""
+    warmup_cpu_ms: float
+    """The loop thread's CPU time in those passes."""
+    warmup_runqueue_ms: float | None
+    """Its wait for a core in those passes (None without schedstat)."""
+    warmup_switches: int
+    """Context switches (voluntary and involuntary) in those passes."""
     gc_ms: float
     """Time Python's collector ran in the gap (any thread)."""
     involuntary: int
     voluntary: int
     minor_faults: int
     major_faults: int
+
+    @property
+    def stalled_ms(self) -> float:
+        """Wall time of the warm-up passes that is neither CPU time nor a wait for a core, when
+        the thread made no context switch in them (else 0: it may have yielded, e.g. to the GIL)."""
+        if self.warmup_switches:
+            return 0.0
+        return max(0.0, self.warmup_ms - self.warmup_cpu_ms - (self.warmup_runqueue_ms or 0.0))
 
     @property
     def cause(self) -> str:
@@ -118,6 +138,8 @@ class LateTick:
             return "preempted"
         if self.runqueue_ms is None and self.involuntary > 0:
             return "preempted"
+        if self.stalled_ms >= 0.5 * self.late_ms:
+            return "stalled"
         if self.major_faults > 0:
             return "faults"
         return "blocked"
@@ -144,7 +166,10 @@ class LateTickProbe:
         self._gc_started: float | None = None
         self._gc_s = 0.0
         self.warmup_s = 0.0
-        """The loop adds its warm-up time here (reset at every mark)."""
+        """Wall time of the warm-up passes since the last mark (:meth:`warmup` adds to it)."""
+        self._warmup_cpu_s = 0.0
+        self._warmup_runqueue_s: float | None = 0.0
+        self._warmup_switches = 0
         self.causes: Counter[str] = Counter()
         self.last: LateTick | None = None
         self._started = False  # hook and schedstat file come with the first mark (a loop never run has none)
@@ -173,7 +198,26 @@ class LateTickProbe:
             self._started = True
         self._since = ThreadSample.now(self._fd)
         self._gc_s = 0.0
-        self.warmup_s = 0.0
+        self.warmup_s = self._warmup_cpu_s = 0.0
+        self._warmup_runqueue_s = 0.0
+        self._warmup_switches = 0
+
+    @contextlib.contextmanager
+    def warmup(self) -> Iterator[None]:
+        """Wraps one warm-up pass on the loop thread: its wall time, CPU time, wait for a core
+        and context switches go into the next late tick's report (``stalled``)."""
+        before = ThreadSample.now(self._fd)
+        try:
+            yield
+        finally:
+            after = ThreadSample.now(self._fd)
+            self.warmup_s += after.wall - before.wall
+            self._warmup_cpu_s += after.cpu - before.cpu
+            if after.runqueue is None or before.runqueue is None or self._warmup_runqueue_s is None:
+                self._warmup_runqueue_s = None
+            else:
+                self._warmup_runqueue_s += after.runqueue - before.runqueue
+            self._warmup_switches += (after.voluntary - before.voluntary) + (after.involuntary - before.involuntary)
 
     def late(self, late_s: float) -> LateTick | None:
         """Call at the start of a late tick: explains the gap since :meth:`mark`, logs it at
@@ -185,7 +229,9 @@ class LateTickProbe:
         report = LateTick(
             late_ms=late_s * 1e3, gap_ms=(now.wall - then.wall) * 1e3, cpu_ms=(now.cpu - then.cpu) * 1e3,
             runqueue_ms=runqueue,
-            warmup_ms=self.warmup_s * 1e3, gc_ms=self._gc_s * 1e3,
+            warmup_ms=self.warmup_s * 1e3, warmup_cpu_ms=self._warmup_cpu_s * 1e3,
+            warmup_runqueue_ms=None if self._warmup_runqueue_s is None else self._warmup_runqueue_s * 1e3,
+            warmup_switches=self._warmup_switches, gc_ms=self._gc_s * 1e3,
             involuntary=now.involuntary - then.involuntary, voluntary=now.voluntary - then.voluntary,
             minor_faults=now.minor_faults - then.minor_faults, major_faults=now.major_faults - then.major_faults)
         self.causes[report.cause] += 1
@@ -195,10 +241,12 @@ class LateTickProbe:
             return report
         self._last_log = now.wall
         logger.warning(
-            "loop: tick %.2f ms late (%s): gap %.2f ms, loop thread CPU %.2f ms (warm-up %.2f), waiting for "
+            "loop: tick %.2f ms late (%s): gap %.2f ms, loop thread CPU %.2f ms (warm-up %.2f, of which "
+            "CPU %.2f, %d switches), waiting for "
             "a core %s ms, gc %.2f ms, switches %d involuntary / %d voluntary, page faults %d minor / %d major%s; "
             "other threads: %s",
-            report.late_ms, report.cause, report.gap_ms, report.cpu_ms, report.warmup_ms,
+            report.late_ms, report.cause, report.gap_ms, report.cpu_ms, report.warmup_ms, report.warmup_cpu_ms,
+            report.warmup_switches,
             "?" if report.runqueue_ms is None else f"{report.runqueue_ms:.2f}", report.gc_ms,
             report.involuntary, report.voluntary, report.minor_faults, report.major_faults,
             f" ({self._unlogged} late ticks since the last line)" if self._unlogged else "", other_threads())

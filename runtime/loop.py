@@ -304,9 +304,9 @@ class ControlLoop:
         margin = self.clock.config.spin_margin_s
         for _ in range(self.config.passes_for(self.clock.period)):
             started = time.perf_counter()
-            self.policy.prefetch(self.schedule.agent, self._last_observation)
+            with self.lateness.warmup():
+                self.policy.prefetch(self.schedule.agent, self._last_observation)
             took = time.perf_counter() - started
-            self.lateness.warmup_s += took
             remaining = self.clock.time_to_next()
             if remaining is None or remaining < took + margin:  # another pass could make the tick late
                 break

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from runtime.lateness import LATE_CAUSES, LateTickProbe, open_schedstat
+from runtime.lateness import LATE_CAUSES, LateTick, LateTickProbe, open_schedstat
 from tests.runtime.fakes import FakeRobot
 from tests.runtime.test_loop import ListSink, build, run_for
 
@@ -165,3 +165,34 @@ def test_the_collector_hook_lives_from_the_first_mark_to_close():
     assert any(getattr(cb, "__self__", None) is probe for cb in gc.callbacks)
     probe.close()
     assert not any(getattr(cb, "__self__", None) is probe for cb in gc.callbacks)
+
+
+def test_warm_up_passes_are_measured_and_a_sleep_in_one_is_not_a_stall(probe):
+    probe.mark()
+    with probe.warmup():
+        spin(0.01)
+    with probe.warmup():
+        time.sleep(0.01)  # yields: off-CPU by its own doing
+    report = probe.late(0.005)
+    assert report.warmup_ms >= 20 and 9 <= report.warmup_cpu_ms < report.warmup_ms
+    assert report.warmup_switches >= 1 and report.stalled_ms == 0 and report.cause != "stalled"
+    probe.mark()  # a mark starts the next gap's figures from zero
+    report = probe.late(0.001)
+    assert report.warmup_ms == 0 and report.warmup_switches == 0
+
+
+def late_tick(**changes) -> LateTick:
+    figures = dict(late_ms=4.0, gap_ms=20.0, cpu_ms=5.0, runqueue_ms=0.0, warmup_ms=12.0, warmup_cpu_ms=4.5,
+                   warmup_runqueue_ms=0.0, warmup_switches=0, gc_ms=0.0, involuntary=0, voluntary=1,
+                   minor_faults=0, major_faults=0)
+    return LateTick(**{**figures, **changes})
+
+
+def test_time_lost_inside_a_warm_up_pass_without_a_switch_is_stalled():
+    # the signature seen on a 2-vCPU VM: a 12 ms pass with 4.5 ms of CPU, never queued, never yielding
+    assert late_tick().stalled_ms == pytest.approx(7.5) and late_tick().cause == "stalled"
+    assert late_tick(warmup_switches=1).cause == "blocked"  # it yielded (the GIL, a lock): not a stall
+    assert late_tick(warmup_runqueue_ms=7.0).cause == "blocked"  # queued for a core inside the pass
+    assert late_tick(warmup_runqueue_ms=None).cause == "stalled"  # no schedstat: CPU time alone
+    assert late_tick(warmup_ms=5.0).cause == "blocked"  # 0.5 ms lost: not what made it 4 ms late
+    assert late_tick(runqueue_ms=3.0).cause == "preempted" and late_tick(gc_ms=3.0).cause == "gc"
