@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scheduling priority: fifo (SCHED_FIFO, falls back to nice without the "
                         "privilege), nice, none. Measured on 2 cores with a learner training: "
                         "fifo gives 0 overruns at 10 and 50 Hz where nice gives hundreds")
+    p.add_argument("--cpu-latency-us", type=_latency, default=IsolationConfig.cpu_latency_us, metavar="US|off",
+                   help="hold the CPUs' wake-up latency at this many µs (/dev/cpu_dma_latency, needs root): "
+                        "idle CPUs poll instead of halting, so the loop's sleeps end on time; costs power, "
+                        "not CPU time. off: leave it. Default %(default)s")
+    p.add_argument("--keep-heap", action=argparse.BooleanOptionalAction, default=IsolationConfig.keep_heap,
+                   help="glibc: keep freed memory instead of unmapping it, so a weights swap does not "
+                        "interrupt the loop's CPU to flush its TLB (costs the heap's peak in memory)")
     p.add_argument("--gc", choices=GC_MODES, default="freeze", help="garbage-collector handling (jitter)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for inference")
     p.add_argument("--conv-dtype", choices=CONV_DTYPES, default="auto",
@@ -89,6 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "at 10 Hz under learner load a second pass took inference from 2.8 to 1.95 ms here)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     return p
+
+
+def _latency(text: str) -> int | None:
+    """``--cpu-latency-us``: a non-negative int, or ``off``."""
+    if text.strip().lower() in ("off", "none"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected µs (an integer >= 0) or 'off', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected µs >= 0 or 'off', got {value}")
+    return value
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -123,7 +143,8 @@ def daemon_config(args: argparse.Namespace) -> DaemonConfig:
         prefetch_lead_s=args.prefetch_lead_ms / 1e3,
         prefetch_passes=args.prefetch_passes,
         isolation=IsolationConfig(cpu=args.cpu, priority=args.priority, gc_mode=args.gc,
-                                  torch_threads=args.threads))
+                                  torch_threads=args.threads, cpu_latency_us=args.cpu_latency_us,
+                                  keep_heap=args.keep_heap))
 
 
 async def _run(args: argparse.Namespace, config: DaemonConfig) -> int:

@@ -131,11 +131,13 @@ async def measure_rate(hz: float, seconds: float, args: argparse.Namespace, work
            "--seed", "0", "--priority", args.priority, "--gc", args.gc, "--log-level", "WARNING",
            "--conv-dtype", args.conv_dtype, "--projection-dtype", args.projection_dtype,
            "--threads", str(args.threads)]
-    for flag, value in (("--prefetch-lead-ms", args.prefetch_lead_ms), ("--prefetch-passes", args.prefetch_passes)):
+    for flag, value in (("--prefetch-lead-ms", args.prefetch_lead_ms), ("--prefetch-passes", args.prefetch_passes),
+                        ("--cpu-latency-us", args.cpu_latency_us)):
         if value is not None:  # otherwise the runtime's own default
             cmd += [flag, str(value)]
     if args.cpu is not None:
         cmd += ["--cpu", str(args.cpu)]
+    cmd += ["--keep-heap" if args.keep_heap else "--no-keep-heap"]
     runtime = subprocess.Popen(cmd, cwd=ROOT, env={**env, "OMP_NUM_THREADS": str(args.threads)})
     swaps: list[float] = []
     control: StatusPoller | None = None
@@ -257,6 +259,9 @@ def main(argv: list[str]) -> int:
                    "default: its own)")
     p.add_argument("--prefetch-passes", type=int, default=None, help="runtime --prefetch-passes (default: its own)")
     p.add_argument("--threads", type=int, default=1, help="runtime --threads (torch threads for inference)")
+    p.add_argument("--cpu-latency-us", default=None, help="runtime --cpu-latency-us (µs or off; default: its own)")
+    p.add_argument("--keep-heap", action=argparse.BooleanOptionalAction, default=True,
+                   help="runtime --keep-heap / --no-keep-heap")
     p.add_argument("--load", type=float, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     try:
@@ -270,7 +275,8 @@ def main(argv: list[str]) -> int:
     result: dict[str, Any] = {"cpu": os.cpu_count(), "levers": {
         "cpu": args.cpu, "load_cpus": args.load_cpus or "all", "load_threads": args.load_threads, "priority": args.priority, "gc": args.gc, "conv_dtype": args.conv_dtype, "projection_dtype": args.projection_dtype, "weights_dtype": args.weights_dtype,
         "prefetch_lead_ms": args.prefetch_lead_ms,
-        "prefetch_passes": args.prefetch_passes, "threads": args.threads}}
+        "prefetch_passes": args.prefetch_passes, "threads": args.threads, "cpu_latency_us": args.cpu_latency_us,
+        "keep_heap": args.keep_heap}}
     with tempfile.TemporaryDirectory(prefix="bench-runtime-") as work:
         for hz in (float(r) for r in args.rates.split(",")):
             figures = asyncio.run(measure_rate(hz, seconds, args, Path(work)))

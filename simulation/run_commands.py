@@ -44,8 +44,9 @@ def runtime_command(spec: RunSpec, index: int, uplink: str, *, max_steps: int, s
             "--control-bind", "tcp://127.0.0.1:0", "--seed", str(spec.seed + index),
             "--switch-every", str(switch_every), "--max-steps", str(max_steps), "--log-level", spec.log_level,
             # lock-step: the learner sets the pace and jitter does not matter; a real-time
-            # priority would only take CPU from the learner on a small machine
-            "--priority", "none"]
+            # priority would only take CPU from the learner on a small machine, and polling
+            # idle CPUs would only cost power
+            "--priority", "none", "--cpu-latency-us", "off"]
     reset_every = reset_interval(spec)
     if reset_every is not None:
         argv += ["--reset-every", str(reset_every)]

@@ -208,3 +208,90 @@ def test_lower_other_threads_moves_inherited_fifo_threads_below_the_caller():
         pytest.skip("SCHED_FIFO needs privileges this machine does not grant")
     before, lowered, after, own = map(int, out.stdout.split())
     assert (before, after, own) == (5, 4, 5) and lowered >= 1
+
+
+def test_the_cpu_latency_request_is_written_held_and_released(tmp_path) -> None:
+    import sys
+
+    from runtime import clock
+
+    device = tmp_path / "cpu_dma_latency"
+    device.write_bytes(b"")
+    try:
+        assert clock.hold_cpu_latency(0, str(device)) == "0"
+        assert clock._cpu_latency_fd is not None  # held open: the kernel keeps a request while it is
+        assert clock.hold_cpu_latency(20, str(device)) == "20"  # replaces, one open request
+        assert device.read_bytes() == (20).to_bytes(4, sys.byteorder, signed=True)  # s32, native order
+    finally:
+        clock.release_cpu_latency()
+    assert clock._cpu_latency_fd is None
+    clock.release_cpu_latency()  # idempotent
+    assert clock.hold_cpu_latency(0, str(tmp_path / "absent")).startswith("refused: ")
+    with pytest.raises(ValueError, match="cpu_latency_us"):
+        clock.IsolationConfig(cpu_latency_us=-1)
+
+
+def test_the_kernel_holds_the_requested_wake_up_latency() -> None:
+    import os
+    import sys
+
+    from runtime import clock
+
+    if not os.access(clock.CPU_LATENCY_DEVICE, os.R_OK | os.W_OK):
+        pytest.skip(f"{clock.CPU_LATENCY_DEVICE} is not accessible here")
+    try:
+        assert clock.hold_cpu_latency(0) == "0"
+        with open(clock.CPU_LATENCY_DEVICE, "rb") as f:  # reads the aggregate of all requests
+            assert int.from_bytes(f.read(4), sys.byteorder, signed=True) == 0
+    finally:
+        clock.release_cpu_latency()
+
+
+def test_the_cli_takes_a_latency_or_off() -> None:
+    from runtime.__main__ import daemon_config, parse_args
+
+    base = ["--robot", "sim:cube", "--learner", "tcp://127.0.0.1:1"]
+    assert daemon_config(parse_args(base)).isolation.cpu_latency_us == 0
+    assert daemon_config(parse_args(base + ["--cpu-latency-us", "off"])).isolation.cpu_latency_us is None
+    assert daemon_config(parse_args(base + ["--cpu-latency-us", "50"])).isolation.cpu_latency_us == 50
+    with pytest.raises(SystemExit):
+        parse_args(base + ["--cpu-latency-us", "-3"])
+
+
+def test_keep_heap_stops_malloc_from_unmapping_freed_blocks() -> None:
+    import ctypes
+    import subprocess
+    import sys
+
+    try:
+        ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        pytest.skip("no glibc here")
+    # In a fresh process, glibc's own statistics (mallinfo2's hblkhd: bytes in blocks that are
+    # mappings of their own, unmapped when freed) while three 8 MB blocks are held.
+    probe = """
+import ctypes, sys
+from runtime.clock import keep_heap
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = (ctypes.c_void_p,)
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc.mallinfo2.restype = Info
+def mapped_mb_while_holding(n):
+    baseline = libc.mallinfo2().hblkhd
+    blocks = [libc.malloc(8 << 20) for _ in range(n)]
+    held = libc.mallinfo2().hblkhd - baseline
+    for b in blocks:
+        libc.free(b)
+    return held >> 20
+before = mapped_mb_while_holding(3)
+print(keep_heap())
+print(before, mapped_mb_while_holding(3))
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "on"
+    before, after = int(out[1]), int(out[2])
+    assert before >= 24  # glibc's default: an 8 MB block is a mapping of its own, unmapped on free
+    assert after == 0  # from the heap, which keeps it

@@ -111,6 +111,10 @@ def test_commands_follow_the_contract(tmp_path: Path) -> None:
         assert runtime[runtime.index(flag) + 1] == value
     assert "--lockstep" in runtime and runtime[runtime.index("--spill-dir") + 1].endswith("robot2")
     assert "--reset-every" not in runtime  # door keeps EARL's schedule (the runtime's default)
+    from runtime.__main__ import daemon_config, parse_args
+
+    config = daemon_config(parse_args(runtime[3:]))  # the real runtime takes every flag
+    assert config.isolation.priority == "none" and config.isolation.cpu_latency_us is None  # lock-step: no RT levers
     tabletop = runtime_command(dataclasses.replace(spec, task="tabletop"), 0, "tcp://127.0.0.1:4000",
                                max_steps=50, switch_every=200)
     assert tabletop[tabletop.index("--reset-every") + 1] == "10000"  # the authors' tabletop schedule
@@ -418,7 +422,7 @@ def _fake_runtime(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser()
     for flag in ("--robot", "--learner", "--obs", "--spill-dir", "--control-bind", "--seed", "--switch-every",
-                 "--max-steps", "--log-level", "--hz", "--reset-every", "--priority"):
+                 "--max-steps", "--log-level", "--hz", "--reset-every", "--priority", "--cpu-latency-us"):
         p.add_argument(flag)
     p.add_argument("--lockstep", action="store_true")
     args = p.parse_args(argv)
