@@ -8,7 +8,8 @@ cores are busy as on the design's 2-core robot PC); this process plays the learn
 runtime drives the simulated cube task in pixel mode at the rate. Weights are published
 every ``--publish-every`` seconds; ``swap_to_active_ms`` is publish → active in the loop
 (the daemon stamps ``weights_active_at_forward`` with the wall clock; same machine). After
-``--seconds`` the runtime's ``status`` gives the loop figures. Last line: one JSON object.
+``--seconds`` the runtime's ``status`` gives the loop figures; ``cpu_steal_ms`` is the
+hypervisor's steal time over the runtime's life (on a VM). Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -138,6 +139,7 @@ async def measure_rate(hz: float, seconds: float, args: argparse.Namespace, work
     if args.cpu is not None:
         cmd += ["--cpu", str(args.cpu)]
     cmd += ["--keep-heap" if args.keep_heap else "--no-keep-heap"]
+    steal_before = cpu_steal_s()
     runtime = subprocess.Popen(cmd, cwd=ROOT, env={**env, "OMP_NUM_THREADS": str(args.threads)})
     swaps: list[float] = []
     control: StatusPoller | None = None
@@ -155,6 +157,7 @@ async def measure_rate(hz: float, seconds: float, args: argparse.Namespace, work
             published = learner.publish(version)
             swaps += [await _swap_ms(control, version, published)]
         final: dict[str, Any] = await status(control)
+        steal_after = cpu_steal_s()
     finally:
         if control is not None:
             control.close()
@@ -177,7 +180,24 @@ async def measure_rate(hz: float, seconds: float, args: argparse.Namespace, work
             "prefetch_p50_ms": final.get("policy_prefetch_p50_ms"),
             "swap_to_active_ms": float(np.median(swaps)) if swaps else None, "steps": final["steps"],
             "late_causes": {k[len("late_"):]: v for k, v in final.items() if k.startswith("late_") and v},
+            "cpu_steal_ms": None if steal_before is None or steal_after is None
+            else round((steal_after - steal_before) * 1e3),
             "learner_updates_per_s": load_rate}
+
+
+def cpu_steal_s(stat: str | None = None) -> float | None:
+    """Seconds the hypervisor has kept this machine's virtual CPUs from running (all CPUs
+    summed; Linux ``/proc/stat`` "steal", 10 ms resolution), from ``stat`` or the live file;
+    None where there is no such figure. A rise during a measurement is time no setting of
+    the runtime can win back."""
+    try:
+        text = stat if stat is not None else Path("/proc/stat").read_text()
+        fields = text.splitlines()[0].split()
+        if fields[0] != "cpu" or len(fields) < 9:
+            return None
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 async def _wait_control(spill: Path, runtime: subprocess.Popen) -> str:
