@@ -11,13 +11,14 @@ whole period or more behind, the missed ticks are skipped (counted), never burst
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from runtime.stats import Ring
@@ -356,6 +357,42 @@ def _fifo_level(tid: int = 0) -> int | None:
     if os.sched_getscheduler(tid) != os.SCHED_FIFO:
         return None
     return os.sched_getparam(tid).sched_priority
+
+
+@contextlib.contextmanager
+def ordinary_priority() -> Iterator[None]:
+    """Runs the body at SCHED_OTHER when the calling thread runs SCHED_FIFO, then restores
+    its level; threads started in the body (which inherit SCHED_OTHER) are moved to one
+    level below it, where :func:`lower_other_threads` would have put them. A no-op when the
+    thread is not SCHED_FIFO or the OS refuses. For long start-up computation on a
+    real-time thread, such as building and tracing the policy's modules (~1 s of CPU):
+    Linux's deadline "fair server" guarantees ordinary tasks 50 ms of every second, and
+    after a real-time thread held a CPU for ~0.95 s it preempted every real-time thread
+    there — the control loop's included — for 50 ms (a first tick 30 ms late, measured)."""
+    try:
+        level = _fifo_level()
+    except (OSError, AttributeError):  # no sched_* on this OS
+        level = None
+    lowered = False
+    before: set[str] = set()
+    if level is not None:
+        try:
+            before = set(os.listdir("/proc/self/task"))
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            lowered = True
+        except (OSError, AttributeError) as e:
+            logger.debug("isolation: priority unchanged for start-up work: %s", e)
+    try:
+        yield
+    finally:
+        if lowered:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(level))
+            helper = os.sched_param(max(1, level - 1))
+            for tid in set(os.listdir("/proc/self/task")) - before:
+                try:
+                    os.sched_setscheduler(int(tid), os.SCHED_FIFO, helper)
+                except OSError:  # it has ended meanwhile
+                    pass
 
 
 def lower_thread_priority() -> None:

@@ -48,7 +48,7 @@ from protocol.transport import (
     ConnectionState, ControlServer, ControlServerConfig, HandshakeRefused, UplinkClient, UplinkClientConfig,
     WeightsSubscriber, WeightsSubscriberConfig, start_zero_copy_collector,
 )
-from runtime.clock import (Clock, ClockConfig, IsolationConfig, collect_young, lower_other_threads,
+from runtime.clock import (Clock, ClockConfig, IsolationConfig, collect_young, lower_other_threads, ordinary_priority,
                            lower_thread_priority, settle_gc)
 from runtime.errors import RuntimeFault
 from runtime.loop import ControlLoop, LoopConfig
@@ -238,18 +238,20 @@ class RuntimeDaemon:
         self.welcome = await self._first_welcome()
         self._weights_endpoint = reachable_endpoint(self.welcome.weights_endpoint, self.config.learner)
         obs_spec = {name: (tuple(s.shape), s.dtype) for name, s in self._space.items()}
-        self.policy = PolicySlot.for_actor(obs_spec, self.robot.action_spec.shape[0], self.welcome.net_config,
-                                           self.config.policy)
+        with ordinary_priority():  # ~1 s of CPU: not as real-time work (see ordinary_priority)
+            self.policy = PolicySlot.for_actor(obs_spec, self.robot.action_spec.shape[0], self.welcome.net_config,
+                                               self.config.policy)
         self.outbox.rewind(self.welcome.resume_seq)
         self.outbox.set_connected(True)
         self.trained_through = self.welcome.resume_seq
         self.loop = self._build_loop()
 
     def _connect_devices(self) -> None:
-        self.robot.connect()
-        for camera in self.cameras:
-            if camera.status != CameraStatus.STREAMING:
-                camera.connect()
+        with ordinary_priority():  # a simulator builds and renders its first frames here
+            self.robot.connect()
+            for camera in self.cameras:
+                if camera.status != CameraStatus.STREAMING:
+                    camera.connect()
 
     def _uplink_config(self) -> UplinkClientConfig:
         keys = client_keys(self.config.keys_dir) if self.config.keys_dir else None

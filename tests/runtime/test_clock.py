@@ -295,3 +295,48 @@ print(before, mapped_mb_while_holding(3))
     before, after = int(out[1]), int(out[2])
     assert before >= 24  # glibc's default: an 8 MB block is a mapping of its own, unmapped on free
     assert after == 0  # from the heap, which keeps it
+
+
+def test_start_up_work_runs_at_ordinary_priority_and_its_threads_end_below_the_loop() -> None:
+    import os
+    import threading
+
+    from runtime.clock import ordinary_priority
+
+    seen: dict[str, object] = {}
+
+    def body() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(5))
+        except OSError:
+            seen["skip"] = True  # no privileges here: nothing to check
+            return
+        with ordinary_priority():
+            seen["inside"] = os.sched_getscheduler(0)
+            started = threading.Event()
+            release = threading.Event()
+
+            def helper() -> None:
+                seen["helper_tid"] = threading.get_native_id()
+                started.set()
+                release.wait()
+
+            worker = threading.Thread(target=helper)
+            worker.start()
+            started.wait()
+        tid = int(seen["helper_tid"])
+        seen["after"] = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)
+        seen["helper"] = (os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority)
+        release.set()
+        worker.join()
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    if seen.get("skip"):
+        pytest.skip("SCHED_FIFO is not permitted here")
+    assert seen["inside"] == os.SCHED_OTHER
+    assert seen["after"] == (os.SCHED_FIFO, 5)
+    assert seen["helper"] == (os.SCHED_FIFO, 4)
+    with ordinary_priority():  # not real-time: nothing changes
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER
