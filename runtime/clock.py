@@ -362,8 +362,9 @@ def _fifo_level(tid: int = 0) -> int | None:
 @contextlib.contextmanager
 def ordinary_priority() -> Iterator[None]:
     """Runs the body at SCHED_OTHER when the calling thread runs SCHED_FIFO, then restores
-    its level; threads started in the body (which inherit SCHED_OTHER) are moved to one
-    level below it, where :func:`lower_other_threads` would have put them. A no-op when the
+    its level; threads started meanwhile that still run as they inherited it (SCHED_OTHER,
+    nice 0, e.g. torch's intra-op workers) are moved to one level below it, where
+    :func:`lower_other_threads` would have put them. A no-op when the
     thread is not SCHED_FIFO or the OS refuses. For long start-up computation on a
     real-time thread, such as building and tracing the policy's modules (~1 s of CPU):
     Linux's deadline "fair server" guarantees ordinary tasks 50 ms of every second, and
@@ -388,9 +389,10 @@ def ordinary_priority() -> Iterator[None]:
         if lowered:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(level))
             helper = os.sched_param(max(1, level - 1))
-            for tid in set(os.listdir("/proc/self/task")) - before:
-                try:
-                    os.sched_setscheduler(int(tid), os.SCHED_FIFO, helper)
+            for tid in (int(t) for t in set(os.listdir("/proc/self/task")) - before):
+                try:  # a thread that chose its own policy (a disk writer at SCHED_BATCH) keeps it
+                    if os.sched_getscheduler(tid) == os.SCHED_OTHER and os.getpriority(os.PRIO_PROCESS, tid) == 0:
+                        os.sched_setscheduler(tid, os.SCHED_FIFO, helper)
                 except OSError:  # it has ended meanwhile
                     pass
 

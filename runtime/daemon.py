@@ -247,11 +247,10 @@ class RuntimeDaemon:
         self.loop = self._build_loop()
 
     def _connect_devices(self) -> None:
-        with ordinary_priority():  # a simulator builds and renders its first frames here
-            self.robot.connect()
-            for camera in self.cameras:
-                if camera.status != CameraStatus.STREAMING:
-                    camera.connect()
+        self.robot.connect()
+        for camera in self.cameras:
+            if camera.status != CameraStatus.STREAMING:
+                camera.connect()
 
     def _uplink_config(self) -> UplinkClientConfig:
         keys = client_keys(self.config.keys_dir) if self.config.keys_dir else None

@@ -316,19 +316,31 @@ def test_start_up_work_runs_at_ordinary_priority_and_its_threads_end_below_the_l
             started = threading.Event()
             release = threading.Event()
 
+            polite = threading.Event()
+
             def helper() -> None:
                 seen["helper_tid"] = threading.get_native_id()
                 started.set()
                 release.wait()
 
-            worker = threading.Thread(target=helper)
-            worker.start()
+            def background() -> None:  # a disk writer that lowers itself
+                os.setpriority(os.PRIO_PROCESS, 0, 19)
+                seen["background_tid"] = threading.get_native_id()
+                polite.set()
+                release.wait()
+
+            workers = [threading.Thread(target=helper), threading.Thread(target=background)]
+            for w in workers:
+                w.start()
             started.wait()
-        tid = int(seen["helper_tid"])
+            polite.wait()
+        tid, own = int(seen["helper_tid"]), int(seen["background_tid"])
         seen["after"] = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)
         seen["helper"] = (os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority)
+        seen["background"] = (os.sched_getscheduler(own), os.getpriority(os.PRIO_PROCESS, own))
         release.set()
-        worker.join()
+        for w in workers:
+            w.join()
 
     t = threading.Thread(target=body)
     t.start()
@@ -338,5 +350,6 @@ def test_start_up_work_runs_at_ordinary_priority_and_its_threads_end_below_the_l
     assert seen["inside"] == os.SCHED_OTHER
     assert seen["after"] == (os.SCHED_FIFO, 5)
     assert seen["helper"] == (os.SCHED_FIFO, 4)
+    assert seen["background"] == (os.SCHED_OTHER, 19)  # its own choice stands
     with ordinary_priority():  # not real-time: nothing changes
         assert os.sched_getscheduler(0) == os.SCHED_OTHER
