@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -290,7 +291,9 @@ before = mapped_mb_while_holding(3)
 print(keep_heap())
 print(before, mapped_mb_while_holding(3))
 """
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    repo = Path(__file__).resolve().parents[2]  # `runtime` importable whatever pytest's working directory
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         cwd=repo).stdout.split()
     assert out[0] == "on"
     before, after = int(out[1]), int(out[2])
     assert before >= 24  # glibc's default: an 8 MB block is a mapping of its own, unmapped on free
