@@ -48,8 +48,8 @@ from protocol.transport import (
     ConnectionState, ControlServer, ControlServerConfig, HandshakeRefused, UplinkClient, UplinkClientConfig,
     WeightsSubscriber, WeightsSubscriberConfig, start_zero_copy_collector,
 )
-from runtime.clock import (Clock, ClockConfig, IsolationConfig, collect_young, lower_other_threads, ordinary_priority,
-                           lower_thread_priority, settle_gc)
+from runtime.clock import (Clock, ClockConfig, IsolationConfig, collect_young, lower_other_threads,
+                           lower_thread_priority, ordinary_priority, settle_gc)
 from runtime.errors import RuntimeFault
 from runtime.loop import ControlLoop, LoopConfig
 from runtime.outbox import Outbox, OutboxConfig

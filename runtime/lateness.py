@@ -170,6 +170,8 @@ class LateTickProbe:
         self._warmup_cpu_s = 0.0
         self._warmup_runqueue_s: float | None = 0.0
         self._warmup_switches = 0
+        self.last_pass_s = 0.0
+        """Wall time of the latest pass :meth:`warmup` wrapped (the loop budgets the next one by it)."""
         self.causes: Counter[str] = Counter()
         self.last: LateTick | None = None
         self._started = False  # hook and schedstat file come with the first mark (a loop never run has none)
@@ -211,7 +213,8 @@ class LateTickProbe:
             yield
         finally:
             after = ThreadSample.now(self._fd)
-            self.warmup_s += after.wall - before.wall
+            self.last_pass_s = after.wall - before.wall
+            self.warmup_s += self.last_pass_s
             self._warmup_cpu_s += after.cpu - before.cpu
             if after.runqueue is None or before.runqueue is None or self._warmup_runqueue_s is None:
                 self._warmup_runqueue_s = None

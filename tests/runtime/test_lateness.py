@@ -196,3 +196,13 @@ def test_time_lost_inside_a_warm_up_pass_without_a_switch_is_stalled():
     assert late_tick(warmup_runqueue_ms=None).cause == "stalled"  # no schedstat: CPU time alone
     assert late_tick(warmup_ms=5.0).cause == "blocked"  # 0.5 ms lost: not what made it 4 ms late
     assert late_tick(runqueue_ms=3.0).cause == "preempted" and late_tick(gc_ms=3.0).cause == "gc"
+
+
+def test_the_latest_warm_up_pass_is_timed_for_the_loop_budget(probe):
+    probe.mark()
+    with probe.warmup():
+        spin(0.01)
+    assert 0.01 <= probe.last_pass_s <= probe.warmup_s
+    with probe.warmup():
+        pass
+    assert probe.last_pass_s < 0.01 <= probe.warmup_s
