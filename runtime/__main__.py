@@ -25,12 +25,13 @@ else:  # pragma: no cover - 3.10
     import tomli as tomllib
 from pathlib import Path
 
+from hardware.interfaces import Robot
 from runtime.clock import GC_MODES, IsolationConfig, install_uvloop
 from runtime.daemon import EXIT_CRASH, DaemonConfig, RuntimeDaemon, install_signal_handlers
 from runtime.policy_slot import CONV_DTYPES, PROJECTION_DTYPES, PolicySlotConfig
 from runtime.errors import RuntimeFault
 from runtime.loop import LoopConfig
-from runtime.robots import RobotSpecError, make_robot, parse_spec, robot_facts
+from runtime.robots import RESET_SCHEDULES, RobotFacts, RobotSpecError, make_robot, parse_spec, robot_facts
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="seed of the simulation and the seed-phase actions")
     p.add_argument("--switch-every", type=int, default=200, help="steps per agent before switching")
     p.add_argument("--reset-every", type=int, default=None, help="simulation: steps between environment resets "
-                   "(default: the task's EARL schedule; 0: never). A real robot is never reset")
+                   "(default: --reset-schedule's; 0: never). A real robot is never reset")
+    p.add_argument("--reset-schedule", choices=RESET_SCHEDULES, default=None,
+                   help="simulation: the task's reset schedule when --reset-every is not given: paper (the "
+                        "default: every 10000 steps for tabletop, door and peg, as MEDAL++; cube never) or "
+                        "earl (EARL's own: door and tabletop 200000, peg 100000)")
     p.add_argument("--max-steps", type=int, default=None, help="stop cleanly after N steps (waits for acks)")
     p.add_argument("--ack-wait", type=float, default=10.0, help="--max-steps: seconds to wait for final acks")
     p.add_argument("--batch-steps", type=int, default=16, help="steps per uplink batch (lock-step window)")
@@ -147,13 +152,34 @@ def daemon_config(args: argparse.Namespace) -> DaemonConfig:
                                   keep_heap=args.keep_heap))
 
 
+def check_reset_flags(args: argparse.Namespace) -> None:
+    """Refuses contradictory or misplaced reset flags. Raises RobotSpecError."""
+    if args.reset_every is not None and args.reset_schedule is not None:
+        raise RobotSpecError("give --reset-every or --reset-schedule, not both")
+    if args.reset_every is not None and args.reset_every < 0:
+        raise RobotSpecError(f"--reset-every: must be >= 0 (0: never), got {args.reset_every}")
+    if (args.reset_every is not None or args.reset_schedule is not None) and parse_spec(args.robot)[0] != "sim":
+        raise RobotSpecError(f"--reset-every/--reset-schedule apply to simulated robots; {args.robot} is never reset")
+
+
+def resolve_facts(args: argparse.Namespace, robot: Robot) -> tuple[RobotFacts, str]:
+    """Returns the robot's facts with the reset interval the flags choose, and where that
+    interval came from: ``flag`` (``--reset-every``), ``paper`` or ``earl`` (the task's
+    schedule). Raises RobotSpecError."""
+    check_reset_flags(args)
+    schedule = args.reset_schedule or "paper"
+    facts = robot_facts(args.robot, robot, args.task, reset_schedule=schedule)
+    if args.reset_every is not None:
+        return dataclasses.replace(facts, reset_interval=args.reset_every or None), "flag"
+    return facts, schedule if facts.kind == "sim" else "never"
+
+
 async def _run(args: argparse.Namespace, config: DaemonConfig) -> int:
     robot, cameras = make_robot(args.robot, args)
-    facts = robot_facts(args.robot, robot, args.task)
-    if args.reset_every is not None:
-        if facts.kind != "sim":
-            raise RobotSpecError(f"--reset-every applies to simulated robots; {args.robot} is never reset")
-        facts = dataclasses.replace(facts, reset_interval=args.reset_every or None)
+    facts, source = resolve_facts(args, robot)
+    if facts.kind == "sim":
+        logger.info("runtime: environment reset every %s (%s)",
+                    f"{facts.reset_interval} steps" if facts.reset_interval else "never", source)
     daemon = RuntimeDaemon(config, robot, cameras, facts)
     install_signal_handlers(daemon)
     return await daemon.run()
@@ -172,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         parse_spec(args.robot)
+        check_reset_flags(args)
         config = daemon_config(args)
     except (RobotSpecError, ValueError) as e:
         print(f"resetfree-runtime: {e}", file=sys.stderr)

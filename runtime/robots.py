@@ -5,10 +5,12 @@ simulated robot is found by module name at run time, so the layering test sees n
 import and a robot PC without MuJoCo never loads it.
 
 * ``sim:TASK`` → ``simulation.sim_robot.SimRobot(TASK, obs=, seed=, pacing=, hz=)`` and its
-  cameras (pixel mode); the environment resets on the EARL schedule (the task's
-  ``reset_interval``).
+  cameras (pixel mode); the shield's scale is the task's declared ``TaskInfo.move_scale``;
+  the environment resets on the paper's schedule (the task's ``reset_interval``: every 10k
+  steps for the EARL tasks) or EARL's own (``earl_reset_interval``, ``--reset-schedule earl``).
 * ``franka`` → ``hardware.franka.FrankaRobot`` + one ``hardware.realsense.RealSenseCamera``
-  per ``--camera NAME=SERIAL``; never reset except by ``go_home``.
+  per ``--camera NAME=SERIAL``; the shield's scale is its ``config.max_translation_step``;
+  never reset except by ``go_home``.
 """
 
 from __future__ import annotations
@@ -103,20 +105,40 @@ def make_robot(spec: str, args: argparse.Namespace) -> tuple[Robot, list[Camera]
                    for name, serial in cameras]
 
 
-def robot_facts(spec: str, robot: Robot, task: str | None = None) -> RobotFacts:
+RESET_SCHEDULES = ("paper", "earl")
+"""``--reset-schedule`` values: ``paper`` (the task's ``reset_interval``, the default) or
+``earl`` (its ``earl_reset_interval``)."""
+
+
+def robot_facts(spec: str, robot: Robot, task: str | None = None, reset_schedule: str = "paper") -> RobotFacts:
     """Returns the :class:`RobotFacts` of a robot :func:`make_robot` built from ``spec``.
 
-    ``task`` overrides the task name (a real robot has none of its own). Raises RobotSpecError.
+    ``task`` overrides the task name (a real robot has none of its own). A simulated robot's
+    ``position_scale`` is its task's declared ``TaskInfo.move_scale`` and its reset interval
+    the task's under ``reset_schedule`` (:data:`RESET_SCHEDULES`); a Franka's scale is its
+    ``config.max_translation_step``. Raises RobotSpecError (unknown task or schedule, a robot
+    that does not declare its scale).
     """
     kind, sim_task = parse_spec(spec)
+    if reset_schedule not in RESET_SCHEDULES:
+        raise RobotSpecError(f"reset schedule: expected one of {list(RESET_SCHEDULES)}, got {reset_schedule!r}")
     if kind == "sim":
         tasks = importlib.import_module(SIM_TASKS_MODULE)
-        cls = tasks.task_class(sim_task)
-        scale = float(getattr(importlib.import_module(cls.__module__), "MOVE_SCALE", 0.05))
-        return RobotFacts(kind="sim", task=str(sim_task), position_scale=scale,
-                          reset_interval=tasks.task_info(sim_task).reset_interval)
+        try:
+            info = tasks.task_info(sim_task)
+        except ValueError as e:
+            raise RobotSpecError(f"--robot {spec}: {e}") from e
+        return RobotFacts(kind="sim", task=str(sim_task), position_scale=float(info.move_scale),
+                          reset_interval=info.scheduled_reset_interval(reset_schedule))
     config = getattr(robot, "config", None)
-    scale = float(getattr(config, "max_translation_step", 0.02))
+    if config is None:
+        raise RobotSpecError(f"--robot {spec}: {type(robot).__name__} has no config, so the shield "
+                             "cannot know how far one unit of action moves it (max_translation_step)")
+    try:
+        scale = float(config.max_translation_step)
+    except AttributeError as e:
+        raise RobotSpecError(f"--robot {spec}: {type(config).__name__} declares no max_translation_step "
+                             "(metres per full-scale action), which the shield needs") from e
     return RobotFacts(kind="franka", task=task or "franka", position_scale=scale, reset_interval=None)
 
 

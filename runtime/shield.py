@@ -243,13 +243,16 @@ class Shield:
         if np.any(clipped != vector):
             reasons.append("action_clip")
         scale = self.config.position_scale
-        delta = clipped[self._axes] * scale
-        target = np.clip(position + delta, self._ws_low, self._ws_high)
-        if np.any(target != position + delta):
+        wanted = clipped[self._axes] * scale
+        target = np.clip(position + wanted, self._ws_low, self._ws_high)
+        in_box = target == position + wanted
+        if not np.all(in_box):
             reasons.append("workspace_clip")
         # Limit the move towards the (clipped) target: shrinking a move that starts inside
         # the box keeps the target inside it, and from outside it only walks back slowly.
-        delta = target - position
+        # An axis the box did not touch keeps its own delta: (position + delta) - position
+        # loses the low bits of a small delta far from the origin.
+        delta = np.where(in_box, wanted, target - position)
         limited = np.clip(delta, -self._max_step, self._max_step)
         if np.any(limited != delta):
             reasons.append("step_clip")
@@ -257,7 +260,9 @@ class Shield:
         if distance > self._max_dist:
             limited = limited * (self._max_dist / distance)
             reasons.append("speed_clip")
-        clipped[self._axes] = limited / scale
+        # Only axes something limited are rewritten; the others keep the action's own value.
+        changed = limited != wanted
+        clipped[self._axes] = np.where(changed, limited / scale, clipped[self._axes])
         # Re-clip: rounding must never push an element past the bounds.
         return np.clip(clipped, self._low, self._high)
 

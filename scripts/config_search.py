@@ -96,10 +96,12 @@ def cmd_run(args: argparse.Namespace) -> None:
     bwd = load_task_demos(args.task, "backward", source=args.demos, episodes=args.episodes)
     pcfg = PracticeConfig(task=args.task, max_env_steps=args.max_steps, max_minutes=args.minutes,
                           eval_every=args.eval_every, eval_episodes=args.eval_episodes, seed=args.seed,
-                          reset_every=args.reset_every)
+                          reset_every=args.reset_every, reset_schedule=args.reset_schedule)
     tag = {"label": args.label, "task": args.task, "config": str(args.config) if args.config else None,
            "set": args.overrides, "seed": args.seed,
-           "reset_every": args.reset_every, "demo_episodes": args.episodes}
+           "reset_every": args.reset_every, "reset_interval": pcfg.reset_interval,
+           "reset_source": "flag" if args.reset_every is not None else args.reset_schedule,
+           "demo_episodes": args.episodes}
 
     def on_eval(point: Any) -> None:
         _emit({"kind": "eval", **tag, "env_steps": point.env_steps, "updates": point.updates,
@@ -142,7 +144,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--minutes", type=float, default=None, help="training wall-clock budget")
     run.add_argument("--max-steps", type=int, default=1_000_000, help="environment step budget")
     run.add_argument("--eval-every", type=int, default=5000, help="steps between evaluations")
-    run.add_argument("--reset-every", type=int, default=None, help="steps between env resets (default: the task's)")
+    resets = run.add_mutually_exclusive_group()
+    resets.add_argument("--reset-every", type=int, default=None,
+                        help="steps between env resets (default: --reset-schedule's; 0: never)")
+    resets.add_argument("--reset-schedule", choices=("paper", "earl"), default="paper",
+                        help="the task's reset schedule: paper (10000 steps, the default) or earl (EARL's own)")
     run.add_argument("--seed", type=int, default=0, help="run seed")
     run.add_argument("--label", default="", help="free-text tag in the output")
     return parser

@@ -33,8 +33,8 @@ from pathlib import Path
 
 from learner.errors import LearnerError
 from simulation.orchestrator import TASKS, Orchestrator, RunSpec
-from simulation.run_setup import DEFAULT_OBS, DEFAULT_TASK
-from simulation.tasks.base import SimulationError
+from simulation.run_setup import DEFAULT_OBS, DEFAULT_TASK, reset_interval, reset_source
+from simulation.tasks.base import RESET_SCHEDULES, SimulationError
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bc-steps", type=int, default=10_000, help="BC gradient steps (default 10000)")
     parser.add_argument("--bc-seeds", type=int, default=None,
                         help="BC actors trained, the baseline being their mean success (default 3 state, 1 pixels)")
-    parser.add_argument("--reset-every", type=int, default=None,
-                        help="env steps between environment resets (default: tabletop 10000 as the authors' "
-                             "code, other tasks EARL's schedule; 0: never)")
+    resets = parser.add_mutually_exclusive_group()
+    resets.add_argument("--reset-every", type=int, default=None,
+                        help="env steps between environment resets (default: --reset-schedule's; 0: never)")
+    resets.add_argument("--reset-schedule", choices=RESET_SCHEDULES, default="paper",
+                        help="the task's reset schedule: paper (default: every 10000 steps for tabletop, door "
+                             "and peg, as MEDAL++; cube never) or earl (EARL's own: door and tabletop 200000, "
+                             "peg 100000). The one used is recorded in RUN_DIR/run.json")
     parser.add_argument("--minutes", type=float, default=None, help="stop cleanly after this many minutes")
     parser.add_argument("--hz", type=float, default=500.0,
                         help="runtime control rate cap; in lock-step the learner sets the pace (default 500)")
@@ -84,7 +88,14 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
                    eval_every=args.eval_every, eval_episodes=args.eval_episodes, video=not args.no_video,
                    bc_steps=args.bc_steps, bc_seeds=args.bc_seeds,
                    max_wall_s=args.minutes * 60 if args.minutes else None, hz=args.hz, reset_every=args.reset_every,
-                   device=args.device, learner_threads=args.learner_threads, log_level=args.log_level.upper())
+                   reset_schedule=args.reset_schedule, device=args.device, learner_threads=args.learner_threads,
+                   log_level=args.log_level.upper())
+
+
+def reset_text(spec: RunSpec) -> str:
+    """Returns the run's reset schedule in words, e.g. ``every 10,000 steps (paper)``."""
+    every = reset_interval(spec)
+    return f"{'never' if every is None else f'every {every:,} steps'} ({reset_source(spec)})"
 
 
 def run_bc_only(spec: RunSpec) -> int:
@@ -125,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resetfree-sim: error: {e}", file=sys.stderr)
         return 1
     print(f"run directory: {orchestrator.spec.run_dir}  (resume with --resume {orchestrator.spec.run_dir})")
+    print(f"environment resets: {reset_text(orchestrator.spec)}")
     outcome = asyncio.run(orchestrator.run())
     print(json.dumps(outcome.to_dict()))
     return 0 if outcome.ok else 1

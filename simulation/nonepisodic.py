@@ -1,8 +1,10 @@
 """EARL's non-episodic protocol as a gymnasium wrapper.
 
 The agent lives in one long episode: :class:`NonEpisodic` never truncates or terminates by
-itself, but every ``reset_every`` steps it resets the inner environment (EARL: 200k steps
-for tabletop and door, 100k for peg; the cube grasp never) and says so in ``info``.
+itself, but every ``reset_every`` steps it resets the inner environment and says so in
+``info``. By default the interval is the task's ``TaskInfo.reset_interval``: the paper's
+schedule, every 10k steps for tabletop, door and peg (MEDAL++; the cube grasp never);
+``reset_schedule="earl"`` takes EARL's own (200k steps for tabletop and door, 100k for peg).
 
 How a caller sees a scheduled reset, on the step that completes the interval::
 
@@ -25,6 +27,8 @@ from typing import Any
 
 import gymnasium as gym
 
+from simulation.tasks.base import ResetSchedule, TaskInfo
+
 logger = logging.getLogger(__name__)
 
 
@@ -33,20 +37,24 @@ class NonEpisodic(gym.Wrapper):
 
     Args:
         env: a task environment (``env.unwrapped.info`` is its :class:`TaskInfo`).
-        reset_every: steps between scheduled resets; ``None`` takes the task's
-            ``TaskInfo.reset_interval`` (which may itself be ``None``: never); ``0`` = never.
+        reset_every: steps between scheduled resets; ``None`` takes the task's interval
+            under ``reset_schedule`` (which may itself be ``None``: never); ``0`` = never.
+        reset_schedule: ``paper`` (``TaskInfo.reset_interval``, the default) or ``earl``
+            (``TaskInfo.earl_reset_interval``); used only when ``reset_every`` is None.
         reset_options: options passed to every scheduled reset (default
             ``{"init": "initial"}``, EARL's initial-state distribution).
 
     Raises:
-        ValueError: for a negative ``reset_every``.
+        ValueError: for a negative ``reset_every`` or an unknown ``reset_schedule``.
     """
 
     def __init__(self, env: gym.Env, reset_every: int | None = None,
-                 reset_options: dict[str, Any] | None = None) -> None:
+                 reset_options: dict[str, Any] | None = None, *,
+                 reset_schedule: ResetSchedule = "paper") -> None:
         super().__init__(env)
         if reset_every is None:
-            reset_every = getattr(env.unwrapped, "info").reset_interval
+            info: TaskInfo = getattr(env.unwrapped, "info")
+            reset_every = info.scheduled_reset_interval(reset_schedule)
         if reset_every is not None and reset_every < 0:
             raise ValueError(f"reset_every: must be >= 0 or None, got {reset_every}")
         self.reset_every: int | None = reset_every or None

@@ -5,8 +5,10 @@ A :class:`Rig` is a robot plus its cameras, built from a ``--robot`` spec: ``fra
 (``hardware.franka.FrankaRobot`` + one ``hardware.realsense.RealSenseCamera`` per
 ``--camera NAME=SERIAL``) or ``sim:TASK`` (``simulation.sim_robot.SimRobot`` in pixel mode,
 whose images are served by its :class:`SimCamera`\\ s). Every command either tool sends goes
-through the runtime's :class:`runtime.shield.Shield`, configured from the robot's action
-space, workspace and per-step scale (:meth:`Rig.shield_config`).
+through the runtime's :class:`runtime.shield.Shield`, configured exactly as the runtime
+configures it (:func:`runtime.robots.shield_config` from the robot's action space, workspace
+and declared per-step scale: the task's ``TaskInfo.move_scale`` or the Franka's
+``max_translation_step``; :meth:`Rig.shield_config`).
 
 Recording (:func:`record_demos`) runs a fixed-rate loop on absolute deadlines: read the
 teleop, shield the action, send it, wait for the next deadline, observe, record. Operator
@@ -21,7 +23,6 @@ object, then presses SUCCESS (Enter / the SpaceMouse's success button) to start.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import time
@@ -39,6 +40,8 @@ from hardware.realsense import RealSenseCamera, RealSenseConfig
 from hardware.spacemouse import SpaceMouseTeleop
 from hardware.teleop import KeyboardTeleop
 from protocol.demos import DemoMeta, DemoRecorder, Demos, concatenate, save_demos
+from runtime.robots import RobotFacts, robot_facts
+from runtime.robots import shield_config as runtime_shield_config
 from runtime.shield import Shield, ShieldConfig
 from simulation.sim_robot import SimRobot
 from simulation.tasks import task_class
@@ -193,21 +196,13 @@ class Rig:
         reset(options)
 
     def shield_config(self) -> ShieldConfig:
-        """Returns the shield limits for this robot at the rig's rate: the action space, the
-        workspace, one full-scale action per tick (``position_scale``) and watchdog ages of
-        three periods (plus margin)."""
-        spec = self.robot.action_spec
-        period = 1.0 / self.config.hz
-        scale = self.position_scale
-        return ShieldConfig(
-            action_low=tuple(float(v) for v in spec.low_array()),
-            action_high=tuple(float(v) for v in spec.high_array()),
-            workspace=self.robot.workspace, position_scale=scale, max_step=(scale, scale, scale),
-            # a full-scale diagonal move is allowed; the per-axis step bounds each tick
-            max_speed=scale * math.sqrt(3.0) * self.config.hz * 1.001,
-            control_period_s=period, gripper_index=spec.shape[0] - 1,
-            max_state_age_s=3 * period + 0.05, max_frame_age_s=3 * period + 0.1,
-        )
+        """Returns the shield limits for this robot at the rig's rate, by the runtime's own
+        rule (:func:`runtime.robots.shield_config`): the action space, the workspace, one
+        full-scale action per tick (``position_scale``), the gripper channel (the last action
+        element when there are more than three) and watchdog ages of three periods."""
+        facts = RobotFacts(kind="sim" if self.config.is_sim else "franka", task=self.config.task or "franka",
+                           position_scale=self.position_scale, reset_interval=None)
+        return runtime_shield_config(self.robot, facts, self.config.hz)
 
 
 def build_rig(config: RigConfig) -> Rig:
@@ -218,17 +213,17 @@ def build_rig(config: RigConfig) -> Rig:
     """
     if config.is_sim:
         task = config.task or ""
-        cls = task_class(task)  # ValueError naming an unknown task
+        task_class(task)  # ValueError naming an unknown task
         robot = SimRobot(task, obs="pixels", seed=config.seed, pacing=config.pacing,  # type: ignore[arg-type]
                          hz=config.hz, image_size=config.image_size)
-        scale = float(getattr(importlib.import_module(cls.__module__), "MOVE_SCALE", 0.05))
-        return Rig(config, robot, robot.cameras, scale)
+        # the runtime's facts: the scale is the task's declared TaskInfo.move_scale
+        return Rig(config, robot, robot.cameras, robot_facts(config.robot, robot).position_scale)
     if not config.cameras:
         raise RecordError("--robot franka needs at least one --camera NAME=SERIAL (e.g. wrist=123456)")
     franka = FrankaRobot(FrankaConfig(hostname=config.franka_host, control_rate_hz=config.hz))
     cameras = {name: RealSenseCamera(RealSenseConfig(serial=serial, image_size=config.image_size), name=name)
                for name, serial in config.cameras}
-    return Rig(config, franka, cameras, franka.config.max_translation_step)
+    return Rig(config, franka, cameras, robot_facts("franka", franka).position_scale)
 
 
 def build_teleop(kind: str, action_dim: int) -> Teleop:

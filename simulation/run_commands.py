@@ -47,9 +47,8 @@ def runtime_command(spec: RunSpec, index: int, uplink: str, *, max_steps: int, s
             # priority would only take CPU from the learner on a small machine, and polling
             # idle CPUs would only cost power
             "--priority", "none", "--cpu-latency-us", "off"]
-    reset_every = reset_interval(spec)
-    if reset_every is not None:
-        argv += ["--reset-every", str(reset_every)]
+    # always explicit (0: never), so the runtime's own default never decides a run's schedule
+    argv += ["--reset-every", str(reset_interval(spec) or 0)]
     return argv + (["--hz", f"{spec.hz:g}"] if spec.hz is not None else [])
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from learner.config import LearnerConfig, profile
 from simulation.processes import ProcessError
-from simulation.tasks.base import ObsMode
+from simulation.tasks import task_info
+from simulation.tasks.base import RESET_SCHEDULES, ObsMode, ResetSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +76,13 @@ class RunSpec:
     max_wall_s: float | None = None
     """Stop cleanly after this many seconds (benchmarks); None: only ``steps`` ends the run."""
     reset_every: int | None = None
-    """Env steps between environment resets of each simulated robot; None: the task's
-    default (:data:`DEFAULT_RESET_EVERY`, else EARL's schedule); 0: never."""
+    """Env steps between environment resets of each simulated robot (``--reset-every``,
+    recorded as source ``flag``); None: the task's interval under :attr:`reset_schedule`;
+    0: never."""
+    reset_schedule: ResetSchedule = "paper"
+    """The task's reset schedule when ``reset_every`` is None: ``paper`` (MEDAL++: every 10k
+    steps for tabletop, door and peg; cube never) or ``earl`` (EARL's own: door and tabletop
+    200k, peg 100k)."""
     hz: float | None = 500.0
     """Control rate of the runtimes (None: the runtime's default, 10 Hz). In lock-step the
     learner sets the pace; the rate only caps it, so the default lets a simulated run go as
@@ -116,6 +122,8 @@ class RunSpec:
             raise ValueError(f"RunSpec.bc_seeds must be a positive int or None, got {self.bc_seeds!r}")
         if self.reset_every is not None and (not isinstance(self.reset_every, int) or self.reset_every < 0):
             raise ValueError(f"RunSpec.reset_every must be a non-negative int or None, got {self.reset_every!r}")
+        if self.reset_schedule not in RESET_SCHEDULES:
+            raise ValueError(f"RunSpec.reset_schedule must be one of {RESET_SCHEDULES}, got {self.reset_schedule!r}")
         for name in ("max_wall_s", "hz"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -125,26 +133,25 @@ class RunSpec:
                 raise ValueError(f"RunSpec.{name} must be positive, got {getattr(self, name)!r}")
 
     def to_json(self) -> dict[str, Any]:
-        """Returns the spec as JSON builtins (paths as strings) for ``run.json``."""
+        """Returns the spec as JSON builtins (paths as strings) for ``run.json``, plus the
+        environment-reset schedule the runtimes get: ``reset_interval`` (steps; null: never)
+        and ``reset_source`` (``paper``, ``earl`` or ``flag``)."""
         out = dataclasses.asdict(self)
         for key, value in out.items():
             if isinstance(value, Path):
                 out[key] = str(value)
         out["overrides"] = list(self.overrides)
+        out["reset_interval"] = reset_interval(self)
+        out["reset_source"] = reset_source(self)
         return out
-
-
-DEFAULT_RESET_EVERY: dict[str, int] = {"tabletop": 10_000}
-"""Tasks whose default reset interval differs from EARL's: tabletop is goal-conditioned (a
-reset draws one of four goals); with EARL's 200k an hour's practice sees one goal only, so
-``resetfree-sim`` resets it every 10k steps, as the authors' code does (docs/learning.md)."""
 
 
 DEFAULT_TASK = "door"
 """The task ``resetfree-sim`` runs with no ``--task``: the state-based EARL task and preset
 (``simulation/configs/door_state.toml``, EARL's single demo) where the full pipeline beat BC
 within an hour on a 2-core CPU: 0.65 and 0.60 at the end against BC's 0.45 and 0.42, two
-seeds (docs/learning.md, section 13)."""
+seeds (docs/learning.md, section 13; measured on EARL's reset schedule, no reset in the
+hour: ``reset_schedule="earl"``)."""
 DEFAULT_OBS = "state"
 """The observation mode ``resetfree-sim`` runs with no ``--obs``."""
 
@@ -161,13 +168,28 @@ def bc_seed_count(spec: RunSpec) -> int:
 
 
 def reset_interval(spec: RunSpec) -> int | None:
-    """Returns the reset interval the runtimes get (None: the task's EARL schedule; 0: never)."""
-    return spec.reset_every if spec.reset_every is not None else DEFAULT_RESET_EVERY.get(spec.task)
+    """Returns the steps between environment resets the runtimes get (None: never):
+    ``spec.reset_every`` when given (0: never), else the task's interval under
+    ``spec.reset_schedule`` (paper: 10k for tabletop, door and peg; earl: EARL's own)."""
+    if spec.reset_every is not None:
+        return spec.reset_every or None
+    return task_info(spec.task).scheduled_reset_interval(spec.reset_schedule)
+
+
+def reset_source(spec: RunSpec) -> str:
+    """Returns where :func:`reset_interval` came from: ``flag`` (``--reset-every``), else the
+    schedule's name (``paper`` or ``earl``)."""
+    return "flag" if spec.reset_every is not None else spec.reset_schedule
 
 
 RESUMED_FIELDS = ("task", "obs", "robots", "seed", "demos", "eval_every", "eval_episodes", "video", "bc_steps",
-                  "bc_seeds", "reset_every")
+                  "bc_seeds", "reset_every", "reset_schedule")
 """What a resumed run takes from its ``run.json`` (the rest comes from the new command line)."""
+
+LEGACY_RESET_SCHEDULE: dict[str, ResetSchedule] = {"tabletop": "paper"}
+"""The schedule a run directory written before ``reset_schedule`` existed ran on (no
+``--reset-every``): tabletop reset every 10k steps (= the paper's), every other task on
+EARL's schedule, so resuming it keeps its schedule."""
 
 
 def resumed_spec(spec: RunSpec) -> RunSpec:
@@ -181,6 +203,8 @@ def resumed_spec(spec: RunSpec) -> RunSpec:
     except (OSError, json.JSONDecodeError) as e:
         raise OrchestratorError(f"--resume {spec.run_dir}: cannot read {path}: {e}") from e
     patch: dict[str, Any] = {k: saved[k] for k in RESUMED_FIELDS if k in saved}
+    if "reset_schedule" not in saved:
+        patch["reset_schedule"] = LEGACY_RESET_SCHEDULE.get(patch.get("task", spec.task), "earl")
     if patch.get("demos") is not None:
         patch["demos"] = Path(patch["demos"])
     return dataclasses.replace(spec, **patch)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import atexit
 import logging
+import math
 import weakref
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,6 +30,14 @@ logger = logging.getLogger(__name__)
 
 ObsMode = Literal["state", "pixels"]
 RenderQuality = Literal["fast", "pretty"]
+
+
+ResetSchedule = Literal["paper", "earl"]
+RESET_SCHEDULES: tuple[str, ...] = ("paper", "earl")
+"""Named environment-reset schedules: ``paper`` (MEDAL++'s, the default) and ``earl`` (EARL's own)."""
+PAPER_RESET_INTERVAL = 10_000
+"""MEDAL++ resets the simulated EARL tasks every 10k steps (the authors' code: 25k; EARL
+itself 100k-200k); every EARL task's default ``reset_interval``."""
 
 
 class SimulationError(Exception):
@@ -44,7 +53,16 @@ class TaskInfo:
     eval_horizon: int
     """Steps per deployed-policy evaluation episode (EARL's value)."""
     reset_interval: int | None
-    """Steps between environment resets in the non-episodic protocol; ``None`` = never."""
+    """Default steps between environment resets in the non-episodic protocol: the paper's
+    schedule (MEDAL++ resets the simulated EARL tasks every :data:`PAPER_RESET_INTERVAL`
+    steps); ``None`` = never."""
+    earl_reset_interval: int | None
+    """EARL's own reset schedule for the task (door 200k, peg 100k, tabletop 200k), selected
+    with ``--reset-schedule earl``; ``None`` = never."""
+    move_scale: float
+    """How far one unit of action moves the end effector along each position axis (task
+    units: metres for the arms, tabletop's own units). The runtime's shield takes its
+    ``position_scale`` from here, so it must be the value the environment applies."""
     success_threshold: float
     """Distance (task units) under which the task counts as solved."""
     cameras: tuple[str, ...]
@@ -60,10 +78,28 @@ class TaskInfo:
         for field_name in ("eval_horizon", "state_dim", "proprio_dim", "action_dim"):
             if getattr(self, field_name) <= 0:
                 raise ValueError(f"{field_name}: must be positive, got {getattr(self, field_name)}")
-        if self.reset_interval is not None and self.reset_interval <= 0:
-            raise ValueError(f"reset_interval: must be positive or None, got {self.reset_interval}")
+        for field_name in ("reset_interval", "earl_reset_interval"):
+            value = getattr(self, field_name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise ValueError(f"{field_name}: must be a positive int or None, got {value!r}")
+        if not (isinstance(self.move_scale, (int, float)) and not isinstance(self.move_scale, bool)
+                and math.isfinite(self.move_scale) and self.move_scale > 0):
+            raise ValueError(f"move_scale: must be finite and positive, got {self.move_scale!r}")
         if self.success_threshold <= 0:
             raise ValueError(f"success_threshold: must be positive, got {self.success_threshold}")
+
+    def scheduled_reset_interval(self, schedule: ResetSchedule) -> int | None:
+        """Returns the steps between resets under ``schedule`` (``paper``: :attr:`reset_interval`,
+        ``earl``: :attr:`earl_reset_interval`); ``None`` = never.
+
+        Raises:
+            ValueError: for another schedule name.
+        """
+        if schedule == "paper":
+            return self.reset_interval
+        if schedule == "earl":
+            return self.earl_reset_interval
+        raise ValueError(f"reset schedule: must be one of {list(RESET_SCHEDULES)}, got {schedule!r}")
 
 
 def make_fast_renderer(model: mujoco.MjModel, height: int, width: int) -> mujoco.Renderer:

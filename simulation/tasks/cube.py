@@ -87,7 +87,8 @@ def quat_yaw(quat: np.ndarray) -> float:
 class CubeGraspEnv(TaskEnv):
     """Franka-like cube grasp (see the module docstring). Never terminates."""
 
-    info = TaskInfo(name="cube", eval_horizon=100, reset_interval=None,
+    info = TaskInfo(name="cube", eval_horizon=100, reset_interval=None, earl_reset_interval=None,
+                    move_scale=MOVE_SCALE,
                     success_threshold=LIFT_HEIGHT, cameras=("wrist", "third_person"),
                     state_dim=12, proprio_dim=4, action_dim=5)
 

@@ -20,8 +20,8 @@ from typing import Any
 import mujoco
 import numpy as np
 
-from simulation.tasks.base import TaskInfo
-from simulation.tasks.sawyer import SawyerTaskEnv, compile_sawyer, load_sawyer_spec, parse_init
+from simulation.tasks.base import PAPER_RESET_INTERVAL, TaskInfo
+from simulation.tasks.sawyer import ACTION_SCALE, SawyerTaskEnv, compile_sawyer, load_sawyer_spec, parse_init
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ SUCCESS_THRESHOLD = 0.02
 class DoorEnv(SawyerTaskEnv):
     """Door closing (forward) / opening (backward) on metaworld's Sawyer (see module docstring)."""
 
-    info = TaskInfo(name="door", eval_horizon=300, reset_interval=200_000,
+    info = TaskInfo(name="door", eval_horizon=300, reset_interval=PAPER_RESET_INTERVAL,
+                    earl_reset_interval=200_000, move_scale=ACTION_SCALE,
                     success_threshold=SUCCESS_THRESHOLD, cameras=("doorview",),
                     state_dim=14, proprio_dim=4, action_dim=4)
 

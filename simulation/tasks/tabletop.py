@@ -39,7 +39,7 @@ from typing import Any, Literal
 import mujoco
 import numpy as np
 
-from simulation.tasks.base import TaskEnv, TaskInfo
+from simulation.tasks.base import PAPER_RESET_INTERVAL, TaskEnv, TaskInfo
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,8 @@ def load_model(name: str) -> mujoco.MjModel:
 class TabletopEnv(TaskEnv):
     """EARL's tabletop organization (see the module docstring). Never terminates."""
 
-    info = TaskInfo(name="tabletop", eval_horizon=200, reset_interval=200_000,
+    info = TaskInfo(name="tabletop", eval_horizon=200, reset_interval=PAPER_RESET_INTERVAL,
+                    earl_reset_interval=200_000, move_scale=MOVE_SCALE,
                     success_threshold=SUCCESS_THRESHOLD, cameras=("top",), state_dim=12,
                     proprio_dim=3, action_dim=3)
 

@@ -124,3 +124,32 @@ def test_watchdog_holds_on_stale_inputs_and_missed_deadline() -> None:
 def test_config_rejects_bad_values_naming_the_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field.split("_")[0]):
         make_config(**{field: value})
+
+
+@settings(max_examples=300, deadline=None)
+@given(action=hnp.arrays(dtype=np.float32, shape=5, elements=st.floats(-1, 1, width=32)),
+       fraction=hnp.arrays(dtype=np.float64, shape=3, elements=st.floats(0, 1)))
+def test_an_action_within_every_limit_passes_bit_for_bit(action, fraction) -> None:
+    cfg = make_config(gripper_min=-1.0, gripper_max=1.0, action_low=(-1.0,) * 5, action_high=(1.0,) * 5)
+    # a move within the step and speed limits, from a position whose target stays in the box
+    action = action.copy()
+    action[:3] *= np.float32(0.34)  # |dx|, |dy|, |dz| <= 0.017 m: under every step, norm under 0.03
+    margin = 0.02
+    position = np.asarray(WS.low) + margin + fraction * (np.asarray(WS.high) - np.asarray(WS.low) - 2 * margin)
+    result = Shield(cfg).filter(action, state_at(position), time.monotonic(), {}, False)
+    assert not result.held and result.reasons == ()
+    assert np.array_equal(result.command, action)  # not even the low bits change
+
+
+def test_no_rounding_clip_of_full_scale_or_tiny_actions() -> None:
+    # max_step equal to the scale (what runtime.robots.shield_config gives): a full-scale
+    # action is within it, and a component far below the position's precision survives
+    cfg = make_config(max_step=(0.05, 0.05, 0.05), max_speed=0.05 * math.sqrt(3) * 10 * 1.001,
+                      gripper_min=-1.0, gripper_max=1.0, action_low=(-1.0,) * 5, action_high=(1.0,) * 5)
+    shield = Shield(cfg)
+    for position in (np.array([0.6, 0.2, 0.3]), np.array([0.37, -0.23, 0.41])):
+        for action in (np.array([1.0, -1.0, 1.0, 0.5, -1.0], np.float32),
+                       np.array([-1.0, -1.1e-15, 1e-30, 0.0, 1.0], np.float32)):
+            result = shield.filter(action, state_at(position), time.monotonic(), {}, False)
+            assert result.reasons == () and np.array_equal(result.command, action)
+    assert shield.counters.by_reason == {}

@@ -32,7 +32,8 @@ def _run_expert(direction: str, episodes: int, noise: float = 0.0) -> float:
 
 def test_info_matches_earl() -> None:
     info = task_info("door")
-    assert (info.eval_horizon, info.reset_interval, info.success_threshold) == (300, 200_000, 0.02)
+    assert (info.eval_horizon, info.earl_reset_interval, info.success_threshold) == (300, 200_000, 0.02)
+    assert info.reset_interval == 10_000 and info.move_scale == 0.01  # the paper's schedule; 1 cm per unit
     assert info.cameras == ("doorview",) and info.state_dim == 14 and info.action_dim == 4
 
 

@@ -36,8 +36,8 @@ START = np.array([-0.5, 0.0])
 class ToyEnv(TaskEnv):
     """A point hand on a plane: move it from x=-0.5 to the goal at x=+0.5 (0.05 per unit action)."""
 
-    info = TaskInfo(name="toy", eval_horizon=40, reset_interval=7, success_threshold=0.1,
-                    cameras=("top", "side"), state_dim=4, proprio_dim=3, action_dim=2)
+    info = TaskInfo(name="toy", eval_horizon=40, reset_interval=7, earl_reset_interval=11, move_scale=0.05,
+                    success_threshold=0.1, cameras=("top", "side"), state_dim=4, proprio_dim=3, action_dim=2)
     workspace = ((-1.0, -1.0, 0.0), (1.0, 1.0, 0.5))
 
     def _task_build(self) -> tuple[mujoco.MjModel, mujoco.MjData]:
@@ -141,6 +141,10 @@ def test_final_observation_is_what_the_action_led_to() -> None:
 
 def test_default_interval_comes_from_task_info_and_zero_means_never() -> None:
     assert NonEpisodic(ToyEnv()).reset_every == 7
+    assert NonEpisodic(ToyEnv(), reset_schedule="earl").reset_every == 11
+    assert NonEpisodic(ToyEnv(), reset_every=3, reset_schedule="earl").reset_every == 3  # the number wins
+    with pytest.raises(ValueError, match="reset schedule"):
+        NonEpisodic(ToyEnv(), reset_schedule="never")  # type: ignore[arg-type]
     never = NonEpisodic(ToyEnv(), reset_every=0)
     never.reset(seed=0)
     for _ in range(20):
@@ -162,7 +166,8 @@ def test_reset_options_pass_through() -> None:
 def test_tabletop_default_interval_if_landed() -> None:
     pytest.importorskip("simulation.tasks.tabletop")
     env = NonEpisodic(tasks_pkg.make("tabletop"))
-    assert env.reset_every == 200_000
+    assert env.reset_every == 10_000  # the paper's schedule
+    assert NonEpisodic(tasks_pkg.make("tabletop"), reset_schedule="earl").reset_every == 200_000
     obs, _ = env.reset(seed=0)
     obs, _, _, _, info = env.step(np.zeros(3, np.float32))
     assert obs.shape == (12,) and info["env_reset"] is False
