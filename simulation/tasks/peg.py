@@ -21,8 +21,8 @@ from typing import Any
 import mujoco
 import numpy as np
 
-from simulation.tasks.base import TaskInfo
-from simulation.tasks.sawyer import SawyerTaskEnv, compile_sawyer, load_sawyer_spec, parse_init
+from simulation.tasks.base import PAPER_RESET_INTERVAL, TaskInfo
+from simulation.tasks.sawyer import ACTION_SCALE, SawyerTaskEnv, compile_sawyer, load_sawyer_spec, parse_init
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ def distance_to_box(point: np.ndarray, low: np.ndarray, high: np.ndarray) -> flo
 class PegEnv(SawyerTaskEnv):
     """Peg insertion (forward) / removal (backward) on metaworld's Sawyer (see module docstring)."""
 
-    info = TaskInfo(name="peg", eval_horizon=200, reset_interval=100_000,
+    info = TaskInfo(name="peg", eval_horizon=200, reset_interval=PAPER_RESET_INTERVAL,
+                    earl_reset_interval=100_000, move_scale=ACTION_SCALE,
                     success_threshold=SUCCESS_THRESHOLD, cameras=("clearview",),
                     state_dim=14, proprio_dim=4, action_dim=4)
 

@@ -8,7 +8,19 @@ lighter door with a narrower joint range (see :mod:`simulation.tasks.door`).
 The hand follows metaworld's ``SawyerXYZEnv``: a mocap body welded to the hand, moved by
 ``0.01 * action[:3]`` per step and clipped to EARL's hand box; the gripper action drives the
 two finger position actuators with ``ctrl = [a, -a]``; every step runs ``FRAME_SKIP``
-physics steps and then ``mj_forward`` so that positions read afterwards are current.
+physics steps.
+
+Two details follow EARL's environment (metaworld v2 on mujoco-py, i.e. MuJoCo 2.1); with them
+the hand starts exactly where EARL's did and the peg twin replays EARL's forward demos to
+a tenth of a millimetre (``tests/simulation/test_earl_fidelity.py``):
+
+* the weld is EARL's: torque scale 1, and its rotational rows regularised with the hand's
+  *translational* inverse weight, as MuJoCo 2.x did for every weld row (MuJoCo 3 uses the
+  rotational one, about 50x softer here, which metaworld 3 offsets with a torque scale of 5;
+  that moves the hand a few millimetres off EARL's path and slides a grasped peg by as much);
+* no ``mj_forward`` after the step: positions are read as ``mj_step`` leaves them, i.e.
+  from before the last physics step's integration (2.5 ms old), as EARL's observations,
+  rewards and success checks were. A refreshed observation runs 2.5 ms ahead of EARL's.
 """
 
 from __future__ import annotations
@@ -37,13 +49,16 @@ FRAME_SKIP = 5
 HAND_QUAT = np.array([1.0, 0.0, 1.0, 0.0])
 """Mocap orientation metaworld writes every step (gripper pointing down; MuJoCo normalises it)."""
 RESET_HAND_STEPS = 50
+"""Environment steps metaworld spends driving the hand to its start position on reset."""
 GRIPPER_SETTLE_STEPS = 10
 """Steps per correction while re-posing the hand (also closes the fingers for a grasp)."""
-POSE_CORRECTIONS = 4
-"""Mocap-target corrections when re-posing the hand from an observed position."""
-"""Environment steps metaworld spends driving the hand to its start position on reset."""
-WELD_DATA = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 5.0])
-"""Mocap weld parameters metaworld 3 sets (anchor, zero relative pose, torque scale 5)."""
+POSE_CORRECTIONS = 20
+"""Most mocap-target corrections when re-posing the hand from an observed position."""
+POSE_TOLERANCE = 5e-4
+"""Hand-to-observed-position distance (m) at which re-posing stops correcting."""
+WELD_DATA = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0])
+"""Mocap weld parameters EARL had (anchor, zero relative pose, torque scale 1: MuJoCo 2.x's
+weld, whose ``[0, 0, 0, 1, 0, 0, 0]`` metaworld v2 wrote, had no torque scale)."""
 CAMERA_EULER = (3.6, 2.3, 4.0)
 """Orientation (radians, xyz Euler) of both EARL cameras."""
 EARL_CAMERAS: dict[str, tuple[tuple[float, float, float], float]] = {
@@ -87,10 +102,15 @@ def load_sawyer_spec(xml_name: str) -> mujoco.MjSpec:
 
 
 def compile_sawyer(spec: mujoco.MjSpec) -> tuple[mujoco.MjModel, mujoco.MjData]:
-    """Compiles a Sawyer spec and sets the mocap weld as metaworld does; returns model and data.
+    """Compiles a Sawyer spec and sets the mocap weld as EARL had it; returns model and data.
+
+    The weld gets :data:`WELD_DATA`, and each welded body's rotational inverse weight
+    (``body_invweight0[:, 1]``, which MuJoCo 3 regularises a weld's rotational rows with)
+    is set to its translational one, which MuJoCo 2.x used for all six rows. The welded
+    bodies (the mocap and the hand) have no colliding geom, so nothing else reads it.
 
     Raises:
-        SimulationError: when the spec does not compile.
+        SimulationError: when the spec does not compile, or a welded body has a colliding geom.
     """
     try:
         model = spec.compile()
@@ -99,6 +119,12 @@ def compile_sawyer(spec: mujoco.MjSpec) -> tuple[mujoco.MjModel, mujoco.MjData]:
     for i in range(model.neq):
         if model.eq_type[i] == mujoco.mjtEq.mjEQ_WELD:
             model.eq_data[i] = WELD_DATA
+            for body in (int(model.eq_obj1id[i]), int(model.eq_obj2id[i])):
+                geoms = np.flatnonzero(model.geom_bodyid == body)
+                if np.any((model.geom_contype[geoms] != 0) | (model.geom_conaffinity[geoms] != 0)):
+                    raise SimulationError(f"welded body {model.body(body).name!r} has a colliding "
+                                          "geom; its inverse weight cannot be changed for the weld alone")
+                model.body_invweight0[body, 1] = model.body_invweight0[body, 0]
     return model, mujoco.MjData(model)
 
 
@@ -135,9 +161,9 @@ class SawyerTaskEnv(TaskEnv, abc.ABC):
 
     def _simulate(self, gripper: float) -> None:
         self.data.ctrl[:2] = (gripper, -gripper)
+        # No mj_forward: positions stay those mj_step computed before its last integration,
+        # as EARL (metaworld v2 on mujoco-py) observed them (see the module docstring).
         mujoco.mj_step(self.model, self.data, nstep=FRAME_SKIP)
-        # mj_step leaves body positions from before the last integration; refresh them.
-        mujoco.mj_forward(self.model, self.data)
 
     def _reset_hand(self, position: np.ndarray) -> None:
         """Resets the simulation and drives the hand to ``position`` with the gripper open."""
@@ -156,10 +182,15 @@ class SawyerTaskEnv(TaskEnv, abc.ABC):
         # The welded hand settles a few mm off its mocap target: steer the target by the
         # remaining error until the hand itself is where EARL observed it.
         for _ in range(POSE_CORRECTIONS):
-            mocap = self.data.mocap_pos[self._mocap_id] + (target - self.hand_pos())
+            mujoco.mj_forward(self.model, self.data)
+            error = target - self.hand_pos()
+            if np.linalg.norm(error) < POSE_TOLERANCE:
+                break
+            mocap = self.data.mocap_pos[self._mocap_id] + error
             self.data.mocap_pos[self._mocap_id] = np.clip(mocap, HAND_LOW, HAND_HIGH)
             for _ in range(GRIPPER_SETTLE_STEPS):
                 self._simulate(gripper)
+        mujoco.mj_forward(self.model, self.data)
 
     @abc.abstractmethod
     def set_from_earl_observation(self, vector: np.ndarray) -> None:

@@ -30,7 +30,8 @@ def _run_expert(direction: str, episodes: int) -> float:
 
 def test_info_matches_earl() -> None:
     info = task_info("peg")
-    assert (info.eval_horizon, info.reset_interval, info.success_threshold) == (200, 100_000, 0.05)
+    assert (info.eval_horizon, info.earl_reset_interval, info.success_threshold) == (200, 100_000, 0.05)
+    assert info.reset_interval == 10_000 and info.move_scale == 0.01  # the paper's schedule; 1 cm per unit
     assert info.cameras == ("clearview",) and info.state_dim == 14 and info.action_dim == 4
 
 
