@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from learner.augment import RandomShift
 from learner.batch import Batch
 from learner.networks import (
-    Actor, CriticEnsemble, Encoder, NetworkConfig, ObsSpec, PolicyNetwork, is_image, native_bf16,
+    Actor, CriticEnsemble, Encoder, NetworkConfig, ObsSpec, PolicyNetwork, is_image, native_bf16, uses_state_trunk,
 )
 
 logger = logging.getLogger(__name__)
@@ -78,16 +78,26 @@ class AgentConfig:
     """Transitions per update (agent + demo rows)."""
     update_to_data: int = 1
     """Critic updates per environment step (REDQ's G; paper: 1)."""
-    init_temperature: float = 0.0
-    """Entropy bonus α at start (paper: 0.0, no entropy bonus)."""
-    learnable_temperature: bool = False
-    """Tune α towards ``target_entropy`` (the authors' backward agent does); needs α > 0."""
-    target_entropy: float | None = None
-    """Target policy entropy when α is learnt; None means ``-action_dim``."""
+    forward_temperature: float = 0.0
+    """The forward agent's entropy bonus α at start (paper and the authors' code: 0, no bonus)."""
+    forward_learn_temperature: bool = False
+    """Tune the forward agent's α towards its target entropy (needs α > 0)."""
+    forward_target_entropy: float = -1.0
+    """The forward agent's target entropy per action dimension (SAC: −1, i.e. −|A|)."""
+    backward_temperature: float = 1.0
+    """The backward agent's α at start (the authors' code: 1.0)."""
+    backward_learn_temperature: bool = True
+    """Tune the backward agent's α (the authors' code: ``train_alpha: true``)."""
+    backward_target_entropy: float = 0.5
+    """The backward agent's target entropy per action dimension (the authors' ``auto_large``:
+    +|A|/2, a broad policy that undoes the task in many ways)."""
+    max_temperature: float = 1.0
+    """Cap of a learnt α. Uncapped, α follows the critic's scale: a backward α that reached
+    10.8 with Q at 9.5k drove the policy to uniform noise (docs/learning.md)."""
     stddev_clip: float | None = 0.3
     """Clip of the pre-tanh exploration noise in target and actor-update samples (DrQ-v2).
 
-    Used only while the entropy bonus is off (``init_temperature == 0``). With α > 0 a
+    Used only while the agent's entropy bonus is off (its temperature is 0). With α > 0 a
     clipped sample hides the std from the Q term (a clipped noise has no gradient), so the
     entropy term alone acts on it and drives the std to ``log_std_max`` (practice turns into
     uniform random actions); SAC's unclipped sample is used instead."""
@@ -99,6 +109,10 @@ class AgentConfig:
     elsewhere it runs in float32, since emulated bf16 is ~6x slower. False: float32 always."""
     critic_grad_clip: float | None = None
     """Max global grad norm of encoder + critics; None disables clipping."""
+    bc_form: Literal["log_likelihood", "mse"] = "log_likelihood"
+    """The BC regulariser. ``log_likelihood`` (the authors' code): ``(1 − λ)·L_RL − λ·log π(a_d|s_d)``
+    on a separate batch of demo transitions; it pulls the mean *and* holds the std up where the
+    demos act. ``mse``: ``L_RL + λ·‖tanh μ(s) − a_d‖²`` on the demo rows of the RL batch."""
     q_scale: float | None = None
     """TD3+BC's normalisation of the actor's Q term: ``q_scale / mean|Q|`` (batch, no grad)
     multiplies ``α log π − Q``, so the BC term keeps its weight as |Q| grows (TD3+BC: 2.5).
@@ -115,18 +129,33 @@ class AgentConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"AgentConfig.{name} must be a positive int, got {value!r}")
-        if self.init_temperature < 0:
-            raise ValueError(f"AgentConfig.init_temperature must be >= 0, got {self.init_temperature}")
-        if self.learnable_temperature and self.init_temperature <= 0:
-            raise ValueError("AgentConfig.init_temperature must be > 0 when learnable_temperature")
+        for role in ("forward", "backward"):
+            init = getattr(self, f"{role}_temperature")
+            if not 0 <= init <= self.max_temperature:
+                raise ValueError(f"AgentConfig.{role}_temperature must be in [0, max_temperature], got {init}")
+            if getattr(self, f"{role}_learn_temperature") and init <= 0:
+                raise ValueError(f"AgentConfig.{role}_temperature must be > 0 when {role}_learn_temperature")
+        if not self.max_temperature > 0:
+            raise ValueError(f"AgentConfig.max_temperature must be > 0, got {self.max_temperature}")
+
         if self.stddev_clip is not None and self.stddev_clip <= 0:
             raise ValueError(f"AgentConfig.stddev_clip must be > 0 or None, got {self.stddev_clip}")
         if self.augment_pad < 0:
             raise ValueError(f"AgentConfig.augment_pad must be >= 0, got {self.augment_pad}")
         if self.critic_grad_clip is not None and self.critic_grad_clip <= 0:
             raise ValueError("AgentConfig.critic_grad_clip must be > 0 or None")
+        if self.bc_form not in ("log_likelihood", "mse"):
+            raise ValueError(f"AgentConfig.bc_form must be log_likelihood or mse, got {self.bc_form!r}")
         if self.q_scale is not None and not self.q_scale > 0:
             raise ValueError(f"AgentConfig.q_scale must be > 0 or None, got {self.q_scale}")
+
+    def temperature(self, role: str) -> tuple[float, bool, float]:
+        """Returns ``(initial α, learnt, target entropy per action dim)`` of agent ``role``
+        (``forward`` or ``backward``); ValueError for another role."""
+        if role not in ("forward", "backward"):
+            raise ValueError(f"role must be 'forward' or 'backward', got {role!r}")
+        return (getattr(self, f"{role}_temperature"), getattr(self, f"{role}_learn_temperature"),
+                getattr(self, f"{role}_target_entropy"))
 
 
 @contextlib.contextmanager
@@ -146,7 +175,8 @@ class RedqAgent:
     """REDQ actor-critic on a DrQ-v2 encoder; owns its networks and optimisers.
 
     ``encoder`` may be passed in to share one (e.g. with a discriminator); the agent then
-    trains it with its critic loss like its own.
+    trains it with its critic loss like its own. ``role`` (``forward``/``backward``) picks the
+    agent's entropy settings from :class:`AgentConfig`.
     """
 
     def __init__(
@@ -157,8 +187,12 @@ class RedqAgent:
         net_cfg: NetworkConfig,
         device: torch.device | str = "cpu",
         encoder: Encoder | None = None,
+        *,
+        role: str = "forward",
     ) -> None:
         self.cfg = agent_cfg
+        self.role = role
+        init_alpha, self.learn_alpha, target_per_dim = agent_cfg.temperature(role)
         self.net_cfg = net_cfg
         self.device = torch.device(device)
         self.obs_spec = dict(obs_spec)
@@ -170,9 +204,10 @@ class RedqAgent:
         if agent_cfg.encoder_bf16 and self.encoder.image_keys and not self._bf16:
             logger.info("agent: %s has no native bfloat16; the encoder trains in float32", self.device)
         rd = self.encoder.repr_dim
-        self.actor = Actor(rd, action_dim, net_cfg).to(self.device)
-        self.critic = CriticEnsemble(rd, action_dim, net_cfg).to(self.device)
-        self.critic_target = CriticEnsemble(rd, action_dim, net_cfg).to(self.device)
+        trunk = uses_state_trunk(self.encoder, net_cfg)
+        self.actor = Actor(rd, action_dim, net_cfg, trunk=trunk).to(self.device)
+        self.critic = CriticEnsemble(rd, action_dim, net_cfg, trunk=trunk).to(self.device)
+        self.critic_target = CriticEnsemble(rd, action_dim, net_cfg, trunk=trunk).to(self.device)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
         self.policy = PolicyNetwork(self.encoder, self.actor)
@@ -181,25 +216,26 @@ class RedqAgent:
             [*self.encoder.parameters(), *self.critic.parameters()], lr=agent_cfg.lr, fused=True
         )
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=agent_cfg.lr, fused=True)
-        init_alpha = max(agent_cfg.init_temperature, 1e-30)
-        self.log_alpha = torch.tensor(math.log(init_alpha), device=self.device,
-                                      requires_grad=agent_cfg.learnable_temperature)
+        self._alpha_off = init_alpha == 0
+        self.log_alpha = torch.tensor(math.log(max(init_alpha, 1e-30)), device=self.device,
+                                      requires_grad=self.learn_alpha)
+        self._log_alpha_max = math.log(agent_cfg.max_temperature)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=agent_cfg.lr)
-        self.target_entropy = (
-            agent_cfg.target_entropy if agent_cfg.target_entropy is not None else -float(action_dim)
-        )
+        self.target_entropy = target_per_dim * float(action_dim)
+        self.reward_abs_max = 0.0
+        """Largest |reward| seen in an update: ``q/bound`` is this over ``1 − γ``."""
 
     @property
     def alpha(self) -> Tensor:
         """Current entropy temperature (0 when the bonus is off)."""
-        if self.cfg.init_temperature == 0:
+        if self._alpha_off:
             return torch.zeros((), device=self.device)
         return self.log_alpha.detach().exp()
 
     @property
     def noise_clip(self) -> float | None:
         """Noise clip for target and actor samples: ``stddev_clip`` without entropy bonus, else None."""
-        return self.cfg.stddev_clip if self.cfg.init_temperature == 0 else None
+        return self.cfg.stddev_clip if self._alpha_off else None
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16)
@@ -228,12 +264,15 @@ class RedqAgent:
 
     # ------------------------------------------------------------------ learning
     def update(
-        self, batch: Batch, reward: Tensor, *, bc_weight: float, step: int, update_actor: bool = True
+        self, batch: Batch, reward: Tensor, *, bc_weight: float, step: int, update_actor: bool = True,
+        demo_batch: Batch | None = None,
     ) -> dict[str, float]:
-        """One REDQ update; returns metrics (``losses/*``, ``values/*``, ``charts/*``).
+        """One REDQ update; returns metrics (``losses/*``, ``values/*``, ``q/*``, ``charts/*``).
 
         ``reward`` is ``(B,)``, computed by the caller at sampling time. ``update_actor=False``
-        runs the critic step only (for ``update_to_data`` > 1). Blocks for the whole update.
+        runs the critic step only (for ``update_to_data`` > 1). ``demo_batch`` is the separate
+        demo batch of the ``log_likelihood`` BC form (ignored by ``mse``, which uses the demo
+        rows of ``batch``). Blocks for the whole update.
         """
         batch = batch.to(self.device)
         reward = reward.to(self.device, torch.float32)
@@ -248,7 +287,12 @@ class RedqAgent:
         metrics = self.update_critic(h, batch.action, reward, batch.discount, h_next)
         # 3. the actor sees detached features: it never trains the encoder (DrQ-v2)
         if update_actor:
-            metrics.update(self.update_actor(h.detach(), batch.action, batch.is_demo, bc_weight))
+            demo = None
+            if demo_batch is not None and self.cfg.bc_form == "log_likelihood" and bc_weight > 0:
+                demo_batch = demo_batch.to(self.device)
+                with torch.no_grad(), self._autocast():  # the BC term never trains the encoder
+                    demo = (self.encoder(self.augment(demo_batch.obs)).float(), demo_batch.action)
+            metrics.update(self.update_actor(h.detach(), batch.action, batch.is_demo, bc_weight, demo=demo))
         # 4. targets
         self.soft_update_targets()
         metrics["charts/step"] = float(step)
@@ -271,6 +315,8 @@ class RedqAgent:
         """Critic (and encoder) step on every ensemble member; returns its metrics."""
         target, _ = self.target_q(h_next, reward, discount)
         q = self.critic(h, action)  # (E, B)
+        self._q_data = q.detach().mean(dim=0)  # Q(s, a_data), for q/overestimation
+        self.reward_abs_max = max(self.reward_abs_max, float(reward.abs().max()))
         # Sum over members of each member's MSE: every critic regresses to the same target.
         loss = (q - target.unsqueeze(0)).pow(2).mean(dim=1).sum()
         self.critic_opt.zero_grad(set_to_none=True)
@@ -285,51 +331,66 @@ class RedqAgent:
             "values/q_mean": float(q.detach().mean()),
             "values/target_mean": float(target.mean()),
             "values/reward_mean": float(reward.mean()),
+            "q/abs_max": float(q.detach().abs().max()),
+            "q/bound": self.reward_abs_max / max(1.0 - self.cfg.gamma, 1e-6),
         }
 
     def actor_loss(
-        self, h: Tensor, demo_action: Tensor, is_demo: Tensor, bc_weight: float
+        self, h: Tensor, demo_action: Tensor, is_demo: Tensor, bc_weight: float,
+        demo: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
-        """Returns ``(loss, metrics)``: ``α log π − mean_i Q_i`` plus the BC term.
+        """Returns ``(loss, metrics)``: the RL term ``α log π − mean_i Q_i`` with the BC term.
 
-        BC is ``bc_weight · mean over demo rows of ‖tanh(μ(s)) − a_demo‖²`` (squared error of
-        the mean action, summed over action dims); zero when the batch has no demo rows.
+        ``log_likelihood`` (``demo`` = demo features and actions): ``(1 − λ)·L_RL − λ·mean
+        log π(a_d | s_d)``. ``mse``: ``L_RL + λ·mean over the batch's demo rows of
+        ‖tanh(μ(s)) − a_d‖²``. BC is zero with no demo data.
         """
         action, log_prob, mean_action = self.actor.sample(h, noise_clip=self.noise_clip)
         q = self.critic(h, action).mean(dim=0)  # REDQ: the policy ascends the ensemble mean
         policy_loss = (self.alpha * log_prob - q).mean()
         if self.cfg.q_scale is not None:  # TD3+BC: the Q term in units of its own magnitude
             policy_loss = policy_loss * (self.cfg.q_scale / q.detach().abs().mean().clamp_min(1e-6))
-        if bool(is_demo.any()):
-            bc = (mean_action[is_demo] - demo_action[is_demo]).pow(2).sum(-1).mean()
+        zero = torch.zeros((), device=h.device)
+        if self.cfg.bc_form == "log_likelihood":
+            bc = -self.actor.log_prob(*demo).mean() if demo is not None else zero
+            weight = bc_weight if demo is not None else 0.0
+            loss = (1.0 - weight) * policy_loss + weight * bc
         else:
-            bc = torch.zeros((), device=h.device)
-        loss = policy_loss + bc_weight * bc
-        return loss, {
+            bc = (mean_action[is_demo] - demo_action[is_demo]).pow(2).sum(-1).mean() if bool(is_demo.any()) else zero
+            loss = policy_loss + bc_weight * bc
+        metrics = {
             "losses/actor": float(policy_loss.detach()),
             "losses/bc": float(bc.detach()),
             "charts/bc_weight": float(bc_weight),
             "charts/entropy": float(-log_prob.detach().mean()),
             "_log_prob": float(log_prob.detach().mean()),
         }
+        q_data = getattr(self, "_q_data", None)
+        if q_data is not None and q_data.shape == q.shape:
+            metrics["q/overestimation"] = float(q.detach().mean() - q_data.mean())
+        return loss, metrics
 
     def update_actor(
-        self, h: Tensor, demo_action: Tensor, is_demo: Tensor, bc_weight: float
+        self, h: Tensor, demo_action: Tensor, is_demo: Tensor, bc_weight: float,
+        demo: tuple[Tensor, Tensor] | None = None,
     ) -> dict[str, float]:
         """Actor (and temperature) step on detached features ``h``; returns its metrics."""
         with _frozen(self.critic):  # the actor's loss must not train (or grad) the critics
-            loss, metrics = self.actor_loss(h, demo_action, is_demo.bool(), bc_weight)
+            loss, metrics = self.actor_loss(h, demo_action, is_demo.bool(), bc_weight, demo)
             self.actor_opt.zero_grad(set_to_none=True)
             loss.backward()
             self.actor_opt.step()
         log_prob = metrics.pop("_log_prob")
-        if self.cfg.learnable_temperature:
+        if self.learn_alpha:
             alpha_loss = -(self.log_alpha * (log_prob + self.target_entropy))
             self.alpha_opt.zero_grad(set_to_none=True)
             alpha_loss.backward()
             self.alpha_opt.step()
+            with torch.no_grad():
+                self.log_alpha.clamp_(max=self._log_alpha_max)
             metrics["losses/alpha"] = float(alpha_loss.detach())
         metrics["charts/alpha"] = float(self.alpha)
+        metrics["charts/target_entropy"] = self.target_entropy
         return metrics
 
     def soft_update_targets(self) -> None:
@@ -355,6 +416,7 @@ class RedqAgent:
             "actor_opt": self.actor_opt.state_dict(),
             "log_alpha": self.log_alpha.detach().clone(),
             "alpha_opt": self.alpha_opt.state_dict(),
+            "reward_abs_max": torch.tensor(self.reward_abs_max, dtype=torch.float64),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -370,6 +432,7 @@ class RedqAgent:
         with torch.no_grad():
             self.log_alpha.copy_(torch.as_tensor(state["log_alpha"]))
         self.alpha_opt.load_state_dict(copy.deepcopy(state["alpha_opt"]))
+        self.reward_abs_max = float(state["reward_abs_max"])
 
 
 def obs_to_tensors(obs: Mapping[str, np.ndarray], obs_spec: ObsSpec, device: torch.device) -> dict[str, Tensor]:

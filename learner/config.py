@@ -254,13 +254,17 @@ def profile(name: str) -> LearnerConfig:
             replay=ReplayConfig(demo_per_batch=16),
             vice=DiscriminatorConfig(updates_every=500, updates_per_round=10, batch_size=512, share_encoder=True),
             medal=DiscriminatorConfig(updates_every=100, updates_per_round=10, batch_size=512, share_encoder=False),
-            # Table 1: BC regulariser "on" — a constant weight of 1.
-            schedule=ScheduleConfig(seed_frames=10_000, bc_weight_start=1.0, bc_weight_end=1.0),
+            # Table 1 says only that the BC regulariser is on; the authors' simulation code puts it
+            # on the forward agent, λ = 1 until step 10k, then linear to 0.1 at step 50k.
+            schedule=ScheduleConfig(seed_frames=10_000, bc_weight_start=1.0, bc_weight_end=0.1,
+                                    bc_decay_start=10_000, bc_decay_steps=40_000, bc_agents=(0,)),
         )
     if name == "robot":
         return LearnerConfig(
             profile="robot",
             network=NetworkConfig(feature_dim=256),
+            # Both agents without an entropy bonus (A.2; the authors' Franka code: train_alpha false).
+            agent=AgentConfig(backward_temperature=0.0, backward_learn_temperature=False),
             replay=ReplayConfig(demo_per_batch=32),
             vice=DiscriminatorConfig(updates_every=1000, updates_per_round=1, batch_size=512,
                                      cameras=("wrist",), use_proprio=False, share_encoder=True),

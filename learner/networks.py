@@ -56,6 +56,12 @@ class NetworkConfig:
     """Image keys the encoder uses; None uses every image key of the observation spec."""
     use_proprio: bool = True
     """Whether vector keys (``proprio``) are fused with the image features in pixel mode."""
+    state_trunk: bool = True
+    """State mode (no image keys): the actor and every critic pass the state through their own
+    Linear → LayerNorm → tanh trunk to ``feature_dim`` before their MLP, as the authors' networks
+    do (``SACActor.policy_trunk``, ``Qnet.trunk``). Bounded, normalised features keep the
+    critics from extrapolating far outside the data. Pixel mode already has the encoder's
+    projection (the same three layers, shared) and ignores this."""
 
     def __post_init__(self) -> None:
         for name in ("feature_dim", "hidden_dim", "conv_channels", "num_critics", "num_min_target"):
@@ -199,6 +205,10 @@ class Encoder(nn.Module):
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
+_ACTION_EPS = 1e-4
+"""Margin that keeps a saturated action's ``atanh`` finite in :meth:`Actor.log_prob`."""
+
+
 def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(in_dim, hidden), nn.ReLU(inplace=True),
@@ -207,20 +217,28 @@ def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     )
 
 
-class Actor(nn.Module):
-    """Tanh-Gaussian policy head on encoder features (SAC; DrQ-v2's MLP widths)."""
+def _trunk(in_dim: int, feature_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
 
-    def __init__(self, repr_dim: int, action_dim: int, cfg: NetworkConfig) -> None:
+
+class Actor(nn.Module):
+    """Tanh-Gaussian policy head on encoder features (SAC; DrQ-v2's MLP widths).
+
+    ``trunk`` puts a Linear → LayerNorm → tanh layer to ``feature_dim`` in front of the MLP
+    (state mode, :attr:`NetworkConfig.state_trunk`)."""
+
+    def __init__(self, repr_dim: int, action_dim: int, cfg: NetworkConfig, *, trunk: bool = False) -> None:
         super().__init__()
         self.action_dim = action_dim
         self.log_std_min = cfg.log_std_min
         self.log_std_max = cfg.log_std_max
-        self.policy = _mlp(repr_dim, cfg.hidden_dim, 2 * action_dim)
+        self.trunk = _trunk(repr_dim, cfg.feature_dim) if trunk else nn.Identity()
+        self.policy = _mlp(cfg.feature_dim if trunk else repr_dim, cfg.hidden_dim, 2 * action_dim)
         self.apply(weight_init)
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """Returns ``(mu, log_std)`` of the pre-tanh Gaussian, each ``(B, A)``."""
-        mu, log_std = self.policy(h).chunk(2, dim=-1)
+        mu, log_std = self.policy(self.trunk(h)).chunk(2, dim=-1)
         # SAC-style soft clamp keeps gradients alive near the bounds.
         log_std = torch.tanh(log_std)
         log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (log_std + 1.0)
@@ -247,6 +265,19 @@ class Actor(nn.Module):
         correction = 2.0 * (math.log(2.0) - pre - F.softplus(-2.0 * pre))
         log_prob = (gauss - correction).sum(-1)
         return action, log_prob, torch.tanh(mu)
+
+    def log_prob(self, h: Tensor, action: Tensor) -> Tensor:
+        """Returns ``log π(action | h)`` ``(B,)`` of the tanh-Gaussian, tanh correction included.
+
+        Actions are clamped to ``±(1 − 1e-4)`` first (a demonstration's saturated ±1 has no
+        finite pre-image), so the result is finite for any action in [-1, 1]."""
+        mu, log_std = self(h)
+        a = action.clamp(-1.0 + _ACTION_EPS, 1.0 - _ACTION_EPS)
+        pre = torch.atanh(a)
+        z = (pre - mu) * torch.exp(-log_std)
+        gauss = -0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
+        correction = 2.0 * (math.log(2.0) - pre - F.softplus(-2.0 * pre))
+        return (gauss - correction).sum(-1)
 
 
 class EnsembleLinear(nn.Module):
@@ -276,26 +307,59 @@ class EnsembleLinear(nn.Module):
         return torch.baddbmm(bias, x, weight)
 
 
-class CriticEnsemble(nn.Module):
-    """REDQ's ensemble of Q functions ``Q_i(h, a)``, one batched module; ``forward -> (E, B)``."""
+class EnsembleTrunk(nn.Module):
+    """Each member's own Linear → LayerNorm → tanh of a shared input: ``(B, in) -> (E, B, F)``."""
 
-    def __init__(self, repr_dim: int, action_dim: int, cfg: NetworkConfig) -> None:
+    def __init__(self, ensemble: int, in_dim: int, feature_dim: int) -> None:
+        super().__init__()
+        self.linear = EnsembleLinear(ensemble, in_dim, feature_dim)
+        self.norm_weight = nn.Parameter(torch.ones(ensemble, 1, feature_dim))
+        self.norm_bias = nn.Parameter(torch.zeros(ensemble, 1, feature_dim))
+
+    def forward(self, x: Tensor, members: Tensor | None = None) -> Tensor:
+        """Returns ``(E', B, F)`` features of the selected members."""
+        weight, bias = self.norm_weight, self.norm_bias
+        if members is not None:
+            weight, bias = weight[members], bias[members]
+        y = self.linear(x, members)
+        y = F.layer_norm(y, y.shape[-1:]) * weight + bias
+        return torch.tanh(y)
+
+    def member(self, i: int, x: Tensor) -> Tensor:
+        """Member ``i``'s features ``(B, F)`` computed on their own (reference for tests)."""
+        y = x @ self.linear.weight[i] + self.linear.bias[i]
+        return torch.tanh(F.layer_norm(y, y.shape[-1:]) * self.norm_weight[i] + self.norm_bias[i])
+
+
+class CriticEnsemble(nn.Module):
+    """REDQ's ensemble of Q functions ``Q_i(h, a)``, one batched module; ``forward -> (E, B)``.
+
+    ``trunk``: each member maps ``h`` through its own Linear → LayerNorm → tanh to
+    ``feature_dim`` before the action joins (the authors' ``Qnet``; state mode)."""
+
+    def __init__(self, repr_dim: int, action_dim: int, cfg: NetworkConfig, *, trunk: bool = False) -> None:
         super().__init__()
         self.num_critics = cfg.num_critics
-        self.l1 = EnsembleLinear(cfg.num_critics, repr_dim + action_dim, cfg.hidden_dim)
+        self.trunk = EnsembleTrunk(cfg.num_critics, repr_dim, cfg.feature_dim) if trunk else None
+        in_dim = cfg.feature_dim if trunk else repr_dim
+        self.l1 = EnsembleLinear(cfg.num_critics, in_dim + action_dim, cfg.hidden_dim)
         self.l2 = EnsembleLinear(cfg.num_critics, cfg.hidden_dim, cfg.hidden_dim)
         self.l3 = EnsembleLinear(cfg.num_critics, cfg.hidden_dim, 1)
 
     def forward(self, h: Tensor, a: Tensor, members: Tensor | None = None) -> Tensor:
         """Returns Q values ``(E, B)`` (or ``(len(members), B)`` for a subset of critics)."""
-        x = torch.cat([h, a], dim=-1)
+        if self.trunk is not None:
+            f = self.trunk(h, members)  # (E', B, F)
+            x = torch.cat([f, a.unsqueeze(0).expand(f.shape[0], *a.shape)], dim=-1)
+        else:
+            x = torch.cat([h, a], dim=-1)
         x = F.relu(self.l1(x, members))
         x = F.relu(self.l2(x, members))
         return self.l3(x, members).squeeze(-1)
 
     def member(self, i: int, h: Tensor, a: Tensor) -> Tensor:
         """Returns critic ``i``'s Q values ``(B,)`` computed on its own (reference for tests)."""
-        x = torch.cat([h, a], dim=-1)
+        x = torch.cat([self.trunk.member(i, h) if self.trunk is not None else h, a], dim=-1)
         for layer, act in ((self.l1, True), (self.l2, True), (self.l3, False)):
             x = x @ layer.weight[i] + layer.bias[i]
             x = F.relu(x) if act else x
@@ -362,4 +426,9 @@ def build_actor(
         raise ValueError(f"action_dim must be positive, got {action_dim}")
     cfg = as_network_config(net_config)
     encoder = Encoder(obs_spec, cfg)
-    return PolicyNetwork(encoder, Actor(encoder.repr_dim, action_dim, cfg))
+    return PolicyNetwork(encoder, Actor(encoder.repr_dim, action_dim, cfg, trunk=uses_state_trunk(encoder, cfg)))
+
+
+def uses_state_trunk(encoder: Encoder, cfg: NetworkConfig) -> bool:
+    """Whether the actor and critics on ``encoder`` get their own trunk (state mode only)."""
+    return cfg.state_trunk and not encoder.image_keys

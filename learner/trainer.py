@@ -35,6 +35,8 @@ from learner.rewards import VICE_REWARD_FORMS, medal_reward, vice_reward
 logger = logging.getLogger(__name__)
 
 FORWARD, BACKWARD = 0, 1
+_SEED = 2
+"""Stream state: the stream's last step was a seed-phase step (stored in both buffers)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,19 +44,30 @@ class ScheduleConfig:
     """When things train: seed frames, BC decay, VICE positives, reward form, safety nets."""
 
     seed_frames: int = 10_000
-    """Environment steps of random actions before any update (paper: 10k sim, 2k robot)."""
+    """Environment steps of uniform random actions before any update (paper: 10k sim, 2k robot);
+    they go into both agents' buffers, as in the authors' code."""
     bc_weight_start: float = 1.0
-    """BC weight at update 0 (paper robot: 1.0)."""
+    """BC weight λ until `bc_decay_start` (paper robot and the authors' code: 1.0)."""
     bc_weight_end: float = 0.0
     """BC weight after the decay (paper robot: 0; the authors' sim code: 0.1)."""
+    bc_decay_start: int = 0
+    """Environment step at which λ starts to decay (the authors' sim code: 10k, the end of their seed frames)."""
     bc_decay_steps: int = 10_000
-    """Agent updates over which the BC weight decays linearly (paper: 10k)."""
+    """Environment steps over which λ decays linearly to `bc_weight_end` (paper robot: the first
+    10k; the authors' sim code: 40k, from 10k to 50k)."""
     bc_agents: tuple[int, ...] = (FORWARD, BACKWARD)
     """Agents with the BC term (the authors' sim code: forward only)."""
+    bc_batch_size: int = 256
+    """Demo transitions in the separate BC batch of the `log_likelihood` form (the authors: a full batch)."""
+    backward_demos: Literal["both", "backward"] = "both"
+    """What the backward agent's demo buffer holds: `both` forward and backward demos (the
+    authors' code), or `backward` demos only."""
     goal_frames: int = 10
     """H_goal: VICE positives are the last `goal_frames` observations of each forward demo episode."""
-    vice_positives: Literal["auto", "last_frames", "reward"] = "auto"
-    """`reward`: observations reached with reward ≥ 1 (the authors' code); `auto`: that when demos carry such rewards, else last frames."""
+    vice_positives: Literal["auto", "last_frames", "reward"] = "last_frames"
+    """`last_frames` (the paper): the last `goal_frames` frames of every forward demo; `reward`:
+    observations reached with reward ≥ 1 (the authors' code; one frame per EARL door demo);
+    `auto`: `reward` when demos carry such rewards, else last frames."""
     vice_reward_form: str = "neg_log_one_minus_d"
     """Forward reward: `log_d` = log σ(D) or `neg_log_one_minus_d` = −log(1 − σ(D)) (paper)."""
     snapshot_every: int = 1000
@@ -64,7 +77,11 @@ class ScheduleConfig:
         for name in ("seed_frames",):
             if getattr(self, name) < 0:
                 raise ValueError(f"ScheduleConfig.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("bc_decay_steps", "goal_frames", "snapshot_every"):
+        if not isinstance(self.bc_decay_start, int) or self.bc_decay_start < 0:
+            raise ValueError(f"ScheduleConfig.bc_decay_start must be an int >= 0, got {self.bc_decay_start!r}")
+        if self.backward_demos not in ("both", "backward"):
+            raise ValueError(f"ScheduleConfig.backward_demos must be both or backward, got {self.backward_demos!r}")
+        for name in ("bc_decay_steps", "goal_frames", "snapshot_every", "bc_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ScheduleConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("bc_weight_start", "bc_weight_end"):
@@ -78,9 +95,10 @@ class ScheduleConfig:
         if self.vice_reward_form not in VICE_REWARD_FORMS:
             raise ValueError(f"ScheduleConfig.vice_reward_form must be one of {VICE_REWARD_FORMS}")
 
-    def bc_weight(self, update: int) -> float:
-        """Returns the linearly decayed BC weight at agent update `update`."""
-        frac = min(max(update, 0) / self.bc_decay_steps, 1.0)
+    def bc_weight(self, env_step: int) -> float:
+        """Returns λ at environment step `env_step`: `bc_weight_start` until `bc_decay_start`,
+        then linear to `bc_weight_end` over `bc_decay_steps` (the authors' `linear_offset`)."""
+        frac = min(max(env_step - self.bc_decay_start, 0) / self.bc_decay_steps, 1.0)
         return self.bc_weight_start + (self.bc_weight_end - self.bc_weight_start) * frac
 
 
@@ -166,9 +184,14 @@ class MedalTrainer:
         if demos[FORWARD] is None:
             raise TrainerError("forward demos are required: VICE's positives come from them")
         gamma = config.agent.gamma
-        self.agents = [RedqAgent(obs_spec, action_dim, config.agent, config.network, self.device) for _ in range(2)]
+        self.agents = [RedqAgent(obs_spec, action_dim, config.agent, config.network, self.device, role=role)
+                       for role in ("forward", "backward")]
         self.replay = [ReplayBuffer(obs_spec, action_dim, config.replay.capacity, discount=gamma) for _ in range(2)]
-        self.demo_buffers: list[ReplayBuffer | None] = [self._demo_buffer(d, gamma) for d in demos]
+        # The backward agent's demos: forward and backward ones (the authors' code), or its own.
+        backward_demos = [d for d in (demos if self.sched.backward_demos == "both" else (demos[BACKWARD],))
+                          if d is not None]
+        self.demo_buffers: list[ReplayBuffer | None] = [self._demo_buffer([demos[FORWARD]], gamma),
+                                                        self._demo_buffer(backward_demos, gamma)]
         fwd = demos[FORWARD]
         rows = vice_positive_rows(fwd, self.sched.goal_frames, self.sched.vice_positives)
         if len(rows) == 0:
@@ -193,14 +216,16 @@ class MedalTrainer:
         self._snapshots: list[dict[str, Any]] = [copy.deepcopy(a.state_dict()) for a in self.agents]
         logger.info("MEDAL++ trainer: VICE positives %d, MEDAL positives %d", len(rows), len(fwd.actions))
 
-    def _demo_buffer(self, demos: DemoData | None, gamma: float) -> ReplayBuffer | None:
-        if demos is None:
+    def _demo_buffer(self, sets: list[DemoData], gamma: float) -> ReplayBuffer | None:
+        """One buffer holding every demo set of `sets` (None when there is none)."""
+        if not sets:
             return None
-        n = len(demos.actions)
+        n = sum(len(d.actions) for d in sets)
         buf = ReplayBuffer(self.obs_spec, self.action_dim, max(n, 2), discount=gamma)
-        obs = {k: np.asarray(demos.observations[k]) for k in self.obs_spec}
-        buf.add_steps(obs, np.asarray(demos.actions, np.float32), np.asarray(demos.is_first, bool),
-                      np.asarray(demos.is_last, bool))
+        for demos in sets:
+            obs = {k: np.asarray(demos.observations[k]) for k in self.obs_spec}
+            buf.add_steps(obs, np.asarray(demos.actions, np.float32), np.asarray(demos.is_first, bool),
+                          np.asarray(demos.is_last, bool))
         if buf.num_transitions() == 0:
             raise TrainerError("a demo set has no transition")
         return buf
@@ -231,10 +256,12 @@ class MedalTrainer:
                      is_first: np.ndarray, is_last: np.ndarray, *, stream: int = 0) -> None:
         """Ingest consecutive steps of one stream, each tagged with the agent that acted.
 
-        Each run of one agent goes to its buffer; where the next step belongs to the other
-        agent, that step's observation is stored once more as an `is_last` closing step in
-        the first agent's buffer (one frame per switch). Raises TrainerError on an unknown
-        agent, ReplayError on malformed arrays. Blocks for the copies.
+        Seed-phase steps (the first `seed_frames`) go to both agents' buffers as one
+        continuous stream (the authors' code). After it, each run of one agent goes to its
+        buffer; where the next step belongs to the other agent, that step's observation is
+        stored once more as an `is_last` closing step in the first agent's buffer (one frame
+        per switch). Raises TrainerError on an unknown agent, ReplayError on malformed
+        arrays. Blocks for the copies.
         """
         n = len(actions)
         agents = np.asarray(agents, dtype=np.int64)
@@ -248,7 +275,23 @@ class MedalTrainer:
         bounds = np.flatnonzero(np.diff(agents)) + 1
         for lo_, hi_ in zip(np.r_[0, bounds], np.r_[bounds, n]):
             lo, hi, a = int(lo_), int(hi_), int(agents[lo_])
-            if prev_agent not in (-1, a):
+            seed = min(max(self.sched.seed_frames - self.env_steps, 0), hi - lo)
+            if seed:  # 1. seed-phase steps: the same stream into both buffers
+                part = slice(lo, lo + seed)
+                run = {k: v[part] for k, v in observations.items()}
+                for buf in self.replay:
+                    buf.add_steps(run, np.asarray(actions[part], np.float32), is_first[part], is_last[part],
+                                  stream=stream)
+                self.agent_steps[a] += seed
+                self.env_steps += seed
+                prev_agent, prev_open = _SEED, not bool(is_last[lo + seed - 1])
+                lo += seed
+                if lo == hi:
+                    continue
+            if prev_agent == _SEED:  # the stream goes on in `a`'s buffer only: close the other's
+                if prev_open and not is_first[lo]:
+                    self._close(1 - a, {k: v[lo : lo + 1] for k, v in observations.items()}, stream)
+            elif prev_agent not in (-1, a):
                 if prev_open and not is_first[lo]:
                     self._close(prev_agent, {k: v[lo : lo + 1] for k, v in observations.items()}, stream)
                 is_first[lo] = True  # a new segment for `a`; its old tail was closed at the switch
@@ -256,9 +299,7 @@ class MedalTrainer:
             self.replay[a].add_steps(run, np.asarray(actions[lo:hi], np.float32), is_first[lo:hi], is_last[lo:hi],
                                      stream=stream)
             self.agent_steps[a] += hi - lo
-            # Update credit only for steps past the seed frames (no backlog from the seed phase).
-            after_seed = self.env_steps + (hi - lo) - max(self.env_steps, self.sched.seed_frames)
-            self.credit[a] += self.config.agent.update_to_data * max(after_seed, 0)
+            self.credit[a] += self.config.agent.update_to_data * (hi - lo)  # credit only past the seed frames
             self.env_steps += hi - lo
             prev_agent, prev_open = a, not bool(is_last[hi - 1])
         self._streams[stream] = (prev_agent, prev_open)
@@ -268,9 +309,14 @@ class MedalTrainer:
         """Rebuild replay from steps that were already counted (a resume whose checkpoint
         holds no replay): each `(stream, observations, actions, agents, is_first, is_last)`
         is added to the buffers as `ingest_steps` would, in order, while step counters,
-        update credit and stream state stay as restored. Returns the steps added. Blocks."""
+        update credit and stream state stay as restored. Returns the steps added. Blocks.
+
+        The runs are taken to start at environment step 0 (the journal's start), so the
+        first `seed_frames` of them go to both buffers again; a journal whose retention
+        dropped its oldest steps mirrors up to `seed_frames` later steps instead."""
         saved = (self.env_steps, list(self.agent_steps), list(self.credit), dict(self._streams))
         self._streams = {}
+        self.env_steps = 0
         added = 0
         try:
             for stream, obs, actions, agents, is_first, is_last in runs:
@@ -328,13 +374,18 @@ class MedalTrainer:
         rcfg = self.config.replay
         batch = sample_mixed(self.replay[a], self.demo_buffers[a], rcfg.batch_size, rcfg.demo_per_batch, self.rng)
         reward = self.reward(a, batch.next_obs)
-        bc = self.sched.bc_weight(self.updates[a]) if a in self.sched.bc_agents else 0.0
+        bc = self.sched.bc_weight(self.env_steps) if a in self.sched.bc_agents else 0.0
         if not (_finite(reward) and all(_finite(v) for v in (*batch.obs.values(), *batch.next_obs.values()))):
             return self._skip(a, "non-finite reward or observation in the batch")
         utd = self.config.agent.update_to_data
         # REDQ with G = update_to_data: G critic steps per environment step, one actor step.
         update_actor = self.updates[a] % utd == utd - 1
-        metrics = self.agents[a].update(batch, reward, bc_weight=bc, step=self.updates[a], update_actor=update_actor)
+        demo_batch = None
+        demo_buf = self.demo_buffers[a]
+        if update_actor and bc > 0 and self.config.agent.bc_form == "log_likelihood" and demo_buf is not None:
+            demo_batch = demo_buf.sample(self.sched.bc_batch_size, self.rng)
+        metrics = self.agents[a].update(batch, reward, bc_weight=bc, step=self.updates[a], update_actor=update_actor,
+                                        demo_batch=demo_batch)
         if not all(np.isfinite(v) for v in metrics.values()):
             self.agents[a].load_state_dict(self._snapshots[a])
             return self._skip(a, f"non-finite losses {metrics}; restored the last good snapshot")

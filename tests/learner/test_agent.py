@@ -118,8 +118,8 @@ def test_polyak_update():
         torch.testing.assert_close(t1, 0.9 * t0 + 0.1 * o)
 
 
-def test_bc_term_on_demo_rows_only():
-    agent = make_agent()
+def test_mse_bc_term_on_demo_rows_only():
+    agent = make_agent(bc_form="mse")
     batch = make_batch(n_demo=3)
     h = torch.randn(8, agent.encoder.repr_dim)
     torch.manual_seed(1)
@@ -133,13 +133,48 @@ def test_bc_term_on_demo_rows_only():
     assert m_none["losses/bc"] == 0.0
 
 
-def test_bc_pulls_policy_to_demo_actions():
-    agent = make_agent(lr=1e-3)
+def test_log_likelihood_bc_mixes_rl_and_demo_log_prob():
+    # The authors' form: (1 − λ)·L_RL − λ·mean log π(a_d | s_d), on a separate demo batch.
+    agent = make_agent()
+    batch = make_batch(n_demo=0)
+    h = torch.randn(8, agent.encoder.repr_dim)
+    demo_h, demo_a = torch.randn(5, agent.encoder.repr_dim), torch.rand(5, A) * 2 - 1
+    torch.manual_seed(1)
+    rl, _ = agent.actor_loss(h, batch.action, batch.is_demo, 0.0, (demo_h, demo_a))
+    torch.manual_seed(1)
+    mixed, m = agent.actor_loss(h, batch.action, batch.is_demo, 0.3, (demo_h, demo_a))
+    nll = -agent.actor.log_prob(demo_h, demo_a).mean()
+    torch.testing.assert_close(mixed, 0.7 * rl + 0.3 * nll)
+    assert m["losses/bc"] == pytest.approx(float(nll.detach()))
+    torch.manual_seed(1)
+    no_demo, m_none = agent.actor_loss(h, batch.action, batch.is_demo, 0.3, None)
+    torch.testing.assert_close(no_demo, rl)  # without demo data the RL term keeps its full weight
+    assert m_none["losses/bc"] == 0.0
+
+
+def test_actor_log_prob_is_the_tanh_gaussian_density():
+    from torch.distributions import Normal, TransformedDistribution
+    from torch.distributions.transforms import TanhTransform
+
+    agent = make_agent()
+    h = torch.randn(6, agent.encoder.repr_dim)
+    a = torch.rand(6, A) * 1.8 - 0.9
+    mu, log_std = agent.actor(h)
+    reference = TransformedDistribution(Normal(mu, log_std.exp()), [TanhTransform()]).log_prob(a).sum(-1)
+    torch.testing.assert_close(agent.actor.log_prob(h, a), reference, rtol=1e-4, atol=1e-4)
+    saturated = agent.actor.log_prob(h, torch.ones(6, A))  # a demo's ±1 stays finite
+    assert torch.isfinite(saturated).all()
+
+
+@pytest.mark.parametrize("form", ["log_likelihood", "mse"])
+def test_bc_pulls_policy_to_demo_actions(form):
+    agent = make_agent(lr=1e-3, bc_form=form)
     batch = make_batch(n_demo=8)
     batch.action[:] = torch.tensor([0.5, -0.5, 0.25])
     h = agent.encoder(batch.obs).detach()
-    for _ in range(150):
-        agent.update_actor(h, batch.action, batch.is_demo, bc_weight=100.0)
+    weight = 1.0 if form == "log_likelihood" else 100.0
+    for _ in range(300):
+        agent.update_actor(h, batch.action, batch.is_demo, bc_weight=weight, demo=(h, batch.action))
     mean_action = torch.tanh(agent.actor(h)[0])
     assert (mean_action - batch.action).abs().max() < 0.1
 
@@ -155,7 +190,7 @@ def test_policy_state_dict_loads_into_build_actor():
 
 
 def test_state_dict_round_trip_continues_identically():
-    agent = make_agent(init_temperature=0.1, learnable_temperature=True)
+    agent = make_agent(forward_temperature=0.1, forward_learn_temperature=True)
     agent.update(make_batch(), torch.randn(8), bc_weight=0.5, step=1)
     other = RedqAgent(SPEC, A, agent.cfg, NET, "cpu")
     other.load_state_dict(agent.state_dict())
@@ -169,8 +204,12 @@ def test_state_dict_round_trip_continues_identically():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="learnable_temperature"):
-        AgentConfig(learnable_temperature=True)
+    with pytest.raises(ValueError, match="forward_learn_temperature"):
+        AgentConfig(forward_learn_temperature=True)
+    with pytest.raises(ValueError, match="backward_temperature"):
+        AgentConfig(backward_temperature=2.0, max_temperature=1.0)
+    with pytest.raises(ValueError, match="bc_form"):
+        AgentConfig(bc_form="kl")
     with pytest.raises(ValueError, match="tau"):
         AgentConfig(tau=0)
     with pytest.raises(ValueError, match="batch_size"):
@@ -184,7 +223,7 @@ def test_learns_a_one_step_bandit_from_state():
     agent = RedqAgent(spec, 2, AgentConfig(lr=1e-3), NetworkConfig(hidden_dim=64), "cpu")
     best = torch.tensor([0.6, -0.3])
     rng = torch.Generator().manual_seed(0)
-    for step in range(400):
+    for step in range(1200):  # the actor may saturate early, before the critic has learnt Q
         s = torch.randn(64, 2, generator=rng)
         a = torch.rand(64, 2, generator=rng) * 2 - 1
         reward = -(a - best).pow(2).sum(-1)
@@ -225,7 +264,7 @@ def test_entropy_bonus_does_not_drive_std_to_its_ceiling():
     # With α > 0 the actor's sample must be unclipped: a clipped noise hides the std from the
     # Q term, the entropy term alone then pushes log_std to log_std_max (entropy ~9.7 nats
     # here after 300 steps, uniform random practice — the door failure of docs/learning.md §6).
-    agent = make_agent(init_temperature=0.1, learnable_temperature=True)
+    agent = make_agent(forward_temperature=0.1, forward_learn_temperature=True)
     assert agent.noise_clip is None and make_agent().noise_clip == AgentConfig().stddev_clip
     torch.manual_seed(0)
     h = torch.randn(64, agent.encoder.repr_dim)
@@ -262,3 +301,38 @@ def test_bf16_autocast_only_where_the_device_has_native_bf16(monkeypatch):
     monkeypatch.setattr(agent_module, "native_bf16", lambda device: True)
     assert make_agent(encoder_bf16=True)._bf16 is True
     assert make_agent(encoder_bf16=False)._bf16 is False
+
+
+def test_roles_take_their_own_temperature_and_a_learnt_alpha_is_capped():
+    # The authors' backward agent: α from 1, learnt towards +|A|/2; the forward agent: α = 0.
+    torch.manual_seed(0)
+    backward = RedqAgent(SPEC, A, AgentConfig(max_temperature=1.0), NET, "cpu", role="backward")
+    assert float(backward.alpha) == pytest.approx(1.0) and backward.target_entropy == pytest.approx(A / 2)
+    assert float(make_agent().alpha) == 0.0
+    h = torch.randn(16, backward.encoder.repr_dim)
+    demo_action, is_demo = torch.zeros(16, A), torch.zeros(16, dtype=torch.bool)
+    for _ in range(50):  # entropy below a +|A|/2 target pushes α up; the cap holds it
+        metrics = backward.update_actor(h, demo_action, is_demo, bc_weight=0.0)
+    assert metrics["charts/alpha"] <= 1.0 + 1e-6
+
+
+def test_update_reports_q_against_its_bound_and_overestimation():
+    agent = make_agent()
+    metrics = agent.update(make_batch(), torch.full((8,), 0.5), bc_weight=0.0, step=1)
+    assert metrics["q/bound"] == pytest.approx(0.5 / (1 - agent.cfg.gamma))
+    assert np.isfinite(metrics["q/overestimation"]) and metrics["q/abs_max"] >= 0
+
+
+def test_state_mode_actor_and_critics_have_their_own_layernorm_trunk():
+    spec = {"state": ((6,), "float32")}
+    torch.manual_seed(0)
+    agent = RedqAgent(spec, 2, AgentConfig(), NetworkConfig(hidden_dim=32, feature_dim=8), "cpu")
+    assert isinstance(agent.actor.trunk[1], torch.nn.LayerNorm) and agent.critic.trunk is not None
+    h = torch.randn(5, 6) * 1000.0  # far outside any data: the trunk keeps features in [-1, 1]
+    a = torch.rand(5, 2) * 2 - 1
+    for i in range(agent.critic.num_critics):
+        torch.testing.assert_close(agent.critic(h, a)[i], agent.critic.member(i, h, a), rtol=1e-4, atol=1e-4)
+    policy = build_actor(spec, 2, agent.net_cfg)
+    policy.load_state_dict(agent.policy_state_dict())  # the runtime builds the same actor
+    off = RedqAgent(spec, 2, AgentConfig(), NetworkConfig(hidden_dim=32, feature_dim=8, state_trunk=False), "cpu")
+    assert off.critic.trunk is None

@@ -13,10 +13,16 @@ def test_sim_profile_is_table_1():
     assert cfg.network.feature_dim == 50
     assert cfg.agent.update_to_data == 1 and cfg.agent.batch_size == 256
     assert cfg.agent.lr == 3e-4 and cfg.agent.gamma == 0.99 and cfg.agent.tau == 0.005
-    assert cfg.agent.init_temperature == 0.0
+    assert cfg.agent.forward_temperature == 0.0 and cfg.agent.bc_form == "log_likelihood"
+    # the authors' backward agent: α from 1, learnt towards +|A|/2
+    assert (cfg.agent.backward_temperature, cfg.agent.backward_learn_temperature) == (1.0, True)
+    assert cfg.agent.backward_target_entropy == 0.5
     assert cfg.replay.demo_per_batch == 16
     assert cfg.schedule.seed_frames == 10_000
-    assert cfg.schedule.bc_weight(0) > 0 and cfg.schedule.bc_weight(10**6) > 0  # BC stays on
+    # the authors' linear_offset(1.0, 0.1, 10000, 50000), forward agent only
+    assert cfg.schedule.bc_weight(10_000) == 1.0 and cfg.schedule.bc_weight(10**6) == pytest.approx(0.1)
+    assert cfg.schedule.bc_agents == (0,)
+    assert cfg.schedule.vice_positives == "last_frames" and cfg.schedule.goal_frames == 10
     assert (cfg.vice.updates_per_round, cfg.vice.updates_every, cfg.vice.batch_size) == (10, 500, 512)
     assert (cfg.medal.updates_per_round, cfg.medal.updates_every) == (10, 100)
 
@@ -39,11 +45,11 @@ def test_robot_profile_is_a2():
 def test_overrides_types_and_unknown_keys():
     cfg = profile("sim").with_overrides(
         ["agent.lr=1e-4", "network.cameras=['wrist']", "agent.stddev_clip=none", "seed=3",
-         "service.run_dir=runs/x", "agent.init_temperature=1"]
+         "service.run_dir=runs/x", "agent.backward_temperature=1"]
     )
     assert cfg.agent.lr == 1e-4 and cfg.network.cameras == ("wrist",)
     assert cfg.agent.stddev_clip is None and cfg.seed == 3 and cfg.service.run_dir == "runs/x"
-    assert isinstance(cfg.agent.init_temperature, float)
+    assert isinstance(cfg.agent.backward_temperature, float)
     with pytest.raises(ValueError, match="agent.bogus"):
         cfg.with_overrides(["agent.bogus=1"])
     with pytest.raises(ValueError, match="nosection.x"):

@@ -82,7 +82,7 @@ def chunk(xs: list[float], agent: int | list[int], first: bool = False) -> tuple
 
 
 def test_agent_switch_closes_each_segment_with_one_extra_frame() -> None:
-    tr = MedalTrainer(make_config(), SPEC, 2, demos())
+    tr = MedalTrainer(make_config(seed_frames=0), SPEC, 2, demos())
     tr.ingest_steps(*chunk([0, 1, 2, 3, 4], [0, 0, 0, 1, 1], first=True))
     tr.ingest_steps(*chunk([5, 6, 7], [1, 0, 0]))  # the switch 6 falls inside, 4->5 across calls
     assert tr.env_steps == 8 and tr.agent_steps == [5, 3]
@@ -97,6 +97,28 @@ def test_agent_switch_closes_each_segment_with_one_extra_frame() -> None:
     assert got0 == {0, 1, 2, 6} and got1 == {3, 4, 5}  # 7 awaits its successor
     with pytest.raises(TrainerError):
         tr.ingest_steps(*chunk([1.0], [2]))
+
+
+def test_seed_frames_go_to_both_buffers_and_the_stream_continues_after_them() -> None:
+    # The authors' code: the random seed frames fill both agents' buffers.
+    tr = MedalTrainer(make_config(seed_frames=4), SPEC, 2, demos())
+    tr.ingest_steps(*chunk([0, 1, 2], [0, 0, 1], first=True))  # all seed: both buffers, no break
+    tr.ingest_steps(*chunk([3, 4, 5, 6], [1, 1, 0, 0]))  # step 3 is the last seed frame
+    assert tr.env_steps == 7 and tr.credit == [2, 1]  # credit for post-seed steps only
+    got = [set(tr.replay[a].sample(400, np.random.default_rng(a)).obs["state"][:, 0].tolist()) for a in (0, 1)]
+    assert got[1] == {0, 1, 2, 3, 4}  # the seed stream, then its own step 4 (closed by 5)
+    assert got[0] == {0, 1, 2, 3, 5}  # the seed stream (3 closed by 4), then its own 5 -> 6
+    for a in (0, 1):
+        b = tr.replay[a].sample(200, np.random.default_rng(a + 2))
+        assert torch.equal(b.next_obs["state"][:, 0], b.obs["state"][:, 0] + 1)
+
+
+def test_backward_demo_buffer_holds_forward_and_backward_demos_by_default() -> None:
+    fwd, bwd = demos()
+    both = MedalTrainer(make_config(), SPEC, 2, (fwd, bwd))
+    own = MedalTrainer(make_config(backward_demos="backward"), SPEC, 2, (fwd, bwd))
+    assert len(both.demo_buffers[1]) == len(fwd.actions) + len(bwd.actions)
+    assert len(own.demo_buffers[1]) == len(bwd.actions) and len(both.demo_buffers[0]) == len(fwd.actions)
 
 
 def test_vice_positive_rows() -> None:
@@ -120,12 +142,15 @@ def test_schedules_seed_phase_bc_decay_and_discriminator_rounds() -> None:
     assert tr.credit == [5, 0]
     m = tr.train_step()
     assert "vice/loss" in m and "forward/losses/critic" in m and m["forward/charts/demo_fraction"] == 4 / 16
-    assert "medal/loss" not in m  # the backward agent has no replay yet
-    assert m["forward/charts/bc_weight"] == 1.0
+    assert "medal/loss" in m  # the seed frames filled the backward buffer too
+    assert m["forward/charts/bc_weight"] == pytest.approx(cfg.schedule.bc_weight(25))  # λ by environment step
     while tr.credit[0]:
         tr.train_step()
     assert tr.updates == [5, 0] and tr.vice.num_updates == 2  # next VICE round at 30 steps
     assert cfg.schedule.bc_weight(50) == pytest.approx(0.5) and cfg.schedule.bc_weight(10**6) == 0.0
+    offset = ScheduleConfig(bc_weight_end=0.1, bc_decay_start=10_000, bc_decay_steps=40_000)  # the authors'
+    assert offset.bc_weight(10_000) == 1.0 and offset.bc_weight(30_000) == pytest.approx(0.55)
+    assert offset.bc_weight(50_000) == pytest.approx(0.1)
 
 
 def _random_steps(n: int, first: bool = False, seed: int = 0) -> tuple:
