@@ -1,7 +1,8 @@
 """``resetfree-sim``: watch MEDAL++ learn in simulation, with no hardware and no flags.
 
 With no arguments it practises door closing from state observations, starting from EARL's
-single door demonstration (shipped with the package; other tasks generate expert demos),
+own door demonstrations (shipped with the package, as are peg's and tabletop's; cube
+generates expert demos),
 starts a learner and a lock-step simulated runtime as separate processes, evaluates the
 learner's forward policy every ``--eval-every`` env steps and shows progress; Ctrl-C stops
 everything cleanly and leaves a run that ``--resume RUN_DIR`` continues. ``--bc`` runs only

@@ -5,9 +5,13 @@ expert demos, the BC baseline, a learner process, lock-step runtime processes an
 deployed-policy evaluations; after M minutes it stops cleanly, evaluates the final
 published forward policy and prints, as its last line, one JSON object with ``env_steps``,
 ``updates``, ``wall_s``, ``success_final``, ``success_best``, ``bc_success`` (the mean over
-the BC seeds; each seed's in ``bc_success_seeds``), ``resets`` and ``device``.
+the BC seeds; each seed's in ``bc_success_seeds``), ``resets``, ``reset_interval`` and
+``reset_source`` (the schedule: ``paper`` by default, ``--reset-schedule earl``) and ``device``.
 
     resetfree-bench learning --task door --obs state --minutes 60
+
+``resetfree-bench learning --suite [--tasks ...] [--seeds ...] [--steps N]`` runs the EARL
+learning suite instead (:mod:`simulation.bench_suite`).
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from typing import Any
 
 from simulation.orchestrator import TASKS, Orchestrator, RunSpec
 from simulation.progress import ProgressDisplay
-from simulation.run_setup import DEFAULT_TASK, UNBOUNDED_STEPS
+from simulation.run_setup import DEFAULT_TASK, UNBOUNDED_STEPS, reset_interval, reset_source
+from simulation.tasks.base import RESET_SCHEDULES
 
 logger = logging.getLogger(__name__)
 
@@ -70,19 +75,27 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="learner config override (repeatable)")
     parser.add_argument("--device", default="auto", help="learner device: auto, cpu, cuda (default auto)")
+    parser.add_argument("--reset-schedule", choices=RESET_SCHEDULES, default="paper",
+                        help="environment reset schedule, as resetfree-sim: paper (10000 steps, default) or earl")
     parser.add_argument("--video", action="store_true", help="write evaluation videos (off by default here)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
 
 def main(argv: list[str]) -> int:
-    """Runs the benchmark; prints the JSON result last. Returns 0 when the run was clean, else 1."""
+    """Runs the benchmark; prints the JSON result last. Returns 0 when the run was clean, else 1.
+
+    ``--suite`` runs the EARL suite instead (tasks × seeds, resumable: :mod:`simulation.bench_suite`)."""
+    if "--suite" in argv:
+        from simulation import bench_suite
+
+        return bench_suite.main([a for a in argv if a != "--suite"])
     args = _parser().parse_args(argv)
     run_dir = args.run_dir or Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     spec = RunSpec(run_dir=run_dir, task=args.task, obs=args.obs, steps=args.steps, robots=args.robots,
                    seed=args.seed, config=args.config, overrides=tuple(args.overrides), eval_every=args.eval_every,
                    eval_episodes=args.eval_episodes, video=args.video, bc_steps=args.bc_steps, bc_seeds=args.bc_seeds,
-                   demos=args.demos,
+                   demos=args.demos, reset_schedule=args.reset_schedule,
                    max_wall_s=args.minutes * 60.0, device=args.device, log_level="WARNING")
     display = ProgressDisplay(io.StringIO() if args.quiet else sys.stderr, interval=10.0, tty=False)
     outcome = asyncio.run(Orchestrator(spec, display).run())
@@ -92,7 +105,7 @@ def main(argv: list[str]) -> int:
         "steps_per_s": round(outcome.env_steps / outcome.wall_s, 2) if outcome.wall_s > 0 else 0.0,
         "success_final": outcome.success_final, "success_best": outcome.success_best,
         "bc_success": outcome.bc_success, "bc_success_seeds": outcome.bc_success_seeds, "resets": outcome.resets,
-        "device": device_name(args.device),
+        "reset_interval": reset_interval(spec), "reset_source": reset_source(spec), "device": device_name(args.device),
         "reason": outcome.reason, "ok": outcome.ok, "run_dir": str(run_dir),
     }
     print(json.dumps(result))

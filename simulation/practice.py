@@ -2,8 +2,9 @@
 
 :func:`practice` runs the whole algorithm the way ``resetfree-sim`` does, minus the wire:
 a :class:`~simulation.nonepisodic.NonEpisodic` task in state mode (reset only on the task's
-schedule), forward/backward agents alternating every ``switch.interval`` steps, random
-actions during the seed frames, a :class:`~learner.trainer.MedalTrainer` (REDQ agents, VICE
+schedule: the paper's 10k steps by default, EARL's with ``reset_schedule="earl"``),
+forward/backward agents alternating every ``switch.interval`` steps, random actions during
+the seed frames, a :class:`~learner.trainer.MedalTrainer` (REDQ agents, VICE
 and MEDAL rewards) trained in lock-step — every update the UTD owes is done before the next
 environment step — and EARL's deployed-policy evaluation
 (:func:`simulation.evaluation.evaluate`) of the forward agent's mean action every
@@ -18,18 +19,20 @@ only up to CPU contention — the CLI in ``scripts/config_search.py`` runs one a
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from learner import checkpoint
 from learner.bc import BCConfig, train_bc_from_demos
-from learner.config import LearnerConfig
+from learner.config import LearnerConfig, profile
 from learner.networks import NetworkConfig, build_actor
 from learner.trainer import BACKWARD, FORWARD, MedalTrainer
 from protocol.demos import Demos, concatenate, load_demos
@@ -37,13 +40,13 @@ from simulation.demos_cli import generate, import_earl
 from simulation.evaluation import EvalResult, evaluate
 from simulation.nonepisodic import NonEpisodic
 from simulation.tasks import make, task_info
+from simulation.tasks.base import RESET_SCHEDULES, ResetSchedule
 
 logger = logging.getLogger(__name__)
 
-EARL_DEMO_DIR = Path(os.environ.get("RESETFREE_EARL_DEMOS")
-                     or Path(__file__).resolve().parents[2] / "shared" / "earl-demos")
-"""Where EARL's own state demos live (``<task>_{forward,backward}.npz``): ``$RESETFREE_EARL_DEMOS``,
-else ``../shared/earl-demos`` beside the checkout, as the fidelity tests look."""
+EARL_DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demos"
+"""EARL's own state demonstrations, shipped with the package (``<task>_{forward,backward}.npz``
+in the project's demo format; their source and licence: ``NOTICE.md`` beside them)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -63,9 +66,18 @@ class PracticeConfig:
     eval_seed: int = 10_000
     """Seed of evaluation episode 0 (episode i uses eval_seed + i; apart from demo seeds)."""
     reset_every: int | None = None
-    """Steps between scheduled environment resets; None = the task's EARL schedule."""
+    """Steps between scheduled environment resets (0: never); None = the task's interval
+    under :attr:`reset_schedule`."""
+    reset_schedule: ResetSchedule = "paper"
+    """The task's reset schedule when ``reset_every`` is None: ``paper`` (the default, every
+    10k steps for tabletop, door and peg, as MEDAL++) or ``earl`` (EARL's own: door and
+    tabletop 200k, peg 100k)."""
     seed: int = 0
     """Seed of the environment, the random seed actions and the trainer."""
+    run_dir: Path | None = None
+    """Where the run checkpoints (the trainer with its replay, at every evaluation) and writes
+    ``curve.jsonl``; a run started on a directory with a checkpoint resumes from it. None:
+    nothing is written."""
 
     def __post_init__(self) -> None:
         task_info(self.task)  # ValueError for an unknown task
@@ -77,6 +89,16 @@ class PracticeConfig:
             raise ValueError(f"PracticeConfig.max_minutes must be > 0 or None, got {self.max_minutes}")
         if self.reset_every is not None and self.reset_every < 0:
             raise ValueError(f"PracticeConfig.reset_every must be >= 0 or None, got {self.reset_every}")
+        if self.reset_schedule not in RESET_SCHEDULES:
+            raise ValueError(f"PracticeConfig.reset_schedule must be one of {RESET_SCHEDULES}, "
+                             f"got {self.reset_schedule!r}")
+
+    @property
+    def reset_interval(self) -> int | None:
+        """Steps between scheduled resets this config gives (None: never)."""
+        if self.reset_every is not None:
+            return self.reset_every or None
+        return task_info(self.task).scheduled_reset_interval(self.reset_schedule)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -131,6 +153,22 @@ class PracticeResult:
         return out
 
 
+def practice_config(task: str, *, seed: int = 0, overrides: Sequence[str] = ()) -> LearnerConfig:
+    """Returns the learner config a state practice run of ``task`` uses: the ``sim`` profile,
+    the task's shipped preset (``simulation/configs/<task>_state.toml``, as ``resetfree-sim``
+    layers it), then ``overrides`` (``section.key=value``), with ``seed``. Raises ValueError
+    on a bad override."""
+    import tomllib
+
+    from simulation.run_setup import preset_text
+
+    cfg = profile("sim")
+    text = preset_text(task, "state")
+    if text is not None:
+        cfg = LearnerConfig.from_dict(tomllib.loads(text), base=cfg)
+    return cfg.with_overrides([*overrides, f"seed={seed}"])
+
+
 def state_spec(task: str) -> dict[str, tuple[tuple[int, ...], str]]:
     """Returns the learner's observation spec of ``task`` in state mode (``{"state": ...}``)."""
     return {"state": ((task_info(task).state_dim,), "float32")}
@@ -140,7 +178,7 @@ def load_task_demos(task: str, direction: str, *, source: str = "earl", episodes
                     seed: int = 0, noise: float = 0.0) -> Demos:
     """Returns state demos of ``task`` in ``direction``.
 
-    ``source="earl"`` converts EARL's own demos (``EARL_DEMO_DIR``); ``"expert"`` runs the
+    ``source="earl"`` loads EARL's own demos shipped with the package (``EARL_DEMO_DIR``); ``"expert"`` runs the
     scripted expert (``episodes`` default 10); a path loads a demo file, or from a directory
     (as ``resetfree-sim --demos`` takes) the file ``<task>_<direction>.npz``. ``episodes`` keeps
     the first that many episodes. Blocks while converting or simulating.
@@ -150,7 +188,10 @@ def load_task_demos(task: str, direction: str, *, source: str = "earl", episodes
         DemoFormatError / EarlImportError: for a broken file.
     """
     if source == "earl":
-        demos = import_earl(EARL_DEMO_DIR / f"{task}_{direction}.npz", task, direction)
+        path = EARL_DEMO_DIR / f"{task}_{direction}.npz"
+        if not path.is_file():
+            raise ValueError(f"source: the package ships no EARL demos for {task!r} ({path} is missing)")
+        demos = load_demos(path)
     elif source == "expert":
         demos = generate(task, direction, episodes=episodes or 10, seed=seed, noise=noise)
     elif Path(source).is_dir():  # a run's demo directory: <task>_<direction>.npz
@@ -172,79 +213,176 @@ def actor_policy(act: Callable[[dict[str, np.ndarray]], np.ndarray]) -> Callable
 
 
 def practice(config: LearnerConfig, task: str | PracticeConfig, demos: tuple[Demos, Demos],
-             *, on_eval: Callable[[EvalPoint], None] | None = None) -> PracticeResult:
+             *, on_eval: Callable[[EvalPoint], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> PracticeResult:
     """Runs MEDAL++ in-process on ``task`` (state mode) and returns its learning curve.
 
     ``config`` is the learner's (its ``switch.interval`` is the agent alternation);
     ``task`` a task name or a :class:`PracticeConfig`; ``demos`` the (forward, backward)
     state demos. ``on_eval`` is called with each curve point as it is measured. Stops at
-    ``max_env_steps`` or ``max_minutes`` of training, then evaluates once more unless the
-    last step was just evaluated. Blocks for the whole run (single process, the caller's
+    ``max_env_steps`` (then evaluates once more unless the last step was just evaluated),
+    or — without a final evaluation — after ``max_minutes`` of training in this call or when
+    ``should_stop()`` turns true. With ``PracticeConfig.run_dir`` the run checkpoints at every
+    evaluation and at a stop, and resumes from its newest checkpoint: the trainer (networks,
+    optimisers, discriminators, counters, RNGs, replay) exactly, the environment from a fresh
+    reset on the same reset schedule. Blocks for the whole run (single process, the caller's
     torch thread settings).
 
     Raises:
         ValueError: for an unknown task or demos of another task's shape.
         TrainerError: when the demos give the trainer nothing to learn from.
+        CheckpointError: when every checkpoint in ``run_dir`` is corrupt.
     """
     pcfg = task if isinstance(task, PracticeConfig) else PracticeConfig(task=task)
     spec = state_spec(pcfg.task)
     for d in demos:
         if d.observations["state"].shape[1:] != spec["state"][0]:
             raise ValueError(f"demos: state shape {d.observations['state'].shape[1:]} != task's {spec['state'][0]}")
-    env = NonEpisodic(make(pcfg.task, obs="state"), reset_every=pcfg.reset_every)
+    env = NonEpisodic(make(pcfg.task, obs="state"), reset_every=pcfg.reset_interval or 0)
     try:
         trainer = MedalTrainer(config, spec, env.action_space.shape[0], demos, seed=pcfg.seed)
-        return _run(env, trainer, config.switch.interval, pcfg, on_eval)
+        run = _PracticeRun(env, trainer, config, pcfg, on_eval, should_stop)
+        return run.loop()
     finally:
         env.close()
 
 
-def _run(env: NonEpisodic, trainer: MedalTrainer, interval: int, pcfg: PracticeConfig,
-         on_eval: Callable[[EvalPoint], None] | None) -> PracticeResult:
-    """The practice loop: act, step, ingest, train what is owed, evaluate on schedule."""
-    rng = np.random.default_rng(pcfg.seed)
-    curve: list[EvalPoint] = []
-    latest: dict[str, float] = {}
-    train_s = eval_s = 0.0
-    successes = steps_done = 0
-    obs, _ = env.reset(seed=pcfg.seed)
-    first = True
-    while steps_done < pcfg.max_env_steps:
-        started = time.perf_counter()
-        # 1. act: the scheduled agent (forward first), random during the seed frames
-        agent = FORWARD if (steps_done // interval) % 2 == 0 else BACKWARD
-        state = np.asarray(obs, dtype=np.float32)
-        if trainer.seed_phase:
-            action = rng.uniform(env.action_space.low, env.action_space.high).astype(np.float32)
-        else:
-            action = trainer.agents[agent].act({"state": state}, explore=True)
-        # 2. step and ingest (a scheduled reset also stores the pre-reset observation)
-        obs, _, _, _, info = env.step(action)
-        steps_done += 1
-        successes += int(bool(info.get("success")))
-        _ingest(trainer, agent, state, action, first, info)
-        first = bool(info["env_reset"])  # the post-reset observation starts a new segment
-        # 3. lock-step training: every update owed for the steps so far
-        while trainer.credit[FORWARD] >= 1 or trainer.credit[BACKWARD] >= 1:
-            latest.update(trainer.train_step())
-        train_s += time.perf_counter() - started
-        # 4. deployed-policy evaluation on schedule, and at the end
-        done = steps_done == pcfg.max_env_steps or (pcfg.max_minutes is not None
-                                                     and train_s >= pcfg.max_minutes * 60)
-        if steps_done % pcfg.eval_every == 0 or done:
-            t0 = time.perf_counter()
-            point = _evaluate_point(trainer, pcfg, steps_done, train_s, latest)
-            eval_s += time.perf_counter() - t0
-            curve.append(point)
-            logger.info("practice %s: %d steps, %d updates, %.1f min: success %.2f", pcfg.task,
-                        point.env_steps, point.updates, point.train_minutes, point.success_rate)
-            if on_eval is not None:
-                on_eval(point)
-        if done:
-            break
-    return PracticeResult(curve=curve, env_steps=steps_done, updates=sum(trainer.updates),
-                          train_minutes=train_s / 60, eval_minutes=eval_s / 60, env_resets=env.resets,
-                          forward_successes=successes)
+CURVE_FILE = "curve.jsonl"
+"""A practice run's evaluations, one JSON object (:class:`EvalPoint`) per line."""
+
+
+class _PracticeRun:
+    """The practice loop with its bookkeeping: act, step, ingest, train what is owed,
+    evaluate on schedule, checkpoint."""
+
+    def __init__(self, env: NonEpisodic, trainer: MedalTrainer, config: LearnerConfig, pcfg: PracticeConfig,
+                 on_eval: Callable[[EvalPoint], None] | None, should_stop: Callable[[], bool] | None) -> None:
+        self.env, self.trainer, self.config, self.pcfg = env, trainer, config, pcfg
+        self.on_eval, self.should_stop = on_eval, should_stop
+        self.curve: list[EvalPoint] = []
+        self.train_s = 0.0
+        if pcfg.run_dir is not None:
+            self._resume(Path(pcfg.run_dir))
+
+    def _resume(self, run_dir: Path) -> None:
+        ckpt = checkpoint.load_latest(run_dir, with_replay=True)
+        if ckpt is None:
+            return
+        self.trainer.load_state_dict(ckpt.state)
+        if ckpt.replay is not None:
+            self.trainer.load_replay_state(ckpt.replay)
+        steps = self.trainer.env_steps
+        # Points past the checkpoint (written just before a crash) are measured again.
+        self.curve = [p for p in read_curve(run_dir) if p.env_steps <= steps]
+        _write_curve(run_dir, self.curve)
+        self.train_s = float(ckpt.counters.get("train_s", self.curve[-1].train_minutes * 60 if self.curve else 0.0))
+        logger.info("practice %s: resumed from %s at %d steps (%d evaluations so far)", self.pcfg.task, ckpt.path,
+                    steps, len(self.curve))
+
+    def loop(self) -> PracticeResult:
+        pcfg, trainer, env = self.pcfg, self.trainer, self.env
+        interval = self.config.switch.interval
+        steps_done = trainer.env_steps  # > 0 on a resume
+        rng = np.random.default_rng([pcfg.seed, steps_done])
+        latest: dict[str, float] = {}
+        eval_s = session_s = 0.0
+        successes = 0
+        obs, _ = env.reset(seed=pcfg.seed + steps_done)
+        if env.reset_every is not None:  # keep the resets on the run's schedule across a resume
+            env.steps_since_reset = steps_done % env.reset_every
+        first = True
+        evaluated_at = self.curve[-1].env_steps if self.curve else -1
+        while steps_done < pcfg.max_env_steps:
+            started = time.perf_counter()
+            # 1. act: the scheduled agent (forward first), random during the seed frames
+            agent = FORWARD if (steps_done // interval) % 2 == 0 else BACKWARD
+            state = np.asarray(obs, dtype=np.float32)
+            if trainer.seed_phase:
+                action = rng.uniform(env.action_space.low, env.action_space.high).astype(np.float32)
+            else:
+                action = trainer.agents[agent].act({"state": state}, explore=True)
+            # 2. step and ingest (a scheduled reset also stores the pre-reset observation)
+            obs, _, _, _, info = env.step(action)
+            steps_done += 1
+            successes += int(bool(info.get("success")))
+            _ingest(trainer, agent, state, action, first, info)
+            first = bool(info["env_reset"])  # the post-reset observation starts a new segment
+            # 3. lock-step training: every update owed for the steps so far
+            while trainer.credit[FORWARD] >= 1 or trainer.credit[BACKWARD] >= 1:
+                latest.update(trainer.train_step())
+            elapsed = time.perf_counter() - started
+            self.train_s += elapsed
+            session_s += elapsed
+            # 4. deployed-policy evaluation on schedule and at the last step; a stop checkpoints only
+            if steps_done % pcfg.eval_every == 0 or steps_done == pcfg.max_env_steps:
+                t0 = time.perf_counter()
+                self._evaluate(steps_done, latest)
+                evaluated_at = steps_done
+                eval_s += time.perf_counter() - t0
+            stopping = ((pcfg.max_minutes is not None and session_s >= pcfg.max_minutes * 60)
+                        or (self.should_stop is not None and self.should_stop()))
+            if stopping:
+                if evaluated_at != steps_done:
+                    self._checkpoint()
+                logger.info("practice %s: stopped at %d steps (resumable)", pcfg.task, steps_done)
+                break
+        if steps_done >= pcfg.max_env_steps and evaluated_at != steps_done:
+            self._evaluate(steps_done, latest)
+        return PracticeResult(curve=list(self.curve), env_steps=steps_done, updates=sum(trainer.updates),
+                              train_minutes=self.train_s / 60, eval_minutes=eval_s / 60, env_resets=env.resets,
+                              forward_successes=successes)
+
+    def _evaluate(self, steps_done: int, latest: dict[str, float]) -> None:
+        point = _evaluate_point(self.trainer, self.pcfg, steps_done, self.train_s, latest)
+        self.curve.append(point)
+        logger.info("practice %s: %d steps, %d updates, %.1f min: success %.2f%s", self.pcfg.task, point.env_steps,
+                    point.updates, point.train_minutes, point.success_rate, _diagnostics(latest))
+        if self.pcfg.run_dir is not None:
+            _append_curve(Path(self.pcfg.run_dir), point)  # before the checkpoint: see _resume
+            self._checkpoint()
+        if self.on_eval is not None:
+            self.on_eval(point)
+
+    def _checkpoint(self) -> None:
+        if self.pcfg.run_dir is None:
+            return
+        t = self.trainer
+        checkpoint.save_checkpoint(self.pcfg.run_dir, updates=t.env_steps, state=t.state_dict(),
+                                   config=self.config.to_dict(), counters={**t.counters(), "train_s": self.train_s},
+                                   replay=t.replay_state(), keep=2)
+
+
+_DIAGNOSTICS = (("forward/values/q_mean", "Qf"), ("forward/q/bound", "bound"), ("backward/values/q_mean", "Qb"),
+                ("backward/q/bound", "bound"), ("forward/charts/entropy", "Hf"), ("backward/charts/alpha", "αb"),
+                ("vice/logits_pos", "vice+"), ("vice/logits_neg", "vice-"))
+
+
+def _diagnostics(metrics: dict[str, float]) -> str:
+    """The quantities that reveal a diverging or collapsing run, rounded for a log line."""
+    parts = [f"{label} {metrics[key]:.3g}" for key, label in _DIAGNOSTICS if key in metrics]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def read_curve(run_dir: Path) -> list[EvalPoint]:
+    """Returns the evaluations a practice run wrote to ``run_dir`` (``curve.jsonl``), in order."""
+    path = Path(run_dir) / CURVE_FILE
+    if not path.is_file():
+        return []
+    return [EvalPoint(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _append_curve(run_dir: Path, point: EvalPoint) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / CURVE_FILE, "a") as f:
+        f.write(json.dumps(dataclasses.asdict(point), sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_curve(run_dir: Path, points: list[EvalPoint]) -> None:
+    tmp = run_dir / (CURVE_FILE + ".tmp")
+    tmp.write_text("".join(json.dumps(dataclasses.asdict(p), sort_keys=True) + "\n" for p in points))
+    os.replace(tmp, run_dir / CURVE_FILE)
 
 
 def _ingest(trainer: MedalTrainer, agent: int, state: np.ndarray, action: np.ndarray, first: bool,

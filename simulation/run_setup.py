@@ -147,11 +147,9 @@ class RunSpec:
 
 
 DEFAULT_TASK = "door"
-"""The task ``resetfree-sim`` runs with no ``--task``: the state-based EARL task and preset
-(``simulation/configs/door_state.toml``, EARL's single demo) where the full pipeline beat BC
-within an hour on a 2-core CPU: 0.65 and 0.60 at the end against BC's 0.45 and 0.42, two
-seeds (docs/learning.md, section 13; measured on EARL's reset schedule, no reset in the
-hour: ``reset_schedule="earl"``)."""
+"""The task ``resetfree-sim`` runs with no ``--task``: door in state mode, from EARL's own five
+forward and five backward demonstrations (shipped), with ``simulation/configs/door_state.toml``.
+What a run shows, and when, is measured in docs/learning.md (the learning suite)."""
 DEFAULT_OBS = "state"
 """The observation mode ``resetfree-sim`` runs with no ``--obs``."""
 
@@ -283,7 +281,8 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 # ============================================================================ demos
 BUNDLED_DEMOS = Path(__file__).resolve().parent / "assets" / "demos"
 """State demos shipped with the package, ``<task>_<direction>.npz`` (their source and licence:
-``NOTICE.md`` beside them): EARL's first door demonstration, the demos of the default run."""
+``NOTICE.md`` beside them): EARL's own demonstration sets of door, peg and tabletop (the
+paper's protocol); ``door_one_demo/`` holds the first door episode of each direction alone."""
 
 
 def bundled_demos(task: str, obs: ObsMode) -> dict[str, Path] | None:
@@ -297,8 +296,8 @@ def bundled_demos(task: str, obs: ObsMode) -> dict[str, Path] | None:
 
 def prepare_demos(spec: RunSpec) -> Path:
     """Returns the demo directory: ``spec.demos``; else ``RUN_DIR/demos`` holding a copy of the
-    task's shipped demos (:func:`bundled_demos`: door in state mode, EARL's first
-    demonstration); else expert demos generated there (forward + backward, the task's
+    task's shipped demos (:func:`bundled_demos`: EARL's own sets of door, peg and tabletop
+    in state mode); else expert demos generated there (forward + backward, the task's
     default episode count). Files already there are kept (a resumed run).
 
     Blocks while the experts run. Raises OrchestratorError when ``spec.demos`` is not a

@@ -59,13 +59,13 @@ def test_the_default_run_uses_the_door_preset(tmp_path: Path) -> None:
     spec = RunSpec(run_dir=tmp_path / "run", task=DEFAULT_TASK, obs=DEFAULT_OBS)
     cfg = resolve_config(spec)
     sim = profile("sim")
-    assert (cfg.vice.updates_per_round, sim.vice.updates_per_round) == (2, 10)
-    assert cfg.vice.updates_every == sim.vice.updates_every and cfg.medal == sim.medal
-    assert (cfg.network.hidden_dim, cfg.network.num_critics, cfg.schedule.bc_agents) == (256, 2, (0,))
-    assert (cfg.schedule.bc_weight_start, cfg.schedule.bc_weight_end) == (1.0, 0.5)
+    # the preset changes only the width and the forward reward form; the rest is the profile's
+    assert (cfg.network.hidden_dim, sim.network.hidden_dim) == (256, 1024)
+    assert (cfg.schedule.vice_reward_form, cfg.network.num_critics) == ("log_d", sim.network.num_critics)
+    assert cfg.vice == sim.vice and cfg.medal == sim.medal and cfg.agent == sim.agent
     # the command line still wins over the preset
-    spec = dataclasses.replace(spec, overrides=("vice.updates_per_round=10",))
-    assert resolve_config(spec).vice.updates_per_round == 10
+    spec = dataclasses.replace(spec, overrides=("vice.updates_per_round=2",))
+    assert resolve_config(spec).vice.updates_per_round == 2
 
 
 def test_resume_reads_run_json_and_config(tmp_path: Path) -> None:
@@ -110,14 +110,20 @@ def test_commands_follow_the_contract(tmp_path: Path) -> None:
                         ("--control-bind", "tcp://127.0.0.1:0")]:
         assert runtime[runtime.index(flag) + 1] == value
     assert "--lockstep" in runtime and runtime[runtime.index("--spill-dir") + 1].endswith("robot2")
-    assert "--reset-every" not in runtime  # door keeps EARL's schedule (the runtime's default)
+    assert runtime[runtime.index("--reset-every") + 1] == "10000"  # the paper's schedule, always explicit
     from runtime.__main__ import daemon_config, parse_args
 
     config = daemon_config(parse_args(runtime[3:]))  # the real runtime takes every flag
     assert config.isolation.priority == "none" and config.isolation.cpu_latency_us is None  # lock-step: no RT levers
     tabletop = runtime_command(dataclasses.replace(spec, task="tabletop"), 0, "tcp://127.0.0.1:4000",
                                max_steps=50, switch_every=200)
-    assert tabletop[tabletop.index("--reset-every") + 1] == "10000"  # the authors' tabletop schedule
+    assert tabletop[tabletop.index("--reset-every") + 1] == "10000"  # the paper's schedule
+    earl = runtime_command(dataclasses.replace(spec, reset_schedule="earl"), 0, "tcp://127.0.0.1:4000",
+                           max_steps=50, switch_every=200)
+    assert earl[earl.index("--reset-every") + 1] == "200000"  # EARL's door schedule
+    cube = runtime_command(dataclasses.replace(spec, task="cube"), 0, "tcp://127.0.0.1:4000",
+                           max_steps=50, switch_every=200)
+    assert cube[cube.index("--reset-every") + 1] == "0"  # never
     demos = tmp_path / "demos"
     assert bc_command(spec, demos)[bc_command(spec, demos).index("--seeds") + 1] == "1"  # pixels: one BC seed
     state = dataclasses.replace(spec, obs="state")
@@ -214,11 +220,12 @@ def test_bc_baseline_takes_forward_demos_only(tmp_path: Path) -> None:
         forward_demos(tmp_path, "door", "state")
 
 
-def test_door_state_runs_start_from_the_shipped_earl_demo(tmp_path: Path) -> None:
+def test_earl_state_runs_start_from_the_shipped_earl_demos(tmp_path: Path) -> None:
     from protocol.demos import load_demos
     from simulation.run_setup import BUNDLED_DEMOS, bundled_demos, prepare_demos
 
-    assert bundled_demos("door", "pixels") is None and bundled_demos("peg", "state") is None
+    assert bundled_demos("door", "pixels") is None and bundled_demos("cube", "state") is None
+    assert bundled_demos("peg", "state") is not None and bundled_demos("tabletop", "state") is not None
     assert (BUNDLED_DEMOS / "NOTICE.md").is_file()
     spec = RunSpec(run_dir=tmp_path / "run", task="door")
     out = prepare_demos(spec)
@@ -228,7 +235,7 @@ def test_door_state_runs_start_from_the_shipped_earl_demo(tmp_path: Path) -> Non
         assert copied.read_bytes() == (BUNDLED_DEMOS / f"door_{direction}.npz").read_bytes()
         demos = load_demos(copied)
         assert (demos.meta.task, demos.meta.direction, demos.meta.source) == ("door", direction, "earl")
-        assert demos.num_episodes == 1 and bool(demos.episode_success.all())
+        assert demos.num_episodes == 5 and bool(demos.episode_success.all())  # EARL's whole set
     (out / "door_forward.npz").write_bytes(b"kept")  # a resumed run keeps what it has
     prepare_demos(spec)
     assert (out / "door_forward.npz").read_bytes() == b"kept"
@@ -293,13 +300,19 @@ def test_full_run_with_standins(tmp_path: Path, standins: pytest.MonkeyPatch) ->
     assert (run / "curves.png").stat().st_size > 0 and list((run / "videos").glob("eval_*"))
     assert {p.name for p in (run / "demos").iterdir()} == {"tabletop_forward.npz", "tabletop_backward.npz"}
     assert LearnerConfig.from_toml(run / "config.toml").network.hidden_dim == 16
-    assert json.loads((run / "run.json").read_text())["robots"] == 2
+    run_json = json.loads((run / "run.json").read_text())
+    assert run_json["robots"] == 2
+    assert (run_json["reset_interval"], run_json["reset_source"]) == (10_000, "paper")  # the schedule used
     assert {p.name for p in (run / "logs").iterdir()} >= {"learner.log", "runtime0.log", "runtime1.log", "bc.log"}
     assert json.loads((run / "ckpt-600" / "state.json").read_text())["env_steps"] == 600  # SIGTERM → checkpoint
     # the runtimes were asked for their share of the steps left, with the learner's switch interval
     command = (run / "logs" / "runtime1.log").read_text()
     assert 0 < int(command.split("--max-steps ")[1].split()[0]) <= 300 and "--switch-every 200" in command
     assert "steps/s" in shown and "eval @" in shown
+    # the stand-in learner publishes nothing before 300 steps (its seed phase): the evaluation
+    # due at 200 waited for the first forward policy instead of failing
+    assert "evaluation due at 200 env steps: no forward policy yet" in shown, shown
+    assert all(int(r.split(",")[0]) >= 300 for r in rows[1:]), rows
 
 
 def test_dead_runtime_is_reported_and_the_rest_stop(tmp_path: Path, standins: pytest.MonkeyPatch) -> None:
@@ -375,10 +388,12 @@ def _fake_learner(argv: list[str]) -> int:
     def env_steps() -> int:
         return min(cap, start_steps + int((time.monotonic() - t0) * rate))
 
+    seed_frames = int(os.environ.get("FAKE_SEED_FRAMES", "300"))  # as the learner: no weights before
+
     async def handler(cmd: Command) -> Status:
         n = env_steps()
         return Status(request_id=cmd.request_id, role="learner", state="running", ok=True, message="",
-                      detail={"env_steps": n, "updates": n, "utd": 1.0, "seed_phase": False})
+                      detail={"env_steps": n, "updates": n, "utd": 1.0, "seed_phase": n < seed_frames})
 
     async def main() -> None:
         control = ControlServer(ControlServerConfig(endpoint=args.control_bind, role="learner"), handler)
@@ -394,6 +409,12 @@ def _fake_learner(argv: list[str]) -> int:
             served = tg.create_task(control.run())
             version = 0
             while not stop.is_set():
+                if env_steps() < seed_frames:  # the seed phase: nothing published
+                    try:
+                        await asyncio.wait_for(stop.wait(), 0.05)
+                    except TimeoutError:
+                        pass
+                    continue
                 version += 1
                 torch.manual_seed(version)
                 actor = build_actor(obs_spec, action_dim, cfg.network)

@@ -14,7 +14,7 @@ from learner.config import LearnerConfig, profile
 from learner.networks import NetworkConfig
 from simulation.practice import (
     EARL_DEMO_DIR,
-    PracticeConfig, bc_baseline, load_task_demos, practice, state_spec,
+    PracticeConfig, bc_baseline, load_task_demos, practice, practice_config, state_spec,
 )
 
 torch.set_num_threads(1)
@@ -60,7 +60,21 @@ def test_practice_stops_on_the_wall_clock_budget(tabletop_demos: tuple) -> None:
     result = practice(cfg, pcfg, tabletop_demos)
     assert 0 < result.env_steps < 10**6
     assert 0.02 <= result.train_minutes < 0.2
-    assert len(result.curve) == 1  # the closing evaluation
+    assert result.curve == []  # a stop is no evaluation: a run with a run_dir resumes from it
+
+
+def test_practice_checkpoints_and_resumes_where_it_stopped(tabletop_demos: tuple, tmp_path: Path) -> None:
+    cfg = profile("sim").with_overrides(TINY)
+    stops = iter([False] * 229 + [True])  # stop after 230 steps, between two evaluations
+    first = practice(cfg, PracticeConfig(task="tabletop", max_env_steps=400, eval_every=100, eval_episodes=1,
+                                         run_dir=tmp_path), tabletop_demos, should_stop=lambda: next(stops))
+    assert first.env_steps == 230 and [p.env_steps for p in first.curve] == [100, 200]
+    second = practice(cfg, PracticeConfig(task="tabletop", max_env_steps=400, eval_every=100, eval_episodes=1,
+                                          run_dir=tmp_path), tabletop_demos)
+    assert second.env_steps == 400 and [p.env_steps for p in second.curve] == [100, 200, 300, 400]
+    assert second.updates == 400 - 100  # the resumed trainer kept its counters: one update a step
+    assert second.curve[:2] == first.curve  # read back from curve.jsonl
+    assert second.train_minutes > first.train_minutes
 
 
 needs_earl_demos = pytest.mark.skipif(not (EARL_DEMO_DIR / "tabletop_forward.npz").is_file(),
@@ -117,3 +131,18 @@ def test_state_preset_loads_over_the_sim_profile() -> None:
     assert cfg.profile == "sim"
     assert cfg != profile("sim")
     assert cfg.replay.batch_size == cfg.agent.batch_size
+
+
+def test_practice_config_is_profile_then_preset_then_overrides() -> None:
+    cfg = practice_config("door", seed=4, overrides=["agent.lr=1e-4"])
+    assert cfg.seed == 4 and cfg.agent.lr == 1e-4
+    assert cfg.network.hidden_dim == 256 and cfg.schedule.vice_reward_form == "log_d"  # the door preset
+    assert cfg.schedule.seed_frames == profile("sim").schedule.seed_frames
+
+
+def test_earl_demos_ship_with_the_package() -> None:
+    # EARL's own sets (door 5+5, peg 10+20, tabletop 12+12), every episode successful.
+    for task, counts in {"door": (5, 5), "peg": (10, 20), "tabletop": (12, 12)}.items():
+        for direction, episodes in zip(("forward", "backward"), counts):
+            demos = load_task_demos(task, direction, source="earl")
+            assert demos.num_episodes == episodes and demos.episode_success.all()

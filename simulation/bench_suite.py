@@ -1,0 +1,388 @@
+"""``resetfree-bench learning --suite``: the EARL learning benchmark, tasks × seeds, resumable.
+
+Each (task, seed) is one in-process practice run (:func:`simulation.practice.practice`: the
+learner's whole algorithm in lock-step with a state-mode twin, EARL's own demonstrations,
+the task's preset over the ``sim`` profile) in a child process; ``--jobs`` of them run at a
+time (two on a 2-core machine). Every run checkpoints at each evaluation and resumes from
+its newest checkpoint when the suite is started again with the same ``--out``, so a suite
+longer than one sitting is run by repeating the same command. Per task, BC is trained on the
+same forward demonstrations with three seeds and evaluated by the same protocol.
+
+The figure of merit, per seed, is the mean of its last three evaluations (20 episodes each,
+EARL's deployed-policy protocol); a task's number is the mean over seeds. ``--out`` gets
+``results.json``, ``results.md`` (one row per task, every seed shown) and ``suite.png``
+(success vs environment steps, mean and min–max band over seeds, the BC line, the paper's
+and other methods' reported numbers as marks).
+
+    resetfree-bench learning --suite --tasks door tabletop peg --seeds 0 1 2 --steps 300000
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+EARL_TASKS = ("door", "tabletop", "peg")
+
+GOALS: dict[str, float] = {"door": 0.95, "tabletop": 0.90, "peg": 0.80}
+"""The issue's goals at ≤ 300k steps (state observations, 3 seeds, mean of the last three evaluations)."""
+
+ANCHORS: dict[str, list[tuple[str, float, float]]] = {
+    # (label, env steps, success) as the papers report them (success read off their figures/tables)
+    "door": [("MEDAL++ (pixels)", 600_000, 0.80), ("RISC", 1_000_000, 0.96), ("MEDAL (state)", 1_000_000, 0.66),
+             ("oracle episodic RL", 1_000_000, 0.84)],
+    "tabletop": [("MEDAL++ (pixels)", 600_000, 0.80), ("RISC", 1_000_000, 0.90), ("MEDAL (state)", 1_000_000, 0.40),
+                 ("oracle episodic RL", 1_000_000, 1.00)],
+    "peg": [("MEDAL++ (pixels)", 600_000, 0.70), ("RISC", 1_000_000, 0.21), ("MEDAL (state)", 1_000_000, 0.0),
+            ("oracle episodic RL", 1_000_000, 1.00)],
+}
+"""Reference marks for the plot: MEDAL++ (Sharma et al. 2023, Fig. 2), RISC (Kim et al. 2023;
+peg 0.10–0.32, drawn at the middle), MEDAL (Sharma et al. 2022, state) and EARL's oracle."""
+
+LAST_EVALS = 3
+"""Evaluations averaged per seed for its number."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SuiteSpec:
+    """What the suite runs."""
+
+    out: Path
+    """Suite directory: ``<task>/seed<S>/`` per run, ``<task>/bc.json``, results files."""
+    tasks: tuple[str, ...] = EARL_TASKS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    steps: int = 300_000
+    """Environment steps per run."""
+    eval_every: int = 10_000
+    eval_episodes: int = 20
+    jobs: int = 2
+    """Runs at a time (one core each)."""
+    bc_seeds: int = 3
+    bc_steps: int = 10_000
+    overrides: tuple[str, ...] = ()
+    """``section.key=value`` learner overrides for every run (applied over each task's preset)."""
+    minutes: float | None = None
+    """Stop every run after this many wall-clock minutes (they resume next time)."""
+
+
+# ============================================================================ one run
+def run_one(task: str, seed: int, run_dir: Path, spec: SuiteSpec) -> dict[str, Any]:
+    """Runs (or resumes) one practice run to ``spec.steps``; returns its result as a dict. Blocks."""
+    import torch
+
+    from simulation.practice import PracticeConfig, load_task_demos, practice, practice_config
+
+    torch.set_num_threads(1)
+    cfg = practice_config(task, seed=seed, overrides=spec.overrides)
+    pcfg = PracticeConfig(task=task, max_env_steps=spec.steps, eval_every=spec.eval_every,
+                          eval_episodes=spec.eval_episodes, seed=seed, run_dir=run_dir,
+                          max_minutes=spec.minutes)
+    demos = (load_task_demos(task, "forward"), load_task_demos(task, "backward"))
+    return practice(cfg, pcfg, demos).to_dict()
+
+
+def run_bc(task: str, out: Path, spec: SuiteSpec) -> dict[str, Any]:
+    """Trains and evaluates BC with ``spec.bc_seeds`` seeds on the task's forward demos;
+    writes and returns ``bc.json``'s content. Blocks."""
+    import torch
+
+    from learner.bc import BCConfig
+    from simulation.practice import bc_baseline, load_task_demos, practice_config
+
+    torch.set_num_threads(1)
+    net = practice_config(task, seed=0, overrides=spec.overrides).network
+    fwd = load_task_demos(task, "forward")
+    seeds = []
+    for s in range(spec.bc_seeds):
+        result = bc_baseline(task, fwd, net, BCConfig(steps=spec.bc_steps, seed=s), episodes=spec.eval_episodes)
+        seeds.append(result.success_rate)
+        logger.info("BC %s seed %d: %.2f", task, s, result.success_rate)
+    record = {"task": task, "success_seeds": seeds, "success": sum(seeds) / len(seeds),
+              "steps": spec.bc_steps, "episodes": spec.eval_episodes, "demos": fwd.num_episodes}
+    _write_json(out, record)
+    return record
+
+
+# ============================================================================ the suite
+def read_curve(run_dir: Path) -> list[dict[str, Any]]:
+    """Returns the evaluations a run wrote (``curve.jsonl``), in order; [] when none."""
+    path = run_dir / "curve.jsonl"
+    if not path.is_file():
+        return []
+    points = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            points.append(json.loads(line))
+    return points
+
+
+def seed_score(points: Sequence[dict[str, Any]]) -> float | None:
+    """The mean of the last :data:`LAST_EVALS` evaluations (None when there are none)."""
+    if not points:
+        return None
+    last = [p["success_rate"] for p in points[-LAST_EVALS:]]
+    return sum(last) / len(last)
+
+
+def pending(spec: SuiteSpec) -> list[tuple[str, Any]]:
+    """Returns the jobs still to run: ``("bc", task)`` and ``("run", (task, seed))``."""
+    jobs: list[tuple[str, Any]] = []
+    for task in spec.tasks:
+        if not (spec.out / task / "bc.json").is_file():
+            jobs.append(("bc", task))
+    for seed in spec.seeds:
+        for task in spec.tasks:
+            points = read_curve(spec.out / task / f"seed{seed}")
+            if not points or points[-1]["env_steps"] < spec.steps:
+                jobs.append(("run", (task, seed)))
+    return jobs
+
+
+def _child_argv(kind: str, what: Any, spec: SuiteSpec) -> list[str]:
+    argv = [sys.executable, "-m", "simulation.bench_suite", "--out", str(spec.out), "--steps", str(spec.steps),
+            "--eval-every", str(spec.eval_every), "--eval-episodes", str(spec.eval_episodes),
+            "--bc-seeds", str(spec.bc_seeds), "--bc-steps", str(spec.bc_steps)]
+    for item in spec.overrides:
+        argv += ["--set", item]
+    if spec.minutes is not None:
+        argv += ["--minutes", str(spec.minutes)]
+    if kind == "bc":
+        return argv + ["--child-bc", what]
+    task, seed = what
+    return argv + ["--child-run", task, str(seed)]
+
+
+def run_suite(spec: SuiteSpec) -> dict[str, Any]:
+    """Runs every pending job, ``spec.jobs`` at a time, then writes the results. Blocks.
+
+    SIGINT/SIGTERM stop the children (each keeps its last checkpoint) and still write the
+    results of what exists. Returns the results dict.
+    """
+    spec.out.mkdir(parents=True, exist_ok=True)
+    _write_json(spec.out / "suite.json", {**dataclasses.asdict(spec), "out": str(spec.out)})
+    queue = pending(spec)
+    running: dict[subprocess.Popen[bytes], str] = {}
+    stop = False
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        nonlocal stop
+        stop = True
+        logger.info("suite: %s, stopping the runs (they resume from their checkpoints)", signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    logger.info("suite: %d jobs pending, %d at a time, in %s", len(queue), spec.jobs, spec.out)
+    failed: list[str] = []
+    try:
+        while (queue or running) and not stop:
+            while queue and len(running) < spec.jobs:
+                kind, what = queue.pop(0)
+                name = f"{kind} {what}"
+                log_dir = spec.out / "logs"
+                log_dir.mkdir(exist_ok=True)
+                log = open(log_dir / (name.replace(" ", "_").replace("(", "").replace(")", "").replace("'", "")
+                                      .replace(",", "") + ".log"), "ab")
+                env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+                proc = subprocess.Popen(_child_argv(kind, what, spec), stdout=log, stderr=subprocess.STDOUT, env=env)
+                log.close()
+                running[proc] = name
+                logger.info("suite: started %s (pid %d)", name, proc.pid)
+            time.sleep(1.0)
+            for proc in [p for p in running if p.poll() is not None]:
+                name = running.pop(proc)
+                if proc.returncode != 0:
+                    failed.append(name)
+                    logger.error("suite: %s exited with %d (see %s/logs)", name, proc.returncode, spec.out)
+                else:
+                    logger.info("suite: %s done", name)
+            _log_progress(spec)
+    finally:
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        for proc in running:
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    results = write_results(spec)
+    results["failed"] = failed
+    return results
+
+
+_last_progress = [0.0]
+
+
+def _log_progress(spec: SuiteSpec, every_s: float = 60.0) -> None:
+    if time.monotonic() - _last_progress[0] < every_s:
+        return
+    _last_progress[0] = time.monotonic()
+    parts = []
+    for task in spec.tasks:
+        for seed in spec.seeds:
+            points = read_curve(spec.out / task / f"seed{seed}")
+            if points:
+                parts.append(f"{task}/{seed} {points[-1]['env_steps'] // 1000}k:{points[-1]['success_rate']:.2f}")
+    logger.info("suite: %s", ", ".join(parts) or "no evaluation yet")
+
+
+# ============================================================================ results
+def collect(spec: SuiteSpec) -> dict[str, Any]:
+    """Returns every task's seeds, curves, numbers and BC baseline as JSON builtins."""
+    tasks: dict[str, Any] = {}
+    for task in spec.tasks:
+        bc_path = spec.out / task / "bc.json"
+        bc = json.loads(bc_path.read_text()) if bc_path.is_file() else None
+        seeds = {}
+        for seed in spec.seeds:
+            points = read_curve(spec.out / task / f"seed{seed}")
+            seeds[str(seed)] = {
+                "score": seed_score(points),
+                "env_steps": points[-1]["env_steps"] if points else 0,
+                "curve": [[p["env_steps"], p["success_rate"]] for p in points],
+            }
+        scores = [s["score"] for s in seeds.values() if s["score"] is not None]
+        tasks[task] = {
+            "seeds": seeds,
+            "mean": sum(scores) / len(scores) if scores else None,
+            "complete": all(s["env_steps"] >= spec.steps for s in seeds.values()),
+            "bc": bc,
+            "goal": GOALS.get(task),
+        }
+    return {"steps": spec.steps, "eval_episodes": spec.eval_episodes, "last_evals": LAST_EVALS, "tasks": tasks}
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """Returns the results as a Markdown table (one row per task, every seed shown)."""
+    lines = [f"Success (mean of the last {results['last_evals']} evaluations of {results['eval_episodes']} "
+             f"episodes per seed; target {results['steps'] // 1000}k steps)", "",
+             "| task | seeds (score @ steps) | mean | BC seeds | BC mean | goal |", "|---|---|---|---|---|---|"]
+    for task, t in results["tasks"].items():
+        seeds = ", ".join(f"{s}: {_fmt(v['score'])} @ {v['env_steps'] // 1000}k" for s, v in t["seeds"].items())
+        bc = t["bc"]
+        bc_seeds = ", ".join(f"{x:.2f}" for x in bc["success_seeds"]) if bc else "–"
+        lines.append(f"| {task} | {seeds} | {_fmt(t['mean'])}{'' if t['complete'] else ' (running)'} | {bc_seeds} | "
+                     f"{_fmt(bc['success'] if bc else None)} | {_fmt(t['goal'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def plot(results: dict[str, Any], out: Path) -> Path:
+    """Writes the Figure-2-style plot: one panel per task. Returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    tasks = list(results["tasks"])
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        t = results["tasks"][task]
+        curves = [np.array(s["curve"], dtype=float) for s in t["seeds"].values() if s["curve"]]
+        if curves:
+            common = min(len(c) for c in curves)
+            steps = curves[0][:common, 0]
+            ys = np.stack([c[:common, 1] for c in curves])
+            ax.plot(steps, ys.mean(0), color="C0", label=f"resetfree ({len(curves)} seeds)")
+            ax.fill_between(steps, ys.min(0), ys.max(0), color="C0", alpha=0.2)
+        if t["bc"]:
+            ax.axhline(t["bc"]["success"], color="C3", ls="--", label=f"BC ({len(t['bc']['success_seeds'])} seeds)")
+        if t["goal"] is not None:
+            ax.axhline(t["goal"], color="0.5", ls=":", lw=1, label="goal")
+        right = max(results["steps"], 1)
+        for i, (label, _steps, value) in enumerate(ANCHORS.get(task, [])):
+            ax.plot([right], [value], marker="<>^v"[i % 4], color=f"C{i + 4}", ls="none", label=label, clip_on=False)
+        ax.set_title(task)
+        ax.set_xlabel("environment steps")
+        ax.set_xlim(0, right * 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:.0f}k"))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("success (deployed policy)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def write_results(spec: SuiteSpec) -> dict[str, Any]:
+    """Writes ``results.json``, ``results.md`` and ``suite.png`` for what exists; returns the results."""
+    results = collect(spec)
+    _write_json(spec.out / "results.json", results)
+    (spec.out / "results.md").write_text(markdown_table(results))
+    plot(results, spec.out / "suite.png")
+    return results
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+# ============================================================================ CLI
+def parser() -> argparse.ArgumentParser:
+    """The suite's command line (also reached as ``resetfree-bench learning --suite``)."""
+    p = argparse.ArgumentParser(prog="resetfree-bench learning --suite", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("runs/suite"), help="suite directory (default runs/suite)")
+    p.add_argument("--tasks", nargs="+", choices=EARL_TASKS, default=list(EARL_TASKS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=300_000, help="environment steps per run (default 300k)")
+    p.add_argument("--eval-every", type=int, default=10_000)
+    p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2: one per core)")
+    p.add_argument("--bc-seeds", type=int, default=3)
+    p.add_argument("--bc-steps", type=int, default=10_000)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="learner override for every run, over each task's preset (repeatable)")
+    p.add_argument("--minutes", type=float, default=None, help="stop each run after M minutes (it resumes later)")
+    p.add_argument("--results-only", action="store_true", help="only (re)write the results of what exists")
+    p.add_argument("--child-run", nargs=2, metavar=("TASK", "SEED"), help=argparse.SUPPRESS)
+    p.add_argument("--child-bc", metavar="TASK", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the suite (or one child job); prints the results JSON as its last line."""
+    args = parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spec = SuiteSpec(out=args.out, tasks=tuple(args.tasks), seeds=tuple(args.seeds), steps=args.steps,
+                     eval_every=args.eval_every, eval_episodes=args.eval_episodes, jobs=args.jobs,
+                     bc_seeds=args.bc_seeds, bc_steps=args.bc_steps, overrides=tuple(args.overrides),
+                     minutes=args.minutes)
+    if args.child_run:
+        task, seed = args.child_run[0], int(args.child_run[1])
+        result = run_one(task, seed, spec.out / task / f"seed{seed}", spec)
+        print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
+        return 0
+    if args.child_bc:
+        print(json.dumps(run_bc(args.child_bc, spec.out / args.child_bc / "bc.json", spec)), flush=True)
+        return 0
+    results = write_results(spec) if args.results_only else run_suite(spec)
+    print(markdown_table(results), flush=True)
+    print(json.dumps({task: {"mean": t["mean"], "bc": t["bc"]["success"] if t["bc"] else None}
+                      for task, t in results["tasks"].items()}), flush=True)
+    return 1 if results.get("failed") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The learning suite: per-seed numbers, pending jobs, results files, and one tiny resumable run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from simulation import bench_suite
+from simulation.bench_suite import SuiteSpec, collect, markdown_table, pending, run_one, seed_score, write_results
+
+torch.set_num_threads(1)
+
+TINY = (
+    "network.hidden_dim=32", "network.num_critics=2",
+    "agent.batch_size=32", "replay.batch_size=32", "replay.demo_per_batch=8", "replay.capacity=2000",
+    "vice.batch_size=32", "vice.hidden_dim=16", "vice.updates_every=50", "vice.updates_per_round=2",
+    "medal.batch_size=32", "medal.hidden_dim=16", "medal.updates_every=50", "medal.updates_per_round=2",
+    "schedule.seed_frames=100", "schedule.bc_batch_size=32", "switch.interval=60",
+)
+
+
+def _curve(path: Path, points: list[tuple[int, float]]) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"env_steps": s, "updates": s, "train_minutes": 0.1, "success_rate": r, "metrics": {}})
+             for s, r in points]
+    (path / "curve.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_seed_score_is_the_mean_of_the_last_three_evaluations() -> None:
+    points = [{"success_rate": r} for r in (0.0, 1.0, 0.5, 0.7, 0.9)]
+    assert seed_score(points) == pytest.approx(0.7)
+    assert seed_score(points[:2]) == pytest.approx(0.5) and seed_score([]) is None
+
+
+def test_pending_results_and_table(tmp_path: Path) -> None:
+    spec = SuiteSpec(out=tmp_path, tasks=("door",), seeds=(0, 1), steps=30)
+    assert pending(spec) == [("bc", "door"), ("run", ("door", 0)), ("run", ("door", 1))]
+    _curve(tmp_path / "door" / "seed0", [(10, 0.2), (20, 0.4), (30, 0.6)])
+    _curve(tmp_path / "door" / "seed1", [(10, 1.0)])
+    (tmp_path / "door" / "bc.json").write_text(json.dumps({"success": 0.5, "success_seeds": [0.4, 0.6]}))
+    assert pending(spec) == [("run", ("door", 1))]  # seed 0 reached its steps, seed 1 resumes
+    results = collect(spec)
+    door = results["tasks"]["door"]
+    assert door["seeds"]["0"]["score"] == pytest.approx(0.4) and door["mean"] == pytest.approx(0.7)
+    assert door["complete"] is False
+    table = markdown_table(results)
+    assert "| door | 0: 0.40 @ 0k, 1: 1.00 @ 0k | 0.70 (running) | 0.40, 0.60 | 0.50 | 0.95 |" in table
+    write_results(spec)
+    assert (tmp_path / "suite.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "results.json").read_text())["tasks"]["door"]["goal"] == 0.95
+
+
+def test_one_run_resumes_to_its_step_target(tmp_path: Path) -> None:
+    spec = SuiteSpec(out=tmp_path, tasks=("tabletop",), seeds=(0,), steps=240, eval_every=120, eval_episodes=1,
+                     overrides=TINY)
+    run_dir = tmp_path / "tabletop" / "seed0"
+    short = SuiteSpec(**{**spec.__dict__, "steps": 120})
+    first = run_one("tabletop", 0, run_dir, short)
+    assert first["env_steps"] == 120 and (run_dir / "curve.jsonl").is_file()
+    result = run_one("tabletop", 0, run_dir, spec)  # the same directory: it continues
+    assert result["env_steps"] == 240 and [p["env_steps"] for p in result["curve"]] == [120, 240]
+    assert pending(spec) == [("bc", "tabletop")]
+
+
+def test_the_suite_is_reached_from_the_learning_benchmark(monkeypatch) -> None:
+    seen = []
+    monkeypatch.setattr(bench_suite, "main", lambda argv: seen.append(argv) or 0)
+    from simulation import bench_learning
+
+    assert bench_learning.main(["--suite", "--tasks", "door"]) == 0 and seen == [["--tasks", "door"]]
