@@ -11,8 +11,16 @@ loop never waits on torch. It drains ingested batches, runs the updates owed (cr
 UTD × steps after the seed phase; ``realtime`` interleaves ingest and updates and reports
 the achieved UTD, ``lockstep`` finishes every owed update before ingesting more), reports
 ``trained_through`` per session (every update owed for the steps below it is done),
-publishes finite actor copies every ``publish_every`` updates and checkpoints every
-``checkpoint_every`` updates and on stop.
+publishes finite actor copies (below), and checkpoints every ``checkpoint_every`` updates
+and on stop.
+
+Publication and the seed phase (docs/architecture.md, "The seed phase"): the seed phase is
+the first ``schedule.seed_frames`` steps the trainer ingests, and during it nothing is
+published — a runtime acts uniformly at random until it holds weights for the acting agent,
+so withholding them is what makes every seed-phase action random. The first iteration after
+the seed phase (after the update it owes, if any) publishes both agents' weights; from then
+on each agent's are published every ``publish_every`` of its updates. A learner resumed past
+its seed phase publishes at once.
 
 Exactly-once across crashes: a batch is acked only after its journal record is durable;
 checkpoints store the journal position the trainer consumed and the matching
@@ -109,6 +117,9 @@ class TrainingWorker:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._main, name="learner-training", daemon=True)
         self._published = [-1, -1]
+        """Per agent: the version last published, or withheld as non-finite (-1: none yet)."""
+        self._sent = [-1, -1]
+        """Per agent: the version last really published (-1: none yet; the status figure)."""
         self._trained: dict[str, int] = {}
         self._last_ckpt = self._last_log = sum(trainer.updates)
         self._latest_metrics: dict[str, float] = {}
@@ -140,7 +151,7 @@ class TrainingWorker:
         return self._paused.is_set()
 
     def start(self) -> None:
-        """Starts the thread (publishes the current weights first thing)."""
+        """Starts the thread (which publishes nothing while the trainer is in its seed phase)."""
         self._thread.start()
 
     def stop(self, timeout: float = 120.0) -> None:
@@ -160,8 +171,7 @@ class TrainingWorker:
     def _main(self) -> None:
         try:
             torch.set_num_threads(self.cfg.service.torch_threads)
-            for a in (FORWARD, BACKWARD):
-                self._publish(a)
+            self._publish_first()  # past the seed phase already (a resumed run, or seed_frames = 0)
             while not self._stop.is_set():
                 self._iteration()
             self._drain(block=False)
@@ -177,7 +187,8 @@ class TrainingWorker:
             owed = self._owed()
         if owed:
             self._train_once()
-        elif not self._owed_any():  # every update owed is done (a pause holds trained_through)
+        self._publish_first()
+        if not owed and not self._owed_any():  # every update owed is done (a pause holds trained_through)
             self._report_trained()
         self._update_figures()
         if self.metrics.progress(self.progress_figures()):
@@ -237,6 +248,20 @@ class TrainingWorker:
         if sum(t.updates) - self._last_ckpt >= self.cfg.service.checkpoint_every:
             self.checkpoint()
 
+    def _publish_first(self) -> None:
+        """Ends the runtimes' random actions once the seed phase is over: publishes each agent
+        that has published nothing yet — after the update the iteration owed, and before
+        ``trained_through`` reports the boundary's steps trained, so a lock-step runtime (at
+        most a window ahead of ``trained_through``) has them on their way before it may go
+        further. An agent that has not acted since the seed phase goes out untrained
+        (version 0): it acts with it, as the paper's agents act with their policies once the
+        seed frames are over."""
+        if self.trainer.seed_phase:
+            return
+        for a in (FORWARD, BACKWARD):
+            if self._published[a] < 0:
+                self._publish(a)
+
     def _publish(self, agent: int) -> None:
         tensors = self.trainer.publishable_weights(agent)
         version = self.trainer.updates[agent]
@@ -246,7 +271,7 @@ class TrainingWorker:
             return
         tensors = weights_in_dtype(tensors, self.cfg.service.weights_dtype)
         self._publish_cb(Weights.create(agent=AGENTS[agent], version=version, tensors=tensors))
-        self._published[agent] = version
+        self._published[agent] = self._sent[agent] = version
 
     def _report_trained(self) -> None:
         current = {sid: self.tracker.committed(sid) for sid in self.tracker.sessions()}
@@ -290,8 +315,8 @@ class TrainingWorker:
             self.figures = {
                 "env_steps": t.env_steps, "updates": sum(t.updates),
                 "utd": sum(t.updates) / post_seed if post_seed else 0.0, "updates_per_s": ups,
-                "weights_version_forward": max(self._published[FORWARD], 0),
-                "weights_version_backward": max(self._published[BACKWARD], 0),
+                "weights_version_forward": self._sent[FORWARD],
+                "weights_version_backward": self._sent[BACKWARD],
                 "seed_phase": t.seed_phase, "skipped_nonfinite": t.skipped_nonfinite,
                 "weights_withheld": self.weights_withheld, "trained_position": self.position,
                 "paused": self._paused.is_set(), "mode": self.mode,

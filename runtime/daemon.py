@@ -15,13 +15,22 @@ flushes to the outbox, the outbox finishes writing to the spill log, sockets clo
 exit 0. A refused welcome → exit 2 with the learner's reason. Any crash → ``robot.stop()``
 in ``finally``, exit 1.
 
+The seed phase: the loop acts uniformly at random while it holds no weights for the acting
+agent (``runtime.schedule``), and the learner publishes none until its seed phase
+(``schedule.seed_frames`` ingested steps) is over — so the runtime needs no count of its
+own and the two cannot disagree. ``status.detail["seed_phase"]`` is true while the acting
+agent has no weights, i.e. while this runtime still acts at random.
+
 Lock-step (``--lockstep``, simulation): before the tick that records seq ``t`` the loop waits
 until the learner's ``Ack.trained_through ≥ t − window`` (window = the batch size) and until
 no weights blob is being verified. Deterministic: which steps the learner has trained on when
 each step is taken (to within the window), and that every blob that had *arrived* is active.
 Not deterministic: whether a blob the learner published has crossed the socket by then
 (ZeroMQ timing), hence which weights version acts on a given step; random seed-phase actions
-and the simulation are seeded, so with no weights the run repeats exactly.
+and the simulation are seeded, so with no weights the run repeats exactly. A simulated robot
+in lock-step is frozen between steps, so the shield's timing watchdog does not hold there
+(:func:`shield_settings`): a late tick, or a state or frame as old as the learner's last
+wait, would otherwise record a zero action in place of the random or policy action.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +65,7 @@ from runtime.outbox import Outbox, OutboxConfig
 from runtime.policy_slot import PolicySlot, PolicySlotConfig
 from runtime.robots import RobotFacts, shield_config
 from runtime.schedule import AGENT_NAMES, Schedule, ScheduleConfig
-from runtime.shield import Shield
+from runtime.shield import Shield, ShieldConfig
 from runtime.spill import SpillConfig, SpillLog
 
 logger = logging.getLogger(__name__)
@@ -139,6 +148,24 @@ class DaemonConfig:
     def session_settings(self) -> SessionSettings:
         """The settings shared with the learner (hashed into ``hello.config_hash``)."""
         return SessionSettings(switch_interval=self.switch_every)
+
+
+LOCKSTEP_SENSOR_AGE_S = 86_400.0
+"""Sensor age a simulated robot in lock-step may reach before the shield holds (a day: the
+twin is frozen between steps, so however long the learner trains, what it shows is current)."""
+
+
+def shield_settings(config: DaemonConfig, robot: Robot, facts: RobotFacts) -> ShieldConfig:
+    """Returns the shield's limits: the robot's own (``runtime.robots.shield_config``), and for
+    a simulated robot in lock-step no holds for timing — no deadline-miss hold and no state or
+    frame age limit. There the simulation only advances when the loop acts, the loop waits for
+    the learner before ticks, and a hold would only record a zero action instead of the
+    seed-phase random action or the policy's. A real robot keeps every watchdog, lock-step or not."""
+    limits = shield_config(robot, facts, config.hz)
+    if not (config.lockstep and facts.kind == "sim"):
+        return limits
+    return replace(limits, hold_on_deadline_miss=False, max_state_age_s=LOCKSTEP_SENSOR_AGE_S,
+                   max_frame_age_s=LOCKSTEP_SENSOR_AGE_S)
 
 
 _WILDCARD_HOSTS = ("0.0.0.0", "*", "::", "[::]")
@@ -287,9 +314,9 @@ class RuntimeDaemon:
         spec = self.robot.action_spec
         schedule = Schedule(ScheduleConfig(switch_every=self.config.switch_every, seed=self.config.seed),
                             spec.low_array(), spec.high_array())
-        shield = Shield(shield_config(self.robot, self.facts, self.config.hz))
-        period = 1.0 / self.config.hz
-        loop_config = LoopConfig(max_frame_age_s=3 * period + 0.1, batch_steps=self.config.batch_steps,
+        limits = shield_settings(self.config, self.robot, self.facts)
+        shield = Shield(limits)
+        loop_config = LoopConfig(max_frame_age_s=limits.max_frame_age_s, batch_steps=self.config.batch_steps,
                                  env_reset_every=self.facts.reset_interval,
                                  prefetch_lead_s=self.config.prefetch_lead_s,
                                  prefetch_passes=self.config.prefetch_passes)
@@ -564,5 +591,5 @@ def install_signal_handlers(daemon: RuntimeDaemon) -> None:
         loop.add_signal_handler(sig, daemon.request_stop, signal.Signals(sig).name)
 
 
-__all__ = ["DaemonConfig", "EXIT_CRASH", "EXIT_OK", "EXIT_REFUSED", "LearnerRefused", "RuntimeDaemon",
-           "install_signal_handlers", "observation_spaces"]
+__all__ = ["DaemonConfig", "EXIT_CRASH", "EXIT_OK", "EXIT_REFUSED", "LOCKSTEP_SENSOR_AGE_S", "LearnerRefused",
+           "RuntimeDaemon", "install_signal_handlers", "observation_spaces", "shield_settings"]

@@ -2,7 +2,10 @@
 
 The forward agent acts for ``switch_every`` steps, then the backward agent for as many,
 and so on. Until the first weights for the acting agent have arrived, the step takes a
-uniform random action (the seed phase), so the learner gets exploratory data at once.
+uniform random action (the seed phase). The learner publishes no weights before its seed
+phase — its first ``schedule.seed_frames`` ingested steps — is over, so this one rule makes
+exactly those steps random without the runtime knowing the count (docs/architecture.md,
+"The seed phase").
 """
 
 from __future__ import annotations

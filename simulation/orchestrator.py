@@ -122,6 +122,7 @@ class Orchestrator:
         self._eval_future: asyncio.Future[EvalRecord] | None = None
         self._started = time.monotonic()
         self._stall: tuple[int, float, bool] = (-1, time.monotonic(), False)
+        self._told_no_policy = False
 
     # ------------------------------------------------------------------ public
     def interrupt(self) -> None:
@@ -350,6 +351,14 @@ class Orchestrator:
 
     def _maybe_start_eval(self) -> None:
         env_steps = int(self.learner_detail.get("env_steps", 0) or 0)
+        if (self.evaluator is not None and self.evaluator.latest_version is None and not self._told_no_policy
+                and env_steps >= self.evaluator.next_due):
+            # The learner publishes no weights during its seed phase (the runtimes act at random
+            # then): an evaluation falling in it waits for the first forward policy.
+            self._told_no_policy = True
+            self.display.message(f"evaluation due at {self.evaluator.next_due:,} env steps: no forward policy yet "
+                                 f"(learner seed_phase {self.learner_detail.get('seed_phase')}); it runs when the "
+                                 "first weights arrive")
         if self._eval_future is None and self.evaluator is not None and self.evaluator.due(env_steps):
             step = self.evaluator.mark_started(env_steps)
             loop = asyncio.get_running_loop()

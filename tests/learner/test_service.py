@@ -243,9 +243,105 @@ def test_malformed_session_dropped_while_a_good_one_is_served(tmp_path: Path, de
     asyncio.run(scenario())
 
 
-def test_non_finite_actor_is_never_published(tmp_path: Path, demos) -> None:
+def subscriber(ctx: zmq.asyncio.Context, endpoint: str) -> zmq.asyncio.Socket:
+    sub = ctx.socket(zmq.SUB)
+    sub.linger = 0
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(endpoint)
+    return sub
+
+
+async def next_weights(sub: zmq.asyncio.Socket, timeout: float) -> Weights | None:
+    """Returns the next weights blob, or None when none comes within ``timeout`` s."""
+    try:
+        async with asyncio.timeout(timeout):
+            w = decode(await sub.recv_multipart())
+    except TimeoutError:
+        return None
+    assert isinstance(w, Weights)
+    w.verify()
+    return w
+
+
+@pytest.mark.parametrize("last_batch, expected", [
+    (8, {"forward": 0, "backward": 0}),  # ingest ends exactly at the boundary: no update yet
+    (16, {"forward": 1, "backward": 0}),  # the batch crosses it: published right after update 1
+])
+def test_nothing_is_published_in_the_seed_phase_and_both_agents_as_it_ends(tmp_path: Path, demos, last_batch: int,
+                                                                           expected: dict[str, int]) -> None:
+    """The seed phase is the first 16 ingested steps here. Nothing is published during it;
+    the iteration that finds it over publishes both agents, after the update it owes (the
+    acting forward agent's first), and before ``trained_through`` covers the boundary, so a
+    lock-step runtime (never more than a window ahead of ``trained_through``) has them on
+    their way before it may go further. The backward agent, which has not acted since, goes
+    out untrained (version 0)."""
     async def scenario() -> None:
         service = LearnerService(tiny_config(), demos, run_dir=tmp_path / "run")
+        task = await started(service)
+        ctx = zmq.asyncio.Context()
+        sub = subscriber(ctx, service.endpoints["weights"])
+        try:
+            rt = Runtime(ctx, service.endpoints["uplink"])
+            assert (await rt.hello(make_hello("s1"))).accepted
+            rt.send(make_batch("s1", 0, 8))  # half the seed frames (all forward steps: switch at 200)
+            await rt.ack_at_least(8, trained=8)
+            # the PUB re-sends its newest blobs every 2 s: 3 s of silence means none exists
+            assert await next_weights(sub, 3.0) is None
+            d = (await status(service)).detail
+            assert d["seed_phase"] is True and d["updates"] == 0
+            assert d["weights_version_forward"] == -1 and d["weights_version_backward"] == -1
+            assert list(service.published) == []
+
+            end = 8 + last_batch
+            rt.send(make_batch("s1", 8, last_batch))
+            await rt.ack_at_least(end, trained=end)
+            # published (on the loop, in order) before the ack that reports the steps trained
+            assert sorted(service.published)[:2] == sorted(expected.items())
+            got: dict[str, int] = {}
+            while len(got) < 2:
+                w = await next_weights(sub, 10.0)
+                assert w is not None, got
+                got.setdefault(w.agent, w.version)
+            assert got == expected
+            d = (await status(service)).detail
+            assert d["seed_phase"] is False and d["updates"] == end - 16
+            newest = max(v for a, v in service.published if a == "forward")
+            assert newest == {8: 0, 16: 5}[last_batch]  # then every publish_every = 4 updates: 1, 5
+            assert (d["weights_version_forward"], d["weights_version_backward"]) == (newest, 0)
+            rt.close()
+        finally:
+            await stop(service, task)
+            ctx.destroy(linger=0)
+
+    asyncio.run(scenario())
+
+
+def test_without_seed_frames_the_initial_weights_are_published_at_once(tmp_path: Path, demos) -> None:
+    """seed_frames = 0 (or a learner resumed past its seed phase): no step is random, so both
+    agents' weights go out before any step arrives."""
+    async def scenario() -> None:
+        service = LearnerService(tiny_config("schedule.seed_frames=0"), demos, run_dir=tmp_path / "run")
+        task = await started(service)
+        ctx = zmq.asyncio.Context()
+        sub = subscriber(ctx, service.endpoints["weights"])
+        try:
+            got = {}
+            while len(got) < 2:
+                w = await next_weights(sub, 10.0)
+                assert w is not None, got
+                got[w.agent] = w.version
+            assert got == {"forward": 0, "backward": 0}
+        finally:
+            await stop(service, task)
+            ctx.destroy(linger=0)
+
+    asyncio.run(scenario())
+
+
+def test_non_finite_actor_is_never_published(tmp_path: Path, demos) -> None:
+    async def scenario() -> None:
+        # No seed phase: the first publication is due at once, while the actor is poisoned.
+        service = LearnerService(tiny_config("schedule.seed_frames=0"), demos, run_dir=tmp_path / "run")
         ctx = zmq.asyncio.Context()
         task = asyncio.create_task(service.run())
         async with asyncio.timeout(30):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -242,3 +243,71 @@ def test_wildcard_weights_endpoint_uses_the_learner_host() -> None:
     assert reachable_endpoint("tcp://*:5556", "tcp://gpu-host:5555") == "tcp://gpu-host:5556"
     assert reachable_endpoint("tcp://127.0.0.1:5556", "tcp://10.0.0.7:5555") == "tcp://127.0.0.1:5556"
     assert reachable_endpoint("ipc:///tmp/w", "tcp://10.0.0.7:5555") == "ipc:///tmp/w"
+
+
+class FrozenRobot(FakeRobot):
+    """Like a simulated twin in lock-step: its state only changes (and is stamped) when it acts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stamp = time.monotonic()
+
+    def read_state(self):
+        state = super().read_state()
+        return dataclasses.replace(state, timestamp=self._stamp)
+
+    def send_action(self, action: np.ndarray) -> np.ndarray:
+        applied = super().send_action(action)
+        self._stamp = time.monotonic()
+        return applied
+
+
+class SlowLearner(ScriptedLearner):
+    """Acks (and reports trained) each batch 0.2 s late: a lock-step runtime waits that long."""
+
+    def _ingest(self, peer: bytes, batch: TransitionBatch) -> None:
+        send = self.server.send
+        self.server.send = lambda p, msg: asyncio.get_running_loop().call_later(0.2, send, p, msg) and True
+        try:
+            super()._ingest(peer, batch)
+        finally:
+            self.server.send = send
+
+
+def test_lockstep_simulation_records_the_seed_actions_not_timing_holds(tmp_path: Path) -> None:
+    """A lock-step runtime waits for the learner before ticks while the twin stands still: its
+    state is as old as the wait (here 0.2 s, over the 0.11 s watchdog at 50 Hz), but current.
+    Every recorded seed-phase step must be the random action, never a zero-motion hold."""
+    async def body() -> None:
+        learner = SlowLearner()
+        endpoint = await learner.start()
+        robot = FrozenRobot()
+        daemon = make_daemon(tmp_path, endpoint, robot, max_steps=48, lockstep=True)
+        async with asyncio.TaskGroup() as tg:
+            learner_task = tg.create_task(learner.run())
+            code = await daemon.run()
+            learner_task.cancel()
+        assert code == EXIT_OK
+        assert learner.received == {seq: 1 for seq in range(48)}
+        actions = np.concatenate([b.actions for b in learner.batches])
+        assert not np.all(actions[:, :3] == 0.0, axis=1).any(), actions
+        assert daemon.loop.shield.counters.held == 0, daemon.loop.shield.counters.snapshot()
+        assert np.abs(actions).mean() > 0.3  # uniform in [-1, 1] (as clipped by the workspace)
+    asyncio.run(body())
+
+
+def test_shield_times_out_sensors_except_for_a_simulated_robot_in_lockstep(tmp_path: Path) -> None:
+    from runtime.daemon import LOCKSTEP_SENSOR_AGE_S, shield_settings
+
+    robot = FakeRobot()
+    realtime = DaemonConfig(robot="sim:fake", spill_dir=tmp_path, hz=50.0)
+    lockstep = dataclasses.replace(realtime, lockstep=True)
+    own = shield_settings(realtime, robot, FACTS)
+    assert own.hold_on_deadline_miss and own.max_state_age_s < 0.2 and own.max_frame_age_s < 0.2
+    relaxed = shield_settings(lockstep, robot, FACTS)
+    assert not relaxed.hold_on_deadline_miss
+    assert relaxed.max_state_age_s == relaxed.max_frame_age_s == LOCKSTEP_SENSOR_AGE_S
+    assert dataclasses.replace(relaxed, hold_on_deadline_miss=True, max_state_age_s=own.max_state_age_s,
+                               max_frame_age_s=own.max_frame_age_s) == own  # nothing else changes
+    franka = dataclasses.replace(FACTS, kind="franka")
+    assert shield_settings(lockstep, robot, franka) == shield_settings(realtime, robot, franka)  # a real robot
