@@ -1,1 +1,15 @@
+"""MuJoCo twins of the EARL tasks and the Franka cube grasp, and the tools around them.
 
+Importing the package picks a headless rendering backend when there is no display: MuJoCo
+reads ``MUJOCO_GL`` once, when it is first imported, and its default (GLFW) needs an X
+server. Every entry point that can render (``resetfree-sim``, ``resetfree-demos``,
+``resetfree-eval``, ``resetfree-bench``, and ``resetfree-runtime`` through its simulated
+robot) imports this package before MuJoCo, so none needs ``MUJOCO_GL=egl`` by hand. A
+user's own ``MUJOCO_GL`` is kept.
+"""
+
+import os as _os
+
+if not (_os.environ.get("DISPLAY") or _os.environ.get("WAYLAND_DISPLAY")):
+    _os.environ.setdefault("MUJOCO_GL", "egl")
+    _os.environ.setdefault("PYOPENGL_PLATFORM", _os.environ["MUJOCO_GL"])

@@ -18,13 +18,7 @@ from __future__ import annotations
 
 import os
 
-# Headless offscreen rendering for evaluation videos and pixel policies, chosen before
-# mujoco is imported (it reads MUJOCO_GL once); a user's own choice is kept.
-if not os.environ.get("DISPLAY"):
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
-
-import argparse  # noqa: E402  (after the rendering backend is chosen)
+import argparse
 import asyncio
 import io
 import json
