@@ -16,8 +16,6 @@ learning suite instead (:mod:`simulation.bench_suite`).
 
 from __future__ import annotations
 
-import os
-
 import argparse
 import asyncio
 import io
