@@ -90,7 +90,10 @@ def run_one(task: str, seed: int, run_dir: Path, spec: SuiteSpec) -> dict[str, A
                           eval_episodes=spec.eval_episodes, seed=seed, run_dir=run_dir,
                           max_minutes=spec.minutes)
     demos = (load_task_demos(task, "forward"), load_task_demos(task, "backward"))
-    return practice(cfg, pcfg, demos).to_dict()
+    stop = []  # SIGTERM/SIGINT (the suite stopping): checkpoint at the next step, then return
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.append(True))
+    return practice(cfg, pcfg, demos, should_stop=lambda: bool(stop)).to_dict()
 
 
 def run_bc(task: str, out: Path, spec: SuiteSpec) -> dict[str, Any]:

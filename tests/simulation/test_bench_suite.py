@@ -71,3 +71,27 @@ def test_the_suite_is_reached_from_the_learning_benchmark(monkeypatch) -> None:
     from simulation import bench_learning
 
     assert bench_learning.main(["--suite", "--tasks", "door"]) == 0 and seen == [["--tasks", "door"]]
+
+
+def test_a_run_stopped_by_sigterm_checkpoints_where_it_is(tmp_path: Path) -> None:
+    # The suite stops its children with SIGTERM; a child keeps what it did since its last evaluation.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    argv = [sys.executable, "-m", "simulation.bench_suite", "--out", str(tmp_path), "--steps", "100000",
+            "--eval-every", "150", "--eval-episodes", "1", "--child-run", "tabletop", "0"]
+    for item in TINY:
+        argv += ["--set", item]
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "tabletop" / "seed0"
+    deadline = time.monotonic() + 120
+    while not (run_dir / "curve.jsonl").is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err[-2000:]
+    steps = sorted(int(p.name.split("-")[1]) for p in run_dir.glob("ckpt-*"))
+    assert steps and steps[-1] > 150  # a checkpoint at the stop, past the last evaluation
