@@ -97,11 +97,17 @@ class ServiceConfig:
     checksum, copy) at a rounding of 2⁻¹¹ relative — finer than the bf16 (2⁻⁸) the encoder
     computes in under autocast; a tensor float16 cannot hold goes as float32. ``float32``
     publishes the tensors exactly. Checkpoints always keep float32."""
+    max_declared_loss: int = 2**32
+    """Most steps one hello may declare lost (the gap rule, docs/protocol.md); a hello
+    declaring more is refused with the reason. A runtime only loses what its spill log
+    dropped, and an 8 GiB spill log holds about 10⁸ state steps; 2³² also keeps the
+    ``lost_steps`` total far inside what msgpack encodes."""
 
     def __post_init__(self) -> None:
         if self.weights_dtype not in WIRE_DTYPES:
             raise ValueError(f"ServiceConfig.weights_dtype must be one of {WIRE_DTYPES}, got {self.weights_dtype!r}")
-        for name in ("torch_threads", "publish_every", "checkpoint_every", "keep_checkpoints", "log_every"):
+        for name in ("torch_threads", "publish_every", "checkpoint_every", "keep_checkpoints", "log_every",
+                     "max_declared_loss"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ServiceConfig.{name} must be a positive int, got {value!r}")

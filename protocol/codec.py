@@ -22,7 +22,7 @@ import numpy as np
 from protocol.errors import ProtocolError
 from protocol.messages import (
     ALLOWED_DTYPES, MESSAGE_TYPES, PROTOCOL_VERSION, Ack, ArraySpec, Command, Heartbeat, Hello,
-    LoopStats, Message, Status, TransitionBatch, Weights, Welcome,
+    LoopStats, Message, Status, TransitionBatch, Weights, Welcome, is_int,
 )
 
 logger = logging.getLogger(__name__)
@@ -398,8 +398,9 @@ def decode(frames: Sequence[Buffer], *, limits: Limits = Limits(), spaces: Space
         if cls is None:
             raise ProtocolError(f"type: unknown message type {mtype!r}")
         version = header.get("version")
-        if isinstance(version, bool) or version != PROTOCOL_VERSION:
-            raise ProtocolError(f"version: expected {PROTOCOL_VERSION}, got {version!r}")
+        if not is_int(version) or version != PROTOCOL_VERSION:  # 1.0 and True are not the int 1
+            raise ProtocolError(f"version: expected the int {PROTOCOL_VERSION}, got {version!r} "
+                                f"({type(version).__name__})")
         fields = _FIELDS[cls]
         wire = {name: _wire_name(cls, name) for name in fields}
         _exact_keys(header, {"type", "version", *wire.values()}, mtype)

@@ -35,7 +35,19 @@ AGENTS: tuple[str, str] = ("forward", "backward")
 COMMAND_KINDS: frozenset[str] = frozenset(
     {"pause", "resume", "estop", "switch_agent", "go_home", "status"}
 )
-_MAX_SEQ = 2**63 - 1
+MAX_SEQ = 2**53 - 1
+"""Largest seq, request id or weights version on the wire (docs/protocol.md): every such
+value is an int in ``[0, 2**53 - 1]``. Exact in a float64 (a JSON or JavaScript client loses
+nothing), 285,000 years of steps at 1 kHz, and far enough below 2**63 that the sums a
+receiver keeps (seq + batch size, steps lost over sessions) stay inside what msgpack encodes."""
+_MAX_SEQ = MAX_SEQ
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""The range of an int in a ``status`` detail: a counter past it saturates (docs/protocol.md)."""
+
+ACTION_LOW, ACTION_HIGH = -1.0, 1.0
+"""Every action element lies in ``[-1, 1]`` (the protocol's action space; the learner refuses
+a batch with an action outside it, see :func:`batch_value_error`)."""
 
 Scalar = Union[None, bool, int, float, str]
 
@@ -45,8 +57,19 @@ def _require(cond: bool, field: str, what: str) -> None:
         raise ProtocolError(f"{field}: {what}")
 
 
+def is_int(value: Any) -> bool:
+    """Returns whether ``value`` is a Python int and not a bool (the protocol's integers)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_seq(value: int, field: str) -> None:
-    _require(0 <= value <= _MAX_SEQ, field, f"must be in [0, 2**63-1], got {value}")
+    _require(is_int(value), field, f"must be an int, got {type(value).__name__}")
+    _require(0 <= value <= _MAX_SEQ, field, f"must be in [0, 2**53-1], got {value}")
+
+
+def saturate(value: int) -> int:
+    """Returns ``value`` clamped to ``[INT64_MIN, INT64_MAX]`` (what every msgpack reader takes)."""
+    return min(max(value, INT64_MIN), INT64_MAX)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,11 +155,11 @@ class TransitionBatch:
     observations: dict[str, np.ndarray]
     """Observation name → ``(B, ...)`` array."""
     actions: np.ndarray
-    """``float32 (B, A)``, finite."""
+    """``float32 (B, A)``; values finite and in ``[-1, 1]`` (checked at ingest: :func:`batch_value_error`)."""
     agents: np.ndarray
     """``uint8 (B,)``: 0 forward, 1 backward."""
     timestamps: np.ndarray
-    """``float64 (B,)`` seconds (runtime clock), finite."""
+    """``float64 (B,)`` seconds (runtime clock); finite (checked at ingest)."""
     is_first: np.ndarray
     """``bool (B,)``: the observation starts a segment."""
     is_last: np.ndarray
@@ -150,13 +173,11 @@ class TransitionBatch:
         _check_seq(self.first_seq + n - 1, "transitions.first_seq+B-1")
         _require(self.actions.ndim == 2 and self.actions.dtype == np.float32,
                  "transitions.actions", f"must be float32 (B, A), got {self.actions.dtype} {self.actions.shape}")
-        _require(bool(np.isfinite(self.actions).all()), "transitions.actions", "must be finite")
         for name, arr, dtype in (("agents", self.agents, np.uint8), ("timestamps", self.timestamps, np.float64),
                                  ("is_first", self.is_first, np.bool_), ("is_last", self.is_last, np.bool_)):
             _require(arr.shape == (n,) and arr.dtype == dtype, f"transitions.{name}",
                      f"must be {np.dtype(dtype).name} ({n},), got {arr.dtype} {arr.shape}")
         _require(bool((self.agents <= 1).all()), "transitions.agents", "must be 0 or 1")
-        _require(bool(np.isfinite(self.timestamps).all()), "transitions.timestamps", "must be finite")
         _require(bool(self.observations), "transitions.observations", "must be non-empty")
         for key, arr in self.observations.items():
             _require(arr.ndim >= 1 and arr.shape[0] == n, f"transitions.observations.{key}",
@@ -191,6 +212,51 @@ class TransitionBatch:
             self, first_seq=seq, observations={n: a[k:] for n, a in self.observations.items()},
             actions=self.actions[k:], agents=self.agents[k:], timestamps=self.timestamps[k:],
             is_first=self.is_first[k:], is_last=self.is_last[k:])
+
+
+def batch_value_error(batch: TransitionBatch) -> str:
+    """Returns why ``batch``'s values may not be trained on, or "" when they may.
+
+    The structure (dtypes, shapes, seqs) is the decoder's business; this checks the values,
+    as the learner does at ingest before it acks (docs/protocol.md, "Refused batches"):
+    every float observation finite, every action finite and inside ``[-1, 1]``, every
+    timestamp finite. The reason names the field, the first bad step's seq and the value.
+    Allocation-free beyond numpy's reductions; ~µs per state batch.
+    """
+    def first_bad(mask: np.ndarray) -> int:
+        return int(np.argwhere(mask)[0][0])
+
+    for name in sorted(batch.observations):
+        arr = batch.observations[name]
+        if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
+            row = first_bad(~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1))
+            bad = arr[row][~np.isfinite(arr[row])].ravel()[0]
+            return (f"transitions.observations.{name}: non-finite value {bad!s} at seq {batch.first_seq + row} "
+                    f"(steps {batch.first_seq}..{batch.end_seq - 1})")
+    actions = batch.actions
+    if actions.size:
+        finite = np.isfinite(actions)
+        inside = finite & (actions >= ACTION_LOW) & (actions <= ACTION_HIGH)
+        if not inside.all():
+            row = first_bad(~inside.all(axis=1))
+            bad = actions[row][~inside[row]][0]
+            what = "outside [-1, 1]" if np.isfinite(bad) else "non-finite"
+            return (f"transitions.actions: {what} value {bad!s} at seq {batch.first_seq + row} "
+                    f"(steps {batch.first_seq}..{batch.end_seq - 1})")
+    if not np.isfinite(batch.timestamps).all():
+        row = first_bad(~np.isfinite(batch.timestamps))
+        return (f"transitions.timestamps: non-finite value {batch.timestamps[row]} at seq {batch.first_seq + row} "
+                f"(steps {batch.first_seq}..{batch.end_seq - 1})")
+    return ""
+
+
+def observation_value_error(observation: dict[str, np.ndarray]) -> str:
+    """Returns why one step's observation may not be recorded (a non-finite float), or ""."""
+    for name, arr in observation.items():
+        arr = np.asarray(arr)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            return f"observation {name}: non-finite value {arr[~np.isfinite(arr)].ravel()[0]}"
+    return ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -386,6 +452,9 @@ class Status:
         for key, value in self.detail.items():
             _require(value is None or isinstance(value, (bool, int, float, str)), f"status.detail.{key}",
                      f"must be a scalar, got {type(value).__name__}")
+        if any(is_int(v) and not INT64_MIN <= v <= INT64_MAX for v in self.detail.values()):
+            # A counter past int64 saturates: a figure must never make the reply unencodable.
+            object.__setattr__(self, "detail", {k: saturate(v) if is_int(v) else v for k, v in self.detail.items()})
 
 
 Message = Union[Hello, Welcome, TransitionBatch, Ack, Weights, Heartbeat, Command, Status]

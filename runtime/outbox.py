@@ -28,6 +28,7 @@ turns False and the loop stops recording and holds the robot; nothing is dropped
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import queue
 import threading
@@ -304,6 +305,34 @@ class Outbox:
                     logger.error("outbox: steps %d..%d lost: %s", entry.first_seq, entry.end - 1, e)
                     continue
             return OutgoingBatch(entry.first_seq, entry.count, batch, generation)
+
+    async def steps_in(self, first_seq: int, end_seq: int) -> list[TransitionBatch]:
+        """Returns the unacked steps with seqs in ``[first_seq, end_seq)`` as batches (trimmed
+        to the range), reading spilled ones in the reader thread; steps no longer held (acked,
+        lost, never written) are left out. For the quarantine of a refused batch."""
+        out: list[TransitionBatch] = []
+        for entry in [e for e in self._entries if e.first_seq < end_seq and e.end > first_seq and not e.lost]:
+            batch = entry.batch
+            if batch is None:
+                if not entry.written:
+                    continue
+                try:
+                    batch = await asyncio.get_running_loop().run_in_executor(self._reader, self._read,
+                                                                             entry.first_seq)
+                except SpillError as e:
+                    logger.error("outbox: steps %d..%d unreadable for the quarantine: %s", entry.first_seq,
+                                 entry.end - 1, e)
+                    continue
+            if batch.first_seq < first_seq:
+                batch = batch.tail(first_seq)
+            if batch.end_seq > end_seq:
+                k = end_seq - batch.first_seq
+                batch = dataclasses.replace(
+                    batch, observations={n: a[:k] for n, a in batch.observations.items()}, actions=batch.actions[:k],
+                    agents=batch.agents[:k], timestamps=batch.timestamps[:k], is_first=batch.is_first[:k],
+                    is_last=batch.is_last[:k])
+            out.append(batch)
+        return out
 
     def on_ack(self, next_seq: int) -> None:
         """Releases every batch wholly below ``next_seq`` (cumulative ack). Non-blocking."""

@@ -30,8 +30,12 @@ logger = logging.getLogger(__name__)
 
 HOLD_REASONS = (
     "deadline_missed", "state_missing", "state_stale", "state_invalid", "frame_stale",
-    "malformed", "non_finite",
+    "malformed", "non_finite", "observation_invalid",
 )
+SENSOR_HOLD_REASONS = frozenset({"state_missing", "state_stale", "state_invalid", "frame_stale", "observation_invalid"})
+"""Holds for a missing, stale or invalid sensor reading: the loop records no step for them (a
+watchdog event is not a training sample; ``observation_invalid`` is the loop's own check of a
+non-finite observation)."""
 CLIP_REASONS = ("action_clip", "workspace_clip", "step_clip", "speed_clip", "gripper_clip")
 
 
@@ -150,8 +154,19 @@ class Shield:
         self._ws_low = np.asarray(config.workspace.low, dtype=np.float64)
         self._ws_high = np.asarray(config.workspace.high, dtype=np.float64)
         self._max_step = np.asarray(config.max_step, dtype=np.float64)
+        self._axes_list = self._axes.tolist()
+        self._max_step_list = self._max_step.tolist()
+        self._ws_low_list, self._ws_high_list = self._ws_low.tolist(), self._ws_high.tolist()
         self._max_dist = config.max_speed * config.control_period_s
         self._gripper = None if config.gripper_index is None else config.gripper_index % config.action_dim
+        # The command goes out as float32: its bounds are the float32 values just inside the
+        # float64 limits (float32(-0.3) < -0.3, so clipping in float64 and casting could exceed them).
+        self._action_low32, self._action_high32 = _inward_float32(self._low, self._high)
+        sent_low, sent_high = self._low.copy(), self._high.copy()
+        if self._gripper is not None:
+            sent_low[self._gripper] = self._clip_gripper_value(-math.inf)
+            sent_high[self._gripper] = self._clip_gripper_value(math.inf)
+        self._sent_low32, self._sent_high32 = _inward_float32(sent_low, sent_high)
         self._last_gripper = self._clip_gripper_value(config.initial_gripper)
         self._last_log: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
@@ -180,16 +195,24 @@ class Shield:
             return self._hold(reasons)
         command = self._clip_motion(vector, position, reasons)
         self._apply_gripper(command, reasons)
+        sent = self._in_sent_dtype(command, position)
+        if self._gripper is not None:
+            self._last_gripper = float(sent[self._gripper])
         for reason in reasons:
             self._count(reason)
-        return ShieldResult(command=command.astype(np.float32), held=False, reasons=tuple(reasons))
+        return ShieldResult(command=sent, held=False, reasons=tuple(reasons))
 
     def hold_command(self) -> np.ndarray:
         """Returns the zero-motion command that keeps the gripper as last commanded (float32)."""
-        command = np.zeros(self.config.action_dim, dtype=np.float64)
+        command = np.zeros(self.config.action_dim, dtype=np.float32)
         if self._gripper is not None:
             command[self._gripper] = self._last_gripper
-        return np.clip(command, self._low, self._high).astype(np.float32)
+        return np.clip(command, self._sent_low32, self._sent_high32)
+
+    def clip_to_action_space(self, values: np.ndarray) -> np.ndarray:
+        """Returns ``values`` as float32 clipped into the action space exactly (every element
+        of the result, read as a float64, lies within the configured bounds)."""
+        return np.clip(np.asarray(values, dtype=np.float32), self._action_low32, self._action_high32)
 
     def hold(self, reason: str) -> ShieldResult:
         """Returns (and counts) a hold for a reason decided outside the shield (pause, e-stop…)."""
@@ -266,6 +289,34 @@ class Shield:
         # Re-clip: rounding must never push an element past the bounds.
         return np.clip(clipped, self._low, self._high)
 
+    def _in_sent_dtype(self, command: np.ndarray, position: np.ndarray) -> np.ndarray:
+        """Returns ``command`` as the float32 vector sent, inside every limit exactly.
+
+        The float64 clips above hold for the float64 command; rounding to float32 may move an
+        element past a bound by half an ulp (float32(-0.3) < -0.3). So: clip in float32 to the
+        float32 bounds inside the limits, then re-check the end-effector limits (step, speed,
+        workspace) with the float32 values, computed as a robot would (``position +
+        float64(command) * scale``), and step any offending element one ulp towards zero
+        until none offends (towards zero shrinks the move, and zero is always allowed)."""
+        sent = np.clip(command.astype(np.float32), self._sent_low32, self._sent_high32)
+        axes, scale, max_dist = self._axes_list, self.config.position_scale, self._max_dist
+        pos = position.tolist()
+        for _ in range(8):
+            values = [float(sent[a]) for a in axes]  # exact: float32 -> float64
+            delta = [v * scale for v in values]
+            bad = [d != 0 and (abs(d) > m or (d > 0 and p + d > hi) or (d < 0 and p + d < lo))
+                   for d, m, p, lo, hi in zip(delta, self._max_step_list, pos, self._ws_low_list, self._ws_high_list)]
+            squared = delta[0] * delta[0] + delta[1] * delta[1] + delta[2] * delta[2]
+            if squared > max_dist * max_dist * (1 - 1e-9) and float(np.linalg.norm(delta)) > max_dist:
+                bad = [d != 0 for d in delta]  # near the bound: the exact test, as _clip_motion computes it
+            if not any(bad):
+                return sent
+            for a, b in zip(axes, bad):
+                if b:
+                    sent[a] = np.nextafter(sent[a], np.float32(0))
+        sent[self._axes] = 0.0  # cannot happen (each step shrinks the move); never send an unchecked one
+        return sent
+
     def _apply_gripper(self, command: np.ndarray, reasons: list[str]) -> None:
         if self._gripper is None:
             return
@@ -302,6 +353,21 @@ class Shield:
         level = logging.WARNING if reason in HOLD_REASONS else logging.INFO
         logger.log(level, "shield: %s (total %d, %d more since last report)",
                    reason, by_reason[reason], suppressed)
+
+
+def _inward_float32(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Returns the float32 bounds just inside ``[low, high]`` (float64): the largest float32
+    range whose every value lies in it. Where the range holds no float32, both are the float32
+    nearest its middle (the only case a float32 command cannot meet a bound exactly)."""
+    lo = low.astype(np.float32)
+    hi = high.astype(np.float32)
+    lo = np.where(lo.astype(np.float64) < low, np.nextafter(lo, np.float32(np.inf)), lo)
+    hi = np.where(hi.astype(np.float64) > high, np.nextafter(hi, np.float32(-np.inf)), hi)
+    empty = lo > hi
+    if empty.any():
+        middle = ((low + high) / 2).astype(np.float32)
+        lo, hi = np.where(empty, middle, lo), np.where(empty, middle, hi)
+    return lo.astype(np.float32), hi.astype(np.float32)
 
 
 def _as_float(value: Any) -> float:

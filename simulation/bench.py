@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "runtime": ("simulation.bench_runtime", "control-loop jitter, overruns, inference and swap latency"),
     "learning": ("simulation.bench_learning", "the full pipeline for M minutes: success vs BC"),
     "faults": ("simulation.bench_faults", "learner kills, a partition and malformed frames: nothing lost"),
+    "hostile": ("simulation.bench_hostile", "100k hostile messages on control, uplink, weights: all counted"),
 }
 
 

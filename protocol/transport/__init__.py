@@ -20,8 +20,9 @@ import logging
 from protocol.transport.common import DEFAULT_ENDPOINT, set_io_thread_scheduling, start_zero_copy_collector
 from protocol.transport.control import (ControlClient, ControlClientConfig, ControlServer, ControlServerConfig,
                                         Handler)
-from protocol.transport.uplink import (HELLO_REQUIRED, ConnectionState, HandshakeRefused, PeerInfo, UplinkClient,
-                                       UplinkClientConfig, UplinkServer, UplinkServerConfig)
+from protocol.transport.uplink import (BATCH_REFUSED, HELLO_REQUIRED, ConnectionState, HandshakeRefused, PeerInfo,
+                                       UplinkClient, UplinkClientConfig, UplinkServer, UplinkServerConfig,
+                                       batch_refusal, refused_range)
 from protocol.transport.weights import (WeightsPublisher, WeightsPublisherConfig, WeightsSubscriber,
                                         WeightsSubscriberConfig)
 
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "set_io_thread_scheduling", "start_zero_copy_collector",
+    "BATCH_REFUSED", "batch_refusal", "refused_range",
     "DEFAULT_ENDPOINT", "HELLO_REQUIRED", "ConnectionState", "ControlClient", "ControlClientConfig", "ControlServer",
     "ControlServerConfig", "HandshakeRefused", "Handler", "PeerInfo", "UplinkClient", "UplinkClientConfig",
     "UplinkServer", "UplinkServerConfig", "WeightsPublisher", "WeightsPublisherConfig", "WeightsSubscriber",

@@ -5,17 +5,23 @@ limit for per-frame warnings."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import socket as _socket
+import time
 from typing import Sequence
 from urllib.parse import urlsplit
 
 import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
+from zmq.utils import z85
+from zmq.utils.monitor import parse_monitor_message
 
 from protocol.codec import Limits
 from protocol.errors import TransportClosed
-from protocol.keys import CurveServerKeys, apply_server_keys
+from protocol.keys import CurveClientKeys, CurveServerKeys, apply_client_keys, apply_server_keys
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +40,10 @@ def _worth_logging(count: int) -> bool:
     """Rate limit for per-frame warnings: the first 10, then every 1000th. A flood of junk
     must not turn into a flood of log writes on the event loop that also runs the robot."""
     return count <= 10 or count % 1000 == 0
+
+
+worth_logging = _worth_logging
+"""Public name of the rate limit above, for the processes' own per-message warnings."""
 
 
 def _is_loopback(endpoint: str) -> bool:
@@ -67,6 +77,132 @@ def start_zero_copy_collector() -> None:
         zero_copy_gc.start()
 
 
+# ============================================================================ CURVE handshakes
+HANDSHAKES: dict[str, int] = {"refused": 0, "failed": 0}
+"""Process-wide CURVE handshake counts: ``refused`` — clients this process's servers refused
+(an unknown key, no key at all, a broken handshake); ``failed`` — handshakes this process's
+clients had refused by a server. Logged (rate-limited) as they happen; status reports them."""
+
+_HANDSHAKE_FAILED = {zmq.EVENT_HANDSHAKE_FAILED_AUTH: "authentication refused",
+                     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol error",
+                     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake failed"}
+_MONITORED = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | sum(_HANDSHAKE_FAILED)
+_security_announced = False
+
+
+def handshake_figures() -> dict[str, int]:
+    """Returns the process's refused/failed CURVE handshake counts (for a status)."""
+    return {"handshakes_refused": HANDSHAKES["refused"], "handshakes_failed": HANDSHAKES["failed"]}
+
+
+def announce_security(curve: bool, what: str) -> None:
+    """Logs once per process whether CURVE is on (at its first bind or keyed connect)."""
+    global _security_announced
+    if _security_announced:
+        return
+    _security_announced = True
+    if curve:
+        logger.info("security: CURVE on (%s): authenticated, encrypted; unknown keys are refused and logged", what)
+    else:
+        logger.info("security: CURVE off (%s): plaintext; keep it to loopback or a trusted network", what)
+
+
+def _reason(event: int, value: int) -> str:
+    """Returns ZeroMQ's reason for a failed handshake event, in words."""
+    text = _HANDSHAKE_FAILED.get(event, "handshake failed")
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return f"{text} (ZAP status {value}: the server does not know this client's key)"
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        names = {getattr(zmq, n): n for n in dir(zmq) if n.startswith("PROTOCOL_ERROR_")}
+        name = names.get(value, str(value))
+        hint = " (the client offers no CURVE key, or the wrong mechanism)" if "MECHANISM" in name else ""
+        return f"{text}: {name}{hint}"
+    return f"{text}: {zmq.strerror(value) if value else 'no detail'}"
+
+
+def _peer_address(fd: int) -> str:
+    """Returns ``host:port`` of the TCP peer on ``fd`` (a libzmq connection), or ``?``."""
+    try:
+        with _socket.fromfd(fd, _socket.AF_INET, _socket.SOCK_STREAM) as dup:  # a dup: libzmq's fd stays open
+            host, port = dup.getpeername()[:2]
+            return f"{host}:{port}"
+    except OSError:
+        return "?"
+
+
+class _RateLimitedLog:
+    """At most one line per ``interval_s`` (the rest are counted and reported with the next)."""
+
+    def __init__(self, interval_s: float = 5.0) -> None:
+        self.interval_s, self._last, self._suppressed = interval_s, -1e9, 0
+
+    def __call__(self, level: int, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            self._suppressed += 1
+            return
+        self._last, suppressed, self._suppressed = now, self._suppressed, 0
+        logger.log(level, msg + (f" ({suppressed} more since the last report)" if suppressed else ""), *args)
+
+
+_zap_log = _RateLimitedLog()
+_refused_log = _RateLimitedLog()
+_failed_log = _RateLimitedLog()
+
+
+class _Authenticator(AsyncioAuthenticator):
+    """The ZAP handler, which also logs every client it refuses with the client's address,
+    key and the reason (rate-limited). The count is the socket monitor's (``HANDSHAKES``)."""
+
+    _reply: tuple[bytes, bytes] | None = None
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        self._reply = None
+        await super().handle_zap_message(msg)
+        if self._reply is None or self._reply[0] == b"200":
+            return
+        address = msg[3].decode("utf-8", "replace") if len(msg) > 3 else "?"
+        mechanism = msg[5].decode("ascii", "replace") if len(msg) > 5 else "?"
+        key = z85.encode(msg[6]).decode() if len(msg) > 6 and len(msg[6]) == 32 else "none"
+        _zap_log(logging.WARNING, "security: refused a %s client from %s (key %s): %s", mechanism, address, key,
+                 self._reply[1].decode("utf-8", "replace"))
+
+    def _send_zap_reply(self, request_id: bytes, status_code: bytes, status_text: bytes,
+                        user_id: str = "anonymous") -> None:
+        self._reply = (status_code, status_text)
+        super()._send_zap_reply(request_id, status_code, status_text, user_id)
+
+
+async def _watch(monitor: zmq.asyncio.Socket, role: str, endpoint: str) -> None:
+    """Reads a socket's monitor events: counts and logs refused (server) or failed (client)
+    CURVE handshakes. A server learns a failure before the connection's DISCONNECTED event,
+    which names the connection: the pair gives the peer's address (best effort)."""
+    peers: dict[int, str] = {}
+    pending: list[str] = []
+    while True:
+        event = parse_monitor_message(await monitor.recv_multipart())
+        kind, value = event["event"], event["value"]
+        if kind == zmq.EVENT_ACCEPTED:
+            peers[value] = _peer_address(value)
+            if len(peers) > 4096:  # bounded whatever a flood of connections does
+                peers.pop(next(iter(peers)))
+        elif kind in _HANDSHAKE_FAILED:
+            reason = _reason(kind, value)
+            if role == "client":
+                HANDSHAKES["failed"] += 1
+                _failed_log(logging.ERROR, "security: the server at %s refused this client's handshake: %s "
+                            "(%d so far)", endpoint, reason, HANDSHAKES["failed"])
+            else:
+                HANDSHAKES["refused"] += 1
+                pending.append(reason)
+                del pending[:-64]
+        elif kind == zmq.EVENT_DISCONNECTED:
+            address = peers.pop(value, "?")
+            if role == "server" and pending:
+                _refused_log(logging.WARNING, "security: %s refused a client from %s: %s (%d refused so far)",
+                             endpoint, address, pending.pop(0), HANDSHAKES["refused"])
+
+
 class _Sockets:
     """One context plus the optional ZAP authenticator; owns their shutdown."""
 
@@ -76,6 +212,25 @@ class _Sockets:
             self.ctx.set(zmq.THREAD_SCHED_POLICY, _io_thread_scheduling[0])
             self.ctx.set(zmq.THREAD_PRIORITY, _io_thread_scheduling[1])
         self.auth: AsyncioAuthenticator | None = None
+        self._watchers: list[asyncio.Task[None]] = []
+
+    def watch(self, sock: zmq.asyncio.Socket, role: str, endpoint: str) -> None:
+        """Counts and logs ``sock``'s failed CURVE handshakes (``role`` "server" or "client")
+        in a task on the running loop; without a running loop it does nothing."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        monitor = sock.get_monitor_socket(_MONITORED)
+        monitor.linger = 0
+        self._watchers.append(loop.create_task(_watch(monitor, role, endpoint), name=f"zmq-monitor {endpoint}"))
+
+    def secure_client(self, sock: zmq.asyncio.Socket, keys: CurveClientKeys | None, endpoint: str) -> None:
+        """Applies ``keys`` (if any) to a connecting socket and watches its handshakes."""
+        announce_security(keys is not None, f"client of {endpoint}")
+        if keys is not None:
+            apply_client_keys(sock, keys)
+            self.watch(sock, "client", endpoint)
 
     def socket(self, kind: int, *, limits: Limits | None = None) -> zmq.asyncio.Socket:
         sock = self.ctx.socket(kind)
@@ -86,9 +241,11 @@ class _Sockets:
         return sock
 
     def bind(self, sock: zmq.asyncio.Socket, endpoint: str, keys: CurveServerKeys | None) -> str:
+        announce_security(keys is not None, f"server at {endpoint}" if keys is None else
+                          f"server key {keys.secret_key_file}, allowed clients in {keys.allowed_clients_dir}")
         if keys is not None:
             if self.auth is None:
-                self.auth = AsyncioAuthenticator(self.ctx)
+                self.auth = _Authenticator(self.ctx)
                 self.auth.start()
                 self.auth.configure_curve(domain="*", location=str(keys.allowed_clients_dir))
             apply_server_keys(sock, keys)
@@ -96,9 +253,15 @@ class _Sockets:
             logger.warning("SECURITY: binding %s WITHOUT CURVE keys: anyone who can reach this address "
                            "can talk to this socket; run `resetfree-keys generate` and configure keys", endpoint)
         sock.bind(endpoint)
-        return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        if keys is not None:
+            self.watch(sock, "server", bound)
+        return bound
 
     def close(self) -> None:
+        for task in self._watchers:
+            task.cancel()
+        self._watchers.clear()
         if self.auth is not None:
             self.auth.stop()
             self.auth = None

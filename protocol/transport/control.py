@@ -13,7 +13,7 @@ import zmq.asyncio
 
 from protocol.codec import Limits, decode, encode
 from protocol.errors import PeerTimeout, ProtocolError, TransportClosed
-from protocol.keys import CurveClientKeys, CurveServerKeys, apply_client_keys
+from protocol.keys import CurveClientKeys, CurveServerKeys
 from protocol.messages import Command, Status
 from protocol.transport.common import DEFAULT_ENDPOINT, _buffers, _positive, _send_nowait, _Sockets, _worth_logging
 
@@ -53,6 +53,12 @@ class ControlServer:
         self._sock: zmq.asyncio.Socket | None = None
         self.malformed_count = 0
         """Requests dropped as malformed."""
+        self.accepted_count = 0
+        """Requests that decoded as a Command and were answered (``accepted + malformed`` is
+        every message received)."""
+        self.failed_replies = 0
+        """Replies that failed: the handler raised, or the status could not be encoded or sent.
+        Logged and counted; the server keeps serving."""
 
     async def start(self) -> str:
         """Binds the ROUTER; returns the bound endpoint."""
@@ -71,9 +77,35 @@ class ControlServer:
             message = f"handler took longer than {self.config.handler_timeout_s} s"
         except ProtocolError as e:
             message = str(e)
+        except Exception as e:  # noqa: BLE001 — a failing handler answers ok=False, the server keeps serving
+            self.failed_replies += 1
+            logger.exception("control: %s handler failed (%d so far): %s", cmd.kind, self.failed_replies, e)
+            message = f"handler failed: {type(e).__name__}: {e}"
         logger.warning("control: %s failed: %s", cmd.kind, message)
+        return self._error(cmd, message)
+
+    def _error(self, cmd: Command, message: str) -> Status:
         return Status(request_id=cmd.request_id, role=self.config.role, state="error", detail={}, ok=False,
-                      message=message)
+                      message=message[:1024])
+
+    def _reply(self, sock: zmq.asyncio.Socket, peer: bytes, cmd: Command, status: Status) -> None:
+        """Sends ``status``; a reply that cannot be encoded or sent is logged and counted in
+        ``failed_replies`` (an encodable error status goes instead), never raised."""
+        try:
+            frames = encode(status)
+        except ProtocolError as e:
+            self.failed_replies += 1
+            logger.error("control: the reply to %s #%d is not encodable (%d so far): %s", cmd.kind, cmd.request_id,
+                         self.failed_replies, e)
+            frames = encode(self._error(cmd, f"reply not encodable: {e}"))
+        try:
+            if not _send_nowait(sock, [peer, *frames]):
+                self.failed_replies += 1
+                logger.warning("control: reply to %s #%d dropped (peer gone or at its HWM)", cmd.kind, cmd.request_id)
+        except ProtocolError as e:
+            self.failed_replies += 1
+            logger.error("control: reply to %s #%d not sent (%d so far): %s", cmd.kind, cmd.request_id,
+                         self.failed_replies, e)
 
     async def run(self) -> None:
         """Serves requests one at a time until cancelled; closes in ``finally``."""
@@ -96,8 +128,9 @@ class ControlServer:
                     # the event loop (the runtime's control loop ticks on it).
                     await asyncio.sleep(0)
                     continue
+                self.accepted_count += 1
                 status = await self._answer(cmd)
-                _send_nowait(sock, [peer, *encode(status)])
+                self._reply(sock, peer, cmd, status)
         finally:
             self.close()
 
@@ -132,8 +165,7 @@ class ControlClient:
         if self._sock is None:
             self._zmq = _Sockets()
             sock = self._zmq.socket(zmq.DEALER, limits=self.config.limits)
-            if self.config.keys is not None:
-                apply_client_keys(sock, self.config.keys)
+            self._zmq.secure_client(sock, self.config.keys, self.config.endpoint)
             sock.connect(self.config.endpoint)
             self._sock = sock
         return self._sock

@@ -17,8 +17,9 @@ import zmq.asyncio
 
 from protocol.codec import Limits, Spaces, decode, encode
 from protocol.errors import HandshakeError, PeerTimeout, ProtocolError, TransportClosed
-from protocol.keys import CurveClientKeys, CurveServerKeys, apply_client_keys
-from protocol.messages import Heartbeat, Hello, LoopStats, Message, Status, TransitionBatch, Welcome
+from protocol.keys import CurveClientKeys, CurveServerKeys
+from protocol.messages import (MAX_SEQ, Heartbeat, Hello, LoopStats, Message, Status, TransitionBatch, Welcome,
+                               is_int)
 from protocol.transport.common import (DEFAULT_ENDPOINT, _buffers, _positive, _send_nowait, _Sockets,
                                        _worth_logging)
 
@@ -61,6 +62,31 @@ class PeerInfo:
 HELLO_REQUIRED = "hello_required"
 """``Status.state`` the uplink server sends to a peer it has no hello from (see docs/protocol.md)."""
 
+BATCH_REFUSED = "batch_refused"
+"""``Status.state`` the learner sends on the uplink when it refuses a batch's values: ``detail``
+holds ``session_id``, ``first_seq`` and ``end_seq`` (the refused seqs), ``message`` the reason.
+The learner skips those seqs and acks past them; the runtime quarantines them (docs/protocol.md,
+"Refused batches")."""
+
+
+def batch_refusal(session_id: str, first_seq: int, end_seq: int, reason: str) -> Status:
+    """Returns the ``status`` message refusing seqs ``first_seq .. end_seq-1`` for ``reason``."""
+    return Status(request_id=0, role="learner", state=BATCH_REFUSED,
+                  detail={"session_id": session_id, "first_seq": first_seq, "end_seq": end_seq}, ok=False,
+                  message=reason[:1024])
+
+
+def refused_range(msg: Status) -> tuple[str, int, int] | None:
+    """Returns (session_id, first_seq, end_seq) of a batch refusal, None when ``msg`` is not a
+    well-formed one (the runtime then counts it malformed)."""
+    if msg.state != BATCH_REFUSED:
+        return None
+    d = msg.detail
+    sid, first, end = d.get("session_id"), d.get("first_seq"), d.get("end_seq")
+    if not (isinstance(sid, str) and is_int(first) and is_int(end) and 0 <= first < end <= MAX_SEQ + 1):
+        return None
+    return sid, first, end
+
 
 class UplinkServer:
     """The learner's end of the uplink. ``start()``, then ``run()`` in a task, ``recv()`` to consume."""
@@ -74,6 +100,8 @@ class UplinkServer:
         """Frames dropped as malformed or out of protocol (counted, logged, never raised)."""
         self.stale_peer_messages = 0
         """Transitions/heartbeats from peers without a hello (a runtime that outlived a restart)."""
+        self.received_count = 0
+        """Messages read from the socket: each is returned by ``recv`` or counted as malformed or stale."""
         self._hello_asked: dict[bytes, float] = {}
 
     async def start(self) -> str:
@@ -157,6 +185,7 @@ class UplinkServer:
         sock = self._socket()
         while True:
             frames = await sock.recv_multipart(copy=False)
+            self.received_count += 1
             peer = frames[0].bytes
             if len(frames) < 2:
                 self._malformed(peer, "no payload")
@@ -307,8 +336,7 @@ class UplinkClient:
         self._zmq = _Sockets()
         sock = self._zmq.socket(zmq.DEALER, limits=self.config.limits)
         sock.sndhwm = self.config.sndhwm
-        if self.config.keys is not None:
-            apply_client_keys(sock, self.config.keys)
+        self._zmq.secure_client(sock, self.config.keys, self.config.endpoint)
         sock.connect(self.config.endpoint)
         self._sock = sock
         hello = self._hello()
@@ -423,10 +451,12 @@ class UplinkClient:
                 self._set_state(ConnectionState.DISCONNECTED)
                 return
             wait = max(0.0, min(next_beat, self._last_seen + cfg.peer_timeout_s) - now)
+            # poll, then read without waiting: a timed-out recv could drop a message it had read
+            if not await sock.poll(timeout=max(1, int((wait + 1e-3) * 1e3)), flags=zmq.POLLIN):
+                continue
             try:
-                async with asyncio.timeout(wait + 1e-3):
-                    frames = await sock.recv_multipart(copy=False)
-            except TimeoutError:
+                frames = await sock.recv_multipart(flags=zmq.DONTWAIT, copy=False)
+            except zmq.Again:
                 continue
             try:
                 msg = decode(_buffers(frames), limits=cfg.limits)

@@ -153,3 +153,55 @@ def test_no_rounding_clip_of_full_scale_or_tiny_actions() -> None:
             result = shield.filter(action, state_at(position), time.monotonic(), {}, False)
             assert result.reasons == () and np.array_equal(result.command, action)
     assert shield.counters.by_reason == {}
+
+
+# ----------------------------------------------------------------------------- issue 17, hole 7
+def assert_exactly_within_limits(shield: Shield, command: np.ndarray, position: np.ndarray) -> None:
+    """No tolerance: the float32 command, read as float64, inside every limit, the end-effector
+    limits computed as a robot would (``position + float64(command) * scale``)."""
+    cfg = shield.config
+    assert command.dtype == np.float32 and np.all(np.isfinite(command))
+    c = command.astype(np.float64)
+    assert np.all(c >= np.asarray(cfg.action_low)) and np.all(c <= np.asarray(cfg.action_high)), c
+    g = cfg.gripper_index % cfg.action_dim
+    assert cfg.gripper_min <= c[g] <= cfg.gripper_max, c[g]
+    delta = c[list(cfg.position_axes)] * cfg.position_scale
+    assert np.all(np.abs(delta) <= np.asarray(cfg.max_step)), delta
+    assert np.linalg.norm(delta) <= cfg.max_speed * cfg.control_period_s, delta
+    if np.all(position >= cfg.workspace.low) and np.all(position <= cfg.workspace.high):
+        target = position + delta
+        assert np.all(target >= np.asarray(cfg.workspace.low)) and np.all(target <= np.asarray(cfg.workspace.high))
+
+
+bound = st.floats(0.05, 1.0).map(lambda x: round(x, 3))  # decimal limits: rarely a float32 value
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(action=hnp.arrays(dtype=np.float64, shape=5, elements=st.floats(-3, 3)),
+       position=hnp.arrays(dtype=np.float64, shape=3, elements=st.floats(0.25, 0.75)),
+       low=st.tuples(bound, bound, bound, bound), high=st.tuples(bound, bound, bound, bound),
+       grip=st.tuples(bound, bound), step=st.tuples(bound, bound, bound), speed=bound,
+       scale=st.sampled_from([0.05, 0.01, 0.3, 1 / 3]))
+def test_the_float32_command_is_inside_every_limit_exactly(action, position, low, high, grip, step, speed,
+                                                           scale) -> None:
+    """Hole 7: the shield clipped in float64 and then rounded to float32, so a command could
+    exceed a limit by half a float32 ulp (float32(-0.3) < -0.3). Now it clips in the dtype sent."""
+    cfg = make_config(action_low=(-low[0], -low[1], -low[2], -low[3], -1.0),
+                      action_high=(high[0], high[1], high[2], high[3], 1.0),
+                      gripper_min=-grip[0], gripper_max=grip[1], position_scale=scale,
+                      max_step=tuple(s * scale for s in step), max_speed=speed, control_period_s=0.1,
+                      workspace=Workspace(low=(0.3, 0.31, 0.29), high=(0.7, 0.7, 0.71)))
+    shield = Shield(cfg)
+    result = shield.filter(action, state_at(position), time.monotonic(), {}, False)
+    assert_exactly_within_limits(shield, result.command, position)
+    assert_exactly_within_limits(shield, shield.hold_command(), position)
+
+
+def test_minus_point_three_stays_at_or_above_minus_point_three() -> None:
+    shield = Shield(make_config(action_low=(-1.0, -1.0, -1.0, -0.3, -1.0), gripper_min=-0.3))
+    result = shield.filter(np.array([0.0, 0.0, 0.0, -5.0, -5.0]), state_at(np.array([0.5, 0.0, 0.3])),
+                           time.monotonic(), {}, False)
+    assert float(result.command[3]) >= -0.3 and float(result.command[4]) >= -0.3
+    assert result.command[3] == np.nextafter(np.float32(-0.3), np.float32(0))
+    assert np.all(shield.clip_to_action_space(np.array([-7.0, 7.0, 0.5, -0.3, 1.0])).astype(np.float64)
+                  >= np.asarray(shield.config.action_low))
