@@ -56,10 +56,11 @@ from learner.trainer import BACKWARD, FORWARD, MedalTrainer
 from protocol.errors import ProtocolError, SequenceGap
 from protocol.keys import CurveServerKeys
 from protocol.messages import (AGENTS, Ack, Command, Heartbeat, Hello, Status, TransitionBatch, Weights, Welcome,
-                               weights_in_dtype)
+                               batch_value_error, weights_in_dtype)
 from protocol.reliability import ReceiveTracker
 from protocol.transport import (ControlServer, ControlServerConfig, UplinkServer, UplinkServerConfig,
-                                WeightsPublisher, WeightsPublisherConfig)
+                                WeightsPublisher, WeightsPublisherConfig, batch_refusal)
+from protocol.transport.common import handshake_figures, worth_logging
 
 logger = logging.getLogger(__name__)
 
@@ -182,22 +183,43 @@ class TrainingWorker:
 
     def _iteration(self) -> None:
         owed = self._owed()
+        if not owed:
+            # Every update owed for what was ingested is done: say so *before* waiting for more
+            # data. A lock-step runtime may be waiting for exactly this report; reporting it only
+            # after the wait below cost one 50 ms drain timeout per batch.
+            self._settle()
         if self.mode == "realtime" or not owed:
             self._drain(block=not owed)
             owed = self._owed()
         if owed:
             self._train_once()
-        self._publish_first()
-        if not owed and not self._owed_any():  # every update owed is done (a pause holds trained_through)
-            self._report_trained()
+        if not owed:
+            self._settle()  # what the drain brought in owed nothing (the seed phase): report it now
+        else:
+            self._publish_first()
         self._update_figures()
         if self.metrics.progress(self.progress_figures()):
             self.metrics.write(self.trainer.env_steps, {"charts/utd": self.figures["utd"],
                                                         "timing/updates_per_s": self.figures["updates_per_s"]})
 
+    def _settle(self) -> None:
+        """Publishes the first weights once the seed phase is over, then reports
+        ``trained_through`` when no update is owed (a pause holds it)."""
+        self._publish_first()
+        if not self._owed_any():
+            self._report_trained()
+
     def _owed_any(self) -> bool:
         t = self.trainer
         return not t.seed_phase and any(t.credit[a] >= 1 and t.replay[a].has_transition() for a in (0, 1))
+
+    def _owed_count(self) -> int:
+        """Updates owed for the steps ingested so far (0 in the seed phase): the status figure
+        ``updates_owed``, which a lock-step run's end waits to see at 0."""
+        t = self.trainer
+        if t.seed_phase:
+            return 0
+        return int(sum(t.credit[a] for a in (0, 1) if t.credit[a] >= 1 and t.replay[a].has_transition()))
 
     def _owed(self) -> bool:
         return not self._paused.is_set() and self._owed_any()
@@ -319,7 +341,7 @@ class TrainingWorker:
                 "weights_version_backward": self._sent[BACKWARD],
                 "seed_phase": t.seed_phase, "skipped_nonfinite": t.skipped_nonfinite,
                 "weights_withheld": self.weights_withheld, "trained_position": self.position,
-                "paused": self._paused.is_set(), "mode": self.mode,
+                "paused": self._paused.is_set(), "mode": self.mode, "updates_owed": self._owed_count(),
             }
 
     def progress_figures(self) -> dict[str, Any]:
@@ -365,6 +387,18 @@ class LearnerService:
         self.rejected_batches = 0
         """Sessions dropped for frames that did not decode against their spaces."""
         self.refused_sessions = 0
+        self.handler_errors = 0
+        """Uplink messages whose handling raised (logged; the service keeps serving)."""
+        self.refused_batches = 0
+        """Batches refused at ingest for their values (non-finite, actions outside [-1, 1])."""
+        self.refused_steps = 0
+        """Steps in those batches (skipped: never journaled, never trained on)."""
+        self.gaps = 0
+        """Batches dropped as starting beyond the next expected seq (the runtime resends)."""
+        self.journal_errors = 0
+        """Batches not acked because the journal append failed."""
+        self.uplink_accepted = 0
+        """Uplink messages handled without a rejection (``uplink_received`` minus every rejection)."""
         self.worker: TrainingWorker | None = None
         self._journal: IngestJournal | None = None
         self._streams: dict[str, int] = {}
@@ -518,6 +552,8 @@ class LearnerService:
                 if not has_replay:
                     old.append(item)
                 continue
+            if batch.first_seq > self.tracker.admitted(sid):  # a refused or declared-lost hole: skipped then too
+                self.tracker.skip_to(sid, batch.first_seq)
             fresh = self.tracker.admit(batch)
             if fresh is None:
                 continue
@@ -534,14 +570,31 @@ class LearnerService:
     async def _serve_uplink(self) -> None:
         while True:
             peer, msg = await self._uplink.recv()
-            if isinstance(msg, Hello):
-                self._on_hello(peer, msg)
-            elif isinstance(msg, TransitionBatch):
-                await self._on_batch(peer, msg)
-            elif not isinstance(msg, Heartbeat):
-                # Out of protocol on the uplink (docs/protocol.md): counted like any malformed frame.
-                self._uplink.malformed_count += 1
-                logger.warning("uplink: unexpected %s from session %s ignored", msg.TYPE, self._uplink.session_of(peer))
+            before = self._rejections()
+            try:
+                await self._on_uplink_message(peer, msg)
+            except Exception as e:  # noqa: BLE001 — one peer's message must never end the service
+                self.handler_errors += 1
+                if worth_logging(self.handler_errors):
+                    logger.exception("uplink: handling %s from peer %s failed (%d so far); still serving: %s",
+                                     msg.TYPE, peer.hex(), self.handler_errors, e)
+            # every delivered message is accepted or rejected (the transport counts the rest)
+            self.uplink_accepted += self._rejections() == before
+
+    def _rejections(self) -> tuple[int, ...]:
+        """The counters a rejected uplink message moves (refused, malformed, gap, failed, raised)."""
+        return (self.refused_sessions, self.refused_batches, self.handler_errors, self.gaps, self.journal_errors,
+                self._uplink.malformed_count)
+
+    async def _on_uplink_message(self, peer: bytes, msg: Any) -> None:
+        if isinstance(msg, Hello):
+            self._on_hello(peer, msg)
+        elif isinstance(msg, TransitionBatch):
+            await self._on_batch(peer, msg)
+        elif not isinstance(msg, Heartbeat):
+            # Out of protocol on the uplink (docs/protocol.md): counted like any malformed frame.
+            self._uplink.malformed_count += 1
+            logger.warning("uplink: unexpected %s from session %s ignored", msg.TYPE, self._uplink.session_of(peer))
 
     def check_hello(self, hello: Hello) -> str:
         """Returns why ``hello`` is refused (spaces or settings differ), or "" to accept it."""
@@ -561,6 +614,11 @@ class LearnerService:
     def _on_hello(self, peer: bytes, hello: Hello) -> None:
         reason = self.check_hello(hello)
         resume = 0
+        declared = hello.oldest_seq - self.tracker.committed(hello.session_id)
+        if not reason and declared > self.cfg.service.max_declared_loss:
+            reason = (f"hello.oldest_seq: declares {declared} steps lost ({self.tracker.committed(hello.session_id)}.."
+                      f"{hello.oldest_seq - 1}), more than service.max_declared_loss="
+                      f"{self.cfg.service.max_declared_loss}; no runtime's spill log holds that many")
         if not reason:
             try:
                 resume = self.tracker.resume_point(hello.session_id, hello.next_seq)
@@ -584,7 +642,7 @@ class LearnerService:
     def _refuse(self, peer: bytes, session_id: str, reason: str) -> None:
         self.refused_sessions += 1
         logger.warning("session %s refused: %s", session_id, reason)
-        self._uplink.send(peer, Welcome(session_id=session_id, accepted=False, reason=reason,
+        self._uplink.send(peer, Welcome(session_id=session_id, accepted=False, reason=reason[:1024],
                                         resume_seq=self.tracker.committed(session_id), net_config={},
                                         weights_endpoint=""))
         self._uplink.drop_peer(peer)
@@ -599,6 +657,7 @@ class LearnerService:
         try:
             fresh = self.tracker.admit(batch)
         except SequenceGap as e:
+            self.gaps += 1
             logger.info("session %s: %s; asking for a resend", sid, e)
             self._ack(peer, sid)
             return
@@ -606,11 +665,16 @@ class LearnerService:
         if fresh is None:
             self._ack(peer, sid)
             return
+        why = batch_value_error(fresh)  # before the journal and the ack: nothing non-finite is ever kept
+        if why:
+            self._refuse_batch(peer, fresh, why)
+            return
         assert self._journal is not None and self.worker is not None
         position = self.position
         try:
             await asyncio.to_thread(self._journal.append, position, fresh)
         except JournalError as e:
+            self.journal_errors += 1
             self.tracker.rewind(sid)
             logger.error("session %s: journal append failed, batch %d..%d not acked: %s", sid, fresh.first_seq,
                          fresh.end_seq - 1, e)
@@ -619,6 +683,22 @@ class LearnerService:
         self.tracker.commit(sid, fresh.end_seq)
         self._ingest_times.append((time.monotonic(), self.position))
         self.worker.submit(WorkItem(position, self._stream_of(sid), fresh))
+        self._ack(peer, sid)
+
+    def _refuse_batch(self, peer: bytes, fresh: TransitionBatch, why: str) -> None:
+        """Refuses a batch whose values may not be trained on (docs/protocol.md, "Refused
+        batches"): tells the runtime which seqs and why, skips them (never journaled, a new
+        replay stream after them) and acks past them, so the runtime quarantines the batch
+        instead of resending it forever."""
+        sid = fresh.session_id
+        self.refused_batches += 1
+        self.refused_steps += fresh.size
+        if worth_logging(self.refused_batches):
+            logger.warning("session %s: batch %d..%d refused (%d so far): %s", sid, fresh.first_seq,
+                           fresh.end_seq - 1, self.refused_batches, why)
+        self.tracker.commit(sid, fresh.end_seq)
+        self._streams[sid] = max(self._streams.values(), default=-1) + 1  # no transition spans the hole
+        self._uplink.send(peer, batch_refusal(sid, fresh.first_seq, fresh.end_seq, why))
         self._ack(peer, sid)
 
     def _skip_lost(self, sid: str, start: int, oldest: int) -> int:
@@ -670,9 +750,16 @@ class LearnerService:
                       duplicates_dropped=self.duplicates_dropped, lost_steps=self.lost_steps,
                       malformed_rejected=self._uplink.malformed_count + self._uplink.stale_peer_messages
                       + self._control.malformed_count,
-                      refused_sessions=self.refused_sessions,
+                      refused_sessions=self.refused_sessions, handler_errors=self.handler_errors,
+                      refused_batches=self.refused_batches, refused_steps=self.refused_steps,
+                      failed_replies=self._control.failed_replies,
                       dropped_sessions=self.rejected_batches,
                       journal_bytes=self._journal.bytes_used if self._journal else 0)
+        received = self._uplink.received_count  # = accepted + rejected, whatever rejected it
+        detail.update(handshake_figures(), uplink_received=received, uplink_accepted=self.uplink_accepted,
+                      uplink_rejected=received - self.uplink_accepted, uplink_malformed=self._uplink.malformed_count,
+                      uplink_stale=self._uplink.stale_peer_messages, gaps=self.gaps, journal_errors=self.journal_errors,
+                      control_accepted=self._control.accepted_count, control_malformed=self._control.malformed_count)
         return detail
 
     async def _on_command(self, cmd: Command) -> Status:

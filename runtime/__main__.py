@@ -62,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "earl (EARL's own: door and tabletop 200000, peg 100000)")
     p.add_argument("--max-steps", type=int, default=None, help="stop cleanly after N steps (waits for acks)")
     p.add_argument("--ack-wait", type=float, default=10.0, help="--max-steps: seconds to wait for final acks")
-    p.add_argument("--batch-steps", type=int, default=16, help="steps per uplink batch (lock-step window)")
+    p.add_argument("--batch-steps", type=int, default=16, help="steps per uplink batch")
+    p.add_argument("--lockstep-lag", type=int, default=None,
+                   help="lock-step: steps the loop may run ahead of the learner's trained_through (at least "
+                        "--batch-steps; default two batches, so the runtime records the next batch while "
+                        "the learner trains on the last)")
     p.add_argument("--config", type=Path, default=None, help="TOML file whose [runtime] keys set defaults for "
                    "these flags (names with underscores)")
     p.add_argument("--franka-host", default="172.16.0.2", help="Franka control box address")
@@ -142,7 +146,7 @@ def daemon_config(args: argparse.Namespace) -> DaemonConfig:
     return DaemonConfig(
         robot=args.robot, learner=args.learner, spill_dir=spill, control_bind=args.control_bind, hz=args.hz,
         lockstep=args.lockstep, switch_every=args.switch_every, max_steps=args.max_steps, seed=args.seed,
-        keys_dir=args.keys, batch_steps=args.batch_steps, ack_wait_s=args.ack_wait,
+        keys_dir=args.keys, batch_steps=args.batch_steps, lockstep_lag=args.lockstep_lag, ack_wait_s=args.ack_wait,
         policy=PolicySlotConfig(conv_dtype=args.conv_dtype, projection_dtype=args.projection_dtype,
                                 explore=not args.no_explore, seed=args.seed),
         prefetch_lead_s=args.prefetch_lead_ms / 1e3,

@@ -134,10 +134,11 @@ class Clock:
         await self._sleep(remaining)
         return True
 
-    def rebase(self) -> None:
+    def rebase(self, *, due_now: bool = False) -> None:
         """Restarts the deadline grid from now (after a deliberate pause such as a lock-step
-        gate); the next tick is due one period from now and the gap is not an error."""
-        self._next = self._now()
+        gate); the next tick is due one period from now — or at once with ``due_now`` (when
+        the pause itself outlasted a period since the last tick) — and the gap is not an error."""
+        self._next = self._now() - (self.period if due_now else 0.0)
         self._last_start = None
 
     async def wait_next(self) -> Tick:

@@ -22,9 +22,11 @@ own and the two cannot disagree. ``status.detail["seed_phase"]`` is true while t
 agent has no weights, i.e. while this runtime still acts at random.
 
 Lock-step (``--lockstep``, simulation): before the tick that records seq ``t`` the loop waits
-until the learner's ``Ack.trained_through ≥ t − window`` (window = the batch size) and until
-no weights blob is being verified. Deterministic: which steps the learner has trained on when
-each step is taken (to within the window), and that every blob that had *arrived* is active.
+until the learner's ``Ack.trained_through ≥ t − lag`` (``--lockstep-lag``, default two uplink
+batches) and until no weights blob is being verified. Two batches let the loop record and send
+batch *k + 1* while the learner trains on batch *k* (with one, the two processes took turns).
+Deterministic: which steps the learner has trained on when each step is taken (to within the
+lag), and that every blob that had *arrived* is active.
 Not deterministic: whether a blob the learner published has crossed the socket by then
 (ZeroMQ timing), hence which weights version acts on a given step; random seed-phase actions
 and the simulation are seeded, so with no weights the run repeats exactly. A simulated robot
@@ -54,8 +56,8 @@ from protocol.keys import client_keys, server_keys
 from protocol.messages import Ack, ArraySpec, Command, Hello, LoopStats, Status, Welcome
 from protocol.session import SessionSettings
 from protocol.transport import (
-    ConnectionState, ControlServer, ControlServerConfig, HandshakeRefused, UplinkClient, UplinkClientConfig,
-    WeightsSubscriber, WeightsSubscriberConfig, start_zero_copy_collector,
+    BATCH_REFUSED, ConnectionState, ControlServer, ControlServerConfig, HandshakeRefused, UplinkClient,
+    UplinkClientConfig, WeightsSubscriber, WeightsSubscriberConfig, start_zero_copy_collector,
 )
 from runtime.clock import (Clock, ClockConfig, IsolationConfig, collect_young, lower_other_threads,
                            lower_thread_priority, ordinary_priority, settle_gc)
@@ -63,6 +65,8 @@ from runtime.errors import RuntimeFault
 from runtime.loop import ControlLoop, LoopConfig
 from runtime.outbox import Outbox, OutboxConfig
 from runtime.policy_slot import PolicySlot, PolicySlotConfig
+from protocol.transport.common import handshake_figures
+from runtime.quarantine import Quarantine
 from runtime.robots import RobotFacts, shield_config
 from runtime.schedule import AGENT_NAMES, Schedule, ScheduleConfig
 from runtime.shield import Shield, ShieldConfig
@@ -106,7 +110,11 @@ class DaemonConfig:
     keys_dir: Path | None = None
     """CURVE keys directory (``resetfree-keys generate``); None: plaintext loopback."""
     batch_steps: int = 16
-    """Steps per uplink batch (also the lock-step window)."""
+    """Steps per uplink batch."""
+    lockstep_lag: int | None = None
+    """Lock-step: how many steps the loop may run ahead of the learner's ``trained_through``
+    (None: :data:`LOCKSTEP_LAG_BATCHES` batches). At least ``batch_steps``; with two batches
+    the loop records the next batch while the learner trains on the previous one."""
     ack_wait_s: float = 10.0
     """``--max-steps``: how long to wait for the final acks."""
     connect_retry_s: float = 2.0
@@ -143,12 +151,25 @@ class DaemonConfig:
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
         if self.gc_every_ticks < 1:
             raise ValueError(f"gc_every_ticks: must be positive, got {self.gc_every_ticks}")
+        if self.lockstep_lag is not None and self.lockstep_lag < self.batch_steps:
+            raise ValueError(f"lockstep_lag: must be at least batch_steps ({self.batch_steps}), got "
+                             f"{self.lockstep_lag} (the learner only sees whole batches)")
+
+    @property
+    def lag(self) -> int:
+        """Lock-step: steps the loop may run ahead of ``trained_through`` (``lockstep_lag``)."""
+        return self.lockstep_lag if self.lockstep_lag is not None else LOCKSTEP_LAG_BATCHES * self.batch_steps
 
     @property
     def session_settings(self) -> SessionSettings:
         """The settings shared with the learner (hashed into ``hello.config_hash``)."""
         return SessionSettings(switch_interval=self.switch_every)
 
+
+LOCKSTEP_LAG_BATCHES = 2
+"""Default lock-step lag in uplink batches: two batches let the loop record (and send) batch
+*k + 1* while the learner trains on batch *k*, so the two processes work at once; one batch
+(the earlier rule) left one of them idle at every moment."""
 
 LOCKSTEP_SENSOR_AGE_S = 86_400.0
 """Sensor age a simulated robot in lock-step may reach before the shield holds (a day: the
@@ -166,6 +187,17 @@ def shield_settings(config: DaemonConfig, robot: Robot, facts: RobotFacts) -> Sh
         return limits
     return replace(limits, hold_on_deadline_miss=False, max_state_age_s=LOCKSTEP_SENSOR_AGE_S,
                    max_frame_age_s=LOCKSTEP_SENSOR_AGE_S)
+
+
+def clock_settings(config: DaemonConfig) -> ClockConfig:
+    """Returns the control clock's settings: ``config.hz``, and in lock-step no spinning
+    before deadlines (``spin_margin_s = 0``: the wait is one sleep). The spin buys sub-ms
+    tick precision, which lock-step has no use for — the learner sets its pace — and at the
+    fast rates lock-step runs at (``resetfree-sim``: 500, now 1000 Hz) it burned up to half
+    of every period on a core the learner needs."""
+    if config.lockstep:
+        return ClockConfig(rate_hz=config.hz, spin_margin_s=0.0)
+    return ClockConfig(rate_hz=config.hz)
 
 
 _WILDCARD_HOSTS = ("0.0.0.0", "*", "::", "[::]")
@@ -214,6 +246,10 @@ class RuntimeDaemon:
         self._weights_endpoint = ""
         self._tg: asyncio.TaskGroup | None = None
         self._ticks_since_gc = 0
+        self.quarantine = Quarantine(Path(config.spill_dir) / "quarantine")
+        """Batches the learner refused (``runtime.quarantine``)."""
+        self._subscribers: list[WeightsSubscriber] = []
+        """Every weights subscriber of this run (one per learner endpoint), for their counts."""
 
     # ------------------------------------------------------------------ entry
     async def run(self) -> int:
@@ -321,7 +357,7 @@ class RuntimeDaemon:
                                  prefetch_lead_s=self.config.prefetch_lead_s,
                                  prefetch_passes=self.config.prefetch_passes)
         return ControlLoop(robot=self.robot, cameras=self.cameras, policy=self.policy, shield=shield,
-                           schedule=schedule, clock=Clock(ClockConfig(rate_hz=self.config.hz)), sink=self.outbox,
+                           schedule=schedule, clock=Clock(clock_settings(self.config)), sink=self.outbox,
                            config=loop_config, gate=self._gate)
 
     # ------------------------------------------------------------------ running
@@ -376,8 +412,10 @@ class RuntimeDaemon:
             await self._await_learner()
 
     async def _await_learner(self) -> None:
+        """Lock-step: returns once the learner has trained through ``next step − lag`` (so the
+        loop never runs more than ``lag`` steps ahead of it) and no weights blob is being verified."""
         assert self.loop is not None
-        target = self.loop.next_step_seq - self.config.batch_steps
+        target = self.loop.next_step_seq - self.config.lag
         waited = time.monotonic()
         while self.trained_through < target or self._swapping:
             self._progress.clear()
@@ -427,6 +465,9 @@ class RuntimeDaemon:
                 self._weights_endpoint = reachable_endpoint(msg.weights_endpoint, self.config.learner)
             elif isinstance(msg, Command):
                 self.client.send(await self._on_command(msg))
+            elif isinstance(msg, Status) and msg.state == BATCH_REFUSED:
+                # before the ack that follows it releases the steps (docs/protocol.md, "Refused batches")
+                await self.quarantine.take(self.outbox, msg)
 
     async def _weights_loop(self) -> None:
         """Receives weights (reconnecting when a welcome names a new endpoint) and offers them."""
@@ -435,6 +476,7 @@ class RuntimeDaemon:
         while True:
             endpoint = self._weights_endpoint
             subscriber = WeightsSubscriber(WeightsSubscriberConfig(endpoint=endpoint, keys=keys))
+            self._subscribers.append(subscriber)  # its counts stay in the status after it closes
             subscriber.connect()
             try:
                 while endpoint == self._weights_endpoint:
@@ -451,6 +493,8 @@ class RuntimeDaemon:
                         self._progress.set()
                     if result.accepted:
                         self.weights_active_at[weights.agent] = time.time()
+                    else:  # a refused blob must not make the learner's next good one look stale
+                        subscriber.refused(weights)
             finally:
                 subscriber.close()
 
@@ -534,6 +578,15 @@ class RuntimeDaemon:
         agent = self.loop.schedule.agent
         version = self.policy.version(agent)
         detail: dict[str, Any] = stats.detail()
+        # Every rejection is counted (issue 17): the subscribers' (malformed, checksum) and the slot's.
+        weights = {k: sum(s.figures()[k] for s in self._subscribers) for k in WeightsSubscriber.FIGURES}
+        control_malformed = self.control.malformed_count if self.control is not None else 0
+        detail.update({f"weights_{k}": v for k, v in weights.items()}, **self.quarantine.figures(),
+                      **handshake_figures(),
+                      weights_policy_rejected=self.policy.rejected,
+                      control_accepted=self.control.accepted_count if self.control is not None else 0,
+                      control_malformed=control_malformed,
+                      failed_replies=self.control.failed_replies if self.control is not None else 0)
         detail.update(
             agent=AGENT_NAMES[agent], seed_phase=not self.policy.has_policy(agent),
             acked_seq=self.outbox.acked_seq, next_seq=self.outbox.next_seq, oldest_seq=self.outbox.oldest_seq,
@@ -541,8 +594,9 @@ class RuntimeDaemon:
             weights_version=-1 if version is None else version, env_resets=self.loop.env_resets,
             trained_through=self.trained_through, session_id=self.outbox.session_id,
             connected=self.client is not None and self.client.state == ConnectionState.CONNECTED,
-            weights_rejected=self.policy.rejected, weights_accepted=self.policy.accepted,
-            malformed_rejected=(self.control.malformed_count if self.control is not None else 0)
+            weights_rejected=self.policy.rejected + weights["malformed"] + weights["checksum_failures"],
+            weights_accepted=self.policy.accepted,
+            malformed_rejected=control_malformed + weights["malformed"] + self.quarantine.malformed
             + (self.client.malformed_count if self.client is not None else 0),
         )
         for name in AGENT_NAMES:
@@ -591,5 +645,6 @@ def install_signal_handlers(daemon: RuntimeDaemon) -> None:
         loop.add_signal_handler(sig, daemon.request_stop, signal.Signals(sig).name)
 
 
-__all__ = ["DaemonConfig", "EXIT_CRASH", "EXIT_OK", "EXIT_REFUSED", "LOCKSTEP_SENSOR_AGE_S", "LearnerRefused",
-           "RuntimeDaemon", "install_signal_handlers", "observation_spaces", "shield_settings"]
+__all__ = ["DaemonConfig", "EXIT_CRASH", "EXIT_OK", "EXIT_REFUSED", "LOCKSTEP_LAG_BATCHES", "LOCKSTEP_SENSOR_AGE_S",
+           "LearnerRefused", "RuntimeDaemon", "clock_settings", "install_signal_handlers", "observation_spaces",
+           "shield_settings"]

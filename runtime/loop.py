@@ -26,13 +26,13 @@ from typing import Protocol
 import numpy as np
 
 from hardware.interfaces import Camera, Frame, HardwareError, Robot, RobotState, StaleFrameError
-from protocol.messages import LoopStats, TransitionBatch
+from protocol.messages import LoopStats, TransitionBatch, observation_value_error
 from runtime.clock import Clock, Tick
 from runtime.errors import OutboxError, PolicyError
 from runtime.lateness import LateTickProbe
 from runtime.policy_slot import PolicySlot
 from runtime.schedule import AGENT_NAMES, Schedule
-from runtime.shield import Shield, ShieldResult
+from runtime.shield import SENSOR_HOLD_REASONS, Shield, ShieldResult
 from runtime.stats import RuntimeStats
 
 logger = logging.getLogger(__name__)
@@ -199,7 +199,8 @@ class ControlLoop:
         gate: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """``gate`` (optional) is awaited before every tick — lock-step simulation waits there
-        for the learner; the clock restarts its grid after a gate that blocked."""
+        for the learner; after a gate that held the loop past a deadline the tick starts at
+        once, on a fresh grid."""
         self.config = config or LoopConfig()
         self.robot, self.cameras, self.policy = robot, list(cameras), policy
         self.shield, self.schedule, self.clock, self.sink = shield, schedule, clock, sink
@@ -318,6 +319,9 @@ class ControlLoop:
             return
         hold_reason = self._hold_reason()
         observation = self._observation(reading)
+        if observation is not None and observation_value_error(observation):
+            # a NaN/inf sensor reading is a watchdog event (a hold), never a recorded step
+            observation, hold_reason = None, hold_reason or "observation_invalid"
         if observation is not None:
             self._last_observation = observation
         if hold_reason is not None:                                     # 2. hold on command
@@ -329,7 +333,8 @@ class ControlLoop:
         self.last_result = result
         self.held_ticks += result.held
         applied = self._send(result)                                    # 5. act
-        if hold_reason is None and observation is not None and self.config.record:
+        sensor_hold = result.held and not SENSOR_HOLD_REASONS.isdisjoint(result.reasons)  # stale/missing: no sample
+        if hold_reason is None and observation is not None and self.config.record and not sensor_hold:
             timestamp = reading.state.timestamp if reading.state is not None else reading.now
             self._builder.add(observation, applied, agent, timestamp)   # 6. record
             self.steps += 1
@@ -394,8 +399,7 @@ class ControlLoop:
         if not isinstance(applied, np.ndarray) or applied.shape != result.command.shape \
                 or not np.all(np.isfinite(applied)):
             return result.command
-        low, high = self.shield.config.action_low, self.shield.config.action_high
-        return np.clip(applied, low, high).astype(np.float32)
+        return self.shield.clip_to_action_space(applied)  # in float32, inside the bounds exactly
 
     def _flush(self, *, force: bool) -> None:
         if self.sink is None or not self.config.record:
@@ -418,7 +422,10 @@ class ControlLoop:
         await self._gate()
         deadline = self.clock.next_deadline
         if deadline is not None and time.perf_counter() > deadline:
-            self.clock.rebase()
+            # The gate held the loop past the next deadline, so the last tick is more than a
+            # period ago: tick at once on a fresh grid (waiting another period after a
+            # lock-step wait for the learner only idled both processes).
+            self.clock.rebase(due_now=True)
 
     def _reset_due(self) -> bool:
         every = self.config.env_reset_every

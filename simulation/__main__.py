@@ -72,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "and peg, as MEDAL++; cube never) or earl (EARL's own: door and tabletop 200000, "
                              "peg 100000). The one used is recorded in RUN_DIR/run.json")
     parser.add_argument("--minutes", type=float, default=None, help="stop cleanly after this many minutes")
-    parser.add_argument("--hz", type=float, default=500.0,
-                        help="runtime control rate cap; in lock-step the learner sets the pace (default 500)")
+    parser.add_argument("--hz", type=float, default=1000.0,
+                        help="runtime control rate cap; in lock-step the learner sets the pace (default 1000, "
+                             "the runtime's highest)")
     parser.add_argument("--device", default="auto", help="learner torch device: auto, cpu, cuda (default auto)")
     parser.add_argument("--learner-threads", type=int, default=1, help="learner torch threads (default 1)")
     parser.add_argument("--log-level", default="INFO", help="log level of the children (their logs: RUN_DIR/logs); this process shows warnings")

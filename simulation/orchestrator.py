@@ -412,6 +412,7 @@ class Orchestrator:
             self._collect_eval()
         if clean_end:
             await self._final_eval()
+            await self._settle_learner()
         else:
             await self._poll_learner()
         learner_code = await self.learner.stop(self.spec.stop_timeout) if self.learner is not None else None
@@ -423,6 +424,21 @@ class Orchestrator:
             self.display.update(self.snapshot(), force=True)
         self.display.close()
         return self._outcome(reason, learner_code)
+
+    async def _settle_learner(self, timeout: float = 60.0) -> None:
+        """Polls the learner until it owes no update for the steps it ingested, so the
+        outcome's ``env_steps`` and ``updates`` are the run's final figures (in lock-step the
+        updates for the runtimes' last batches run after they stopped; a status polled during
+        the run may fall between a batch's ingest and its updates). Gives up after ``timeout``
+        s, or at once when the learner is paused, gone or does not report ``updates_owed``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            await self._poll_learner()
+            detail = self.learner_detail
+            if (not detail.get("updates_owed") or detail.get("paused") or time.monotonic() >= deadline
+                    or self.learner is None or not self.learner.running):
+                return
+            await asyncio.sleep(0.2)
 
     async def _finish_bc(self, wait: bool) -> None:
         if self.bc_child is None:

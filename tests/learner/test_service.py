@@ -216,6 +216,50 @@ def test_ingest_acks_trains_and_publishes_finite_weights(tmp_path: Path, demos) 
     asyncio.run(scenario())
 
 
+def test_lockstep_reports_trained_through_before_waiting_for_more_data(tmp_path: Path, demos) -> None:
+    """Lock-step: once every update owed for the ingested steps is done, the training thread
+    reports ``trained_through`` *before* it waits for the next batch — a runtime at its lag
+    waits for exactly that report (it used to come only after a 50 ms wait for data that could
+    not come). The scripted runtime keeps two batches in flight, as a lock-step runtime with
+    its default lag does. At the end the updates equal the post-seed steps and none is owed."""
+    async def scenario() -> None:
+        service = LearnerService(tiny_config(), demos, run_dir=tmp_path / "run")
+        task = await started(service)
+        worker = service.worker
+        assert worker is not None
+        late: list[tuple[dict, dict]] = []
+        drain = worker._drain
+
+        def checked(*, block: bool) -> None:  # runs on the training thread
+            if block:
+                ingested = {sid: worker.tracker.committed(sid) for sid in worker.tracker.sessions()}
+                reported = {sid: worker._trained.get(sid) for sid in ingested}
+                if reported != ingested:
+                    late.append((ingested, reported))
+            drain(block=block)
+
+        worker._drain = checked  # type: ignore[method-assign]
+        ctx = zmq.asyncio.Context()
+        try:
+            rt = Runtime(ctx, service.endpoints["uplink"])
+            assert (await rt.hello(make_hello("s1"))).accepted
+            batches = [make_batch("s1", first, 8) for first in range(0, 64, 8)]
+            rt.send(batches[0])
+            for i, batch in enumerate(batches[1:], start=1):
+                await rt.ack_at_least(8 * (i - 1), trained=8 * (i - 1))  # lag: two batches ahead
+                rt.send(batch)
+            await rt.ack_at_least(64, trained=64)
+            d = (await status(service)).detail
+            assert d["env_steps"] == 64 and d["updates"] == 64 - 16 and d["updates_owed"] == 0  # UTD 1, all done
+            assert not late, late[:3]
+            rt.close()
+        finally:
+            await stop(service, task)
+            ctx.destroy(linger=0)
+
+    asyncio.run(scenario())
+
+
 def test_malformed_session_dropped_while_a_good_one_is_served(tmp_path: Path, demos) -> None:
     async def scenario() -> None:
         service = LearnerService(tiny_config(mode="realtime"), demos, run_dir=tmp_path / "run")

@@ -311,3 +311,87 @@ def test_shield_times_out_sensors_except_for_a_simulated_robot_in_lockstep(tmp_p
                                max_frame_age_s=own.max_frame_age_s) == own  # nothing else changes
     franka = dataclasses.replace(FACTS, kind="franka")
     assert shield_settings(lockstep, robot, franka) == shield_settings(realtime, robot, franka)  # a real robot
+
+
+class TrainingLearner(ScriptedLearner):
+    """Acks each batch at once but reports it trained only after "training" it, ``step_s`` a
+    step, one batch after the other — as the lock-step learner does: ``trained_through``
+    moves a batch at a time, and the next batch waits for the one before."""
+
+    def __init__(self, step_s: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.step_s = step_s
+        self.trained = 0
+        self._todo: asyncio.Queue[tuple[bytes, str, int, int]] = asyncio.Queue()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(super().run())
+            tg.create_task(self._train())
+
+    def _ingest(self, peer: bytes, batch: TransitionBatch) -> None:
+        send, fresh = self.server.send, len(self.batches)
+        self.server.send = lambda p, msg: send(p, dataclasses.replace(msg, trained_through=self.trained))
+        try:
+            super()._ingest(peer, batch)  # acks the seq at once, trained_through as it stands
+        finally:
+            self.server.send = send
+        for new in self.batches[fresh:]:
+            self._todo.put_nowait((peer, new.session_id, new.end_seq, new.size))
+
+    async def _train(self) -> None:
+        while True:
+            peer, sid, end, size = await self._todo.get()
+            await asyncio.sleep(self.step_s * size)
+            self.trained = end
+            self.server.send(peer, Ack(session_id=sid, seq=self.tracker.committed(sid), trained_through=end))
+
+
+@pytest.mark.parametrize("lag", [None, 8, 24])
+def test_lockstep_runs_at_most_lag_steps_ahead_of_trained_through(tmp_path: Path, lag: int | None) -> None:
+    """Lock-step with a bounded lag: before the tick that records seq ``t`` the loop waits for
+    ``trained_through ≥ t − lag`` (default two batches), so it never runs further ahead of the
+    learner than the lag — and, the learner being the slower here, it does run that far: it
+    records the next batch while the learner trains on the last, instead of waiting for it."""
+    class Recording(RuntimeDaemon):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.leads: list[int] = []  # next step's seq − trained_through, as each tick is let through
+
+        async def _await_learner(self) -> None:
+            await super()._await_learner()
+            self.leads.append(self.loop.next_step_seq - self.trained_through)
+
+    async def body() -> None:
+        learner = TrainingLearner(step_s=0.01)  # 10 ms a step; the loop ticks at 500 Hz (2 ms)
+        endpoint = await learner.start()
+        cfg = dict(robot="sim:fake", learner=endpoint, spill_dir=tmp_path / "spill", control_bind="tcp://127.0.0.1:0",
+                   hz=500.0, batch_steps=8, lockstep=True, lockstep_lag=lag, max_steps=96, hello_timeout_s=1.0,
+                   connect_retry_s=0.2, peer_timeout_s=1.5, ack_wait_s=5.0,
+                   isolation=IsolationConfig(priority="none", gc_mode="freeze"))
+        daemon = Recording(DaemonConfig(**cfg), FrozenRobot(), [], FACTS)
+        async with asyncio.TaskGroup() as tg:
+            learner_task = tg.create_task(learner.run())
+            code = await daemon.run()
+            learner_task.cancel()
+        assert code == EXIT_OK
+        assert learner.received == {seq: 1 for seq in range(96)}
+        limit = 16 if lag is None else lag  # default: two batches of 8
+        assert daemon.config.lag == limit
+        assert max(daemon.leads) <= limit, max(daemon.leads)
+        assert max(daemon.leads) == limit  # it ran ahead as far as allowed while the learner trained
+
+    asyncio.run(body())
+
+
+def test_lockstep_lag_defaults_to_two_batches_and_is_at_least_one() -> None:
+    from runtime.daemon import LOCKSTEP_LAG_BATCHES, clock_settings
+
+    config = DaemonConfig(robot="sim:fake", spill_dir=Path("/nonexistent"), batch_steps=16, lockstep=True)
+    assert LOCKSTEP_LAG_BATCHES == 2 and config.lag == 32
+    assert dataclasses.replace(config, lockstep_lag=16).lag == 16
+    with pytest.raises(ValueError, match="lockstep_lag"):
+        DaemonConfig(robot="sim:fake", spill_dir=Path("/nonexistent"), batch_steps=16, lockstep_lag=15)
+    # lock-step waits on the learner, not on sub-ms tick precision: the clock sleeps, never spins
+    assert clock_settings(config).spin_margin_s == 0.0 and clock_settings(config).rate_hz == config.hz
+    assert clock_settings(dataclasses.replace(config, lockstep=False)).spin_margin_s > 0

@@ -50,6 +50,8 @@ def test_sim_smoke(tmp_path: Path) -> None:
     outcome = json.loads(proc.stdout.strip().splitlines()[-1])
     assert outcome["reason"] == "finished" and outcome["ok"]
     assert outcome["env_steps"] >= STEPS and outcome["updates"] > 0
+    # lock-step: UTD exactly 1 past the 100 seed frames, every owed update done by the end
+    assert outcome["updates"] == outcome["env_steps"] - 100, outcome
     assert all(code == 0 for code in outcome["exit_codes"].values()), outcome["exit_codes"]
 
     # the run directory
