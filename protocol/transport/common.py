@@ -145,8 +145,22 @@ class _RateLimitedLog:
         logger.log(level, msg + (f" ({suppressed} more since the last report)" if suppressed else ""), *args)
 
 
+class _RateLimitedByReason:
+    """One :class:`_RateLimitedLog` per reason: a flood of one refusal never hides another kind."""
+
+    def __init__(self) -> None:
+        self._logs: dict[str, _RateLimitedLog] = {}
+
+    def __call__(self, reason: str, level: int, msg: str, *args: object) -> None:
+        self._logs.setdefault(reason, _RateLimitedLog())(level, msg, *args)
+
+    def reset(self) -> None:
+        """Forgets every reason's last line (tests)."""
+        self._logs.clear()
+
+
 _zap_log = _RateLimitedLog()
-_refused_log = _RateLimitedLog()
+_refused_log = _RateLimitedByReason()
 _failed_log = _RateLimitedLog()
 
 
@@ -199,8 +213,9 @@ async def _watch(monitor: zmq.asyncio.Socket, role: str, endpoint: str) -> None:
         elif kind == zmq.EVENT_DISCONNECTED:
             address = peers.pop(value, "?")
             if role == "server" and pending:
-                _refused_log(logging.WARNING, "security: %s refused a client from %s: %s (%d refused so far)",
-                             endpoint, address, pending.pop(0), HANDSHAKES["refused"])
+                reason = pending.pop(0)
+                _refused_log(reason, logging.WARNING, "security: %s refused a client from %s: %s (%d refused so far)",
+                             endpoint, address, reason, HANDSHAKES["refused"])
 
 
 class _Sockets:

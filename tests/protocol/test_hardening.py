@@ -179,7 +179,8 @@ def test_refused_curve_handshakes_are_logged_on_both_sides_and_counted(tmp_path,
             server.close()
         assert server.malformed_count == 0 and not server.peers()
 
-    common._zap_log._last = common._refused_log._last = common._failed_log._last = -1e9
+    common._zap_log._last = common._failed_log._last = -1e9
+    common._refused_log.reset()
     with caplog.at_level(logging.INFO, logger="protocol.transport.common"):
         asyncio.run(body())
     text = caplog.text
