@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from simulation.bc_baseline import write_json_atomic
+
 logger = logging.getLogger(__name__)
 
 EARL_TASKS = ("door", "tabletop", "peg")
@@ -114,21 +116,17 @@ def run_bc(task: str, out: Path, spec: SuiteSpec) -> dict[str, Any]:
         logger.info("BC %s seed %d: %.2f", task, s, result.success_rate)
     record = {"task": task, "success_seeds": seeds, "success": sum(seeds) / len(seeds),
               "steps": spec.bc_steps, "episodes": spec.eval_episodes, "demos": fwd.num_episodes}
-    _write_json(out, record)
+    write_json_atomic(out, record)
     return record
 
 
 # ============================================================================ the suite
 def read_curve(run_dir: Path) -> list[dict[str, Any]]:
-    """Returns the evaluations a run wrote (``curve.jsonl``), in order; [] when none."""
-    path = run_dir / "curve.jsonl"
-    if not path.is_file():
-        return []
-    points = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            points.append(json.loads(line))
-    return points
+    """Returns the evaluations a run wrote (``curve.jsonl``, :func:`simulation.practice.read_curve`)
+    as dicts, in order; [] when none."""
+    from simulation.practice import read_curve as read_points
+
+    return [dataclasses.asdict(p) for p in read_points(run_dir)]
 
 
 def seed_score(points: Sequence[dict[str, Any]]) -> float | None:
@@ -174,7 +172,7 @@ def run_suite(spec: SuiteSpec) -> dict[str, Any]:
     results of what exists. Returns the results dict.
     """
     spec.out.mkdir(parents=True, exist_ok=True)
-    _write_json(spec.out / "suite.json", {**dataclasses.asdict(spec), "out": str(spec.out)})
+    write_json_atomic(spec.out / "suite.json", {**dataclasses.asdict(spec), "out": str(spec.out)})
     queue = pending(spec)
     running: dict[subprocess.Popen[bytes], str] = {}
     stop = False
@@ -328,17 +326,10 @@ def plot(results: dict[str, Any], out: Path) -> Path:
 def write_results(spec: SuiteSpec) -> dict[str, Any]:
     """Writes ``results.json``, ``results.md`` and ``suite.png`` for what exists; returns the results."""
     results = collect(spec)
-    _write_json(spec.out / "results.json", results)
+    write_json_atomic(spec.out / "results.json", results)
     (spec.out / "results.md").write_text(markdown_table(results))
     plot(results, spec.out / "suite.png")
     return results
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 # ============================================================================ CLI

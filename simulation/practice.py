@@ -380,9 +380,10 @@ def _append_curve(run_dir: Path, point: EvalPoint) -> None:
 
 
 def _write_curve(run_dir: Path, points: list[EvalPoint]) -> None:
-    tmp = run_dir / (CURVE_FILE + ".tmp")
-    tmp.write_text("".join(json.dumps(dataclasses.asdict(p), sort_keys=True) + "\n" for p in points))
-    os.replace(tmp, run_dir / CURVE_FILE)
+    from simulation.run_setup import write_text_atomic
+
+    write_text_atomic(run_dir / CURVE_FILE,
+                      "".join(json.dumps(dataclasses.asdict(p), sort_keys=True) + "\n" for p in points))
 
 
 def _ingest(trainer: MedalTrainer, agent: int, state: np.ndarray, action: np.ndarray, first: bool,
