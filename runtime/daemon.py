@@ -44,7 +44,7 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,7 @@ from runtime.outbox import Outbox, OutboxConfig
 from runtime.policy_slot import PolicySlot, PolicySlotConfig
 from protocol.transport.common import handshake_figures
 from runtime.quarantine import Quarantine
-from runtime.robots import RobotFacts, shield_config
+from runtime.robots import LOCKSTEP_SENSOR_AGE_S, RobotFacts, lockstep_shield_config, shield_config
 from runtime.schedule import AGENT_NAMES, Schedule, ScheduleConfig
 from runtime.shield import Shield, ShieldConfig
 from runtime.spill import SpillConfig, SpillLog
@@ -171,11 +171,6 @@ LOCKSTEP_LAG_BATCHES = 2
 *k + 1* while the learner trains on batch *k*, so the two processes work at once; one batch
 (the earlier rule) left one of them idle at every moment."""
 
-LOCKSTEP_SENSOR_AGE_S = 86_400.0
-"""Sensor age a simulated robot in lock-step may reach before the shield holds (a day: the
-twin is frozen between steps, so however long the learner trains, what it shows is current)."""
-
-
 def shield_settings(config: DaemonConfig, robot: Robot, facts: RobotFacts) -> ShieldConfig:
     """Returns the shield's limits: the robot's own (``runtime.robots.shield_config``), and for
     a simulated robot in lock-step no holds for timing — no deadline-miss hold and no state or
@@ -185,8 +180,7 @@ def shield_settings(config: DaemonConfig, robot: Robot, facts: RobotFacts) -> Sh
     limits = shield_config(robot, facts, config.hz)
     if not (config.lockstep and facts.kind == "sim"):
         return limits
-    return replace(limits, hold_on_deadline_miss=False, max_state_age_s=LOCKSTEP_SENSOR_AGE_S,
-                   max_frame_age_s=LOCKSTEP_SENSOR_AGE_S)
+    return lockstep_shield_config(limits)
 
 
 def clock_settings(config: DaemonConfig) -> ClockConfig:

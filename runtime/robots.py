@@ -19,7 +19,7 @@ import argparse
 import importlib
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hardware.interfaces import Camera, Robot
 from runtime.errors import RuntimeFault
@@ -162,3 +162,19 @@ def shield_config(robot: Robot, facts: RobotFacts, hz: float) -> ShieldConfig:
         gripper_index=dim - 1 if dim > 3 else None,
         max_state_age_s=3 * period + 0.05, max_frame_age_s=3 * period + 0.1,
     )
+
+
+LOCKSTEP_SENSOR_AGE_S = 86_400.0
+"""Sensor age a simulated robot in lock-step may reach before the shield holds (a day: the
+twin is frozen between steps, so however long the other side takes, what it shows is current)."""
+
+
+def lockstep_shield_config(limits: ShieldConfig) -> ShieldConfig:
+    """Returns ``limits`` without the timing holds, for a simulated robot in lock-step: no
+    deadline-miss hold and no state or frame age limit. There the simulation only advances
+    when the loop acts, so a late tick or an old reading is not a hazard, and a hold would
+    only replace the action (random, the policy's) by zero — which changes what is recorded
+    and makes an evaluation depend on the machine's load. A real robot keeps every watchdog."""
+    return replace(limits, hold_on_deadline_miss=False, max_state_age_s=LOCKSTEP_SENSOR_AGE_S,
+                   max_frame_age_s=LOCKSTEP_SENSOR_AGE_S)
+

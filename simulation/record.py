@@ -40,7 +40,7 @@ from hardware.realsense import RealSenseCamera, RealSenseConfig
 from hardware.spacemouse import SpaceMouseTeleop
 from hardware.teleop import KeyboardTeleop
 from protocol.demos import DemoMeta, DemoRecorder, Demos, concatenate, save_demos
-from runtime.robots import RobotFacts, robot_facts
+from runtime.robots import RobotFacts, lockstep_shield_config, robot_facts
 from runtime.robots import shield_config as runtime_shield_config
 from runtime.shield import Shield, ShieldConfig
 from simulation.sim_robot import SimRobot
@@ -199,10 +199,13 @@ class Rig:
         """Returns the shield limits for this robot at the rig's rate, by the runtime's own
         rule (:func:`runtime.robots.shield_config`): the action space, the workspace, one
         full-scale action per tick (``position_scale``), the gripper channel (the last action
-        element when there are more than three) and watchdog ages of three periods."""
+        element when there are more than three) and watchdog ages of three periods. A
+        simulated robot in lock-step has no timing holds (:func:`runtime.robots.lockstep_shield_config`),
+        so what a policy does there does not depend on how busy the machine is."""
         facts = RobotFacts(kind="sim" if self.config.is_sim else "franka", task=self.config.task or "franka",
                            position_scale=self.position_scale, reset_interval=None)
-        return runtime_shield_config(self.robot, facts, self.config.hz)
+        limits = runtime_shield_config(self.robot, facts, self.config.hz)
+        return lockstep_shield_config(limits) if self.config.is_sim and self.config.pacing == "lockstep" else limits
 
 
 def build_rig(config: RigConfig) -> Rig:

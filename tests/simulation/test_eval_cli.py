@@ -53,6 +53,8 @@ def test_bc_baseline_on_sim_cube(tmp_path: Path, demos_file: Path, capsys: pytes
     rows = _rows(out / "trials.csv")
     assert [r["trial"] for r in rows] == ["1", "2", "3"] and {r["split"] for r in rows} == {"ood"}
     assert all(r["steps"] == "6" and r["success"] in ("True", "False") for r in rows)
+    # lock-step pacing: no timing holds, however loaded the machine (they made the rerun differ)
+    assert all(r["holds"] == "0" for r in rows)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["kind"] == "bc" and summary["trials"] == 3 and summary["horizon"] == 6
     assert summary["success_rate"] == pytest.approx(sum(r["success"] == "True" for r in rows) / 3)
