@@ -110,9 +110,12 @@ class AgentConfig:
     critic_grad_clip: float | None = None
     """Max global grad norm of encoder + critics; None disables clipping."""
     bc_form: Literal["log_likelihood", "mse"] = "log_likelihood"
-    """The BC regulariser. ``log_likelihood`` (the authors' code): ``(1 − λ)·L_RL − λ·log π(a_d|s_d)``
-    on a separate batch of demo transitions; it pulls the mean *and* holds the std up where the
-    demos act. ``mse``: ``L_RL + λ·‖tanh μ(s) − a_d‖²`` on the demo rows of the RL batch."""
+    """The BC regulariser, ``(1 − λ)·L_RL + λ·L_BC`` on a separate batch of demo transitions.
+    ``log_likelihood`` (the authors' code): ``L_BC = −log π(a_d|s_d)``; it pulls the mean and
+    shrinks the std where the demos act. ``mse``: ``L_BC = ‖tanh μ(s_d) − a_d‖²``, the deployed
+    mean action's error (the BC baseline's loss). Measured on tabletop (docs/learning.md): the
+    log-likelihood settles with σ at its maximum on the 6% of demo rows that release the mug
+    (saturated ±1 grasp labels), so the mean never learns to let go; the squared error does."""
     q_scale: float | None = None
     """TD3+BC's normalisation of the actor's Q term: ``q_scale / mean|Q|`` (batch, no grad)
     multiplies ``α log π − Q``, so the BC term keeps its weight as |Q| grows (TD3+BC: 2.5).
@@ -288,11 +291,11 @@ class RedqAgent:
         # 3. the actor sees detached features: it never trains the encoder (DrQ-v2)
         if update_actor:
             demo = None
-            if demo_batch is not None and self.cfg.bc_form == "log_likelihood" and bc_weight > 0:
+            if demo_batch is not None and bc_weight > 0:
                 demo_batch = demo_batch.to(self.device)
                 with torch.no_grad(), self._autocast():  # the BC term never trains the encoder
                     demo = (self.encoder(self.augment(demo_batch.obs)).float(), demo_batch.action)
-            metrics.update(self.update_actor(h.detach(), batch.action, batch.is_demo, bc_weight, demo=demo))
+            metrics.update(self.update_actor(h.detach(), bc_weight, demo=demo))
         # 4. targets
         self.soft_update_targets()
         metrics["charts/step"] = float(step)
@@ -336,28 +339,28 @@ class RedqAgent:
         }
 
     def actor_loss(
-        self, h: Tensor, demo_action: Tensor, is_demo: Tensor, bc_weight: float,
-        demo: tuple[Tensor, Tensor] | None = None,
+        self, h: Tensor, bc_weight: float, demo: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         """Returns ``(loss, metrics)``: the RL term ``α log π − mean_i Q_i`` with the BC term.
 
-        ``log_likelihood`` (``demo`` = demo features and actions): ``(1 − λ)·L_RL − λ·mean
-        log π(a_d | s_d)``. ``mse``: ``L_RL + λ·mean over the batch's demo rows of
-        ‖tanh(μ(s)) − a_d‖²``. BC is zero with no demo data.
+        With ``demo`` = demo features and actions: ``(1 − λ)·L_RL + λ·L_BC``, ``L_BC`` the mean
+        over the demo batch of ``−log π(a_d | s_d)`` (``log_likelihood``) or ``‖tanh(μ(s_d)) −
+        a_d‖²`` (``mse``). Without demo data the RL term keeps its full weight.
         """
-        action, log_prob, mean_action = self.actor.sample(h, noise_clip=self.noise_clip)
+        action, log_prob, _ = self.actor.sample(h, noise_clip=self.noise_clip)
         q = self.critic(h, action).mean(dim=0)  # REDQ: the policy ascends the ensemble mean
         policy_loss = (self.alpha * log_prob - q).mean()
         if self.cfg.q_scale is not None:  # TD3+BC: the Q term in units of its own magnitude
             policy_loss = policy_loss * (self.cfg.q_scale / q.detach().abs().mean().clamp_min(1e-6))
         zero = torch.zeros((), device=h.device)
-        if self.cfg.bc_form == "log_likelihood":
-            bc = -self.actor.log_prob(*demo).mean() if demo is not None else zero
-            weight = bc_weight if demo is not None else 0.0
-            loss = (1.0 - weight) * policy_loss + weight * bc
+        if demo is None:
+            bc, weight = zero, 0.0
+        elif self.cfg.bc_form == "log_likelihood":
+            bc, weight = -self.actor.log_prob(*demo).mean(), bc_weight
         else:
-            bc = (mean_action[is_demo] - demo_action[is_demo]).pow(2).sum(-1).mean() if bool(is_demo.any()) else zero
-            loss = policy_loss + bc_weight * bc
+            demo_h, demo_a = demo
+            bc, weight = (torch.tanh(self.actor(demo_h)[0]) - demo_a).pow(2).sum(-1).mean(), bc_weight
+        loss = (1.0 - weight) * policy_loss + weight * bc
         metrics = {
             "losses/actor": float(policy_loss.detach()),
             "losses/bc": float(bc.detach()),
@@ -371,12 +374,11 @@ class RedqAgent:
         return loss, metrics
 
     def update_actor(
-        self, h: Tensor, demo_action: Tensor, is_demo: Tensor, bc_weight: float,
-        demo: tuple[Tensor, Tensor] | None = None,
+        self, h: Tensor, bc_weight: float, demo: tuple[Tensor, Tensor] | None = None,
     ) -> dict[str, float]:
         """Actor (and temperature) step on detached features ``h``; returns its metrics."""
         with _frozen(self.critic):  # the actor's loss must not train (or grad) the critics
-            loss, metrics = self.actor_loss(h, demo_action, is_demo.bool(), bc_weight, demo)
+            loss, metrics = self.actor_loss(h, bc_weight, demo)
             self.actor_opt.zero_grad(set_to_none=True)
             loss.backward()
             self.actor_opt.step()

@@ -382,7 +382,7 @@ class MedalTrainer:
         update_actor = self.updates[a] % utd == utd - 1
         demo_batch = None
         demo_buf = self.demo_buffers[a]
-        if update_actor and bc > 0 and self.config.agent.bc_form == "log_likelihood" and demo_buf is not None:
+        if update_actor and bc > 0 and demo_buf is not None:
             demo_batch = demo_buf.sample(self.sched.bc_batch_size, self.rng)
         metrics = self.agents[a].update(batch, reward, bc_weight=bc, step=self.updates[a], update_actor=update_actor,
                                         demo_batch=demo_batch)

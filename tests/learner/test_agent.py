@@ -82,7 +82,7 @@ def test_actor_step_does_not_touch_encoder_or_critics():
     batch = make_batch()
     h = agent.encoder(batch.obs)
     enc0, crit0 = params(agent.encoder), params(agent.critic)
-    agent.update_actor(h.detach(), batch.action, batch.is_demo, bc_weight=1.0)
+    agent.update_actor(h.detach(), bc_weight=1.0, demo=(h.detach()[:3], batch.action[:3]))
     assert all(p.grad is None for p in agent.encoder.parameters())
     assert all(p.grad is None for p in agent.critic.parameters())
     assert not changed(enc0, agent.encoder) and not changed(crit0, agent.critic)
@@ -118,18 +118,19 @@ def test_polyak_update():
         torch.testing.assert_close(t1, 0.9 * t0 + 0.1 * o)
 
 
-def test_mse_bc_term_on_demo_rows_only():
+def test_mse_bc_mixes_rl_and_the_mean_actions_squared_error():
+    # Same mixing and batch as the log-likelihood form; L_BC = ‖tanh μ(s_d) − a_d‖².
     agent = make_agent(bc_form="mse")
-    batch = make_batch(n_demo=3)
     h = torch.randn(8, agent.encoder.repr_dim)
+    demo_h, demo_a = torch.randn(5, agent.encoder.repr_dim), torch.rand(5, A) * 2 - 1
     torch.manual_seed(1)
-    loss1, m1 = agent.actor_loss(h, batch.action, batch.is_demo, 2.0)
+    rl, _ = agent.actor_loss(h, 0.0, (demo_h, demo_a))
     torch.manual_seed(1)
-    loss0, m0 = agent.actor_loss(h, batch.action, batch.is_demo, 0.0)
-    mean_action = torch.tanh(agent.actor(h)[0])
-    bc = (mean_action[:3] - batch.action[:3]).pow(2).sum(-1).mean()
-    torch.testing.assert_close(loss1 - loss0, 2.0 * bc)
-    _, m_none = agent.actor_loss(h, batch.action, torch.zeros(8, dtype=torch.bool), 2.0)
+    mixed, m = agent.actor_loss(h, 0.4, (demo_h, demo_a))
+    bc = (torch.tanh(agent.actor(demo_h)[0]) - demo_a).pow(2).sum(-1).mean()
+    torch.testing.assert_close(mixed, 0.6 * rl + 0.4 * bc)
+    assert m["losses/bc"] == pytest.approx(float(bc.detach()))
+    _, m_none = agent.actor_loss(h, 0.4, None)
     assert m_none["losses/bc"] == 0.0
 
 
@@ -140,14 +141,14 @@ def test_log_likelihood_bc_mixes_rl_and_demo_log_prob():
     h = torch.randn(8, agent.encoder.repr_dim)
     demo_h, demo_a = torch.randn(5, agent.encoder.repr_dim), torch.rand(5, A) * 2 - 1
     torch.manual_seed(1)
-    rl, _ = agent.actor_loss(h, batch.action, batch.is_demo, 0.0, (demo_h, demo_a))
+    rl, _ = agent.actor_loss(h, 0.0, (demo_h, demo_a))
     torch.manual_seed(1)
-    mixed, m = agent.actor_loss(h, batch.action, batch.is_demo, 0.3, (demo_h, demo_a))
+    mixed, m = agent.actor_loss(h, 0.3, (demo_h, demo_a))
     nll = -agent.actor.log_prob(demo_h, demo_a).mean()
     torch.testing.assert_close(mixed, 0.7 * rl + 0.3 * nll)
     assert m["losses/bc"] == pytest.approx(float(nll.detach()))
     torch.manual_seed(1)
-    no_demo, m_none = agent.actor_loss(h, batch.action, batch.is_demo, 0.3, None)
+    no_demo, m_none = agent.actor_loss(h, 0.3, None)
     torch.testing.assert_close(no_demo, rl)  # without demo data the RL term keeps its full weight
     assert m_none["losses/bc"] == 0.0
 
@@ -172,9 +173,8 @@ def test_bc_pulls_policy_to_demo_actions(form):
     batch = make_batch(n_demo=8)
     batch.action[:] = torch.tensor([0.5, -0.5, 0.25])
     h = agent.encoder(batch.obs).detach()
-    weight = 1.0 if form == "log_likelihood" else 100.0
     for _ in range(300):
-        agent.update_actor(h, batch.action, batch.is_demo, bc_weight=weight, demo=(h, batch.action))
+        agent.update_actor(h, bc_weight=1.0, demo=(h, batch.action))
     mean_action = torch.tanh(agent.actor(h)[0])
     assert (mean_action - batch.action).abs().max() < 0.1
 
@@ -268,9 +268,8 @@ def test_entropy_bonus_does_not_drive_std_to_its_ceiling():
     assert agent.noise_clip is None and make_agent().noise_clip == AgentConfig().stddev_clip
     torch.manual_seed(0)
     h = torch.randn(64, agent.encoder.repr_dim)
-    demo_action, is_demo = torch.zeros(64, A), torch.zeros(64, dtype=torch.bool)
     for _ in range(300):
-        metrics = agent.update_actor(h, demo_action, is_demo, bc_weight=0.0)
+        metrics = agent.update_actor(h, bc_weight=0.0)
     assert metrics["charts/entropy"] < 4.0
 
 
@@ -287,7 +286,7 @@ def test_q_scale_makes_the_actor_step_independent_of_the_q_magnitude():
                 for p in agent.critic.l3.parameters():
                     p.mul_(factor)
             torch.manual_seed(3)
-            loss, _ = agent.actor_loss(h, batch.action, batch.is_demo, 0.0)
+            loss, _ = agent.actor_loss(h, 0.0)
             losses.append(float(loss))
         assert losses[1] / losses[0] == pytest.approx(expected_ratio, rel=1e-4)
 
@@ -310,9 +309,8 @@ def test_roles_take_their_own_temperature_and_a_learnt_alpha_is_capped():
     assert float(backward.alpha) == pytest.approx(1.0) and backward.target_entropy == pytest.approx(A / 2)
     assert float(make_agent().alpha) == 0.0
     h = torch.randn(16, backward.encoder.repr_dim)
-    demo_action, is_demo = torch.zeros(16, A), torch.zeros(16, dtype=torch.bool)
     for _ in range(50):  # entropy below a +|A|/2 target pushes α up; the cap holds it
-        metrics = backward.update_actor(h, demo_action, is_demo, bc_weight=0.0)
+        metrics = backward.update_actor(h, bc_weight=0.0)
     assert metrics["charts/alpha"] <= 1.0 + 1e-6
 
 
