@@ -9,8 +9,8 @@ learner commands); the weights subscriber (→ ``PolicySlot.offer``, verified of
 the control server (status, pause, resume, estop, switch_agent, go_home); a supervisor
 (stop signals, ``--max-steps``, periodic log line).
 
-Stopping: SIGINT/SIGTERM → e-stop (``robot.stop()`` at once), the loop ends its segment and
-flushes to the outbox, the outbox finishes writing to the spill log, sockets close, exit 0.
+Stopping: SIGINT/SIGTERM → ``robot.stop()`` at once (a requested stop, logged at INFO; not
+an e-stop), the loop ends its segment and flushes to the outbox, the outbox finishes writing to the spill log, sockets close, exit 0.
 ``--max-steps N`` → the loop stops before step N+1, the daemon waits (bounded) for the acks,
 exit 0. A refused welcome → exit 2 with the learner's reason. Any crash → ``robot.stop()``
 in ``finally``, exit 1.
@@ -57,7 +57,7 @@ from protocol.messages import Ack, ArraySpec, Command, Hello, LoopStats, Status,
 from protocol.session import SessionSettings
 from protocol.transport import (
     BATCH_REFUSED, ConnectionState, ControlServer, ControlServerConfig, HandshakeRefused, UplinkClient,
-    UplinkClientConfig, WeightsSubscriber, WeightsSubscriberConfig, start_zero_copy_collector,
+    UplinkClientConfig, WeightsSubscriber, WeightsSubscriberConfig, start_zero_copy_collector, weights_limits,
 )
 from runtime.clock import (Clock, ClockConfig, IsolationConfig, collect_young, lower_other_threads,
                            lower_thread_priority, ordinary_priority, settle_gc)
@@ -196,6 +196,10 @@ def clock_settings(config: DaemonConfig) -> ClockConfig:
 
 _WILDCARD_HOSTS = ("0.0.0.0", "*", "::", "[::]")
 
+_WELCOME_PATIENCE_S = 30.0
+"""How long a missing welcome is routine (INFO) before it becomes a WARNING: a learner
+started at the same time loads its demos and builds its networks first."""
+
 
 def reachable_endpoint(advertised: str, learner: str) -> str:
     """Returns the weights endpoint to connect to: the learner's advertised one, with a
@@ -277,10 +281,15 @@ class RuntimeDaemon:
         return code
 
     def request_stop(self, reason: str) -> None:
-        """E-stops the robot at once and asks the daemon to shut down (signal handlers call it)."""
-        logger.warning("runtime: stopping (%s)", reason)
+        """Stops the robot at once and asks the daemon to shut down (signal handlers call it).
+
+        A requested stop is routine (INFO). A second request while stopping (Ctrl-C reaches a
+        process group's every member, and a parent forwards its own stop) stops the robot again
+        and logs nothing more."""
+        if not self._stop.is_set():
+            logger.info("runtime: stopping (%s)", reason)
         if self.loop is not None:
-            self.loop.estop()
+            self.loop.estop(shutdown=reason)
         else:
             self.robot.stop()
         self._stop.set()
@@ -326,13 +335,18 @@ class RuntimeDaemon:
     async def _first_welcome(self) -> Welcome:
         """Says hello until the learner answers; raises LearnerRefused on a refusal."""
         assert self.client is not None
+        started = time.monotonic()
         while True:
             try:
                 welcome = await self.client.connect()  # bounded by hello_timeout_s
             except HandshakeRefused as e:
                 raise LearnerRefused(f"learner at {self.config.learner} refused this runtime: {e}") from e
             except (PeerTimeout, HandshakeError) as e:
-                logger.warning("runtime: no welcome yet (%s); retrying in %.1f s", e, self.config.connect_retry_s)
+                # a learner started at the same time takes a while: a person need act only later
+                waited = time.monotonic() - started
+                level = logging.INFO if waited < _WELCOME_PATIENCE_S else logging.WARNING
+                logger.log(level, "runtime: no welcome yet after %.0f s (%s); retrying in %.1f s", waited, e,
+                           self.config.connect_retry_s)
                 await asyncio.sleep(self.config.connect_retry_s)
                 continue
             logger.info("runtime: welcomed by %s (session %s, resume at seq %d, weights at %s)",
@@ -469,7 +483,10 @@ class RuntimeDaemon:
         keys = client_keys(self.config.keys_dir) if self.config.keys_dir else None
         while True:
             endpoint = self._weights_endpoint
-            subscriber = WeightsSubscriber(WeightsSubscriberConfig(endpoint=endpoint, keys=keys))
+            # sized for this policy's blob: the defaults stop at 32 MiB frames, and libzmq drops
+            # a bigger one silently (the robot profile's pixel policy is 82 MiB)
+            subscriber = WeightsSubscriber(WeightsSubscriberConfig(endpoint=endpoint, keys=keys,
+                                                                   limits=weights_limits(self.policy.layout)))
             self._subscribers.append(subscriber)  # its counts stay in the status after it closes
             subscriber.connect()
             try:
@@ -590,6 +607,8 @@ class RuntimeDaemon:
             connected=self.client is not None and self.client.state == ConnectionState.CONNECTED,
             weights_rejected=self.policy.rejected + weights["malformed"] + weights["checksum_failures"],
             weights_accepted=self.policy.accepted,
+            weights_connection=self._subscribers[-1].connection if self._subscribers else "not connected",
+            weights_endpoint=self._weights_endpoint,
             malformed_rejected=control_malformed + weights["malformed"] + self.quarantine.malformed
             + (self.client.malformed_count if self.client is not None else 0),
         )
@@ -629,7 +648,7 @@ class RuntimeDaemon:
 
 
 _LOGGED = ("steps", "agent", "seed_phase", "acked_seq", "queue_depth", "spilled_bytes", "overruns",
-           "jitter_p99_ms", "inference_p50_ms", "weights_version", "env_resets", "connected")
+           "jitter_p99_ms", "inference_p50_ms", "weights_version", "weights_connection", "env_resets", "connected")
 
 
 def install_signal_handlers(daemon: RuntimeDaemon) -> None:

@@ -236,12 +236,20 @@ class ControlLoop:
         self._paused = self._estopped = False
         logger.info("loop: resumed")
 
-    def estop(self) -> None:
-        """Stops the robot at once (``robot.stop()``) and sends nothing until :meth:`resume`."""
+    def estop(self, shutdown: str | None = None) -> None:
+        """Stops the robot at once (``robot.stop()``) and sends nothing until :meth:`resume`.
+
+        ``shutdown`` names a requested stop of the runtime (``SIGINT``: Ctrl-C): the robot stops
+        just the same, but that is routine, logged at INFO; an e-stop command is a WARNING."""
+        already = self._estopped
         self._estopped = True
         self._builder.end_segment()
         self.robot.stop()
-        logger.warning("loop: E-STOP")
+        if shutdown is not None:
+            if not already:
+                logger.info("loop: robot stopped (%s)", shutdown)
+        else:
+            logger.warning("loop: E-STOP")
 
     def switch_agent(self, agent: int | str | None = None) -> int:
         """Switches the acting agent (None: the other one); returns the new one."""

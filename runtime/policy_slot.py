@@ -207,6 +207,11 @@ class PolicySlot:
         return slot
 
     # ------------------------------------------------------------------ queries
+    @property
+    def layout(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """The tensors a weights blob must carry: name → (shape, dtype as published)."""
+        return {name: (shape, str(dtype)) for name, (shape, dtype) in self._layout.items()}
+
     def has_policy(self, agent: int) -> bool:
         """Whether weights for ``agent`` (0/1) are loaded."""
         return agent in self._active

@@ -24,7 +24,7 @@ from protocol.transport.uplink import (BATCH_REFUSED, HELLO_REQUIRED, Connection
                                        UplinkClient, UplinkClientConfig, UplinkServer, UplinkServerConfig,
                                        batch_refusal, refused_range)
 from protocol.transport.weights import (WeightsPublisher, WeightsPublisherConfig, WeightsSubscriber,
-                                        WeightsSubscriberConfig)
+                                        WeightsSubscriberConfig, weights_limits)
 
 logger = logging.getLogger(__name__)
 
@@ -34,5 +34,5 @@ __all__ = [
     "DEFAULT_ENDPOINT", "HELLO_REQUIRED", "ConnectionState", "ControlClient", "ControlClientConfig", "ControlServer",
     "ControlServerConfig", "HandshakeRefused", "Handler", "PeerInfo", "UplinkClient", "UplinkClientConfig",
     "UplinkServer", "UplinkServerConfig", "WeightsPublisher", "WeightsPublisherConfig", "WeightsSubscriber",
-    "WeightsSubscriberConfig",
+    "WeightsSubscriberConfig", "weights_limits",
 ]

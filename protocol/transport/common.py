@@ -10,6 +10,7 @@ import contextlib
 import logging
 import socket as _socket
 import time
+from collections.abc import Callable
 from typing import Sequence
 from urllib.parse import urlsplit
 
@@ -87,6 +88,8 @@ _HANDSHAKE_FAILED = {zmq.EVENT_HANDSHAKE_FAILED_AUTH: "authentication refused",
                      zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol error",
                      zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake failed"}
 _MONITORED = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | sum(_HANDSHAKE_FAILED)
+_CONNECTION_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+"""What a client that follows its connection's state (``on_event``) watches in addition."""
 _security_announced = False
 
 
@@ -187,15 +190,19 @@ class _Authenticator(AsyncioAuthenticator):
         super()._send_zap_reply(request_id, status_code, status_text, user_id)
 
 
-async def _watch(monitor: zmq.asyncio.Socket, role: str, endpoint: str) -> None:
+async def _watch(monitor: zmq.asyncio.Socket, role: str, endpoint: str,
+                 on_event: Callable[[int], None] | None = None) -> None:
     """Reads a socket's monitor events: counts and logs refused (server) or failed (client)
-    CURVE handshakes. A server learns a failure before the connection's DISCONNECTED event,
-    which names the connection: the pair gives the peer's address (best effort)."""
+    CURVE handshakes, and passes every event's kind to ``on_event``. A server learns a
+    failure before the connection's DISCONNECTED event, which names the connection: the pair
+    gives the peer's address (best effort)."""
     peers: dict[int, str] = {}
     pending: list[str] = []
     while True:
         event = parse_monitor_message(await monitor.recv_multipart())
         kind, value = event["event"], event["value"]
+        if on_event is not None:
+            on_event(kind)
         if kind == zmq.EVENT_ACCEPTED:
             peers[value] = _peer_address(value)
             if len(peers) > 4096:  # bounded whatever a flood of connections does
@@ -229,23 +236,30 @@ class _Sockets:
         self.auth: AsyncioAuthenticator | None = None
         self._watchers: list[asyncio.Task[None]] = []
 
-    def watch(self, sock: zmq.asyncio.Socket, role: str, endpoint: str) -> None:
+    def watch(self, sock: zmq.asyncio.Socket, role: str, endpoint: str,
+              on_event: Callable[[int], None] | None = None) -> None:
         """Counts and logs ``sock``'s failed CURVE handshakes (``role`` "server" or "client")
-        in a task on the running loop; without a running loop it does nothing."""
+        in a task on the running loop, and with ``on_event`` also reports its connection
+        events (connected, retried, handshake succeeded, disconnected) to it; without a
+        running loop it does nothing. A socket has one monitor: watch it once."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        monitor = sock.get_monitor_socket(_MONITORED)
+        monitor = sock.get_monitor_socket(_MONITORED | (_CONNECTION_EVENTS if on_event is not None else 0))
         monitor.linger = 0
-        self._watchers.append(loop.create_task(_watch(monitor, role, endpoint), name=f"zmq-monitor {endpoint}"))
+        self._watchers.append(loop.create_task(_watch(monitor, role, endpoint, on_event),
+                                               name=f"zmq-monitor {endpoint}"))
 
-    def secure_client(self, sock: zmq.asyncio.Socket, keys: CurveClientKeys | None, endpoint: str) -> None:
-        """Applies ``keys`` (if any) to a connecting socket and watches its handshakes."""
+    def secure_client(self, sock: zmq.asyncio.Socket, keys: CurveClientKeys | None, endpoint: str,
+                      on_event: Callable[[int], None] | None = None) -> None:
+        """Applies ``keys`` (if any) to a connecting socket and watches its handshakes (and,
+        with ``on_event``, its connection events, keyed or not)."""
         announce_security(keys is not None, f"client of {endpoint}")
         if keys is not None:
             apply_client_keys(sock, keys)
-            self.watch(sock, "client", endpoint)
+        if keys is not None or on_event is not None:
+            self.watch(sock, "client", endpoint, on_event)
 
     def socket(self, kind: int, *, limits: Limits | None = None) -> zmq.asyncio.Socket:
         sock = self.ctx.socket(kind)

@@ -433,6 +433,10 @@ class UplinkClient:
         assert sock is not None
         cfg = self.config
         next_beat = time.monotonic()
+        # Liveness counts from when someone listens: a runtime that spent 15 s building its
+        # policy between the welcome and this call has not heard the learner's heartbeats
+        # (they wait in the socket), which says nothing about the learner.
+        self._last_seen = max(self._last_seen, next_beat)
         while True:
             now = time.monotonic()
             if self._reconnect_requested:

@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import zmq
 import zmq.asyncio
 
@@ -20,6 +24,40 @@ from protocol.transport.common import DEFAULT_ENDPOINT, _buffers, _positive, _se
 logger = logging.getLogger(__name__)
 
 # ============================================================================ weights
+
+_HEADROOM_BYTES = 2**20
+"""Room above a blob's tensor bytes for its header (names, shapes, checksum)."""
+
+
+def weights_limits(tensors: Mapping[str, tuple[Sequence[int], str]], base: Limits = Limits()) -> Limits:
+    """Returns decoder limits that admit a Weights blob of ``tensors`` (name → (shape, dtype)
+    as the learner sends them): ``base``, with every size cap raised where the blob needs more.
+
+    The runtime builds the same network the learner trains, so it knows the blob's size
+    before the first one arrives. The default limits fit the sim profile's pixel policy
+    (19 MiB, one 15 MiB frame); the robot profile's (feature dim 256, two cameras: 82 MiB,
+    one 77 MiB frame) is over them, and libzmq drops a peer that sends a frame above
+    ``ZMQ_MAXMSGSIZE`` without a word — the runtime then never received any weights.
+    """
+    sizes = [(math.prod(shape), math.prod(shape) * _itemsize(dtype)) for shape, dtype in tensors.values()]
+    largest_elements = max((n for n, _ in sizes), default=0)
+    largest_bytes = max((b for _, b in sizes), default=0)
+    total_elements = sum(n for n, _ in sizes)
+    total_bytes = sum(b for _, b in sizes)
+    return dataclasses.replace(
+        base,
+        max_frame_bytes=max(base.max_frame_bytes, largest_bytes + _HEADROOM_BYTES),
+        max_message_bytes=max(base.max_message_bytes, total_bytes + _HEADROOM_BYTES),
+        max_array_elements=max(base.max_array_elements, largest_elements),
+        max_total_elements=max(base.max_total_elements, total_elements),
+        max_frames=max(base.max_frames, len(sizes) + 8),
+        max_entries=max(base.max_entries, len(sizes) + 16),
+    )
+
+
+def _itemsize(dtype: str) -> int:
+    return int(np.dtype(dtype).itemsize)
+
 
 @dataclass(frozen=True, kw_only=True)
 class WeightsPublisherConfig:
@@ -107,7 +145,8 @@ class WeightsSubscriberConfig:
 class WeightsSubscriber:
     """Receives verified Weights, newest per agent; older or equal versions are skipped."""
 
-    FIGURES = ("received", "delivered", "malformed", "checksum_failures", "superseded", "stale")
+    FIGURES = ("received", "delivered", "malformed", "checksum_failures", "superseded", "stale", "connects",
+               "disconnects")
     """The keys of :meth:`figures`."""
 
     def __init__(self, config: WeightsSubscriberConfig) -> None:
@@ -132,6 +171,14 @@ class WeightsSubscriber:
         (the publisher's periodic re-send, or an old blob)."""
         self.delivered_count = 0
         """Verified blobs returned by ``recv`` (the caller decides whether to use them)."""
+        self.connection = "not connected"
+        """``not connected`` (before :meth:`connect`), ``connecting`` (ZeroMQ is trying),
+        ``connected`` (handshake done: blobs can arrive) or ``disconnected`` (it will retry)."""
+        self.connects = 0
+        """Completed handshakes with the publisher."""
+        self.disconnects = 0
+        """Connections lost; ZeroMQ reconnects by itself."""
+        self._received_at_connect = 0
 
     @property
     def rejected_count(self) -> int:
@@ -143,10 +190,36 @@ class WeightsSubscriber:
         self._zmq = _Sockets()
         sock = self._zmq.socket(zmq.SUB, limits=self.config.limits)
         sock.rcvhwm = self.config.rcvhwm
-        self._zmq.secure_client(sock, self.config.keys, self.config.endpoint)
+        self._zmq.secure_client(sock, self.config.keys, self.config.endpoint, on_event=self._on_event)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         sock.connect(self.config.endpoint)
         self._sock = sock
+        self.connection = "connecting"
+        limits = self.config.limits
+        logger.info("weights: subscribing to %s (blobs up to %.0f MiB, frames up to %.0f MiB)", self.config.endpoint,
+                    limits.max_message_bytes / 2**20, limits.max_frame_bytes / 2**20)
+
+    def _on_event(self, kind: int) -> None:
+        """Follows the connection through the socket's monitor events (see ``connection``)."""
+        if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.connection = "connected"
+            self.connects += 1
+            self._received_at_connect = self.received_count
+            logger.info("weights: connected to %s", self.config.endpoint)
+        elif kind == zmq.EVENT_CONNECT_RETRIED and self.connection != "connected":
+            self.connection = "connecting"
+        elif kind == zmq.EVENT_DISCONNECTED:
+            self.connection = "disconnected"
+            self.disconnects += 1
+            if self.received_count == self._received_at_connect and _worth_logging(self.disconnects):
+                # libzmq drops a publisher whose frame is over ZMQ_MAXMSGSIZE before we see it
+                logger.warning("weights: the connection to %s dropped before any blob arrived (%d disconnects so "
+                               "far): a blob over this runtime's limits (frames up to %.0f MiB), or the learner "
+                               "restarting; ZeroMQ reconnects", self.config.endpoint, self.disconnects,
+                               self.config.limits.max_frame_bytes / 2**20)
+            else:
+                logger.info("weights: connection to %s lost (%d so far); ZeroMQ reconnects", self.config.endpoint,
+                            self.disconnects)
 
     def refused(self, weights: Weights) -> None:
         """Tells the subscriber its caller refused ``weights`` (the last one ``recv`` returned):
@@ -233,7 +306,8 @@ class WeightsSubscriber:
         """Returns the counters, for a status."""
         return {"received": self.received_count, "delivered": self.delivered_count,
                 "malformed": self.malformed_count, "checksum_failures": self.checksum_failures,
-                "superseded": self.superseded_count, "stale": self.stale_count}
+                "superseded": self.superseded_count, "stale": self.stale_count, "connects": self.connects,
+                "disconnects": self.disconnects}
 
     def close(self) -> None:
         """Closes the socket (linger 0). Idempotent."""

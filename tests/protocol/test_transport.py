@@ -15,12 +15,13 @@ import zmq
 import zmq.asyncio
 
 from protocol import keys
+from protocol.codec import Limits
 from protocol.errors import PeerTimeout
 from protocol.messages import Ack, ArraySpec, Command, Heartbeat, Hello, Status, TransitionBatch, Weights, Welcome
 from protocol.transport import (
     ConnectionState, ControlClient, ControlClientConfig, ControlServer, ControlServerConfig, HandshakeRefused,
     UplinkClient, UplinkClientConfig, UplinkServer, UplinkServerConfig, WeightsPublisher,
-    WeightsPublisherConfig, WeightsSubscriber, WeightsSubscriberConfig,
+    WeightsPublisherConfig, WeightsSubscriber, WeightsSubscriberConfig, weights_limits,
 )
 from tests.protocol.strategies import small_batch
 
@@ -284,6 +285,43 @@ def test_weights_with_a_bad_checksum_are_rejected() -> None:
             assert w.version == 2 and sub.rejected_count + sub.superseded_count >= 1
         finally:
             sub.close()
+            pub.close()
+    run(body)
+
+
+def test_a_blob_over_the_default_frame_limit_arrives_with_limits_sized_for_it() -> None:
+    # The robot profile's pixel policy has a 77 MiB tensor; libzmq silently drops a peer whose
+    # frame is over ZMQ_MAXMSGSIZE, so with the default limits (32 MiB frames) nothing arrived,
+    # ever (issue 18). weights_limits sizes the SUB for the blob it expects; the default-sized
+    # subscriber's connection state shows the drops.
+    big = 40 * 2**20 // 4  # float32 elements: one 40 MiB frame
+    layout = {"w": ((big,), "float32"), "b": ((5,), "float32")}
+    assert weights_limits(layout).max_frame_bytes > 40 * 2**20 > Limits().max_frame_bytes
+    assert weights_limits({"b": ((5,), "float32")}) == Limits()  # small blobs keep the defaults
+
+    async def body() -> None:
+        pub = WeightsPublisher(WeightsPublisherConfig(republish_s=0.3))
+        endpoint = await pub.start()
+        sized = WeightsSubscriber(WeightsSubscriberConfig(endpoint=endpoint, limits=weights_limits(layout)))
+        default = WeightsSubscriber(WeightsSubscriberConfig(endpoint=endpoint))
+        for sub in (sized, default):
+            sub.connect()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                republisher = tg.create_task(pub.run())
+                await asyncio.sleep(0.3)
+                pub.publish(Weights.create(agent="forward", version=3, tensors={
+                    "w": np.full(big, 3.0, np.float32), "b": np.arange(5, dtype=np.float32)}))
+                got = await asyncio.wait_for(sized.recv(), 10)
+                assert got.version == 3 and got.tensors["w"].shape == (big,)
+                assert sized.connection == "connected" and sized.figures()["connects"] >= 1
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(default.recv(), 1.5)  # two re-sends: dropped each time
+                assert default.figures()["disconnects"] >= 1 and default.received_count == 0
+                republisher.cancel()
+        finally:
+            for sub in (sized, default):
+                sub.close()
             pub.close()
     run(body)
 

@@ -83,7 +83,9 @@ def test_sigterm_stops_cleanly_and_a_restart_continues_the_session(tmp_path: Pat
 
     first, second, learner, log = asyncio.run(body())
     assert first == 0 and second == 0, log
-    assert "E-STOP" in log and "runtime: stopped" in log
+    # a requested stop stops the robot, once, at INFO: it is not an e-stop
+    assert "loop: robot stopped (SIGTERM)" in log and "runtime: stopped" in log
+    assert "E-STOP" not in log and log.count("runtime: stopping (SIGTERM)") == 1
     assert len({h.session_id for h in learner.hellos}) == 1  # the restart continued its session
     assert learner.hellos[1].next_seq > 0
     assert set(learner.received.values()) == {1}  # no step twice …
