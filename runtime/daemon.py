@@ -363,7 +363,7 @@ class RuntimeDaemon:
         loop_config = LoopConfig(max_frame_age_s=limits.max_frame_age_s, batch_steps=self.config.batch_steps,
                                  env_reset_every=self.facts.reset_interval,
                                  prefetch_lead_s=self.config.prefetch_lead_s,
-                                 prefetch_passes=self.config.prefetch_passes)
+                                 prefetch_passes=self.config.prefetch_passes, lockstep=self.config.lockstep)
         return ControlLoop(robot=self.robot, cameras=self.cameras, policy=self.policy, shield=shield,
                            schedule=schedule, clock=Clock(clock_settings(self.config)), sink=self.outbox,
                            config=loop_config, gate=self._gate)
@@ -521,7 +521,7 @@ class RuntimeDaemon:
                 pass
             if time.monotonic() - last_log >= self.config.status_log_interval_s:
                 last_log = time.monotonic()
-                logger.info("runtime: %s", " ".join(f"{k}={v}" for k, v in self._status_detail().items()
+                logger.info("runtime: %s", " ".join(f"{k}={_for_people(v)}" for k, v in self._status_detail().items()
                                                     if k in _LOGGED))
         loop_task.cancel()
         try:
@@ -649,6 +649,12 @@ class RuntimeDaemon:
 
 _LOGGED = ("steps", "agent", "seed_phase", "acked_seq", "queue_depth", "spilled_bytes", "overruns",
            "jitter_p99_ms", "inference_p50_ms", "weights_version", "weights_connection", "env_resets", "connected")
+
+
+def _for_people(value: Any) -> Any:
+    """A status value as a log line shows it: floats to 3 significant digits (``status`` and
+    the JSON keep full precision)."""
+    return f"{value:.3g}" if isinstance(value, float) else value
 
 
 def install_signal_handlers(daemon: RuntimeDaemon) -> None:

@@ -157,8 +157,11 @@ def other_threads() -> str:
 class LateTickProbe:
     """Samples the loop thread after every tick; explains, logs and counts late ones."""
 
-    def __init__(self, *, log_interval_s: float = 1.0) -> None:
+    def __init__(self, *, log_interval_s: float = 1.0, log_level: int = logging.WARNING) -> None:
+        """``log_level``: of the late-tick lines; INFO where lateness is routine (a lock-step
+        loop waits for the learner, so a late tick there harms nothing)."""
         self.log_interval_s = log_interval_s
+        self.log_level = log_level
         self._fd: int | None = None
         self._last_log = -math.inf
         self._unlogged = 0
@@ -223,8 +226,8 @@ class LateTickProbe:
             self._warmup_switches += (after.voluntary - before.voluntary) + (after.involuntary - before.involuntary)
 
     def late(self, late_s: float) -> LateTick | None:
-        """Call at the start of a late tick: explains the gap since :meth:`mark`, logs it at
-        WARNING and counts its cause. None before the first mark."""
+        """Call at the start of a late tick: explains the gap since :meth:`mark`, logs it (at
+        ``log_level``) and counts its cause. None before the first mark."""
         if self._since is None:
             return None
         now, then = ThreadSample.now(self._fd), self._since
@@ -243,7 +246,8 @@ class LateTickProbe:
             self._unlogged += 1
             return report
         self._last_log = now.wall
-        logger.warning(
+        logger.log(
+            self.log_level,
             "loop: tick %.2f ms late (%s): gap %.2f ms, loop thread CPU %.2f ms (warm-up %.2f, of which "
             "CPU %.2f, %d switches), waiting for "
             "a core %s ms, gc %.2f ms, switches %d involuntary / %d voluntary, page faults %d minor / %d major%s; "

@@ -87,6 +87,9 @@ class LoopConfig:
     previous observation (``PolicySlot.prefetch``; 0 turns it off). Long enough for the
     warm-up passes (≈2–4 ms each here) to end before the tick; skipped when the period is
     under twice the lead."""
+    lockstep: bool = False
+    """The loop is paced by a lock-step learner (``gate``), not by its clock: late ticks are
+    routine (logged at INFO) and the clock's rate is a ceiling."""
     prefetch_passes: int | None = None
     """Warm-up inferences per tick; None: one per 30 ms of period, 1 to 3 (the longer the
     learner had the core, the colder the caches). A pass is skipped when it could run into
@@ -220,7 +223,7 @@ class ControlLoop:
         self._last_stats_log = time.monotonic()
         self._last_observation: dict[str, np.ndarray] | None = None
         """The newest complete observation (the policy's cache warm-up input)."""
-        self.lateness = LateTickProbe()
+        self.lateness = LateTickProbe(log_level=logging.INFO if self.config.lockstep else logging.WARNING)
         """Explains, logs and counts late ticks."""
 
     # ------------------------------------------------------------------ commands
@@ -283,7 +286,11 @@ class ControlLoop:
     # ------------------------------------------------------------------ run
     async def run(self) -> None:
         """Ticks until cancelled; ``robot.stop()`` and a final flush run in ``finally``."""
-        logger.info("loop: starting at %.1f Hz with %d camera(s)", self.clock.config.rate_hz, len(self.cameras))
+        if self.config.lockstep:
+            logger.info("loop: starting lock-stepped with the learner (at most %.0f Hz) with %d camera(s)",
+                        self.clock.config.rate_hz, len(self.cameras))
+        else:
+            logger.info("loop: starting at %.1f Hz with %d camera(s)", self.clock.config.rate_hz, len(self.cameras))
         try:
             while True:
                 if self._gate is not None:

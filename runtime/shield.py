@@ -226,7 +226,7 @@ class Shield:
         if missed and self.config.hold_on_deadline_miss:
             reasons.append("deadline_missed")
         elif missed:
-            self._count("deadline_missed")
+            self._count("deadline_missed", held=False)
         if state is None or not isinstance(state, RobotState):
             reasons.append("state_missing")
         else:
@@ -340,7 +340,9 @@ class Shield:
             self._count(reason)
         return ShieldResult(command=self.hold_command(), held=True, reasons=tuple(reasons))
 
-    def _count(self, reason: str) -> None:
+    def _count(self, reason: str, *, held: bool = True) -> None:
+        """Counts ``reason`` and logs it (rate-limited): a hold at WARNING, the rest at INFO
+        (a clip, or a missed deadline that the settings do not hold for: lock-step)."""
         by_reason = self.counters.by_reason
         by_reason[reason] = by_reason.get(reason, 0) + 1
         now = time.monotonic()
@@ -350,7 +352,7 @@ class Shield:
             return
         self._last_log[reason] = now
         suppressed = self._suppressed.pop(reason, 0)
-        level = logging.WARNING if reason in HOLD_REASONS else logging.INFO
+        level = logging.WARNING if held and reason in HOLD_REASONS else logging.INFO
         logger.log(level, "shield: %s (total %d, %d more since last report)",
                    reason, by_reason[reason], suppressed)
 

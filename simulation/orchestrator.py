@@ -15,7 +15,7 @@ Order of a run (:class:`Orchestrator`):
    left;
 5. supervision: status polls, the progress line, evaluations when due, and a stop when the
    runtimes finish, the time limit passes, SIGINT/SIGTERM arrives or a child dies;
-6. shutdown: runtimes first (e-stop when interrupted, then SIGTERM: they flush), a final
+6. shutdown: runtimes first (paused when interrupted, then SIGTERM: they stop the robot and flush), a final
    evaluation when the run ended normally, then the learner (SIGTERM: it checkpoints).
 
 Children run in their own sessions, so a Ctrl-C in the terminal reaches only this process,
@@ -402,8 +402,8 @@ class Orchestrator:
     async def _shutdown(self, reason: str) -> RunOutcome:
         clean_end = reason in ("finished", "time limit")
         running = [rt for rt in self.runtimes if rt.running]
-        if running and not clean_end:
-            await asyncio.gather(*(self._request(rt.name, "estop") for rt in running))
+        if running and not clean_end:  # hold them at once (a requested stop, not an e-stop), then SIGTERM
+            await asyncio.gather(*(self._request(rt.name, "pause") for rt in running))
         await asyncio.gather(*(rt.stop(self.spec.stop_timeout) for rt in self.runtimes))
         if self._eval_future is not None:
             if not clean_end:

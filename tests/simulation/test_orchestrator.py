@@ -374,7 +374,7 @@ def test_interrupt_then_resume_continues_steps_and_evals(tmp_path: Path, standin
     first = asyncio.run(interrupted())
     assert first.outcome.reason == "interrupted" and first.outcome.ok  # type: ignore[attr-defined]
     run = tmp_path / "run"
-    assert (run / "runtimes" / "robot0" / "estopped").exists()  # e-stop before SIGTERM
+    assert (run / "runtimes" / "robot0" / "paused").exists()  # held before SIGTERM (a stop, not an e-stop)
     steps_before = first.outcome.env_steps  # type: ignore[attr-defined]
     rows_before = len((run / "evals.csv").read_text().splitlines())
     standins.setenv("FAKE_STEPS_CAP", str(steps_before + 400))
@@ -480,8 +480,8 @@ def _fake_runtime(argv: list[str]) -> int:
     stop = asyncio.Event()
 
     async def handler(cmd: Command) -> Status:
-        if cmd.kind == "estop":
-            (spill / "estopped").touch()
+        if cmd.kind in ("estop", "pause"):
+            (spill / cmd.kind.replace("estop", "estopped").replace("pause", "paused")).touch()
         return Status(request_id=cmd.request_id, role="runtime", state="running", ok=True, message="",
                       detail={"steps": 1, "agent": "forward", "env_resets": 1})
 
