@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import zmq
 import zmq.asyncio
+import zmq.auth
 from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
@@ -225,6 +226,15 @@ async def _watch(monitor: zmq.asyncio.Socket, role: str, endpoint: str,
                              endpoint, address, reason, HANDSHAKES["refused"])
 
 
+def _public_key(certificate: object) -> str:
+    """The Z85 public key of a CURVE certificate file, for a log line ('?' when unreadable)."""
+    try:
+        public, _ = zmq.auth.load_certificate(str(certificate))
+    except (OSError, ValueError):
+        return "?"
+    return public.decode("ascii") if isinstance(public, bytes) else str(public)
+
+
 class _Sockets:
     """One context plus the optional ZAP authenticator; owns their shutdown."""
 
@@ -255,7 +265,9 @@ class _Sockets:
                       on_event: Callable[[int], None] | None = None) -> None:
         """Applies ``keys`` (if any) to a connecting socket and watches its handshakes (and,
         with ``on_event``, its connection events, keyed or not)."""
-        announce_security(keys is not None, f"client of {endpoint}")
+        announce_security(keys is not None, f"client of {endpoint}" if keys is None else
+                          f"client of {endpoint}, server key pinned: {_public_key(keys.server_public_key_file)} "
+                          f"from {keys.server_public_key_file}")
         if keys is not None:
             apply_client_keys(sock, keys)
         if keys is not None or on_event is not None:
@@ -271,7 +283,8 @@ class _Sockets:
 
     def bind(self, sock: zmq.asyncio.Socket, endpoint: str, keys: CurveServerKeys | None) -> str:
         announce_security(keys is not None, f"server at {endpoint}" if keys is None else
-                          f"server key {keys.secret_key_file}, allowed clients in {keys.allowed_clients_dir}")
+                          f"server key {_public_key(keys.secret_key_file)} from {keys.secret_key_file}, "
+                          f"allowed clients in {keys.allowed_clients_dir}")
         if keys is not None:
             if self.auth is None:
                 self.auth = _Authenticator(self.ctx)
