@@ -81,6 +81,9 @@ class ServiceConfig:
     """Agent updates between checkpoints."""
     keep_checkpoints: int = 3
     """Checkpoints kept on disk (newest first)."""
+    disk_warn_gib: float = 20.0
+    """The run directory's size (checkpoints, journal, TensorBoard) above which every
+    checkpoint logs a WARNING; the progress line always shows it (``disk_gib``)."""
     log_every: int = 100
     """Agent updates between metric logs."""
     mode: str = "realtime"
@@ -116,6 +119,8 @@ class ServiceConfig:
             raise ValueError(f"ServiceConfig.cpus must be CPU numbers >= 0, got {self.cpus!r}")
         if self.mode not in ("realtime", "lockstep"):
             raise ValueError(f"ServiceConfig.mode must be realtime or lockstep, got {self.mode!r}")
+        if not self.disk_warn_gib > 0:
+            raise ValueError(f"ServiceConfig.disk_warn_gib must be > 0, got {self.disk_warn_gib!r}")
         if not isinstance(self.journal_retention_steps, int) or self.journal_retention_steps < 0:
             raise ValueError(f"ServiceConfig.journal_retention_steps must be an int >= 0, "
                              f"got {self.journal_retention_steps!r}")

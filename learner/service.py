@@ -123,6 +123,8 @@ class TrainingWorker:
         """Per agent: the version last really published (-1: none yet; the status figure)."""
         self._trained: dict[str, int] = {}
         self._last_ckpt = self._last_log = sum(trainer.updates)
+        self.disk_bytes = directory_bytes(self.run_dir)
+        """Bytes under the run directory, measured at start and after every checkpoint."""
         self._latest_metrics: dict[str, float] = {}
         self._rate: deque[tuple[float, int]] = deque(maxlen=64)
         self.weights_withheld = 0
@@ -317,7 +319,18 @@ class TrainingWorker:
         for n in [n for n in self.ckpt_positions if n not in on_disk]:
             del self.ckpt_positions[n]
         self.journal.trim(min(self.ckpt_positions.values()))
+        self._check_disk()
         return path
+
+    def _check_disk(self) -> None:
+        """Measures the run directory (after a checkpoint, when it is largest) and warns above
+        ``service.disk_warn_gib``."""
+        self.disk_bytes = directory_bytes(self.run_dir)
+        cap = self.cfg.service.disk_warn_gib
+        if self.disk_bytes > cap * 2**30:
+            logger.warning("disk: the run directory %s holds %.1f GiB, over service.disk_warn_gib = %g: lower "
+                           "service.keep_checkpoints or replay.save_in_checkpoint, or raise the cap", self.run_dir,
+                           self.disk_bytes / 2**30, cap)
 
     def _checkpoint_config(self) -> dict:
         """The resolved config plus the observation spec and action size, so a checkpoint
@@ -348,8 +361,23 @@ class TrainingWorker:
         """Returns the figures for the console line."""
         with self._lock:
             f = dict(self.figures)
-        return {k: f[k] for k in ("env_steps", "updates", "utd", "updates_per_s", "seed_phase",
-                                  "weights_version_forward", "weights_version_backward")}
+        out = {k: f[k] for k in ("env_steps", "updates", "utd", "updates_per_s", "seed_phase",
+                                 "weights_version_forward", "weights_version_backward")}
+        out["disk_gib"] = round(self.disk_bytes / 2**30, 2)
+        return out
+
+
+def directory_bytes(path: Path) -> int:
+    """Returns the bytes of the files under ``path`` (0 when it does not exist; files that
+    vanish during the walk — a checkpoint being rotated — are skipped)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except OSError:
+                continue
+    return total
 
 
 # ============================================================================ uplink with drop hook

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import subprocess
@@ -477,3 +478,30 @@ def test_pin_process_moves_every_thread_and_refuses_absent_cpus() -> None:
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr
+
+
+def test_disk_use_is_measured_and_warned_above_the_cap(tmp_path: Path, demos, caplog) -> None:
+    # service.disk_warn_gib at ~1 KiB: the first checkpoint (40 updates) is over it
+    async def scenario() -> LearnerService:
+        service = LearnerService(tiny_config("service.disk_warn_gib=0.000001"), demos, run_dir=tmp_path / "run")
+        task = await started(service)
+        ctx = zmq.asyncio.Context()
+        try:
+            rt = Runtime(ctx, service.endpoints["uplink"])
+            assert (await rt.hello(make_hello("s1"))).accepted
+            for first in range(0, 64, 8):
+                rt.send(make_batch("s1", first, 8))
+            await rt.ack_at_least(64, trained=64)
+            rt.close()
+        finally:
+            await stop(service, task)
+            ctx.destroy(linger=0)
+        return service
+
+    with caplog.at_level(logging.WARNING, logger="learner.service"):
+        service = asyncio.run(scenario())
+    assert any((tmp_path / "run").glob("ckpt-*"))
+    assert any("disk: the run directory" in r.getMessage() and "disk_warn_gib" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    worker = service.worker
+    assert worker is not None and worker.disk_bytes > 2**10 and "disk_gib" in worker.progress_figures()
