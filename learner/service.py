@@ -421,6 +421,9 @@ class LearnerService:
         """Batches refused at ingest for their values (non-finite, actions outside [-1, 1])."""
         self.refused_steps = 0
         """Steps in those batches (skipped: never journaled, never trained on)."""
+        self.journal_refused_steps = 0
+        """Steps of journal records skipped at start-up for their values (journals written
+        before ingest checked them: non-finite, actions outside [-1, 1])."""
         self.gaps = 0
         """Batches dropped as starting beyond the next expected seq (the runtime resends)."""
         self.journal_errors = 0
@@ -575,6 +578,15 @@ class LearnerService:
             if sid in ends and batch.first_seq != ends[sid]:
                 self._streams.pop(sid)  # a hole the gap rule skipped: start a new stream
             ends[sid] = batch.end_seq
+            why = batch_value_error(batch)
+            if why:  # a journal written before ingest checked values: its bad records stay out of training
+                self.journal_refused_steps += batch.size
+                self._streams.pop(sid, None)  # the steps after it start a new stream
+                if pos >= position and batch.end_seq > self.tracker.committed(sid):
+                    self.tracker.skip_to(sid, batch.end_seq)  # acked long ago: never asked for again
+                logger.warning("journal: record of session %s, steps %d..%d, skipped: %s (%d steps so far)", sid,
+                               batch.first_seq, batch.end_seq - 1, why, self.journal_refused_steps)
+                continue
             item = WorkItem(pos, self._stream_of(sid), batch)
             if pos < position:
                 if not has_replay:
@@ -780,6 +792,7 @@ class LearnerService:
                       + self._control.malformed_count,
                       refused_sessions=self.refused_sessions, handler_errors=self.handler_errors,
                       refused_batches=self.refused_batches, refused_steps=self.refused_steps,
+                      journal_refused_steps=self.journal_refused_steps,
                       failed_replies=self._control.failed_replies,
                       dropped_sessions=self.rejected_batches,
                       journal_bytes=self._journal.bytes_used if self._journal else 0)

@@ -205,3 +205,37 @@ def test_a_learner_killed_after_a_refusal_resumes_across_the_hole(tmp_path: Path
     asyncio.run(first())
     assert not any(run_dir.glob("ckpt-*"))
     asyncio.run(second())
+
+
+def test_an_old_journals_bad_records_are_skipped_at_start_up(tmp_path: Path, demos) -> None:
+    """A journal written before ingest checked values may hold non-finite steps: replaying it
+    at start-up skips those records (counted in ``journal_refused_steps``, logged) and trains
+    on the rest; the session resumes after them."""
+    journal = IngestJournal.open(JournalConfig(directory=tmp_path / "run" / "journal", retention_steps=1 << 40))
+    try:
+        for position, batch in ((0, make_batch("s1", 0, 8)), (8, poisoned("nan_obs", "s1", 8)),
+                                (16, make_batch("s1", 16, 8))):
+            journal.append(position, batch)
+    finally:
+        journal.close()
+
+    async def scenario() -> dict:
+        service = LearnerService(tiny_config(), demos, run_dir=tmp_path / "run", resume=True)
+        task = await started(service)
+        ctx = zmq.asyncio.Context()
+        try:
+            rt = Runtime(ctx, service.endpoints["uplink"])
+            welcome = await rt.hello(make_hello("s1", next_seq=24, oldest_seq=24))
+            assert welcome.accepted and welcome.resume_seq == 24, welcome
+            rt.send(make_batch("s1", 24, 8))
+            await rt.ack_at_least(32, trained=32)
+            detail = (await status(service)).detail
+            rt.close()
+        finally:
+            await stop(service, task)
+            ctx.destroy(linger=0)
+        return detail
+
+    d = asyncio.run(scenario())
+    assert d["journal_refused_steps"] == 8 and d["skipped_nonfinite"] == 0
+    assert d["env_steps"] == 24  # 8 + 8 replayed, 8 new
