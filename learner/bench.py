@@ -181,7 +181,7 @@ def agent_rate(spec: ObsSpec, buf: ReplayBuffer, device: str, updates: int, warm
 
 def main(argv: list[str]) -> int:
     """Runs the learner benchmark; prints one JSON object last. Returns 0. Blocks for minutes."""
-    parser = argparse.ArgumentParser(prog="resetfree-bench learner", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="resetfree-bench learner", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--quick", action="store_true", help="a few updates per measurement")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda: where the CUDA figure runs")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads on CPU")

@@ -166,7 +166,7 @@ async def _weights_latency(nbytes: int, repeats: int) -> float:
 
 def main(argv: list[str]) -> int:
     """Runs the benchmark; prints one JSON object as the last line; returns 0."""
-    parser = argparse.ArgumentParser(prog="resetfree-bench protocol", description=__doc__)
+    parser = argparse.ArgumentParser(prog="resetfree-bench protocol", description=__doc__.replace("``", ""))
     parser.add_argument("--quick", action="store_true", help="a short run (fewer steps and repeats)")
     parser.add_argument("--steps", type=int, default=None, help="transitions per throughput run")
     args = parser.parse_args(argv)

@@ -352,6 +352,13 @@ def load_demos(path: str | os.PathLike[str]) -> Demos:
     if not path.is_file():
         raise DemoFormatError(f"{path}: no such file")
     try:
+        with path.open("rb") as file:
+            head = file.read(4)
+    except OSError as e:
+        raise DemoFormatError(f"{path}: not a readable demo archive ({e})") from e
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):  # not a zip: np.load would call it "pickled data"
+        raise DemoFormatError(f"{path}: not an npz archive (demo files are the .npz archives resetfree-demos writes)")
+    try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:

@@ -31,7 +31,8 @@ from runtime.daemon import EXIT_CRASH, DaemonConfig, RuntimeDaemon, install_sign
 from runtime.policy_slot import CONV_DTYPES, PROJECTION_DTYPES, PolicySlotConfig
 from runtime.errors import RuntimeFault
 from runtime.loop import LoopConfig
-from runtime.robots import RESET_SCHEDULES, RobotFacts, RobotSpecError, make_robot, parse_spec, robot_facts
+from runtime.robots import (RESET_SCHEDULES, RobotFacts, RobotSpecError, check_spec, make_robot, parse_spec,
+                            robot_facts)
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--robot", default="sim:tabletop", help="sim:TASK (tabletop, door, peg, cube) or franka")
     p.add_argument("--learner", default="tcp://127.0.0.1:5555", help="learner uplink endpoint")
     p.add_argument("--obs", choices=("state", "pixels"), default="state", help="simulated observation mode")
-    p.add_argument("--hz", type=float, default=10.0, help="control rate (Hz)")
+    p.add_argument("--hz", type=float, default=10.0, help="control rate in Hz (default %(default)g)")
     p.add_argument("--lockstep", action="store_true", help="simulation: wait for the learner's updates before "
                    "each tick (reproducible learning curves)")
     p.add_argument("--spill-dir", type=Path, default=None, help="spill log + session state (default "
@@ -53,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "pick one; written to SPILL_DIR/endpoints.json)")
     p.add_argument("--keys", type=Path, default=None, help="CURVE keys directory (resetfree-keys generate)")
     p.add_argument("--seed", type=int, default=None, help="seed of the simulation and the seed-phase actions")
-    p.add_argument("--switch-every", type=int, default=200, help="steps per agent before switching")
+    p.add_argument("--switch-every", type=int, default=200,
+                   help="steps per agent before switching to the other (default %(default)s)")
     p.add_argument("--reset-every", type=int, default=None, help="simulation: steps between environment resets "
                    "(default: --reset-schedule's; 0: never). A real robot is never reset")
     p.add_argument("--reset-schedule", choices=RESET_SCHEDULES, default=None,
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        parse_spec(args.robot)
+        check_spec(args.robot)  # an unknown sim:TASK is one line, not a traceback from the loop
         check_reset_flags(args)
         config = daemon_config(args)
     except (RobotSpecError, ValueError) as e:
@@ -213,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     install_uvloop()
     try:
         return asyncio.run(_run(args, config))
+    except RobotSpecError as e:  # found only once the robot is built: still a bad command line
+        print(f"resetfree-runtime: {e}", file=sys.stderr)
+        return 2
     except (RuntimeFault, OSError) as e:
         logger.error("runtime: crashed: %s", e, exc_info=True)
         return EXIT_CRASH

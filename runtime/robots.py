@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 SIM_MODULE = "simulation.sim_robot"
 SIM_TASKS_MODULE = "simulation.tasks"
+SIM_REGISTRY_MODULE = "simulation.registry"
 FRANKA_MODULE = "hardware.franka"
 REALSENSE_MODULE = "hardware.realsense"
 
@@ -65,6 +66,22 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     if kind == "sim" and task:
         return "sim", task
     raise RobotSpecError(f"--robot: expected 'sim:TASK' or 'franka', got {spec!r}")
+
+
+def check_spec(spec: str) -> tuple[str, str | None]:
+    """Returns ``(kind, task)`` of a ``--robot`` value after checking that a ``sim:TASK`` names a
+    task the simulator has (this imports its task table, not MuJoCo). Raises RobotSpecError
+    naming the choices, also when the simulator is not installed."""
+    kind, task = parse_spec(spec)
+    if kind == "sim":
+        try:
+            tasks = importlib.import_module(SIM_REGISTRY_MODULE)
+        except ImportError as e:
+            raise RobotSpecError(f"--robot {spec}: the simulator is not installed here ({e})") from e
+        if task not in tasks.TASKS:
+            raise RobotSpecError(f"--robot {spec}: unknown task {task!r}; expected sim:TASK with TASK one of "
+                                 f"{', '.join(sorted(tasks.TASKS))}, or franka")
+    return kind, task
 
 
 def parse_cameras(values: list[str] | None) -> list[tuple[str, str]]:

@@ -2,11 +2,10 @@
 
 With no arguments it practises door closing from state observations, starting from EARL's
 own door demonstrations (shipped with the package, as are peg's and tabletop's; cube
-generates expert demos),
-starts a learner and a lock-step simulated runtime as separate processes, evaluates the
-learner's forward policy every ``--eval-every`` env steps and shows progress; Ctrl-C stops
-everything cleanly and leaves a run that ``--resume RUN_DIR`` continues. ``--bc`` runs only
-the behaviour-cloning baseline.
+generates expert demos), starts a learner and a lock-step simulated runtime as separate
+processes, evaluates the learner's forward policy every ``--eval-every`` env steps and
+shows progress; Ctrl-C stops everything cleanly and leaves a run that ``--resume RUN_DIR``
+continues. ``--bc`` runs only the behaviour-cloning baseline.
 
     resetfree-sim
     resetfree-sim --task peg --steps 300000 --robots 2
@@ -33,6 +32,7 @@ import time
 from pathlib import Path
 
 from learner.errors import LearnerError
+from simulation.cli import at_least, doc_help, positive_float
 from simulation.orchestrator import TASKS, Orchestrator, RunSpec
 from simulation.run_setup import DEFAULT_OBS, DEFAULT_TASK, reset_interval, reset_source
 from simulation.tasks.base import RESET_SCHEDULES, SimulationError
@@ -42,13 +42,15 @@ logger = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     """Returns the ``resetfree-sim`` argument parser."""
-    parser = argparse.ArgumentParser(prog="resetfree-sim", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]).replace("``", "'"))
+    description, epilog = doc_help(__doc__)
+    parser = argparse.ArgumentParser(prog="resetfree-sim", description=description, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=TASKS, default=None, help=f"task (default {DEFAULT_TASK})")
     parser.add_argument("--obs", choices=("state", "pixels"), default=None, help=f"observations (default {DEFAULT_OBS})")
-    parser.add_argument("--steps", type=int, default=200_000, help="total env steps, then stop cleanly (default 200000)")
-    parser.add_argument("--robots", type=int, default=1, help="simulated runtimes feeding the learner (default 1)")
+    parser.add_argument("--steps", type=at_least(1), default=200_000,
+                        help="total env steps, then stop cleanly (default 200000)")
+    parser.add_argument("--robots", type=at_least(1), default=1,
+                        help="simulated runtimes feeding the learner (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the learner; runtime i gets seed + i")
     parser.add_argument("--run-dir", type=Path, default=None, help="run directory (default runs/<timestamp>)")
     parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
@@ -59,24 +61,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bc", action="store_true", help="run only the BC baseline (same demos, same evaluation)")
     parser.add_argument("--demos", type=Path, default=None, help="directory of demo files (default: generate)")
     parser.add_argument("--no-video", action="store_true", help="do not write evaluation videos")
-    parser.add_argument("--eval-every", type=int, default=10_000, help="env steps between evaluations (default 10000)")
-    parser.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation (default 10)")
-    parser.add_argument("--bc-steps", type=int, default=10_000, help="BC gradient steps (default 10000)")
-    parser.add_argument("--bc-seeds", type=int, default=None,
+    parser.add_argument("--eval-every", type=at_least(1), default=10_000,
+                        help="env steps between evaluations (default 10000)")
+    parser.add_argument("--eval-episodes", type=at_least(1), default=10, help="episodes per evaluation (default 10)")
+    parser.add_argument("--bc-steps", type=at_least(1), default=10_000, help="BC gradient steps (default 10000)")
+    parser.add_argument("--bc-seeds", type=at_least(1), default=None,
                         help="BC actors trained, the baseline being their mean success (default 3 state, 1 pixels)")
     resets = parser.add_mutually_exclusive_group()
-    resets.add_argument("--reset-every", type=int, default=None,
+    resets.add_argument("--reset-every", type=at_least(0), default=None,
                         help="env steps between environment resets (default: --reset-schedule's; 0: never)")
     resets.add_argument("--reset-schedule", choices=RESET_SCHEDULES, default="paper",
                         help="the task's reset schedule: paper (default: every 10000 steps for tabletop, door "
                              "and peg, as MEDAL++; cube never) or earl (EARL's own: door and tabletop 200000, "
                              "peg 100000). The one used is recorded in RUN_DIR/run.json")
-    parser.add_argument("--minutes", type=float, default=None, help="stop cleanly after this many minutes")
-    parser.add_argument("--hz", type=float, default=1000.0,
+    parser.add_argument("--minutes", type=positive_float, default=None, help="stop cleanly after this many minutes")
+    parser.add_argument("--hz", type=positive_float, default=1000.0,
                         help="runtime control rate cap; in lock-step the learner sets the pace (default 1000, "
                              "the runtime's highest)")
     parser.add_argument("--device", default="auto", help="learner torch device: auto, cpu, cuda (default auto)")
-    parser.add_argument("--learner-threads", type=int, default=1, help="learner torch threads (default 1)")
+    parser.add_argument("--learner-threads", type=at_least(1), default=1, help="learner torch threads (default 1)")
     parser.add_argument("--log-level", default="INFO", help="log level of the children (their logs: RUN_DIR/logs); this process shows warnings")
     return parser
 

@@ -41,6 +41,7 @@ from protocol.codec import Spaces
 from protocol.messages import Command
 from protocol.session import SessionSettings
 from protocol.transport import ControlClient, ControlClientConfig
+from simulation.cli import doc_help
 from simulation.faults import (
     FaultDrillError, MalformedGenerator, PartitionProxy, ProxyConfig, audit_journal, send_malformed, state_spaces,
 )
@@ -483,7 +484,7 @@ class FaultDrill:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="resetfree-bench faults", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="resetfree-bench faults", description=doc_help(__doc__)[0])
     p.add_argument("--kills", type=int, default=5, help="learner SIGKILLs, each followed by --resume (default 5)")
     p.add_argument("--partition-s", type=float, default=30.0, help="seconds of network partition (default 30)")
     p.add_argument("--malformed", type=int, default=10_000, help="malformed frames over all sockets (default 10000)")

@@ -57,6 +57,7 @@ from protocol.messages import (MAX_SEQ, Ack, Command, Heartbeat, Hello, Status, 
 from protocol.reliability import ReceiveTracker
 from protocol.session import SessionSettings
 from protocol.transport import UplinkServer, UplinkServerConfig
+from simulation.cli import doc_help
 from simulation.faults import MalformedGenerator, state_spaces
 from simulation.processes import (ChildProcess, ProcessError, StatusPoller, count_tracebacks, pick_endpoint,
                                   python_module, wait_for_endpoints)
@@ -761,7 +762,7 @@ async def run_hostile(config: HostileConfig) -> HostileResult:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="resetfree-bench hostile", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="resetfree-bench hostile", description=doc_help(__doc__)[0])
     p.add_argument("--messages", type=int, default=100_000, help="hostile messages over all channels (default 100000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated messages")
     p.add_argument("--task", default="door", help="the runtime's simulated task, state mode (default door)")

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from simulation.cli import doc_help
 from simulation.orchestrator import TASKS, Orchestrator, RunSpec
 from simulation.progress import ProgressDisplay
 from simulation.run_setup import DEFAULT_TASK, UNBOUNDED_STEPS, reset_interval, reset_source
@@ -48,7 +49,7 @@ def device_name(requested: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resetfree-bench learning", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="resetfree-bench learning", description=doc_help(__doc__)[0])
     parser.add_argument("--task", choices=TASKS, default=DEFAULT_TASK, help=f"task (default {DEFAULT_TASK}, as resetfree-sim)")
     parser.add_argument("--obs", choices=("state", "pixels"), default="state", help="observations (default state)")
     parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock minutes of learning (default 10)")

@@ -36,6 +36,7 @@ from protocol.messages import Ack, Hello, TransitionBatch, Weights, Welcome, wei
 from protocol.reliability import ReceiveTracker
 from protocol.session import SessionSettings
 from protocol.transport import UplinkServer, UplinkServerConfig, WeightsPublisher, WeightsPublisherConfig
+from simulation.cli import plain
 from simulation.processes import StatusPoller, pick_endpoint, read_endpoints
 
 logger = logging.getLogger(__name__)
@@ -259,7 +260,7 @@ def run_load(seconds: float, threads: int, cpus: tuple[int, ...] = ()) -> int:
 
 def main(argv: list[str]) -> int:
     """Runs the benchmark; prints one JSON object as the last line; returns 0."""
-    p = argparse.ArgumentParser(prog="resetfree-bench runtime", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="resetfree-bench runtime", description=plain(__doc__.splitlines()[0]))
     p.add_argument("--seconds", type=float, default=60.0, help="seconds per rate")
     p.add_argument("--quick", action="store_true", help="10 s per rate")
     p.add_argument("--rates", default="10,50", help="comma-separated control rates (Hz)")

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from simulation.cli import doc_help
 from simulation.tasks import TASKS, make
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def bench_task(task: str, *, steps: int, frames: int, image_size: int, seed: int
 
 def main(argv: list[str]) -> int:
     """Runs the benchmark; prints the JSON result as the last line. Returns 0."""
-    parser = argparse.ArgumentParser(prog="resetfree-bench sim", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="resetfree-bench sim", description=doc_help(__doc__)[0])
     parser.add_argument("--quick", action="store_true", help="short run (a few seconds per task)")
     parser.add_argument("--tasks", nargs="+", default=sorted(TASKS), help="tasks to measure (default: all)")
     parser.add_argument("--steps", type=int, default=None, help="state-mode steps per task (pixels: a fifth)")

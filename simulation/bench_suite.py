@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from simulation.bc_baseline import write_json_atomic
+from simulation.cli import plain
 
 logger = logging.getLogger(__name__)
 
@@ -335,7 +336,7 @@ def write_results(spec: SuiteSpec) -> dict[str, Any]:
 # ============================================================================ CLI
 def parser() -> argparse.ArgumentParser:
     """The suite's command line (also reached as ``resetfree-bench learning --suite``)."""
-    p = argparse.ArgumentParser(prog="resetfree-bench learning --suite", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="resetfree-bench learning --suite", description=plain(__doc__.split("\n\n")[0]))
     p.add_argument("--out", type=Path, default=Path("runs/suite"), help="suite directory (default runs/suite)")
     p.add_argument("--tasks", nargs="+", choices=EARL_TASKS, default=list(EARL_TASKS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])

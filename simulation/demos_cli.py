@@ -19,6 +19,7 @@ import numpy as np
 
 from hardware.interfaces import HardwareError
 from protocol.demos import DemoFormatError, DemoMeta, DemoRecorder, Demos, load_demos, save_demos
+from simulation.cli import doc_help
 from simulation.earl_import import EarlImportError, earl_to_demos, load_earl_arrays
 from simulation.experts import Expert, get_expert
 from simulation.record import add_record_parser, run_record
@@ -199,7 +200,7 @@ def contact_sheet(demos: Demos, out: Path, *, camera: str | None = None, frames:
 
 # ---------------------------------------------------------------------- argparse
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resetfree-demos", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="resetfree-demos", description=doc_help(__doc__)[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="record scripted-expert demos")

@@ -39,6 +39,7 @@ from learner.bc import BCConfig
 from learner.config import add_config_arguments, config_from_args
 from protocol.demos import DemoFormatError, load_demos
 from runtime.shield import Shield
+from simulation.cli import doc_help
 from simulation.policies import Policy, PolicyError, PolicySource, obs_spec_of, read_policy, train_bc_policy
 from simulation.record import Printer, Rig, RigConfig, Ticker, build_rig, parse_camera
 from simulation.tasks import task_info
@@ -258,8 +259,9 @@ def _build_policy(source: PolicySource, rig: Rig) -> Policy:
 
 # ---------------------------------------------------------------------- argparse
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resetfree-eval", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    description, epilog = doc_help(__doc__)  # the first paragraph once, then the rest
+    parser = argparse.ArgumentParser(prog="resetfree-eval", description=description, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--robot", required=True, help="franka, or sim:TASK (e.g. sim:cube)")
     parser.add_argument("--policy", required=True,
                         help="learner run dir / ckpt-N dir, BC checkpoint dir, or bc:DEMOS.npz (train BC first)")

@@ -52,8 +52,9 @@ from simulation.processes import (ChildProcess, StatusPoller, child_env, pick_en
 from simulation.progress import ProgressDisplay, Snapshot
 from simulation.run_commands import (EVAL_SEED, bc_command, has_checkpoint, learner_command, runtime_command,
                                      runtime_spill_dir, steps_per_runtime)
-from simulation.run_setup import (RESUMED_FIELDS, TASKS, UNBOUNDED_STEPS, OrchestratorError, RunSpec, prepare_demos,
-                                  preset_text, resolve_config, resumed_spec, to_toml, write_text_atomic)
+from simulation.run_setup import (RESUMED_FIELDS, TASKS, UNBOUNDED_STEPS, OrchestratorError, RunSpec, config_toml,
+                                  prepare_demos, preset_text, resolve_config, resumed_spec, run_config, to_toml,
+                                  write_text_atomic)
 from simulation.tasks.base import SimulationError
 
 logger = logging.getLogger(__name__)
@@ -170,13 +171,12 @@ class Orchestrator:
             raise OrchestratorError(f"--resume {spec.run_dir}: no such run directory")
         (spec.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         try:
-            # config.toml records what the learner really runs with (its flags win over the file)
-            cfg = resolve_config(spec).with_overrides([
-                'service.mode="lockstep"', f"service.run_dir={json.dumps(str(spec.run_dir))}",
-                f"service.device={json.dumps(spec.device)}", f"service.torch_threads={spec.learner_threads}"])
+            # config.toml records what the learner really runs with (its flags win over the file),
+            # endpoints included: port 0, the bound ones in endpoints.json
+            cfg = run_config(spec)
         except ValueError as e:
             raise OrchestratorError(f"config: {e}") from e
-        write_text_atomic(spec.run_dir / "config.toml", to_toml(cfg.to_dict()))
+        write_text_atomic(spec.run_dir / "config.toml", config_toml(cfg))
         write_text_atomic(spec.run_dir / "run.json", json.dumps(spec.to_json(), indent=1) + "\n")
         demos = prepare_demos(spec)
         self.evaluator = PolicyEvaluator(

@@ -16,10 +16,11 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from simulation.cli import doc_help
 from simulation.evaluator import EvaluatorError, read_evals
 
 logger = logging.getLogger(__name__)
@@ -127,27 +128,42 @@ def steps_label(steps: float, _position: object = None) -> str:
     return f"{steps:g}"
 
 
-def plot_runs(run_dirs: Sequence[Path], out: Path, *, band: Band = "minmax", label: str = "resetfree (MEDAL++)",
-              title: str | None = None) -> Path:
-    """Plots the runs in ``run_dirs`` (one panel per task) to the PNG ``out``.
+FIGURE_DPI = 100
+"""Pixels per inch of the PNG: a one-task figure is 1000 x 700 pixels."""
+PANEL_SIZE = (10.0, 7.0)
+"""Inches of a one-task figure; each further task adds :data:`EXTRA_PANEL_WIDTH`."""
+EXTRA_PANEL_WIDTH = 6.0
+"""Inches of width each panel after the first adds."""
 
-    Returns ``out``. Raises ValueError when no run has an evaluation, EvaluatorError for a
-    malformed ``evals.csv``. Blocks on rendering and disk I/O; safe off the main thread.
-    """
+
+def group_by_task(curves: Sequence[RunCurve]) -> tuple[dict[str, list[RunCurve]], list[RunCurve]]:
+    """Returns the runs with evaluations grouped by task (tasks sorted; one panel each) and
+    the runs left out because they have no evaluation yet."""
+    groups: dict[str, list[RunCurve]] = {}
+    for curve in curves:
+        if curve.steps.size:
+            groups.setdefault(curve.task, []).append(curve)
+    empty = [c for c in curves if not c.steps.size]
+    return dict(sorted(groups.items())), empty
+
+
+def build_figure(curves: Sequence[RunCurve], *, band: Band = "minmax", label: str = "resetfree (MEDAL++)",
+                 title: str | None = None) -> Any:
+    """Returns the matplotlib ``Figure`` of ``curves``: one panel per task, the x-axis from 0
+    steps. Raises ValueError when no run has an evaluation."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window; safe on a worker thread
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter
 
-    curves = [read_run(Path(d)) for d in run_dirs]
-    tasks = sorted({c.task for c in curves if c.steps.size})
-    if not tasks:
-        raise ValueError(f"no evaluations in {[str(d) for d in run_dirs]}")
-    fig = Figure(figsize=(4.2 * len(tasks), 3.4), layout="constrained")
-    axes = fig.subplots(1, len(tasks), squeeze=False)[0]
-    for ax, task in zip(axes, tasks):
-        group = [c for c in curves if c.task == task]
+    groups, _ = group_by_task(curves)
+    if not groups:
+        raise ValueError(f"no evaluations in {[str(c.run_dir) for c in curves]}")
+    width, height = PANEL_SIZE
+    fig = Figure(figsize=(width + EXTRA_PANEL_WIDTH * (len(groups) - 1), height), layout="constrained")
+    axes = fig.subplots(1, len(groups), squeeze=False)[0]
+    for ax, (task, group) in zip(axes, groups.items()):
         agg = aggregate(group, band)
         ax.plot(agg.steps, agg.mean, color="tab:blue", lw=2, label=f"{label} (n={agg.runs})")
         ax.fill_between(agg.steps, agg.low, agg.high, color="tab:blue", alpha=0.25, lw=0)
@@ -156,40 +172,75 @@ def plot_runs(run_dirs: Sequence[Path], out: Path, *, band: Band = "minmax", lab
         bcs = [c.bc_success for c in group if c.bc_success is not None]
         if bcs:
             ax.axhline(float(np.mean(bcs)), color="tab:gray", ls="--", lw=1.5, label="BC")
-        ax.set_title(title or task)
-        ax.set_xlabel("environment steps")
+        ax.set_title(task if title is None else (title if len(groups) == 1 else f"{title}: {task}"), fontsize=15)
+        ax.set_xlabel("environment steps", fontsize=13)
         ax.xaxis.set_major_formatter(FuncFormatter(steps_label))
-        ax.set_ylabel("success rate")
+        # from 0, so one evaluation at 10k is not a zoom onto 9.5k-10.5k, and runs read
+        # as the distance travelled since the start
+        ax.set_xlim(0, max(float(agg.steps[-1]), 1.0) * 1.05)
+        ax.set_ylabel("success rate", fontsize=13)
+        ax.tick_params(labelsize=12)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", fontsize=8)
+        ax.legend(loc="upper left", fontsize=12)
+    return fig
+
+
+def plot_runs(run_dirs: Sequence[Path], out: Path, *, band: Band = "minmax", label: str = "resetfree (MEDAL++)",
+              title: str | None = None) -> Path:
+    """Plots the runs in ``run_dirs`` (one panel per task) to the PNG ``out``.
+
+    Returns ``out``. Raises ValueError when no run has an evaluation, EvaluatorError for a
+    malformed ``evals.csv``. Blocks on rendering and disk I/O; safe off the main thread.
+    """
+    fig = build_figure([read_run(Path(d)) for d in run_dirs], band=band, label=label, title=title)
+    return save_figure(fig, out)
+
+
+def save_figure(fig: Any, out: Path) -> Path:
+    """Writes ``fig`` to the PNG ``out`` atomically (a viewer never sees half a PNG); returns
+    ``out``. Blocks on rendering and disk I/O."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(out)  # atomic: a viewer never sees half a PNG
+    fig.savefig(tmp, dpi=FIGURE_DPI)
+    tmp.replace(out)
     return out
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resetfree-plot", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="resetfree-plot", description=doc_help(__doc__)[0])
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories (seeds)")
     parser.add_argument("--out", type=Path, default=Path("curves.png"), help="output PNG (default curves.png)")
     parser.add_argument("--band", choices=("minmax", "std"), default="minmax",
                         help="spread over runs: min-max (default) or +-1 std")
     parser.add_argument("--label", default="resetfree (MEDAL++)", help="legend label of the curve")
-    parser.add_argument("--title", default=None, help="panel title (default: the task)")
+    parser.add_argument("--title", default=None,
+                        help="panel title (default: the task; with several tasks it is prefixed to each)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs ``resetfree-plot``. Returns 0, or 1 with one line on stderr on a reported error."""
+    """Runs ``resetfree-plot``. Returns 0, or 1 with one line on stderr on a reported error.
+
+    Runs of different tasks get one panel each; what was plotted (tasks, runs per task) is
+    printed, and a run without evaluations is named on stderr rather than dropped silently.
+    """
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        out = plot_runs(args.run_dirs, args.out, band=args.band, label=args.label, title=args.title)
+        curves = [read_run(d) for d in args.run_dirs]
+        groups, empty = group_by_task(curves)
+        for curve in empty:
+            if groups:
+                print(f"resetfree-plot: {curve.run_dir} ({curve.task}) has no evaluations yet; left out",
+                      file=sys.stderr)
+        fig = build_figure(curves, band=args.band, label=args.label, title=args.title)
+        out = save_figure(fig, args.out)
     except (ValueError, EvaluatorError, OSError) as e:
         print(f"resetfree-plot: error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {out}")
+    panels = ", ".join(f"{task} ({len(group)} run{'s' if len(group) != 1 else ''})" for task, group in groups.items())
+    print(f"wrote {out}: {panels}" if len(groups) == 1
+          else f"wrote {out}: {len(groups)} panels, one per task: {panels}")
     return 0
 
 

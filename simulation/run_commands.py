@@ -10,7 +10,7 @@ from pathlib import Path
 
 from learner.config import LearnerConfig
 from simulation.processes import python_module
-from simulation.run_setup import RunSpec, bc_seed_count, reset_interval
+from simulation.run_setup import ANY_LOOPBACK_PORT, RunSpec, bc_seed_count, reset_interval
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def steps_per_runtime(total: int, done: int, robots: int) -> int:
 
 def learner_command(spec: RunSpec, cfg: LearnerConfig, demos: Path, *, resume: bool) -> list[str]:
     """Returns the learner's command line (every port 0; endpoints in ``RUN_DIR/endpoints.json``)."""
-    any_port = "tcp://127.0.0.1:0"
+    any_port = ANY_LOOPBACK_PORT  # as config.toml records
     argv = [*python_module(spec.learner_module), "--profile", cfg.profile, "--config", str(spec.run_dir / "config.toml"),
             "--demos", str(demos), "--bind", any_port, "--weights-bind", any_port, "--control-bind", any_port,
             "--mode", "lockstep", "--device", spec.device, "--threads", str(spec.learner_threads),

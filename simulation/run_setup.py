@@ -239,6 +239,31 @@ def resolve_config(spec: RunSpec) -> LearnerConfig:
     return cfg.with_overrides([*spec.overrides, f"seed={spec.seed}"])
 
 
+ANY_LOOPBACK_PORT = "tcp://127.0.0.1:0"
+"""The endpoints the learner of a run binds: loopback, port 0 (the system picks a free port,
+so runs side by side never collide); the ports it got are in ``RUN_DIR/endpoints.json``."""
+
+CONFIG_HEADER = ("# The learner config of this run (profile -> task preset -> --config -> --set).\n"
+                 "# [service] uplink/weights/control: port 0 asks for a free port at each start; the\n"
+                 "# endpoints the learner bound are in endpoints.json beside this file.\n")
+"""The comment at the top of a run's ``config.toml``."""
+
+
+def run_config(spec: RunSpec) -> LearnerConfig:
+    """Returns the learner config of the run: :func:`resolve_config` plus what the learner's
+    command line sets (lock-step, run directory, device, threads, endpoints on any free port),
+    so ``config.toml`` records what the learner really runs with. Raises ValueError."""
+    return resolve_config(spec).with_overrides([
+        'service.mode="lockstep"', f"service.run_dir={json.dumps(str(spec.run_dir))}",
+        f"service.device={json.dumps(spec.device)}", f"service.torch_threads={spec.learner_threads}",
+        *(f"service.{key}={json.dumps(ANY_LOOPBACK_PORT)}" for key in ("uplink", "weights", "control"))])
+
+
+def config_toml(cfg: LearnerConfig) -> str:
+    """Returns the text of a run's ``config.toml``: :data:`CONFIG_HEADER` and ``cfg``."""
+    return CONFIG_HEADER + "\n" + to_toml(cfg.to_dict())
+
+
 def to_toml(data: Mapping[str, Any]) -> str:
     """Returns ``LearnerConfig.to_dict()``-shaped data as TOML (None written as ``"none"``,
     which the config reads back as None). Raises ValueError for an unsupported value."""

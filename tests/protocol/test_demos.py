@@ -134,8 +134,13 @@ def test_load_rejects_wrong_version_missing_file_and_pickles(tmp_path: Path) -> 
     with pytest.raises(DemoFormatError, match="not a readable demo archive"):
         load_demos(_save_raw(tmp_path / "o.npz", demos, meta=np.array({"a": 1}, dtype=object)))
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(DemoFormatError, match="not a readable"):
+    with pytest.raises(DemoFormatError, match="not an npz archive"):
         load_demos(tmp_path / "junk.npz")
+    # a text file is named for what it is not, not as "pickled (object) data" (np.load's guess)
+    (tmp_path / "README.md").write_text("# resetfree\n\nAutonomous, reset-free robot RL.\n")
+    with pytest.raises(DemoFormatError, match=r"README.md: not an npz archive") as caught:
+        load_demos(tmp_path / "README.md")
+    assert "pickle" not in str(caught.value)
     assert zipfile.is_zipfile(save_demos(tmp_path / "ok.npz", demos))
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import math
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from hardware.franka import FrankaConfig, FrankaRobot
 from hardware.interfaces import ArraySpec
-from runtime.__main__ import check_reset_flags, parse_args, resolve_facts
-from runtime.robots import RobotFacts, RobotSpecError, robot_facts, shield_config
+from runtime import robots
+from runtime.__main__ import build_parser, check_reset_flags, main, parse_args, resolve_facts
+from runtime.robots import RobotFacts, RobotSpecError, check_spec, robot_facts, shield_config
 from tests.runtime.fakes import FakeRobot
 
 
@@ -66,3 +68,25 @@ def test_reset_flags_apply_to_simulated_robots_only() -> None:
     facts, source = resolve_facts(args, robot)
     assert (facts.reset_interval, source) == (None, "never")
     assert np.isclose(facts.position_scale, robot.config.max_translation_step)
+
+
+def test_an_unknown_simulated_task_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--robot", "sim:drawer", "--spill-dir", str(tmp_path)]) == 2  # before any loop or isolation
+    err = capsys.readouterr().err
+    assert err == ("resetfree-runtime: --robot sim:drawer: unknown task 'drawer'; expected sim:TASK with TASK one of "
+                   "cube, door, peg, tabletop, or franka\n"), err
+    assert check_spec("sim:door") == ("sim", "door") and check_spec("franka") == ("franka", None)
+    with pytest.raises(RobotSpecError, match="expected 'sim:TASK' or 'franka'"):
+        check_spec("ur5")
+
+
+def test_a_robot_pc_without_the_simulator_is_told_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(robots, "SIM_REGISTRY_MODULE", "simulation_not_installed_here")
+    with pytest.raises(RobotSpecError, match="simulator is not installed"):
+        check_spec("sim:door")
+
+
+def test_help_shows_the_rate_and_switch_defaults() -> None:
+    text = " ".join(build_parser().format_help().split())
+    assert "control rate in Hz (default 10)" in text
+    assert "steps per agent before switching to the other (default 200)" in text

@@ -101,6 +101,14 @@ def test_inspect_prints_and_draws(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "no such file" in capsys.readouterr().err
 
 
+def test_inspect_of_a_file_that_is_not_an_npz_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# resetfree\n")
+    assert main(["inspect", str(readme)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "README.md: not an npz archive" in err and "pickle" not in err, err
+
+
 def test_help_and_unknown_task(capsys: pytest.CaptureFixture[str]) -> None:
     for command in ("generate", "import-earl", "inspect"):
         with pytest.raises(SystemExit) as exit_info:

@@ -28,6 +28,7 @@ from learner.networks import NetworkConfig
 from simulation.orchestrator import (ChildProcess, Orchestrator, OrchestratorError, RunSpec, bc_command, learner_command,
                                      pick_endpoint, read_endpoints, resolve_config, resumed_spec, runtime_command,
                                      steps_per_runtime, to_toml)
+from simulation.run_setup import config_toml, run_config
 from simulation.progress import ProgressDisplay, Snapshot, format_line
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,6 +80,22 @@ def test_resume_reads_run_json_and_config(tmp_path: Path) -> None:
     spec = resumed_spec(RunSpec(run_dir=run, resume=True, steps=999))
     assert (spec.task, spec.robots, spec.seed, spec.steps) == ("door", 3, 4, 999)
     assert resolve_config(spec).agent.lr == 2e-4
+
+
+def test_config_toml_records_the_endpoints_the_learner_binds(tmp_path: Path) -> None:
+    spec = RunSpec(run_dir=tmp_path, task="door")
+    path = tmp_path / "config.toml"
+    path.write_text(config_toml(run_config(spec)))
+    saved = LearnerConfig.from_toml(path)
+    learner = learner_command(spec, saved, tmp_path / "demos", resume=False)
+    # what the learner is told to bind (any free port), not the profile's 5555/5556/5557
+    assert (saved.service.uplink, saved.service.weights, saved.service.control) == (
+        learner[learner.index("--bind") + 1], learner[learner.index("--weights-bind") + 1],
+        learner[learner.index("--control-bind") + 1]) == ("tcp://127.0.0.1:0",) * 3
+    text = path.read_text()
+    assert ":5555" not in text
+    assert any("endpoints.json" in line for line in text.splitlines() if line.startswith("#"))  # where the ports are
+    assert (saved.service.mode, saved.service.run_dir) == ("lockstep", str(tmp_path))
 
 
 def test_spec_validation_names_the_field(tmp_path: Path) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from simulation.evaluator import EvalRecord, EvaluatorError, append_eval, read_evals
-from simulation.plot import RunCurve, aggregate, main, plot_runs, read_run, steps_label
+from simulation.plot import RunCurve, aggregate, build_figure, main, plot_runs, read_run, steps_label
 
 
 def _run(tmp: Path, name: str, points: list[tuple[int, float]], *, task: str = "tabletop",
@@ -101,3 +102,34 @@ def test_cli_reports_runs_without_evaluations(tmp_path: Path, capsys: pytest.Cap
 
 def test_step_ticks_are_compact() -> None:
     assert [steps_label(x) for x in (0, 500, 20_000, 150_000, 1_500_000)] == ["0", "500", "20k", "150k", "1.5M"]
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_one_evaluation_is_plotted_from_step_zero_on_a_readable_image(tmp_path: Path) -> None:
+    run = _run(tmp_path, "r", [(10_000, 0.5)])
+    fig = build_figure([read_run(run)])
+    left, right = fig.axes[0].get_xlim()
+    assert left == 0 and 10_000 < right <= 11_000  # not a zoom onto 9.5k-10.5k around the point
+    out = plot_runs([run], tmp_path / "curves.png")
+    assert _png_size(out) == (1000, 700)
+
+
+def test_runs_of_different_tasks_get_a_panel_each_and_the_cli_says_so(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = [_run(tmp_path, "door0", [(100, 0.2), (200, 0.4)], task="door"),
+            _run(tmp_path, "door1", [(100, 0.3), (200, 0.5)], task="door"),
+            _run(tmp_path, "peg0", [(100, 0.1)], task="peg"),
+            _run(tmp_path, "cube0", [], task="cube")]  # nothing evaluated yet
+    fig = build_figure([read_run(r) for r in runs], title="seeds")
+    assert [ax.get_title() for ax in fig.axes] == ["seeds: door", "seeds: peg"]
+    assert main([*map(str, runs), "--out", str(tmp_path / "c.png")]) == 0
+    captured = capsys.readouterr()
+    assert "2 panels, one per task: door (2 runs), peg (1 run)" in captured.out
+    assert "cube0 (cube) has no evaluations yet; left out" in captured.err
+    width, height = _png_size(tmp_path / "c.png")
+    assert width > 1000 and height == 700  # wider for the second panel
