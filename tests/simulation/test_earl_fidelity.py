@@ -21,35 +21,49 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from protocol.demos import load_demos
 from simulation.tasks import make
 from simulation.tasks.base import TaskEnv
 
 REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "simulation" / "assets" / "demos"
+"""EARL's demonstrations as the package ships them (project layout: each episode's final
+observation is a row of its own)."""
+RAW = Path(os.environ.get("RESETFREE_EARL_DEMOS") or REPO.parent / "shared" / "earl-demos")
+"""EARL's demonstrations in EARL's own layout, where a checkout has them (optional)."""
 
 
-def _demo_dir() -> Path | None:
-    candidates = [os.environ.get("RESETFREE_EARL_DEMOS"), str(REPO.parent / "shared" / "earl-demos")]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    return None
-
-
-DEMOS = _demo_dir()
-pytestmark = pytest.mark.skipif(DEMOS is None, reason="EARL demos not found "
-                                "($RESETFREE_EARL_DEMOS or ../shared/earl-demos)")
+def _earl_arrays(task: str, direction: str) -> dict[str, np.ndarray]:
+    """EARL's arrays (``observations``, ``actions``, ``next_observations``, ``terminals``) of
+    one demo set, rebuilt from the shipped file: row for row the values EARL recorded."""
+    demos = load_demos(SHIPPED / f"{task}_{direction}.npz")
+    states = np.asarray(demos.observations["state"])
+    acted = np.flatnonzero(~demos.is_last)
+    terminals = np.zeros(len(acted), bool)
+    terminals[np.flatnonzero(demos.is_last[acted + 1])] = True
+    return {"observations": states[acted], "actions": np.asarray(demos.actions)[acted],
+            "next_observations": states[acted + 1], "terminals": terminals}
 
 
 def _episodes(task: str, direction: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    assert DEMOS is not None
-    path = DEMOS / f"{task}_{direction}.npz"
-    if not path.is_file():
-        pytest.skip(f"{path} is missing")
-    with np.load(path, allow_pickle=False) as demos:
-        observations, actions = demos["observations"], demos["actions"]
-        ends = np.flatnonzero(demos["terminals"])
+    demos = _earl_arrays(task, direction)
+    observations, actions = demos["observations"], demos["actions"]
+    ends = np.flatnonzero(demos["terminals"])
     starts = np.concatenate([[0], ends[:-1] + 1])
     return [(observations[s:e + 1], actions[s:e + 1]) for s, e in zip(starts, ends)]
+
+
+@pytest.mark.parametrize("name", ["door_forward", "door_backward", "peg_forward", "peg_backward",
+                                  "tabletop_forward", "tabletop_backward"])
+def test_the_shipped_demos_are_earls_exactly(name: str) -> None:
+    """Where EARL's original files are at hand, the shipped sets rebuild them bit for bit."""
+    path = RAW / f"{name}.npz"
+    if not path.is_file():
+        pytest.skip(f"EARL's original {path} is not in this checkout ($RESETFREE_EARL_DEMOS)")
+    ours = _earl_arrays(*name.split("_"))
+    with np.load(path, allow_pickle=False) as earl:
+        for key, value in ours.items():
+            np.testing.assert_array_equal(value, earl[key], err_msg=key)
 
 
 def _reset_to(env: TaskEnv, task: str, first: np.ndarray) -> None:
@@ -107,9 +121,7 @@ def test_peg_forward_replay_follows_earl_step_by_step() -> None:
     """Hand, gripper opening and peg head stay within a millimetre or two of EARL's recorded
     states on every step, and each episode ends as far from the goal as EARL's did."""
     _, trajectories = _replay("peg", "forward")
-    assert DEMOS is not None
-    with np.load(DEMOS / "peg_forward.npz", allow_pickle=False) as demos:
-        recorded = demos["next_observations"]
+    recorded = _earl_arrays("peg", "forward")["next_observations"]
     goal = recorded[0, 11:14]
     start = 0
     for trajectory in trajectories:
