@@ -429,6 +429,17 @@ def build_actor(
     return PolicyNetwork(encoder, Actor(encoder.repr_dim, action_dim, cfg, trunk=uses_state_trunk(encoder, cfg)))
 
 
+def actor_layout(
+    obs_spec: ObsSpec, action_dim: int, net_config: NetworkConfig | Mapping[str, Any]
+) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Returns the tensors of :func:`build_actor`'s state dict, name → (shape, dtype), without
+    allocating them (built on the meta device): what a weights blob of this actor carries,
+    e.g. to size a subscriber's limits (``protocol.transport.weights_limits``)."""
+    with torch.device("meta"):
+        policy = build_actor(obs_spec, action_dim, net_config)
+    return {name: (tuple(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in policy.state_dict().items()}
+
+
 def uses_state_trunk(encoder: Encoder, cfg: NetworkConfig) -> bool:
     """Whether the actor and critics on ``encoder`` get their own trunk (state mode only)."""
     return cfg.state_trunk and not encoder.image_keys

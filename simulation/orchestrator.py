@@ -43,7 +43,8 @@ import mujoco
 
 from learner.config import LearnerConfig
 from learner.errors import LearnerError
-from protocol.transport import WeightsSubscriber, WeightsSubscriberConfig
+from learner.networks import actor_layout
+from protocol.transport import WeightsSubscriber, WeightsSubscriberConfig, weights_limits
 from simulation.bc_baseline import bc_seeds_text
 from simulation.evaluator import EvalCancelled, EvalRecord, EvaluatorConfig, EvaluatorError, PolicyEvaluator
 from simulation.plot import plot_runs
@@ -328,7 +329,11 @@ class Orchestrator:
 
     async def _receive_weights(self, endpoint: str) -> None:
         assert self.evaluator is not None
-        subscriber = WeightsSubscriber(WeightsSubscriberConfig(endpoint=endpoint))
+        # sized for the evaluated actor's blob (the robot profile's pixel policy is over the
+        # default frame limit, and libzmq would drop the learner without a word)
+        layout = await asyncio.to_thread(actor_layout, self.evaluator.obs_spec, self.evaluator.action_dim,
+                                         self.evaluator.net_config)
+        subscriber = WeightsSubscriber(WeightsSubscriberConfig(endpoint=endpoint, limits=weights_limits(layout)))
         try:
             subscriber.connect()
             while True:

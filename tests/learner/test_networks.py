@@ -130,3 +130,13 @@ def test_config_validation_and_dict():
         NetworkConfig.from_dict({"bogus": 1})
     cfg = NetworkConfig(cameras=("wrist",))
     assert NetworkConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_actor_layout_is_build_actors_state_dict_without_allocating() -> None:
+    from learner.networks import actor_layout
+
+    spec = {"wrist": ((3, 84, 84), "uint8"), "proprio": ((4,), "float32")}
+    cfg = NetworkConfig(feature_dim=16, hidden_dim=32)
+    built = build_actor(spec, 5, cfg).state_dict()
+    layout = actor_layout(spec, 5, cfg)
+    assert layout == {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in built.items()}
