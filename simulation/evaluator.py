@@ -4,7 +4,8 @@ The orchestrator subscribes to the learner's weights channel (latest wins), keep
 forward actor it has received, and every ``eval_every`` environment steps (counted by the
 learner) evaluates it with :func:`simulation.evaluation.evaluate` in its own environment on a
 worker thread, so the progress display never waits on it. Each evaluation appends one row to
-``RUN_DIR/evals.csv`` and may write a video of its first episodes.
+``RUN_DIR/evals.csv`` and may write a video of its first episodes
+(``RUN_DIR/videos/eval_<step>.mp4``, a GIF when the MP4 writer is unavailable).
 
 ``evals.csv`` columns: ``step`` (learner env steps when the evaluation was due),
 ``success_rate``, ``mean_return``, ``returns`` (space-separated per-episode returns),
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 import logging
 import os
 import threading
@@ -269,9 +269,8 @@ class PolicyEvaluator:
                 raise EvalCancelled(f"evaluation at {step} env steps cancelled")
             return actor(observation)
 
-        # mp4 needs imageio-ffmpeg; without it write the GIF directly (no warning per evaluation)
-        suffix = ".mp4" if importlib.util.find_spec("imageio_ffmpeg") is not None else ".gif"
-        video = self.run_dir / "videos" / f"eval_{step}{suffix}" if self.cfg.video else None
+        # H.264 MP4; write_video falls back to eval_<step>.gif when the MP4 writer is unavailable
+        video = self.run_dir / "videos" / f"eval_{step}.mp4" if self.cfg.video else None
         result = evaluate(policy, self.cfg.task, episodes=self.cfg.episodes, obs=self.cfg.obs,
                           seed=self.cfg.seed, video_path=video, video_episodes=self.cfg.video_episodes)
         record = record_of(result, step=step, wall_s=self.wall_offset + wall_s, weights_version=version)

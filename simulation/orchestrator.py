@@ -37,7 +37,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import mujoco
 
@@ -117,6 +117,7 @@ class Orchestrator:
         self.bc_success_seeds: list[float] | None = None
         self.bc_seeds_text = ""
         self.last_eval: EvalRecord | None = None
+        self.seed_steps: int | None = None
         self._pollers: dict[str, StatusPoller] = {}
         self._interrupted = False
         self._cancel_eval = threading.Event()
@@ -183,6 +184,9 @@ class Orchestrator:
         self.evaluator = PolicyEvaluator(
             EvaluatorConfig(task=spec.task, obs=spec.obs, every=spec.eval_every, episodes=spec.eval_episodes,
                             seed=EVAL_SEED, video=spec.video), spec.run_dir, cfg.network)
+        if self.evaluator.records:  # a resumed run shows its latest evaluation until the next one
+            self.last_eval = self.evaluator.records[-1]
+        self.seed_steps = cfg.schedule.seed_frames
         return cfg, demos
 
     def _start_bc(self, demos: Path) -> None:
@@ -293,6 +297,12 @@ class Orchestrator:
         elif code is not None and not self.bc_child.expected_exit:
             self.bc_child.expected_exit = True  # report once
             self.display.message(f"BC baseline failed with code {code}:\n{self.bc_child.tail(10)}")
+
+    def _bc_state(self) -> Literal["training", "failed", "off"]:
+        """Returns what the BC baseline is doing while its success is unknown (``Snapshot.bc_state``)."""
+        if self.bc_child is None:
+            return "off"  # not asked for (or bc.json there but unreadable: its warning says so)
+        return "training" if self.bc_child.poll() in (None, 0) else "failed"  # 0: bc.json read next
 
     def _read_bc(self) -> None:
         try:
@@ -478,8 +488,9 @@ class Orchestrator:
         first = self.runtime_details[0] if self.runtime_details else {}
         return Snapshot(env_steps=int(learner.get("env_steps", 0) or 0), updates=int(learner.get("updates", 0) or 0),
                         utd=float(learner.get("utd", 0.0) or 0.0), agent=str(first.get("agent", "-")),
-                        seed_phase=bool(learner.get("seed_phase", False)),
+                        seed_phase=bool(learner.get("seed_phase", False)), seed_steps=self.seed_steps,
                         success=self.last_eval.success_rate if self.last_eval else None,
                         success_step=self.last_eval.step if self.last_eval else None,
-                        bc_success=self.bc_success, evaluating=self._eval_future is not None,
+                        bc_success=self.bc_success, bc_state=self._bc_state(),
+                        evaluating=self._eval_future is not None,
                         target_steps=self.spec.steps if self.spec.steps < UNBOUNDED_STEPS else None)

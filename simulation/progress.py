@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import sys
 import time
-from typing import TextIO
+from typing import Literal, TextIO
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +30,16 @@ class Snapshot:
     """Agent acting on the first runtime (``forward``/``backward``)."""
     seed_phase: bool = False
     """Whether the learner is still in its random-action seed phase."""
+    seed_steps: int | None = None
+    """Env steps of the seed phase (the learner's ``schedule.seed_frames``), when known."""
     success: float | None = None
     """Latest evaluated success rate, or None before the first evaluation."""
     success_step: int | None = None
     """Env steps of that evaluation."""
     bc_success: float | None = None
-    """BC baseline success rate, or None while it is computed."""
+    """BC baseline success rate, or None while it is computed (see ``bc_state``)."""
+    bc_state: Literal["training", "failed", "off"] = "training"
+    """While ``bc_success`` is None: ``training`` (its child runs), ``failed`` or ``off``."""
     evaluating: bool = False
     """Whether an evaluation is running now."""
     target_steps: int | None = None
@@ -103,15 +107,41 @@ class ProgressDisplay:
             self._width = 0
 
 
-def format_line(snap: Snapshot, steps_per_s: float, updates_per_s: float) -> str:
-    """Returns the one-line summary of ``snap`` with the given rates."""
-    steps = f"{snap.env_steps:,}" + (f"/{snap.target_steps:,}" if snap.target_steps else "")
-    if snap.success is None:
-        success = "success -"
+LINE_WIDTH = 120
+"""The line is kept within this many characters: details are dropped to fit (see :func:`format_line`)."""
+
+
+def format_line(snap: Snapshot, steps_per_s: float, updates_per_s: float, *, width: int = LINE_WIDTH) -> str:
+    """Returns the one-line summary of ``snap`` with the given rates, in words a newcomer reads.
+
+    During the seed phase: ``seed phase (random actions) 3,400/10,000  512.0 steps/s  acting:
+    forward  success: no eval yet  BC training…``; after it: ``steps 34,000/200,000  25.1 steps/s
+    updates 24,000 (25.0/s, UTD 1.00)  acting: backward  success 80% @30,000  BC 100%``.
+    When that is longer than ``width``, the details go first (updates per second, then the
+    updates, then the acting agent); progress, success and BC always stay.
+    """
+    rate = f"{steps_per_s:.1f} steps/s"
+    if snap.seed_phase:
+        head = f"seed phase (random actions) {snap.env_steps:,}" + (f"/{snap.seed_steps:,}" if snap.seed_steps else "")
+        updates: list[str] = []  # nothing is trained in the seed phase
     else:
-        success = f"success {snap.success:.0%} @{snap.success_step:,}"
-    bc = "BC …" if snap.bc_success is None else f"BC {snap.bc_success:.0%}"
-    phase = " seed" if snap.seed_phase else ""
-    evaluating = " (evaluating)" if snap.evaluating else ""
-    return (f"steps {steps}  {steps_per_s:6.1f} steps/s  updates {snap.updates:,} ({updates_per_s:.1f}/s)  "
-            f"UTD {snap.utd:.2f}  agent {snap.agent}{phase}  {success}{evaluating}  {bc}")
+        head = f"steps {snap.env_steps:,}" + (f"/{snap.target_steps:,}" if snap.target_steps else "")
+        updates = [f"updates {snap.updates:,} ({updates_per_s:.1f}/s, UTD {snap.utd:.2f})",
+                   f"updates {snap.updates:,} (UTD {snap.utd:.2f})", ""]
+    if snap.success is None:
+        success = "success: evaluating…" if snap.evaluating else "success: no eval yet"
+    else:
+        at = f" @{snap.success_step:,}" if snap.success_step is not None else ""
+        success = f"success {snap.success:.0%}{at}" + (" (evaluating…)" if snap.evaluating else "")
+    if snap.bc_success is not None:
+        bc = f"BC {snap.bc_success:.0%}"
+    else:
+        bc = {"training": "BC training…", "failed": "BC failed"}.get(snap.bc_state, "")
+    agents = [f"acting: {snap.agent}", ""] if snap.agent != "-" else [""]
+    # from the fullest line down: the updates shrink, then go, then the acting agent goes
+    for agent in agents:
+        for upd in updates or [""]:
+            line = "  ".join(part for part in (head, rate, upd, agent, success, bc) if part)
+            if len(line) <= width:
+                return line
+    return line

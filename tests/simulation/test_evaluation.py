@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from simulation import evaluation
 from simulation.evaluation import evaluate
 from tests.simulation.test_nonepisodic import goal_policy, install_toy
 
@@ -52,15 +55,59 @@ def test_same_seed_same_result_and_pixels_mode() -> None:
     assert seen[0]["top"].shape == (3, 32, 32) and seen[0]["top"].dtype == np.uint8
 
 
-def test_video_written(tmp_path: Path) -> None:
+def test_video_written_as_h264_mp4(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   caplog: pytest.LogCaptureFixture) -> None:
+    pytest.importorskip("imageio_ffmpeg")
+    import imageio.v2 as imageio
+
+    monkeypatch.setattr(evaluation, "_announced", set())
+    caplog.set_level(logging.INFO, logger="simulation.evaluation")
+    # 48 px: not a multiple of 16, so this also checks the frames are not rescaled
     result = evaluate(goal_policy, "toy", episodes=3, horizon=4, video_path=tmp_path / "eval.mp4",
-                      video_episodes=2, video_size=32)
+                      video_episodes=2, video_size=48)
     assert result.video_path is not None
     path = Path(result.video_path)
-    assert path.exists() and path.stat().st_size > 0
-    import imageio.v2 as imageio
-    frames = imageio.mimread(path)
+    assert path == tmp_path / "eval.mp4" and path.stat().st_size > 0
+    reader = imageio.get_reader(path, format="FFMPEG")
+    try:
+        assert reader.get_meta_data()["codec"] == "h264"
+        frames = list(reader.iter_data())
+    finally:
+        reader.close()
     assert len(frames) == 2 * (4 + 1)  # two episodes, reset frame + 4 steps each
+    assert all(f.shape == (48, 48, 3) and f.dtype == np.uint8 for f in frames)
+    evaluate(goal_policy, "toy", episodes=1, horizon=2, video_path=tmp_path / "again.mp4", video_size=32)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluation videos")]
+    assert said == ["evaluation videos: MP4 (H.264, imageio-ffmpeg)"]  # once per process, at INFO
+    assert all(r.levelno == logging.INFO for r in caplog.records if r.getMessage() in said)
+
+
+@pytest.mark.parametrize("how", ["not installed", "encoder fails"])
+def test_video_falls_back_to_gif(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 caplog: pytest.LogCaptureFixture, how: str) -> None:
+    import imageio.v2 as imageio
+
+    if how == "not installed":
+        monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # import raises ImportError
+    else:
+        def broken_writer(path: Path, *args: object, **kwargs: object) -> None:
+            Path(path).write_bytes(b"partial")  # what a dying encoder may leave behind
+            raise RuntimeError("ffmpeg: encoder libx264 not found")
+
+        monkeypatch.setattr(imageio, "get_writer", broken_writer)
+    monkeypatch.setattr(evaluation, "_announced", set())
+    caplog.set_level(logging.INFO, logger="simulation.evaluation")
+    for name in ("eval.mp4", "later.mp4"):
+        result = evaluate(goal_policy, "toy", episodes=2, horizon=3, video_path=tmp_path / name,
+                          video_episodes=1, video_size=32)
+        assert result.video_path == str(tmp_path / name.replace(".mp4", ".gif"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.gif", "later.gif"]  # no partial .mp4 left
+    frames = imageio.mimread(tmp_path / "eval.gif")
+    assert len(frames) == 3 + 1 and frames[0].shape[:2] == (32, 32)
+    said = [r for r in caplog.records if r.getMessage().startswith("evaluation videos")]
+    assert len(said) == 1 and said[0].levelno == logging.INFO  # logged once, with the reason
+    assert said[0].getMessage().startswith("evaluation videos: GIF (the MP4 writer is unavailable or failed: ")
+    assert ("imageio_ffmpeg" if how == "not installed" else "libx264 not found") in said[0].getMessage()
 
 
 def test_errors() -> None:

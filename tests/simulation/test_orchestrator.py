@@ -192,7 +192,8 @@ def test_progress_display_throttles_and_refreshes_in_place() -> None:
     assert display.update(Snapshot(env_steps=10), now=1.0) is None  # within the interval
     line = display.update(Snapshot(env_steps=400, updates=100, utd=1.0, agent="backward", success=0.5,
                                    success_step=300, bc_success=0.8, target_steps=1000), now=2.0)
-    assert line is not None and "200.0 steps/s" in line and "400/1,000" in line and "agent backward" in line
+    assert line is not None and "200.0 steps/s" in line and "400/1,000" in line and "acting: backward" in line
+    assert "updates 100 (50.0/s, UTD 1.00)" in line
     assert "success 50% @300" in line and "BC 80%" in line and out.getvalue().count("\n") == 2
     tty = io.StringIO()
     live = ProgressDisplay(tty, tty=True)
@@ -201,7 +202,60 @@ def test_progress_display_throttles_and_refreshes_in_place() -> None:
     live.update(Snapshot(env_steps=2), now=5.0)
     live.close()
     assert tty.getvalue().startswith("\rsteps 1") and "\neval done\n\rsteps 2" in tty.getvalue()
-    assert "BC …" in format_line(Snapshot(seed_phase=True), 0.0, 0.0)
+
+
+def test_progress_line_says_what_the_seed_phase_and_bc_are() -> None:
+    seed = format_line(Snapshot(env_steps=3400, seed_phase=True, seed_steps=10_000, agent="forward",
+                                target_steps=200_000), 512.0, 0.0)
+    assert seed.startswith("seed phase (random actions) 3,400/10,000  512.0 steps/s"), seed
+    assert "updates" not in seed and "UTD" not in seed  # nothing is trained yet
+    assert "success: no eval yet" in seed and seed.endswith("BC training…")
+    assert format_line(Snapshot(seed_phase=True), 0.0, 0.0).startswith("seed phase (random actions) 0  ")
+    after = format_line(Snapshot(env_steps=12_000, seed_steps=10_000, target_steps=200_000), 0.0, 0.0)
+    assert after.startswith("steps 12,000/200,000") and "seed phase" not in after
+    assert format_line(Snapshot(bc_success=1.0), 0.0, 0.0).endswith("BC 100%")
+    assert format_line(Snapshot(bc_state="failed"), 0.0, 0.0).endswith("BC failed")
+    assert "BC" not in format_line(Snapshot(bc_state="off"), 0.0, 0.0)  # --no-bc: nothing to wait for
+    assert "success: evaluating…" in format_line(Snapshot(evaluating=True), 0.0, 0.0)
+
+
+def test_progress_line_keeps_within_120_characters() -> None:
+    # a long run at its widest: seven-digit steps, an evaluation running, BC known
+    widest = Snapshot(env_steps=999_999, updates=989_999, utd=1.0, agent="backward", success=1.0,
+                      success_step=990_012, bc_success=1.0, target_steps=1_000_000, evaluating=True)
+    line = format_line(widest, 123.4, 123.4)
+    assert len(line) <= 120, line
+    # progress, success and BC stay; the details go
+    assert "steps 999,999/1,000,000" in line and "success 100% @990,012 (evaluating…)" in line
+    assert line.endswith("BC 100%") and "updates" not in line
+    for snap in (widest, dataclasses.replace(widest, env_steps=134_000, updates=124_000, target_steps=200_000,
+                                            success_step=130_012, evaluating=False),
+                 Snapshot(env_steps=3400, seed_phase=True, seed_steps=10_000, agent="backward")):
+        assert len(format_line(snap, 1234.5, 1234.5)) <= 120
+    # the default 200k-step run on a CPU keeps every detail
+    typical = dataclasses.replace(widest, env_steps=134_000, updates=124_000, target_steps=200_000,
+                                  success=0.8, success_step=130_012, evaluating=False)
+    full = format_line(typical, 25.1, 25.0)
+    assert len(full) <= 120 and "updates 124,000 (25.0/s, UTD 1.00)" in full and "acting: backward" in full
+    assert len(format_line(typical, 25.1, 25.0, width=80)) <= 80
+
+
+def test_a_resumed_run_shows_its_latest_evaluation(tmp_path: Path) -> None:
+    from simulation.evaluator import EvalRecord, append_eval
+
+    run = tmp_path / "run"
+    first = Orchestrator(RunSpec(run_dir=run, task="door", bc=False), ProgressDisplay(io.StringIO(), tty=False))
+    first._prepare()
+    before = first.snapshot()
+    assert before.success is None and before.seed_steps == 10_000 and before.bc_state == "off"  # --no-bc
+    for step, rate in ((20_000, 0.7), (10_000, 0.4)):  # evals.csv as an interrupted run left it
+        append_eval(run / "evals.csv", EvalRecord(step=step, success_rate=rate, mean_return=1.0, returns=(1.0,),
+                                                  wall_s=60.0, weights_version=step))
+    resumed = Orchestrator(RunSpec(run_dir=run, resume=True), ProgressDisplay(io.StringIO(), tty=False))
+    resumed._prepare()
+    snap = resumed.snapshot()
+    assert (snap.success, snap.success_step) == (0.7, 20_000)
+    assert "success 70% @20,000" in format_line(snap, 0.0, 0.0)
 
 
 def test_stall_is_reported_once_with_the_lockstep_figures(tmp_path: Path) -> None:
@@ -341,7 +395,7 @@ def test_full_run_with_standins(tmp_path: Path, standins: pytest.MonkeyPatch) ->
     rows = (run / "evals.csv").read_text().splitlines()
     assert rows[0].startswith("step,success_rate") and len(rows) >= 3  # >= 1 during the run + the final one
     assert rows[-1].startswith("600,")
-    assert (run / "curves.png").stat().st_size > 0 and list((run / "videos").glob("eval_*"))
+    assert (run / "curves.png").stat().st_size > 0 and list((run / "videos").glob("eval_*.mp4"))
     assert {p.name for p in (run / "demos").iterdir()} == {"tabletop_forward.npz", "tabletop_backward.npz"}
     assert LearnerConfig.from_toml(run / "config.toml").network.hidden_dim == 16
     run_json = json.loads((run / "run.json").read_text())
