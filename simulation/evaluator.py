@@ -28,7 +28,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from learner.networks import NetworkConfig, ObsSpec, PolicyNetwork, build_actor
+from learner.networks import NetworkConfig, ObsSpec, PolicyNetwork, as_network_config, build_actor
 from simulation.evaluation import EvalResult, evaluate
 from simulation.tasks import make
 from simulation.tasks.base import ObsMode, SimulationError
@@ -274,11 +274,37 @@ class PolicyEvaluator:
         result = evaluate(policy, self.cfg.task, episodes=self.cfg.episodes, obs=self.cfg.obs,
                           seed=self.cfg.seed, video_path=video, video_episodes=self.cfg.video_episodes)
         record = record_of(result, step=step, wall_s=self.wall_offset + wall_s, weights_version=version)
+        best_before = max((r.success_rate for r in self.records), default=-1.0)
         append_eval(self.csv_path, record)
         self.records.append(record)
+        if record.success_rate > best_before:
+            self._keep_best(tensors, record)
         logger.info("eval at %d env steps (forward v%d): success %.2f, mean return %.1f", step, version,
                     record.success_rate, record.mean_return)
         return record
+
+
+    @property
+    def best_dir(self) -> Path:
+        """Returns ``RUN_DIR/best-policy``: the forward policy of the best evaluation so far."""
+        return self.run_dir / "best-policy"
+
+    def _keep_best(self, tensors: Mapping[str, np.ndarray], record: EvalRecord) -> None:
+        """Saves the evaluated policy as the run's best (the first of equal scores stays), so
+        a later decline loses nothing: ``resetfree-eval --policy RUN_DIR/best-policy``."""
+        from simulation.policies import PolicyError, save_policy
+
+        try:
+            path = save_policy(self.best_dir, tensors, obs_spec=self.obs_spec,
+                               net_config=as_network_config(self.net_config),
+                               updates=record.step, info={"task": self.cfg.task, "env_steps": record.step,
+                                                          "weights_version": record.weights_version,
+                                                          "success_rate": record.success_rate})
+        except PolicyError as e:
+            logger.error("eval at %d env steps: the best policy so far could not be kept: %s", record.step, e)
+            return
+        logger.info("eval at %d env steps: best so far (success %.2f), kept in %s", record.step,
+                    record.success_rate, path)
 
 
 def record_of(result: EvalResult, *, step: int, wall_s: float, weights_version: int = -1) -> EvalRecord:

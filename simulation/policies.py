@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 AGENTS = {"forward": 0, "backward": 1}
 """Agent name -> index in the learner's ``state["agents"]`` (``learner.trainer`` order)."""
 BC_KIND = "bc"
+POLICY_KIND = "policy"
+"""A bare forward policy a run kept (``resetfree-sim``'s ``best-policy/``): its tensors under
+``state["policy"]``, as a BC checkpoint holds them."""
 
 
 class PolicyError(SimulationError):
@@ -169,15 +172,32 @@ def _source(ckpt: checkpoint.Checkpoint, agent: str) -> PolicySource:
         net_config = as_network_config(config["network"])
         spec = config.get("obs_spec")
         obs_spec = None if spec is None else {k: (tuple(int(d) for d in v[0]), str(v[1])) for k, v in spec.items()}
-        if config.get("kind") == BC_KIND:
-            kind, state = BC_KIND, dict(ckpt.state["policy"])
+        if config.get("kind") in (BC_KIND, POLICY_KIND):
+            kind, state = str(config["kind"]), dict(ckpt.state["policy"])
         else:
             kind, parts = "learner", ckpt.state["agents"][AGENTS[agent]]
             state = {f"{part}.{k}": v for part in ("encoder", "actor") for k, v in parts[part].items()}
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
         raise PolicyError(f"{ckpt.path}: not a learner or BC policy checkpoint ({type(e).__name__}: {e})") from e
-    logger.info("policy: %s checkpoint %s (%s agent)", kind, ckpt.path, agent if kind != BC_KIND else "bc")
+    logger.info("policy: %s checkpoint %s (%s agent)", kind, ckpt.path, agent if kind == "learner" else kind)
     return PolicySource(kind=kind, path=ckpt.path, net_config=net_config, state_dict=state, obs_spec=obs_spec)
+
+
+def save_policy(out_dir: str | Path, state_dict: Mapping[str, torch.Tensor | np.ndarray], *, obs_spec: ObsSpec,
+                net_config: NetworkConfig, updates: int, info: Mapping[str, Any]) -> Path:
+    """Writes a forward policy (float32) as a ``learner.checkpoint`` ``out_dir/ckpt-<updates>/``,
+    replacing the one there: what ``resetfree-eval --policy out_dir`` and :func:`read_policy`
+    load. ``info`` (JSON: where the policy came from, how it scored) goes into its config.
+    Blocks on disk. Returns the checkpoint directory; raises PolicyError when it cannot be written."""
+    config: dict[str, Any] = {
+        "kind": POLICY_KIND, "network": net_config.to_dict(),
+        "obs_spec": {k: [list(shape), dtype] for k, (shape, dtype) in obs_spec.items()}, **dict(info),
+    }
+    tensors = {k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in state_dict.items()}
+    try:
+        return checkpoint.save_checkpoint(out_dir, updates=updates, state={"policy": tensors}, config=config, keep=1)
+    except CheckpointError as e:
+        raise PolicyError(f"cannot save the policy to {out_dir}: {e}") from e
 
 
 def save_bc_policy(out_dir: str | Path, state_dict: Mapping[str, torch.Tensor], *, obs_spec: ObsSpec,
