@@ -257,7 +257,7 @@ class TrainingWorker:
 
     def _train_once(self) -> None:
         t = self.trainer
-        metrics = t.train_step()
+        metrics = t.train_step(should_stop=self._stop.is_set)  # a stop waits for one update, not a step
         self._rate.append((time.monotonic(), sum(t.updates)))
         # Discriminator rounds run on their own schedule, so a step's metrics rarely hold
         # them: log the latest value of every metric, not only the logging step's own.

@@ -16,7 +16,7 @@ would (on CPU).
 import copy
 import logging
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -331,23 +331,33 @@ class MedalTrainer:
         self.replay[agent].add_steps(obs, pad, np.zeros(1, bool), np.ones(1, bool), stream=stream)
 
     # -- training ----------------------------------------------------------------------
-    def train_step(self) -> dict[str, float]:
+    def train_step(self, should_stop: Callable[[], bool] | None = None) -> dict[str, float]:
         """Run the discriminator rounds that are due, then one update per agent with credit.
 
         Returns grouped metrics (`vice/*`, `medal/*`, `forward/*`, `backward/*`, `charts/*`);
         empty during the seed phase or when nothing is due. Blocks for the updates.
+        `should_stop` is asked between single updates: when it turns true the step ends
+        there (a discriminator round left unfinished runs again in full later; unused agent
+        credit stays), so a stop waits for one update, not for a whole step — on a CPU a
+        pixel step's two rounds of 10 discriminator updates took over a minute.
         """
         metrics: dict[str, float] = {}
         if self.seed_phase:
             return metrics
+        stop = should_stop or (lambda: False)
         # 1. discriminators on their own schedule of environment steps
         for idx, disc, pos, name in ((FORWARD, self.vice, self.vice_pos, "vice"),
                                      (BACKWARD, self.medal, self.medal_pos, "medal")):
             if self.env_steps >= self.disc_next_at[idx] and len(self.replay[idx]) > 0:
-                metrics.update(self._disc_round(idx, disc, pos, name))
+                done = self._disc_round(idx, disc, pos, name, stop)
+                if done is None:
+                    return metrics
+                metrics.update(done)
                 self.disc_next_at[idx] += disc.cfg.updates_every
         # 2. agents
         for a, name in ((FORWARD, "forward"), (BACKWARD, "backward")):
+            if stop():
+                return metrics
             if self.credit[a] >= 1 and self.replay[a].has_transition():
                 metrics.update({f"{name}/{k}": v for k, v in self._agent_update(a).items()})
                 self.credit[a] -= 1
@@ -355,10 +365,14 @@ class MedalTrainer:
         metrics["charts/skipped_nonfinite"] = float(self.skipped_nonfinite)
         return metrics
 
-    def _disc_round(self, idx: int, disc: Discriminator, pos: Mapping[str, torch.Tensor], name: str) -> dict[str, float]:
+    def _disc_round(self, idx: int, disc: Discriminator, pos: Mapping[str, torch.Tensor], name: str,
+                    stop: Callable[[], bool]) -> dict[str, float] | None:
+        """One round of updates; returns its metrics, or None when `stop` ended it early."""
         half = disc.cfg.batch_size // 2
         out: dict[str, float] = {}
         for _ in range(disc.cfg.updates_per_round):
+            if stop():
+                return None
             rows = torch.from_numpy(self.rng.integers(0, len(next(iter(pos.values()))), size=half))
             neg = self.replay[idx].sample_observations(half, self.rng)
             out = disc.update({k: v[rows] for k, v in pos.items()}, neg)

@@ -302,7 +302,10 @@ class Orchestrator:
         """Returns what the BC baseline is doing while its success is unknown (``Snapshot.bc_state``)."""
         if self.bc_child is None:
             return "off"  # not asked for (or bc.json there but unreadable: its warning says so)
-        return "training" if self.bc_child.poll() in (None, 0) else "failed"  # 0: bc.json read next
+        code = self.bc_child.poll()
+        if code == -signal.SIGTERM and self._interrupted:
+            return "off"  # stopped with the run, not failed (it trains again on --resume)
+        return "training" if code in (None, 0) else "failed"  # 0: bc.json read next
 
     def _read_bc(self) -> None:
         try:

@@ -153,6 +153,27 @@ def test_schedules_seed_phase_bc_decay_and_discriminator_rounds() -> None:
     assert offset.bc_weight(50_000) == pytest.approx(0.1)
 
 
+def test_a_stop_request_ends_a_step_after_one_update_and_the_round_runs_again_in_full() -> None:
+    # A pixel step on a CPU (two rounds of 10 discriminator updates, then the agents) outlasted
+    # resetfree-sim's 60 s stop timeout and the learner was killed before its checkpoint.
+    base = make_config(seed_frames=20)
+    cfg = dataclasses.replace(base, vice=dataclasses.replace(base.vice, updates_per_round=4))
+    tr = MedalTrainer(cfg, SPEC, 2, demos())
+    tr.ingest(0, *_random_steps(25, first=True))
+    asked = []
+
+    def stop_after_two() -> bool:
+        asked.append(1)
+        return len(asked) > 2
+
+    due = list(tr.disc_next_at)
+    assert tr.train_step(should_stop=stop_after_two) == {}
+    assert tr.vice.num_updates == 2 and tr.updates == [0, 0]  # two of the round's updates, no agent's
+    assert tr.disc_next_at == due and tr.credit == [5, 0]  # the round is still due, the credit kept
+    m = tr.train_step()
+    assert "vice/loss" in m and tr.vice.num_updates == 2 + 4 and tr.updates == [1, 0]
+
+
 def _random_steps(n: int, first: bool = False, seed: int = 0) -> tuple:
     rng = np.random.default_rng(seed + n)
     is_first = np.zeros(n, bool)
