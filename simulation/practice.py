@@ -261,6 +261,7 @@ class _PracticeRun:
         self.on_eval, self.should_stop = on_eval, should_stop
         self.curve: list[EvalPoint] = []
         self.train_s = 0.0
+        self.turns = _TurnTally()
         if pcfg.run_dir is not None:
             self._resume(Path(pcfg.run_dir))
 
@@ -304,7 +305,9 @@ class _PracticeRun:
             # 2. step and ingest (a scheduled reset also stores the pre-reset observation)
             obs, _, _, _, info = env.step(action)
             steps_done += 1
-            successes += int(bool(info.get("success")))
+            successes += int(bool(info["success"]))
+            if steps_done % interval == 0:  # the end of this agent's turn: did it get there?
+                self.turns.add(agent, bool(info["success"] if agent == FORWARD else info["backward_success"]))
             _ingest(trainer, agent, state, action, first, info)
             first = bool(info["env_reset"])  # the post-reset observation starts a new segment
             # 3. lock-step training: every update owed for the steps so far
@@ -333,7 +336,7 @@ class _PracticeRun:
                               forward_successes=successes)
 
     def _evaluate(self, steps_done: int, latest: dict[str, float]) -> None:
-        point = _evaluate_point(self.trainer, self.pcfg, steps_done, self.train_s, latest)
+        point = _evaluate_point(self.trainer, self.pcfg, steps_done, self.train_s, {**latest, **self.turns.pop()})
         self.curve.append(point)
         logger.info("practice %s: %d steps, %d updates, %.1f min: success %.2f%s", self.pcfg.task, point.env_steps,
                     point.updates, point.train_minutes, point.success_rate, _diagnostics(latest))
@@ -352,7 +355,32 @@ class _PracticeRun:
                                    replay=t.replay_state(), keep=2)
 
 
-_DIAGNOSTICS = (("forward/values/q_mean", "Qf"), ("forward/q/bound", "bound"), ("backward/values/q_mean", "Qb"),
+class _TurnTally:
+    """How many of each agent's turns since the last evaluation ended with its goal reached:
+    the forward task solved, or (backward) the scene back in its initial configuration — a
+    reset the practice stream got without a human. Seed-phase turns (random actions) count."""
+
+    def __init__(self) -> None:
+        self.turns = [0, 0]
+        self.reached = [0, 0]
+
+    def add(self, agent: int, reached: bool) -> None:
+        self.turns[agent] += 1
+        self.reached[agent] += int(reached)
+
+    def pop(self) -> dict[str, float]:
+        """Returns ``practice/{forward,backward}_turns`` and ``…_turns_reached`` (a fraction;
+        absent with no turn) since the last call, and starts counting again."""
+        out: dict[str, float] = {}
+        for agent, name in ((FORWARD, "forward"), (BACKWARD, "backward")):
+            out[f"practice/{name}_turns"] = float(self.turns[agent])
+            if self.turns[agent]:
+                out[f"practice/{name}_turns_reached"] = self.reached[agent] / self.turns[agent]
+        self.turns, self.reached = [0, 0], [0, 0]
+        return out
+
+
+_DIAGNOSTICS = (("practice/backward_turns_reached", "resets"), ("forward/values/q_mean", "Qf"), ("forward/q/bound", "bound"), ("backward/values/q_mean", "Qb"),
                 ("backward/q/bound", "bound"), ("forward/charts/entropy", "Hf"), ("backward/charts/alpha", "αb"),
                 ("vice/logits_pos", "vice+"), ("vice/logits_neg", "vice-"))
 

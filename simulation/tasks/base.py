@@ -222,6 +222,11 @@ class TaskEnv(gym.Env[Any, np.ndarray], abc.ABC):
     def _task_success(self) -> bool:
         """Returns whether the current state solves the task."""
 
+    @abc.abstractmethod
+    def backward_success(self) -> bool:
+        """Returns whether the scene is back in the initial (forward start) configuration: the
+        backward task's goal, reported as ``info["backward_success"]`` on every step."""
+
     def _task_extra_images(self) -> dict[str, np.ndarray]:
         """Returns extra pixel-mode images (e.g. a goal image), ``uint8 (3, H, W)`` each."""
         return {}
@@ -236,7 +241,7 @@ class TaskEnv(gym.Env[Any, np.ndarray], abc.ABC):
         if seed is not None:
             self._rng = np.random.default_rng(seed)
         self._task_reset(self._rng, dict(options or {}))
-        return self._observation(), {"success": self._task_success()}
+        return self._observation(), {"success": self._task_success(), "backward_success": self.backward_success()}
 
     def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict]:
         action = np.asarray(action, dtype=np.float32).reshape(self.info.action_dim)
@@ -244,7 +249,8 @@ class TaskEnv(gym.Env[Any, np.ndarray], abc.ABC):
             raise ValueError(f"action: must be finite, got {action}")
         self._task_step(np.clip(action, -1.0, 1.0))
         success = self._task_success()
-        return self._observation(), float(success), False, False, {"success": success}
+        info = {"success": success, "backward_success": self.backward_success()}
+        return self._observation(), float(success), False, False, info
 
     def render(self) -> np.ndarray:
         """Returns an RGB ``(H, W, 3)`` frame of the first camera (``render_mode='rgb_array'``)."""

@@ -214,21 +214,6 @@ class SawyerTaskEnv(TaskEnv, abc.ABC):
         return np.append(self.hand_pos(), self.gripper_opening()).astype(np.float32)
 
     # ------------------------------------------------------------------ success
-    @abc.abstractmethod
-    def backward_success(self) -> bool:
-        """Returns whether the scene is back in the initial (forward start) configuration."""
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
-        observation, info = super().reset(seed=seed, options=options)
-        info["backward_success"] = self.backward_success()
-        return observation, info
-
-    def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict]:
-        observation, reward, terminated, truncated, info = super().step(action)
-        info["backward_success"] = self.backward_success()
-        return observation, reward, terminated, truncated, info
-
-
 def parse_init(options: dict[str, Any]) -> str:
     """Returns ``options["init"]`` (default ``"initial"``).
 

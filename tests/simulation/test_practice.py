@@ -47,6 +47,11 @@ def test_practice_runs_switches_resets_and_evaluates(tabletop_demos: tuple) -> N
     assert result.updates == 330 - 100 + 3
     assert result.env_resets == 3
     assert [p.env_steps for p in result.curve] == [150, 300, 330]  # every 150 steps, plus the end
+    # agents' turns (60 steps each, forward first) that ended in each evaluation's window
+    turns = [(p.metrics["practice/forward_turns"], p.metrics["practice/backward_turns"]) for p in result.curve]
+    assert turns == [(1, 1), (2, 1), (0, 0)]
+    assert 0.0 <= result.curve[1].metrics["practice/backward_turns_reached"] <= 1.0
+    assert "practice/forward_turns_reached" not in result.curve[2].metrics
     assert seen == result.curve
     assert all(0.0 <= p.success_rate <= 1.0 for p in result.curve)
     assert result.train_minutes > 0 and result.eval_minutes > 0
