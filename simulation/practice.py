@@ -288,7 +288,8 @@ class _PracticeRun:
         latest: dict[str, float] = {}
         eval_s = session_s = 0.0
         successes = 0
-        obs, _ = env.reset(seed=pcfg.seed + steps_done)
+        obs, reset_info = env.reset(seed=pcfg.seed + steps_done)
+        at_goal = (bool(reset_info["success"]), bool(reset_info["backward_success"]))  # per agent, at turn start
         if env.reset_every is not None:  # keep the resets on the run's schedule across a resume
             env.steps_since_reset = steps_done % env.reset_every
         first = True
@@ -307,7 +308,10 @@ class _PracticeRun:
             steps_done += 1
             successes += int(bool(info["success"]))
             if steps_done % interval == 0:  # the end of this agent's turn: did it get there?
-                self.turns.add(agent, bool(info["success"] if agent == FORWARD else info["backward_success"]))
+                self.turns.add(agent, at_goal[agent], bool(info["success"] if agent == FORWARD
+                                                           else info["backward_success"]))
+                now = info["reset_info"] if info["env_reset"] else info  # where the next turn starts
+                at_goal = (bool(now["success"]), bool(now["backward_success"]))
             _ingest(trainer, agent, state, action, first, info)
             first = bool(info["env_reset"])  # the post-reset observation starts a new segment
             # 3. lock-step training: every update owed for the steps so far
@@ -339,7 +343,7 @@ class _PracticeRun:
         point = _evaluate_point(self.trainer, self.pcfg, steps_done, self.train_s, {**latest, **self.turns.pop()})
         self.curve.append(point)
         logger.info("practice %s: %d steps, %d updates, %.1f min: success %.2f%s", self.pcfg.task, point.env_steps,
-                    point.updates, point.train_minutes, point.success_rate, _diagnostics(latest))
+                    point.updates, point.train_minutes, point.success_rate, _diagnostics(point.metrics))
         if self.pcfg.run_dir is not None:
             _append_curve(Path(self.pcfg.run_dir), point)  # before the checkpoint: see _resume
             self._checkpoint()
@@ -356,31 +360,39 @@ class _PracticeRun:
 
 
 class _TurnTally:
-    """How many of each agent's turns since the last evaluation ended with its goal reached:
-    the forward task solved, or (backward) the scene back in its initial configuration — a
-    reset the practice stream got without a human. Seed-phase turns (random actions) count."""
+    """Each agent's turns since the last evaluation: how many ended at the agent's goal (the
+    task solved; backward: the scene back in its initial configuration), and of the turns
+    that started away from that goal, how many got there — for the backward agent, the resets
+    the practice stream got without a human. Seed-phase turns (random actions) count."""
 
     def __init__(self) -> None:
-        self.turns = [0, 0]
-        self.reached = [0, 0]
+        self.turns, self.reached, self.away, self.away_reached = [0, 0], [0, 0], [0, 0], [0, 0]
 
-    def add(self, agent: int, reached: bool) -> None:
+    def add(self, agent: int, started_at_goal: bool, reached: bool) -> None:
         self.turns[agent] += 1
         self.reached[agent] += int(reached)
+        if not started_at_goal:
+            self.away[agent] += 1
+            self.away_reached[agent] += int(reached)
 
     def pop(self) -> dict[str, float]:
-        """Returns ``practice/{forward,backward}_turns`` and ``…_turns_reached`` (a fraction;
-        absent with no turn) since the last call, and starts counting again."""
+        """Returns, per agent (``forward``/``backward``), ``practice/<agent>_turns`` and
+        ``…_turns_started_away`` (counts) and the fractions ``…_turns_reached`` and
+        ``…_turns_away_reached`` (each absent when its count is 0) since the last call, and
+        starts counting again."""
         out: dict[str, float] = {}
         for agent, name in ((FORWARD, "forward"), (BACKWARD, "backward")):
-            out[f"practice/{name}_turns"] = float(self.turns[agent])
+            key = f"practice/{name}_turns"
+            out[key], out[f"{key}_started_away"] = float(self.turns[agent]), float(self.away[agent])
             if self.turns[agent]:
-                out[f"practice/{name}_turns_reached"] = self.reached[agent] / self.turns[agent]
-        self.turns, self.reached = [0, 0], [0, 0]
+                out[f"{key}_reached"] = self.reached[agent] / self.turns[agent]
+            if self.away[agent]:
+                out[f"{key}_away_reached"] = self.away_reached[agent] / self.away[agent]
+        self.__init__()
         return out
 
 
-_DIAGNOSTICS = (("practice/backward_turns_reached", "resets"), ("forward/values/q_mean", "Qf"), ("forward/q/bound", "bound"), ("backward/values/q_mean", "Qb"),
+_DIAGNOSTICS = (("practice/backward_turns_away_reached", "resets"), ("forward/values/q_mean", "Qf"), ("forward/q/bound", "bound"), ("backward/values/q_mean", "Qb"),
                 ("backward/q/bound", "bound"), ("forward/charts/entropy", "Hf"), ("backward/charts/alpha", "αb"),
                 ("vice/logits_pos", "vice+"), ("vice/logits_neg", "vice-"))
 

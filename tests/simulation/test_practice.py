@@ -50,7 +50,10 @@ def test_practice_runs_switches_resets_and_evaluates(tabletop_demos: tuple) -> N
     # agents' turns (60 steps each, forward first) that ended in each evaluation's window
     turns = [(p.metrics["practice/forward_turns"], p.metrics["practice/backward_turns"]) for p in result.curve]
     assert turns == [(1, 1), (2, 1), (0, 0)]
-    assert 0.0 <= result.curve[1].metrics["practice/backward_turns_reached"] <= 1.0
+    for point in result.curve[:2]:
+        m = point.metrics
+        assert 0.0 <= m["practice/backward_turns_reached"] <= 1.0
+        assert m["practice/backward_turns_started_away"] <= m["practice/backward_turns"]
     assert "practice/forward_turns_reached" not in result.curve[2].metrics
     assert seen == result.curve
     assert all(0.0 <= p.success_rate <= 1.0 for p in result.curve)
@@ -151,3 +154,17 @@ def test_earl_demos_ship_with_the_package() -> None:
         for direction, episodes in zip(("forward", "backward"), counts):
             demos = load_task_demos(task, direction, source="earl")
             assert demos.num_episodes == episodes and demos.episode_success.all()
+
+
+def test_turn_tally_counts_resets_only_from_turns_that_started_away() -> None:
+    from learner.trainer import BACKWARD
+    from simulation.practice import _TurnTally
+
+    tally = _TurnTally()
+    tally.add(BACKWARD, True, True)  # already in the initial configuration: not a reset
+    tally.add(BACKWARD, False, True)  # brought back: a reset without a human
+    tally.add(BACKWARD, False, False)  # left away: a human would have had to step in
+    assert tally.pop() == {"practice/forward_turns": 0.0, "practice/forward_turns_started_away": 0.0,
+                           "practice/backward_turns": 3.0, "practice/backward_turns_started_away": 2.0,
+                           "practice/backward_turns_reached": 2 / 3, "practice/backward_turns_away_reached": 0.5}
+    assert tally.pop()["practice/backward_turns"] == 0.0
