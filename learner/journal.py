@@ -74,10 +74,14 @@ class IngestJournal:
         self._limits = Limits()
 
     @classmethod
-    def open(cls, config: JournalConfig) -> IngestJournal:
-        """Opens (or creates) the journal, cutting a torn tail. Blocks. Raises JournalError."""
+    def open(cls, config: JournalConfig, *, read_only: bool = False) -> IngestJournal:
+        """Opens (or creates) the journal, cutting a torn tail. Blocks. Raises JournalError.
+
+        ``read_only`` reads a journal a running learner may be appending to (exports): the
+        directory must exist, nothing is cut or written (``append``/``trim`` raise JournalError).
+        """
         try:
-            log = SeqLog.open(config.seqlog_config())
+            log = SeqLog.open(config.seqlog_config(), read_only=read_only)
         except SeqLogError as e:
             raise JournalError(f"cannot open the ingest journal: {e}") from e
         journal = cls(config, log)

@@ -108,22 +108,31 @@ class SeqLog:
         self.dropped_steps = 0
         """Steps deleted by the ``drop_oldest`` policy."""
         self.truncated_bytes = 0
-        """Bytes cut from torn tails during recovery."""
+        """Bytes cut from torn tails during recovery (read-only: bytes after the last whole record)."""
+        self.read_only = False
+        """Opened with ``read_only=True``: nothing is written, truncated or deleted."""
 
     # ------------------------------------------------------------------ open / close
     @classmethod
-    def open(cls, config: SeqLogConfig) -> SeqLog:
+    def open(cls, config: SeqLogConfig, *, read_only: bool = False) -> SeqLog:
         """Opens (or creates) the log in ``config.directory`` and recovers its segments.
+
+        ``read_only`` opens a log that another process may be appending to (e.g. to export a
+        live run): the directory must exist, a torn or half-written tail is skipped instead of
+        truncated, and every method that writes raises SeqLogError.
 
         Returns the log. Blocks on the disk. Raises SeqLogError when the directory or a
         segment is unusable.
         """
         directory = Path(config.directory)
         try:
+            if read_only and not directory.is_dir():
+                raise OSError("no such directory")
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise SeqLogError(f"cannot open {config.name} directory {directory}: {e}") from e
         log = cls(config)
+        log.read_only = read_only
         for path in sorted(directory.glob("*.seg")):
             log._recover_segment(path)
         log._records.sort()
@@ -169,6 +178,7 @@ class SeqLog:
         True otherwise. Raises SeqLogFullError at the cap under the ``hold`` policy,
         SeqLogError when the disk write fails.
         """
+        self._check_writable("append")
         size = HEADER_BYTES + len(payload)
         with self._lock:
             index = bisect.bisect_left(self._records, _Record(seq, 0, None, 0, 0))
@@ -209,6 +219,7 @@ class SeqLog:
 
         Returns the bytes freed. Blocks on the disk. Raises SeqLogError when a delete fails.
         """
+        self._check_writable("release")
         freed = 0
         with self._lock:
             for segment in [s for s in self._segments if s.max_end - 1 <= seq]:
@@ -250,6 +261,10 @@ class SeqLog:
             yield record.seq, record.count, payload
 
     # ------------------------------------------------------------------ internals
+    def _check_writable(self, what: str) -> None:
+        if self.read_only:
+            raise SeqLogError(f"{self.config.name}: opened read-only; cannot {what}")
+
     def _find(self, seq: int) -> _Record | None:
         index = bisect.bisect_left(self._records, _Record(seq, 0, None, 0, 0))
         if index < len(self._records) and self._records[index].seq == seq:
@@ -290,7 +305,11 @@ class SeqLog:
             segment.records += 1
             segment.max_end = max(segment.max_end, seq + count)
             offset = end
-        if offset < len(data):
+        if offset < len(data) and self.read_only:  # maybe a record being written right now: leave it
+            logger.info("%s: %s: ignoring %d bytes after the last whole record (read-only)",
+                        self.config.name, path.name, len(data) - offset)
+            self.truncated_bytes += len(data) - offset
+        elif offset < len(data):
             logger.warning("%s: %s has a torn or corrupt record at byte %d; truncating %d bytes",
                            self.config.name, path.name, offset, len(data) - offset)
             self.truncated_bytes += len(data) - offset
@@ -300,7 +319,8 @@ class SeqLog:
                 raise SeqLogError(f"cannot truncate {path}: {e}") from e
         segment.size = offset
         if segment.records == 0:
-            path.unlink(missing_ok=True)
+            if not self.read_only:
+                path.unlink(missing_ok=True)
             return
         self._segments.append(segment)
 

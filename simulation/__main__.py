@@ -11,6 +11,11 @@ continues. ``--bc`` runs only the behaviour-cloning baseline.
     resetfree-sim --task peg --steps 300000 --robots 2
     resetfree-sim --resume runs/20260101-120000
     resetfree-sim --bc --task tabletop
+
+To browse what the robots practised in LeRobot's viewers, export the run (needs the lerobot
+extra, pip install 'resetfree[lerobot]'; safe while the run goes on):
+
+    resetfree-demos export-run runs/20260101-120000 practice_lerobot/
 """
 
 from __future__ import annotations

@@ -1,10 +1,14 @@
 """``resetfree-demos``: generate demos with the scripted experts, import EARL's demos, and
-inspect demo files. Every file it writes is in the ``protocol.demos`` format.
+inspect demo files. Every file it writes is in the ``protocol.demos`` format; ``export``,
+``import`` and ``export-run`` convert to and from LeRobotDataset v3 (:mod:`simulation.lerobot_io`).
 
     resetfree-demos generate --task door --direction forward --out door_fwd.npz
     resetfree-demos import-earl demo_data.pkl --task door --direction forward --out d.npz
     resetfree-demos inspect d.npz --sheet d.png
     resetfree-demos record --robot sim:cube --teleop keyboard --episodes 5 --out cube_fwd.npz
+    resetfree-demos export --format lerobot d.npz d_lerobot/       # LeRobotDataset v3 (the lerobot extra)
+    resetfree-demos import d_lerobot/ d.npz [--task door --direction forward]
+    resetfree-demos export-run runs/20260101-120000 practice_lerobot/
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from protocol.demos import DemoFormatError, DemoMeta, DemoRecorder, Demos, load_
 from simulation.cli import doc_help
 from simulation.earl_import import EarlImportError, earl_to_demos, load_earl_arrays
 from simulation.experts import Expert, get_expert
+from simulation.lerobot_io import add_lerobot_parsers, run_lerobot
 from simulation.record import add_record_parser, run_record
 from simulation.tasks import make, task_info
 from simulation.tasks.base import SimulationError, TaskEnv
@@ -227,6 +232,7 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("--sheet", type=Path, default=None, help="write a contact-sheet PNG of frames")
     ins.add_argument("--camera", default=None, help="camera for the sheet (default: the first)")
     add_record_parser(sub)
+    add_lerobot_parsers(sub)
     return parser
 
 
@@ -241,6 +247,8 @@ def _run(args: argparse.Namespace) -> None:
               f"{int(demos.episode_success.sum())} successful, {demos.num_transitions} transitions")
     elif args.command == "record":
         run_record(args)
+    elif args.command in ("export", "import", "export-run"):
+        print(run_lerobot(args))
     elif args.command == "import-earl":
         demos = import_earl(args.path, args.task, args.direction, render_pixels=args.render_pixels,
                             image_size=args.image_size)

@@ -27,7 +27,8 @@ SCRIPTS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["
 SUBCOMMANDS: dict[str, list[list[str]]] = {
     "resetfree-keys": [["generate"], ["show"]],
     "resetfree-runtime": [["ctl"]],
-    "resetfree-demos": [["generate"], ["import-earl"], ["inspect"], ["record"]],
+    "resetfree-demos": [["generate"], ["import-earl"], ["inspect"], ["record"], ["export"], ["import"],
+                        ["export-run"]],
     "resetfree-bench": [["faults"], ["hostile"], ["learner"], ["learning"], ["learning", "--suite"], ["protocol"],
                         ["runtime"], ["sim"]],
 }

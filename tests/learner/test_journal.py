@@ -45,6 +45,30 @@ def test_torn_tail_is_cut_and_appends_continue(tmp_path: Path) -> None:
     again.close()
 
 
+def test_read_only_open_leaves_a_live_journal_alone(tmp_path: Path) -> None:
+    """An export reads the journal while the learner appends: a half-written record is
+    skipped, not cut, and the reader can write nothing."""
+    cfg = JournalConfig(directory=tmp_path / "journal", retention_steps=1, fsync=False)
+    with pytest.raises(JournalError, match="no such directory"):
+        IngestJournal.open(cfg, read_only=True)
+    journal = IngestJournal.open(cfg)
+    for i in range(3):
+        journal.append(8 * i, make_batch("s", 8 * i, 8))
+    journal.close()
+    seg = next((tmp_path / "journal").glob("*.seg"))
+    whole = seg.read_bytes()
+    seg.write_bytes(whole[:-10])  # the learner is half-way through writing the last record
+    reader = IngestJournal.open(cfg, read_only=True)
+    assert [p for p, _ in reader.records_from(0)] == [0, 8]
+    assert seg.stat().st_size == len(whole) - 10
+    with pytest.raises(JournalError, match="read-only"):
+        reader.append(24, make_batch("s", 24, 8))
+    with pytest.raises(JournalError, match="read-only"):
+        reader.trim(protect_from=100)
+    seg.write_bytes(whole)  # ... and finishes it: a new reader sees every record
+    assert [p for p, _ in IngestJournal.open(cfg, read_only=True).records_from(0)] == [0, 8, 16]
+
+
 def test_trim_keeps_retention_and_the_oldest_checkpoints_records(tmp_path: Path) -> None:
     cfg = JournalConfig(directory=tmp_path, retention_steps=16, segment_bytes=400, fsync=False)
     journal = IngestJournal.open(cfg)
