@@ -290,6 +290,7 @@ class _PracticeRun:
         successes = 0
         obs, reset_info = env.reset(seed=pcfg.seed + steps_done)
         at_goal = (bool(reset_info["success"]), bool(reset_info["backward_success"]))  # per agent, at turn start
+        turn_reached = False
         if env.reset_every is not None:  # keep the resets on the run's schedule across a resume
             env.steps_since_reset = steps_done % env.reset_every
         first = True
@@ -307,9 +308,10 @@ class _PracticeRun:
             obs, _, _, _, info = env.step(action)
             steps_done += 1
             successes += int(bool(info["success"]))
-            if steps_done % interval == 0:  # the end of this agent's turn: did it get there?
-                self.turns.add(agent, at_goal[agent], bool(info["success"] if agent == FORWARD
-                                                           else info["backward_success"]))
+            turn_reached |= bool(info["success"] if agent == FORWARD else info["backward_success"])
+            if steps_done % interval == 0:  # the end of this agent's turn: did it get there (at any step)?
+                self.turns.add(agent, at_goal[agent], turn_reached)
+                turn_reached = False
                 now = info["reset_info"] if info["env_reset"] else info  # where the next turn starts
                 at_goal = (bool(now["success"]), bool(now["backward_success"]))
             _ingest(trainer, agent, state, action, first, info)
@@ -360,10 +362,11 @@ class _PracticeRun:
 
 
 class _TurnTally:
-    """Each agent's turns since the last evaluation: how many ended at the agent's goal (the
-    task solved; backward: the scene back in its initial configuration), and of the turns
-    that started away from that goal, how many got there — for the backward agent, the resets
-    the practice stream got without a human. Seed-phase turns (random actions) count."""
+    """Each agent's turns since the last evaluation: in how many the agent's goal was reached
+    at some step (the task solved, as EARL counts success; backward: the scene back in its
+    initial configuration), and of the turns that started away from that goal, in how many it
+    was reached — for the backward agent, the resets the practice stream got without a human.
+    Seed-phase turns (random actions) count."""
 
     def __init__(self) -> None:
         self.turns, self.reached, self.away, self.away_reached = [0, 0], [0, 0], [0, 0], [0, 0]
