@@ -3,13 +3,19 @@ the lazy loader of the library (:func:`_library`, :func:`_quiet`, :func:`_versio
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
+import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from protocol.demos import DemoFormatError
+
+logger = logging.getLogger(__name__)
 
 SUPPORTED_VERSION = "v3.0"
 """The LeRobotDataset codebase version read and written."""
@@ -78,3 +84,24 @@ def _version(distribution: str) -> str:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return "(not installed)"
+
+
+@contextlib.contextmanager
+def keep_scheduling() -> Iterator[None]:
+    """Restores the calling thread's scheduling policy and priority on exit.
+
+    The library's default video encoder (SVT-AV1, through PyAV) switches the thread that
+    encodes to ``SCHED_FIFO`` 99 when it may (as root) and never switches it back; a thread left
+    there starves every same-priority thread it shares a core with. Off Linux a no-op.
+    """
+    if not hasattr(os, "sched_getscheduler"):
+        yield
+        return
+    policy, priority = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+    try:
+        yield
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) != (policy, priority):
+            logger.info("the video encoder changed this thread's scheduling; restoring it")
+            os.sched_setscheduler(0, policy, os.sched_param(priority))
+

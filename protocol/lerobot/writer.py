@@ -18,7 +18,8 @@ import numpy as np
 
 from protocol.demos import DemoMeta, Demos
 from protocol.lerobot.common import (ACTION, DEFAULT_VCODEC, DONE, IMAGE_PREFIX, IS_LAST, REWARD, SIDECAR,
-                                     SIDECAR_VERSION, STATE, SUCCESS, LeRobotError, _library, _quiet)
+                                     SIDECAR_VERSION, STATE, SUCCESS, LeRobotError, _library, _quiet,
+                                     keep_scheduling)
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +102,14 @@ def export_lerobot(demos: Demos | Iterable[Demos], out_dir: str | os.PathLike[st
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     writer = _Writer(library, staging / "dataset", fps=fps, robot_type=robot_type, vcodec=vcodec)
     try:
-        with _quiet():
+        with _quiet(), keep_scheduling():
             for part in [demos] if isinstance(demos, Demos) else demos:
                 writer.add(part, _task_text(task_text, part.meta))
             writer.finish()
         os.rename(staging / "dataset", out)
     finally:
-        writer.close()  # before the removal: the library flushes buffered metadata when closed
+        with keep_scheduling():
+            writer.close()  # before the removal: the library flushes buffered metadata when closed
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("wrote LeRobotDataset %s: %d episodes, %d frames", out, writer.episodes, writer.frames)
     return out

@@ -18,6 +18,7 @@ pytest.importorskip("ledataset")
 lerobot_dataset = pytest.importorskip("ledataset.datasets.lerobot_dataset")
 
 from protocol.demos import DemoMeta, Demos, concatenate  # noqa: E402
+from protocol.lerobot.common import keep_scheduling  # noqa: E402
 from protocol.lerobot import (IS_LAST, LeRobotError, LeRobotFeatureError, LeRobotVersionError,  # noqa: E402
                               export_lerobot, import_lerobot)
 
@@ -175,15 +176,16 @@ def record_like_lerobot(root: Path, *, episodes: int = 2, frames: int = 6, state
     dataset = lerobot_dataset.LeRobotDataset.create("user/recorded", fps=fps, features=features, root=root,
                                                     robot_type="so100", use_videos=video)
     rng = np.random.default_rng(1)
-    for episode in range(episodes):
-        images = smooth_images(frames, max(height, width), episode)
-        for i in range(frames):
-            frame = {"observation.state": rng.normal(size=state_dim).astype(np.float32),
-                     f"observation.images.{camera}": images[i, :, :height, :width].transpose(1, 2, 0).copy(),
-                     "action": rng.uniform(-1, 1, 4).astype(np.float32), "task": "Open the door"}
-            dataset.add_frame({k: v for k, v in frame.items() if k in features or k == "task"})
-        dataset.save_episode()
-    dataset.finalize()
+    with keep_scheduling():  # the library's encoder would leave this thread at SCHED_FIFO (as root)
+        for episode in range(episodes):
+            images = smooth_images(frames, max(height, width), episode)
+            for i in range(frames):
+                frame = {"observation.state": rng.normal(size=state_dim).astype(np.float32),
+                         f"observation.images.{camera}": images[i, :, :height, :width].transpose(1, 2, 0).copy(),
+                         "action": rng.uniform(-1, 1, 4).astype(np.float32), "task": "Open the door"}
+                dataset.add_frame({k: v for k, v in frame.items() if k in features or k == "task"})
+            dataset.save_episode()
+        dataset.finalize()
     return root
 
 
