@@ -369,6 +369,13 @@ class _TurnTally:
     Seed-phase turns (random actions) count."""
 
     def __init__(self) -> None:
+        self.turns: list[int] = []
+        self.reached: list[int] = []
+        self.away: list[int] = []
+        self.away_reached: list[int] = []
+        self._clear()
+
+    def _clear(self) -> None:
         self.turns, self.reached, self.away, self.away_reached = [0, 0], [0, 0], [0, 0], [0, 0]
 
     def add(self, agent: int, started_at_goal: bool, reached: bool) -> None:
@@ -391,7 +398,7 @@ class _TurnTally:
                 out[f"{key}_reached"] = self.reached[agent] / self.turns[agent]
             if self.away[agent]:
                 out[f"{key}_away_reached"] = self.away_reached[agent] / self.away[agent]
-        self.__init__()
+        self._clear()
         return out
 
 
