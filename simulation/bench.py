@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "learning": ("simulation.bench_learning", "the full pipeline for M minutes: success vs BC"),
     "faults": ("simulation.bench_faults", "learner kills, a partition and malformed frames: nothing lost"),
     "hostile": ("simulation.bench_hostile", "100k hostile messages on control, uplink, weights: all counted"),
+    "cube-ood": ("simulation.cube_experiment", "the cube-grasp OOD experiment: BC vs practised policy, ID/OOD"),
 }
 
 

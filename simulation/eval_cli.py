@@ -243,6 +243,12 @@ def resolve_policy(args: argparse.Namespace, out_dir: Path, out: Printer) -> Pol
     return source
 
 
+def policy_obs(source: PolicySource) -> str:
+    """``state`` for a policy trained on a task's state vector (it runs on a simulated robot in
+    state mode), else ``pixels``."""
+    return "state" if source.obs_spec is not None and "state" in source.obs_spec else "pixels"
+
+
 def _build_policy(source: PolicySource, rig: Rig) -> Policy:
     robot_spec = obs_spec_of(rig.observe().arrays)
     if source.obs_spec is None:
@@ -294,7 +300,7 @@ def _run(args: argparse.Namespace, prompt: Prompt) -> EvalSummary:
     source = resolve_policy(args, out_dir, print)
     rig_config = RigConfig(robot=args.robot, hz=args.hz, image_size=args.image_size or source.image_size() or 84,
                            franka_host=args.franka_host, cameras=tuple(parse_camera(c) for c in args.camera),
-                           seed=args.seed, pacing=args.sim_pacing)
+                           seed=args.seed, pacing=args.sim_pacing, obs=policy_obs(source))
     horizon = args.horizon or (task_info(rig_config.task).eval_horizon if rig_config.task else REAL_HORIZON)
     config = EvalConfig(out=config_probe.out, trials=args.trials, split=args.split, horizon=horizon)
     with build_rig(rig_config) as rig:

@@ -76,10 +76,18 @@ class RigConfig:
     """Seed of the simulated robot's first reset (later resets continue its generator)."""
     pacing: str = "realtime"
     """Simulated robot pacing: ``realtime`` (own clock) or ``lockstep`` (steps on send)."""
+    obs: str = "pixels"
+    """What a simulated robot observes: ``pixels`` (cameras + proprio, as the real robot) or
+    ``state`` (the task's state vector, for evaluating a policy trained on states)."""
 
     def __post_init__(self) -> None:
         if self.robot != "franka" and not (self.robot.startswith("sim:") and len(self.robot) > 4):
             raise ValueError(f"robot: expected 'franka' or 'sim:TASK', got {self.robot!r}")
+        if self.obs not in ("pixels", "state"):
+            raise ValueError(f"obs: must be 'pixels' or 'state', got {self.obs!r}")
+        if self.obs == "state" and not self.is_sim:
+            raise ValueError("obs: only a simulated robot has a state vector; the real robot gives cameras "
+                             "and proprio (a policy trained on states runs on --robot sim:TASK)")
         if not (math.isfinite(self.hz) and 0 < self.hz <= 1000):
             raise ValueError(f"hz: must be in (0, 1000], got {self.hz}")
         if self.image_size <= 0:
@@ -217,7 +225,7 @@ def build_rig(config: RigConfig) -> Rig:
     if config.is_sim:
         task = config.task or ""
         task_class(task)  # ValueError naming an unknown task
-        robot = SimRobot(task, obs="pixels", seed=config.seed, pacing=config.pacing,  # type: ignore[arg-type]
+        robot = SimRobot(task, obs=config.obs, seed=config.seed, pacing=config.pacing,  # type: ignore[arg-type]
                          hz=config.hz, image_size=config.image_size)
         # the runtime's facts: the scale is the task's declared TaskInfo.move_scale
         return Rig(config, robot, robot.cameras, robot_facts(config.robot, robot).position_scale)

@@ -29,7 +29,7 @@ SUBCOMMANDS: dict[str, list[list[str]]] = {
     "resetfree-runtime": [["ctl"]],
     "resetfree-demos": [["generate"], ["import-earl"], ["inspect"], ["record"], ["export"], ["import"],
                         ["export-run"]],
-    "resetfree-bench": [["faults"], ["hostile"], ["learner"], ["learning"], ["learning", "--suite"], ["protocol"],
+    "resetfree-bench": [["cube-ood"], ["faults"], ["hostile"], ["learner"], ["learning"], ["learning", "--suite"], ["protocol"],
                         ["runtime"], ["sim"]],
 }
 

@@ -73,6 +73,20 @@ def test_bc_baseline_on_sim_cube(tmp_path: Path, demos_file: Path, capsys: pytes
     assert source.image_size() == SIZE and source.action_dim == 5
 
 
+def test_state_policy_runs_on_the_twin_in_state_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    demos = tmp_path / "cube_state.npz"
+    save_demos(demos, generate("cube", "forward", episodes=2, obs="state", max_steps=30, seed=3))
+    out = tmp_path / "bc-state"
+    assert main(["--robot", "sim:cube", "--trials", "2", "--horizon", "5", "--hz", "50", "--policy", f"bc:{demos}",
+                 "--bc-steps", "10", "--bc-batch-size", "16", "--out", str(out), *TINY]) == 0
+    assert read_policy(out / "bc-policy").obs_spec == {"state": ((12,), "float32")}
+    assert [r["steps"] for r in _rows(out / "trials.csv")] == ["5", "5"]
+    # the real robot has no state vector: said at start-up, before any motion
+    assert main(["--robot", "franka", "--trials", "1", "--policy", str(out / "bc-policy"),
+                 "--out", str(tmp_path / "real")]) == 1
+    assert "only a simulated robot has a state vector" in capsys.readouterr().err
+
+
 class GraspScript:
     """A proprio-only stand-in policy: descend, close, lift (the cube starts centred at seed 24)."""
 

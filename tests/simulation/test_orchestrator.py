@@ -54,6 +54,24 @@ def test_resolve_config_layers_file_overrides_and_seed(tmp_path: Path) -> None:
         resolve_config(RunSpec(run_dir=tmp_path / "run", overrides=("agent.nope=1",)))
 
 
+def test_cube_on_states_gives_the_robot_profiles_discriminators_the_state(tmp_path: Path) -> None:
+    import torch
+
+    from learner.discriminators import DiscriminatorError
+    from learner.trainer import MedalTrainer
+    from simulation.demos_cli import generate
+    from simulation.practice import state_spec
+
+    demos = generate("cube", "forward", episodes=1, obs="state", max_steps=20, seed=0)
+    # the robot profile's discriminators see the wrist camera only, which a state observation lacks
+    with pytest.raises(DiscriminatorError, match="wrist"):
+        MedalTrainer(profile("robot"), state_spec("cube"), 5, (demos, None))
+    cfg = resolve_config(RunSpec(run_dir=tmp_path / "run", task="cube", obs="state", profile="robot"))
+    assert (cfg.vice.cameras, cfg.medal.cameras) == (None, None)
+    trainer = MedalTrainer(cfg, state_spec("cube"), 5, (demos, None))
+    assert trainer.vice.logits({"state": torch.as_tensor(demos.observations["state"][:3])}).shape == (3,)
+
+
 def test_the_default_run_uses_the_door_preset(tmp_path: Path) -> None:
     from simulation.run_setup import DEFAULT_OBS, DEFAULT_TASK
 
