@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import os
 import queue
@@ -53,6 +52,7 @@ from learner.errors import LearnerError
 from learner.journal import IngestJournal, JournalConfig, JournalError
 from learner.metrics import Metrics
 from learner.trainer import BACKWARD, FORWARD, MedalTrainer
+from protocol.atomic import write_json_atomic
 from protocol.errors import ProtocolError, SequenceGap
 from protocol.keys import CurveServerKeys
 from protocol.messages import (AGENTS, Ack, Command, Heartbeat, Hello, Status, TransitionBatch, Weights, Welcome,
@@ -521,8 +521,8 @@ class LearnerService:
             raise ServiceError(f"training failed: {self.worker.error}") from self.worker.error
 
     def _write_run_files(self) -> None:
-        _write_json_atomic(self.run_dir / "endpoints.json", self.endpoints)
-        _write_json_atomic(self.run_dir / "config.json", {"config": self.cfg.to_dict(),
+        write_json_atomic(self.run_dir / "endpoints.json", self.endpoints)
+        write_json_atomic(self.run_dir / "config.json", {"config": self.cfg.to_dict(),
                                                           "config_hash": self.cfg.config_hash()})
 
     # ------------------------------------------------------------------ preparation (thread)
@@ -818,17 +818,6 @@ class LearnerService:
 
 class _Stop(Exception):
     """Raised inside the TaskGroup to end it on a requested stop."""
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Writes ``data`` as JSON to ``path`` via temp + fsync + rename. Blocks on the disk."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 async def serve(service: LearnerService) -> None:

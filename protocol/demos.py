@@ -22,13 +22,14 @@ import datetime
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from protocol.atomic import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -318,22 +319,13 @@ def save_demos(path: str | os.PathLike[str], demos: Demos) -> Path:
     Returns the path written. Raises ``OSError`` when the directory is not writable.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {f"obs/{k}": v for k, v in demos.observations.items()}
     arrays.update({k: getattr(demos, k) for k in _PER_STEP_KEYS})
     arrays["success"] = demos.episode_success
     arrays["episode_ends"] = np.flatnonzero(demos.is_last).astype(np.int64)
     arrays["meta"] = np.array(demos.meta.to_json())
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        np.savez_compressed(f, **arrays)
     logger.info("wrote %d episodes (%d steps) to %s", demos.num_episodes, demos.num_steps, path)
     return path
 

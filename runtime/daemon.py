@@ -38,7 +38,6 @@ wait, would otherwise record a zero action in place of the random or policy acti
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -51,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from hardware.interfaces import Camera, CameraStatus, HardwareError, Robot
+from protocol.atomic import write_json_atomic
 from protocol.errors import HandshakeError, PeerTimeout
 from protocol.keys import client_keys, server_keys
 from protocol.messages import Ack, ArraySpec, Command, Hello, LoopStats, Status, Welcome
@@ -620,10 +620,7 @@ class RuntimeDaemon:
 
     def _write_endpoints(self) -> None:
         path = Path(self.config.spill_dir) / "endpoints.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"control": self.control_endpoint, "learner": self.config.learner,
-                                   "pid": os.getpid()}))
-        os.replace(tmp, path)
+        write_json_atomic(path, {"control": self.control_endpoint, "learner": self.config.learner, "pid": os.getpid()})
         logger.info("runtime: control server at %s (written to %s)", self.control_endpoint, path)
 
     # ------------------------------------------------------------------ shutdown

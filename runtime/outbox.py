@@ -42,7 +42,7 @@ from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
 from protocol.messages import TransitionBatch
 from runtime.clock import lower_thread_priority
-from runtime.errors import OutboxError, SpillError, SpillFullError
+from runtime.errors import OutboxError, SpillError
 from runtime.spill import SpillLog
 
 logger = logging.getLogger(__name__)

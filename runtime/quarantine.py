@@ -24,11 +24,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
+from protocol.atomic import write_bytes_atomic
 from protocol.messages import Status
 from protocol.transport import refused_range
 from protocol.transport.common import worth_logging
@@ -98,12 +98,7 @@ class Quarantine:
                 record["note"] = f"quarantine cap of {self.max_bytes} bytes reached; steps not kept"
                 break
             path = self.directory / f"{batch.first_seq:020d}.batch"
-            tmp = path.with_suffix(".tmp")
-            with open(tmp, "wb") as f:
-                f.write(payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            write_bytes_atomic(path, payload)
             self.bytes_written += len(payload)
             record["files"].append(path.name)
         with open(self.directory / "refused.jsonl", "a", encoding="utf-8") as f:

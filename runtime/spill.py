@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from protocol.atomic import write_json_atomic
 from protocol.errors import SeqLogError, SeqLogFullError
 from protocol.seqlog import FULL_POLICIES, HEADER_BYTES, SeqLog, SeqLogConfig
 from runtime.errors import SpillError, SpillFullError
@@ -172,13 +172,8 @@ class SpillLog:
     # ------------------------------------------------------------------ state file
     def _write_state(self, next_seq: int) -> None:
         path = Path(self.config.directory) / "state.json"
-        tmp = path.with_suffix(".json.tmp")
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"session_id": self.session_id, "next_seq": next_seq}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            write_json_atomic(path, {"session_id": self.session_id, "next_seq": next_seq}, indent=None)
         except OSError as e:
             raise SpillError(f"cannot write {path}: {e}") from e
         self._persisted_seq = next_seq

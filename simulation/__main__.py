@@ -111,7 +111,8 @@ def reset_text(spec: RunSpec) -> str:
 def run_bc_only(spec: RunSpec) -> int:
     """``--bc``: trains and evaluates only the BC baseline into ``RUN_DIR/bc.json``; returns 0/1."""
     from learner.bc import BCConfig
-    from simulation.bc_baseline import BaselineConfig, bc_seeds_text, run_baseline, write_json_atomic
+    from protocol.atomic import write_json_atomic
+    from simulation.bc_baseline import BaselineConfig, bc_seeds_text, run_baseline
     from simulation.orchestrator import EVAL_SEED, prepare_demos, resolve_config
     from simulation.run_setup import bc_seed_count
 

@@ -26,10 +26,10 @@ from learner.bc import BCConfig, train_bc_from_demos
 from learner.config import LearnerConfig
 from learner.errors import LearnerError
 from learner.networks import NetworkConfig
+from protocol.atomic import write_json_atomic
 from protocol.demos import Demos, concatenate, load_demos
 from simulation.evaluation import evaluate
 from simulation.evaluator import load_policy, task_spec
-from simulation.run_setup import write_text_atomic
 from simulation.tasks.base import ObsMode, SimulationError
 
 logger = logging.getLogger(__name__)
@@ -130,11 +130,6 @@ def bc_seeds_text(result: dict[str, Any]) -> str:
         return ""
     rates = ", ".join(f"{p['success_rate']:.0%}" for p in per_seed)
     return f", mean of {len(per_seed)} seeds: {rates}"
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Writes ``data`` as JSON to ``path`` through a temp file and a rename. Blocks on disk I/O."""
-    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def _parser() -> argparse.ArgumentParser:

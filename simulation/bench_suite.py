@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from simulation.bc_baseline import write_json_atomic
+from protocol.atomic import write_json_atomic
 from simulation.cli import plain
 
 logger = logging.getLogger(__name__)

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from simulation.bc_baseline import write_json_atomic
+from protocol.atomic import write_json_atomic
 from simulation.cli import at_least, doc_help, positive_float
 from simulation.cube_results import SPLITS, ExperimentError, markdown, read_json, write_results
 

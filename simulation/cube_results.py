@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from simulation.bc_baseline import write_json_atomic
+from protocol.atomic import write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from simulation.cube_experiment import CubeExperimentConfig
@@ -140,7 +140,6 @@ def plot(results: dict[str, Any], out: Path) -> Path:
 
 def write_results(cfg: CubeExperimentConfig) -> dict[str, Any]:
     """Writes ``results.json``, ``results.md`` and ``ood_vs_steps.png``; returns the results."""
-    from simulation.run_setup import write_text_atomic
 
     results = collect(cfg)
     write_json_atomic(cfg.out / "results.json", results)

@@ -23,11 +23,8 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -37,6 +34,7 @@ from typing import Any
 from hardware.interfaces import HardwareError
 from learner.bc import BCConfig
 from learner.config import add_config_arguments, config_from_args
+from protocol.atomic import write_json_atomic
 from protocol.demos import DemoFormatError, load_demos
 from runtime.shield import Shield
 from simulation.cli import doc_help
@@ -164,7 +162,7 @@ def run_trials(rig: Rig, policy: Policy, config: EvalConfig, *, prompt: Prompt =
         finally:
             rig.robot.stop()
             summary.overruns, summary.shield = ticker.overruns, shield.counters.snapshot()
-    _write_json(config.out / "summary.json", summary.to_dict())
+    write_json_atomic(config.out / "summary.json", summary.to_dict(), indent=2)
     return summary
 
 
@@ -205,20 +203,6 @@ def _ask_success(prompt: Prompt) -> bool:
         answer = prompt("success (object lifted >= 5 cm in a closed grasp)? [y/n] ").strip().lower()
         if answer in ("y", "yes", "n", "no"):
             return answer.startswith("y")
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Writes ``data`` atomically (temporary file, fsync, rename). Blocks on disk I/O."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------- policy resolution

@@ -47,6 +47,7 @@ from learner.networks import actor_layout
 from protocol.transport import WeightsSubscriber, WeightsSubscriberConfig, weights_limits
 from simulation.bc_baseline import bc_seeds_text
 from simulation.evaluator import EvalCancelled, EvalRecord, EvaluatorConfig, EvaluatorError, PolicyEvaluator
+from protocol.atomic import write_text_atomic
 from simulation.plot import plot_runs
 from simulation.processes import (ChildProcess, StatusPoller, child_env, pick_endpoint, read_endpoints,
                                   wait_for_endpoints)
@@ -54,8 +55,7 @@ from simulation.progress import ProgressDisplay, Snapshot
 from simulation.run_commands import (EVAL_SEED, bc_command, has_checkpoint, learner_command, runtime_command,
                                      runtime_spill_dir, steps_per_runtime)
 from simulation.run_setup import (RESUMED_FIELDS, TASKS, UNBOUNDED_STEPS, OrchestratorError, RunSpec, config_toml,
-                                  prepare_demos, preset_text, resolve_config, resumed_spec, run_config, to_toml,
-                                  write_text_atomic)
+                                  prepare_demos, preset_text, resolve_config, resumed_spec, run_config, to_toml)
 from simulation.tasks.base import SimulationError
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ __all__ = [
     "EVAL_SEED", "RESUMED_FIELDS", "TASKS", "ChildProcess", "Orchestrator", "OrchestratorError", "RunOutcome",
     "RunSpec", "bc_command", "child_env", "has_checkpoint", "learner_command", "pick_endpoint", "prepare_demos",
     "preset_text", "read_endpoints", "resolve_config", "resumed_spec", "runtime_command", "runtime_spill_dir",
-    "steps_per_runtime", "to_toml", "wait_for_endpoints", "write_text_atomic",
+    "steps_per_runtime", "to_toml", "wait_for_endpoints",
 ]
 
 

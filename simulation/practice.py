@@ -35,8 +35,9 @@ from learner.bc import BCConfig, train_bc_from_demos
 from learner.config import LearnerConfig, profile
 from learner.networks import NetworkConfig, build_actor
 from learner.trainer import BACKWARD, FORWARD, MedalTrainer
+from protocol.atomic import write_text_atomic
 from protocol.demos import Demos, concatenate, load_demos
-from simulation.demos_cli import generate, import_earl
+from simulation.demos_cli import generate
 from simulation.evaluation import EvalResult, evaluate
 from simulation.nonepisodic import NonEpisodic
 from simulation.tasks import make, task_info
@@ -430,7 +431,6 @@ def _append_curve(run_dir: Path, point: EvalPoint) -> None:
 
 
 def _write_curve(run_dir: Path, points: list[EvalPoint]) -> None:
-    from simulation.run_setup import write_text_atomic
 
     write_text_atomic(run_dir / CURVE_FILE,
                       "".join(json.dumps(dataclasses.asdict(p), sort_keys=True) + "\n" for p in points))

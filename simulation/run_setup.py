@@ -8,12 +8,12 @@ import dataclasses
 import json
 import logging
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from learner.config import LearnerConfig, profile
+from protocol.atomic import write_bytes_atomic
 from simulation.processes import ProcessError
 from simulation.tasks import task_info
 from simulation.tasks.base import RESET_SCHEDULES, ObsMode, ResetSchedule
@@ -289,19 +289,6 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise ValueError(f"cannot write {type(value).__name__} {value!r} as TOML")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temp file and a rename. Blocks on disk I/O."""
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` through a temp file and a rename. Blocks on disk I/O."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 # ============================================================================ demos

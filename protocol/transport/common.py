@@ -6,7 +6,6 @@ limit for per-frame warnings."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket as _socket
 import time
