@@ -18,13 +18,11 @@ import logging
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 
-from learner import checkpoint
 from learner.agent import AgentConfig, RedqAgent
 from learner.discriminators import Discriminator, DiscriminatorConfig
 from learner.errors import DiscriminatorError, TrainerError
@@ -121,22 +119,6 @@ class DemoData(Protocol):
     rewards: np.ndarray
     is_first: np.ndarray
     is_last: np.ndarray
-
-
-@dataclass(frozen=True, kw_only=True)
-class DemoArrays:
-    """Plain demo arrays, for callers without `protocol.demos` (rows = steps incl. final obs)."""
-
-    observations: Mapping[str, np.ndarray]
-    """Observation arrays by key, N rows."""
-    actions: np.ndarray
-    """float32 (N, A); the final row of each episode is padding."""
-    rewards: np.ndarray
-    """float32 (N,); reward following `actions[i]`."""
-    is_first: np.ndarray
-    """bool (N,)."""
-    is_last: np.ndarray
-    """bool (N,)."""
 
 
 def vice_positive_rows(demos: DemoData, goal_frames: int, mode: str) -> np.ndarray:
@@ -476,27 +458,6 @@ class MedalTrainer:
         for i, buf in enumerate(self.replay):
             prefix = f"agent{i}/"
             buf.load_state_dict({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
-
-    def save(self, run_dir: Path | str, *, config: Mapping[str, Any] | None = None, keep: int = 3) -> Path:
-        """Atomically checkpoint the trainer (replay too when `replay.save_in_checkpoint`). Blocks on disk."""
-        replay = self.replay_state() if self.config.replay.save_in_checkpoint else None
-        return checkpoint.save_checkpoint(run_dir, updates=sum(self.updates), state=self.state_dict(),
-                                          config=config, counters=self.counters(), replay=replay, keep=keep)
-
-    def restore_latest(self, run_dir: Path | str) -> Path | None:
-        """Load the newest good checkpoint in `run_dir` (falling back past corrupt ones).
-
-        Returns its path, or None when there is none. Raises CheckpointError when all are
-        corrupt, TrainerError when one does not fit this trainer. Blocks on disk.
-        """
-        ckpt = checkpoint.load_latest(run_dir, with_replay=self.config.replay.save_in_checkpoint)
-        if ckpt is None:
-            return None
-        self.load_state_dict(ckpt.state)
-        if ckpt.replay is not None:
-            self.load_replay_state(ckpt.replay)
-        logger.info("restored %s (env_steps %d)", ckpt.path, self.env_steps)
-        return ckpt.path
 
 
 def _demo_states(demos: tuple[DemoData | None, DemoData | None], obs_spec: Mapping[str, Any]) -> dict[str, torch.Tensor]:

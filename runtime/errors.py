@@ -11,10 +11,6 @@ class RuntimeFault(Exception):
     """Base class of every error raised by the ``runtime`` package."""
 
 
-class SafetyViolation(RuntimeFault):
-    """A command or a state broke a safety limit that the shield could not repair."""
-
-
 class WeightsRejected(RuntimeFault, ValueError):
     """A weights blob failed verification (unknown agent, shape/dtype, checksum, version)."""
 

@@ -2,18 +2,20 @@
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from learner import checkpoint
 from learner.agent import AgentConfig
 from learner.discriminators import DiscriminatorConfig
 from learner.errors import TrainerError
 from learner.networks import NetworkConfig
 from learner.replay import ReplayConfig
-from learner.trainer import DemoArrays, MedalTrainer, ScheduleConfig, vice_positive_rows
+from learner.trainer import MedalTrainer, ScheduleConfig, vice_positive_rows
 
 torch.set_num_threads(1)
 
@@ -44,6 +46,22 @@ def make_config(**schedule: object) -> Sections:
         medal=DiscriminatorConfig(updates_every=5, updates_per_round=1, batch_size=16, hidden_dim=16),
         schedule=ScheduleConfig(**sched),
     )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DemoArrays:
+    """Plain demo arrays (rows = steps incl. final obs): what the trainer needs of demos (`DemoData`)."""
+
+    observations: Mapping[str, np.ndarray]
+    """Observation arrays by key, N rows."""
+    actions: np.ndarray
+    """float32 (N, A); the final row of each episode is padding."""
+    rewards: np.ndarray
+    """float32 (N,); reward following `actions[i]`."""
+    is_first: np.ndarray
+    """bool (N,)."""
+    is_last: np.ndarray
+    """bool (N,)."""
 
 
 def line_demos(src: np.ndarray, dst: np.ndarray, episodes: int, rng: np.random.Generator) -> DemoArrays:
@@ -221,15 +239,31 @@ def _run(tr: MedalTrainer, steps: int, seed: int) -> dict[str, float]:
     return out
 
 
+def _save(tr: MedalTrainer, run_dir: Path) -> Path:
+    """Checkpoints the trainer with its replay, as the learner service and the practice loop do."""
+    return checkpoint.save_checkpoint(run_dir, updates=sum(tr.updates) + tr.env_steps, state=tr.state_dict(),
+                                      counters=tr.counters(), replay=tr.replay_state())
+
+
+def _restore(tr: MedalTrainer, run_dir: Path) -> Path | None:
+    """Loads the newest good checkpoint of ``run_dir`` into ``tr`` (None when there is none)."""
+    ckpt = checkpoint.load_latest(run_dir, with_replay=True)
+    if ckpt is None:
+        return None
+    tr.load_state_dict(ckpt.state)
+    tr.load_replay_state(ckpt.replay)
+    return ckpt.path
+
+
 def test_restored_trainer_makes_the_identical_next_update(tmp_path: Path) -> None:
     cfg = make_config(seed_frames=10)
     a = MedalTrainer(cfg, SPEC, 2, demos(), seed=1)
     a.ingest(0, *_random_steps(5, first=True))
     _run(a, 8, seed=100)
-    a.save(tmp_path / "run")
+    _save(a, tmp_path / "run")
     m_a = _run(a, 3, seed=200)
     b = MedalTrainer(cfg, SPEC, 2, demos(), seed=99)  # different init: everything must come from the file
-    assert b.restore_latest(tmp_path / "run") is not None
+    assert _restore(b, tmp_path / "run") is not None
     m_b = _run(b, 3, seed=200)
     assert m_a == m_b and m_a
     for x, y in zip(a.agents, b.agents):
@@ -244,12 +278,12 @@ def test_corrupt_newest_checkpoint_falls_back(tmp_path: Path) -> None:
     cfg = make_config(seed_frames=10)
     tr = MedalTrainer(cfg, SPEC, 2, demos())
     tr.ingest(0, *_random_steps(20, first=True))
-    first = tr.save(tmp_path)
+    first = _save(tr, tmp_path)
     _run(tr, 2, seed=5)
-    newest = tr.save(tmp_path)
+    newest = _save(tr, tmp_path)
     (newest / "meta.json").write_text("{")
     fresh = MedalTrainer(cfg, SPEC, 2, demos())
-    assert fresh.restore_latest(tmp_path) == first
+    assert _restore(fresh, tmp_path) == first
     assert fresh.env_steps == 20
 
 
