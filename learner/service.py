@@ -51,11 +51,11 @@ from learner.demo_dir import DemoSet, describe_space
 from learner.errors import LearnerError
 from learner.journal import IngestJournal, JournalConfig, JournalError
 from learner.metrics import Metrics
-from learner.trainer import BACKWARD, FORWARD, MedalTrainer
+from learner.trainer import MedalTrainer
 from protocol.atomic import write_json_atomic
 from protocol.errors import ProtocolError, SequenceGap
 from protocol.keys import CurveServerKeys
-from protocol.messages import (AGENTS, Ack, Command, Heartbeat, Hello, Status, TransitionBatch, Weights, Welcome,
+from protocol.messages import (AGENTS, BACKWARD, FORWARD, Ack, Command, Heartbeat, Hello, Status, TransitionBatch, Weights, Welcome,
                                batch_value_error, weights_in_dtype)
 from protocol.reliability import ReceiveTracker
 from protocol.transport import (ControlServer, ControlServerConfig, UplinkServer, UplinkServerConfig,

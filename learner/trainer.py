@@ -29,10 +29,10 @@ from learner.errors import DiscriminatorError, TrainerError
 from learner.networks import NetworkConfig, ObsSpec
 from learner.replay import ReplayBuffer, ReplayConfig, sample_mixed
 from learner.rewards import VICE_REWARD_FORMS, medal_reward, vice_reward
+from protocol.messages import BACKWARD, FORWARD
 
 logger = logging.getLogger(__name__)
 
-FORWARD, BACKWARD = 0, 1
 _SEED = 2
 """Stream state: the stream's last step was a seed-phase step (stored in both buffers)."""
 

@@ -10,6 +10,7 @@ Arrays decoded from the wire are read-only views of the received frames.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import logging
 import math
@@ -31,7 +32,27 @@ ALLOWED_DTYPES: frozenset[str] = frozenset(
      "float16", "float32", "float64", "bool"}
 )
 
-AGENTS: tuple[str, str] = ("forward", "backward")
+
+
+class Agent(enum.IntEnum):
+    """The two agents of MEDAL++: the forward agent does the task, the backward agent undoes it.
+
+    The int is what a TransitionBatch's ``agents`` array carries (uint8) and what indexes
+    every per-agent list (buffers, networks, a checkpoint's ``agents``); :attr:`label` is
+    what Weights and Command carry on the wire."""
+
+    FORWARD = 0
+    BACKWARD = 1
+
+    @property
+    def label(self) -> str:
+        """``forward`` or ``backward``."""
+        return self.name.lower()
+
+
+FORWARD, BACKWARD = Agent.FORWARD, Agent.BACKWARD
+AGENTS: tuple[str, str] = (FORWARD.label, BACKWARD.label)
+"""Agent labels, in :class:`Agent` order (``AGENTS[agent]`` is its label)."""
 COMMAND_KINDS: frozenset[str] = frozenset(
     {"pause", "resume", "estop", "switch_agent", "go_home", "status"}
 )

@@ -53,7 +53,7 @@ from hardware.interfaces import Camera, CameraStatus, HardwareError, Robot
 from protocol.atomic import write_json_atomic
 from protocol.errors import HandshakeError, PeerTimeout
 from protocol.keys import client_keys, server_keys
-from protocol.messages import Ack, ArraySpec, Command, Hello, LoopStats, Status, Welcome
+from protocol.messages import AGENTS, Ack, ArraySpec, Command, Hello, LoopStats, Status, Welcome
 from protocol.session import SessionSettings
 from protocol.transport import (
     BATCH_REFUSED, ConnectionState, ControlServer, ControlServerConfig, HandshakeRefused, UplinkClient,
@@ -68,7 +68,7 @@ from runtime.policy_slot import PolicySlot, PolicySlotConfig
 from protocol.transport.common import handshake_figures
 from runtime.quarantine import Quarantine
 from runtime.robots import LOCKSTEP_SENSOR_AGE_S, RobotFacts, lockstep_shield_config, shield_config
-from runtime.schedule import AGENT_NAMES, Schedule, ScheduleConfig
+from runtime.schedule import Schedule, ScheduleConfig
 from runtime.shield import Shield, ShieldConfig
 from runtime.spill import SpillConfig, SpillLog
 
@@ -556,7 +556,7 @@ class RuntimeDaemon:
         elif cmd.kind == "estop":
             self.loop.estop()
         elif cmd.kind == "switch_agent":
-            message = f"{AGENT_NAMES[self.loop.switch_agent(cmd.agent)]} agent acts"
+            message = f"{AGENTS[self.loop.switch_agent(cmd.agent)]} agent acts"
         elif cmd.kind == "go_home":
             if self._tg is None:
                 ok, message = False, "not running"
@@ -599,7 +599,7 @@ class RuntimeDaemon:
                       control_malformed=control_malformed,
                       failed_replies=self.control.failed_replies if self.control is not None else 0)
         detail.update(
-            agent=AGENT_NAMES[agent], seed_phase=not self.policy.has_policy(agent),
+            agent=AGENTS[agent], seed_phase=not self.policy.has_policy(agent),
             acked_seq=self.outbox.acked_seq, next_seq=self.outbox.next_seq, oldest_seq=self.outbox.oldest_seq,
             unwritten_steps=self.outbox.unwritten_steps, lost_steps=self.outbox.lost_steps,
             weights_version=-1 if version is None else version, env_resets=self.loop.env_resets,
@@ -612,8 +612,8 @@ class RuntimeDaemon:
             malformed_rejected=control_malformed + weights["malformed"] + self.quarantine.malformed
             + (self.client.malformed_count if self.client is not None else 0),
         )
-        for name in AGENT_NAMES:
-            v = self.policy.version(AGENT_NAMES.index(name))
+        for name in AGENTS:
+            v = self.policy.version(AGENTS.index(name))
             detail[f"weights_version_{name}"] = -1 if v is None else v
             detail[f"weights_active_at_{name}"] = self.weights_active_at.get(name, 0.0)
         return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in detail.items()}

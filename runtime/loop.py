@@ -26,12 +26,12 @@ from typing import Protocol
 import numpy as np
 
 from hardware.interfaces import Camera, Frame, HardwareError, Robot, RobotState, StaleFrameError
-from protocol.messages import LoopStats, TransitionBatch, observation_value_error
+from protocol.messages import AGENTS, LoopStats, TransitionBatch, observation_value_error
 from runtime.clock import Clock, Tick
 from runtime.errors import OutboxError, PolicyError
 from runtime.lateness import LateTickProbe
 from runtime.policy_slot import PolicySlot
-from runtime.schedule import AGENT_NAMES, Schedule
+from runtime.schedule import Schedule
 from runtime.shield import SENSOR_HOLD_REASONS, Shield, ShieldResult
 from runtime.stats import RuntimeStats
 
@@ -473,7 +473,7 @@ class ControlLoop:
             inference_p50_ms=inference.percentile(50) * 1e3,
             queue_depth=self.sink.depth if self.sink is not None else 0,
             spilled_bytes=self.sink.spilled_bytes if self.sink is not None else 0,
-            agent=AGENT_NAMES[self.schedule.agent], paused=self.holding)
+            agent=AGENTS[self.schedule.agent], paused=self.holding)
         return RuntimeStats(
             loop=loop, ticks=self.clock.ticks, skipped_ticks=self.clock.skipped,
             inference_p99_ms=inference.percentile(99) * 1e3, held_ticks=self.held_ticks,

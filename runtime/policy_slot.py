@@ -36,10 +36,10 @@ import torch
 from torch import nn
 
 from learner.networks import native_bf16
-from protocol.messages import Weights, weights_sha256
+from protocol.messages import AGENTS, Weights, weights_sha256
 from runtime.clock import lower_thread_priority
 from runtime.errors import PolicyError, WeightsRejected
-from runtime.schedule import AGENT_NAMES, agent_index
+from runtime.schedule import agent_index
 from runtime.stats import Ring
 
 logger = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ class PolicySlot:
                                  "inference_p50_ms": self.inference_s.percentile(50) * 1e3,
                                  "prefetch_p50_ms": self.prefetch_s.percentile(50) * 1e3}
         for agent, active in self._active.items():
-            out[f"version_{AGENT_NAMES[agent]}"] = active.version
+            out[f"version_{AGENTS[agent]}"] = active.version
         return out
 
     # ------------------------------------------------------------------ swap
@@ -365,7 +365,7 @@ class PolicySlot:
         elapsed = (time.perf_counter() - started) * 1e3
         self.accepted += 1
         self.swap_ms.add(elapsed)
-        logger.info("policy: %s weights v%d active (%.1f ms after offer)", AGENT_NAMES[agent], version, elapsed)
+        logger.info("policy: %s weights v%d active (%.1f ms after offer)", AGENTS[agent], version, elapsed)
         return OfferResult(accepted=True, agent=agent, version=version, reason="", swap_to_active_ms=elapsed)
 
     def _reject(self, weights: Any, reason: str, started: float) -> OfferResult:
@@ -415,7 +415,7 @@ class PolicySlot:
         """
         active = self._active.get(agent)
         if active is None:
-            raise PolicyError(f"no weights loaded for the {AGENT_NAMES[agent]} agent")
+            raise PolicyError(f"no weights loaded for the {AGENTS[agent]} agent")
         started = time.perf_counter()
         try:
             with torch.inference_mode():

@@ -16,17 +16,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from protocol.messages import AGENTS, BACKWARD, FORWARD
+
 logger = logging.getLogger(__name__)
 
-FORWARD = 0
-BACKWARD = 1
-AGENT_NAMES: tuple[str, str] = ("forward", "backward")
 
 
 def agent_index(agent: int | str) -> int:
     """Returns 0 (forward) or 1 (backward) for an index or a name; raises ValueError otherwise."""
-    if isinstance(agent, str) and agent in AGENT_NAMES:
-        return AGENT_NAMES.index(agent)
+    if isinstance(agent, str) and agent in AGENTS:
+        return AGENTS.index(agent)
     if isinstance(agent, (int, np.integer)) and not isinstance(agent, bool) and int(agent) in (0, 1):
         return int(agent)
     raise ValueError(f"agent: expected 0/1 or 'forward'/'backward', got {agent!r}")
@@ -87,7 +86,7 @@ class Schedule:
     @property
     def agent_name(self) -> str:
         """``"forward"`` or ``"backward"``."""
-        return AGENT_NAMES[self._agent]
+        return AGENTS[self._agent]
 
     def next_step(self, has_policy: Callable[[int], bool]) -> StepPlan:
         """Returns the plan for the next step and advances the schedule by one step.
@@ -116,6 +115,6 @@ class Schedule:
     def _set_agent(self, agent: int, why: str) -> None:
         if agent != self._agent:
             self.switches += 1
-            logger.info("schedule: %s agent takes over (%s)", AGENT_NAMES[agent], why)
+            logger.info("schedule: %s agent takes over (%s)", AGENTS[agent], why)
         self._agent = agent
         self._steps_in_phase = 0

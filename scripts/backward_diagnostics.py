@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from learner import checkpoint
-from learner.trainer import BACKWARD, FORWARD, MedalTrainer
+from learner.trainer import MedalTrainer
+from protocol.messages import BACKWARD, FORWARD
 from simulation.nonepisodic import NonEpisodic
 from simulation.practice import load_task_demos, practice_config, state_spec
 from simulation.tasks import make, task_info

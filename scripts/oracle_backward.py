@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 import simulation.practice as practice_module
-from learner.trainer import BACKWARD, MedalTrainer
+from learner.trainer import MedalTrainer
+from protocol.messages import BACKWARD
 from simulation.practice import EvalPoint, PracticeConfig, load_task_demos, practice, practice_config
 from simulation.tasks import door, peg
 

@@ -37,15 +37,12 @@ from typing import Any
 import numpy as np
 
 from learner.journal import IngestJournal, JournalConfig, JournalError
-from protocol.messages import TransitionBatch
-from runtime.schedule import AGENT_NAMES
+from protocol.messages import BACKWARD, FORWARD, TransitionBatch
 from simulation.tasks.base import SimulationError
 from simulation.tasks.cube import REST_Z, WORKSPACE_HIGH, WORKSPACE_LOW
 
 logger = logging.getLogger(__name__)
 
-FORWARD = AGENT_NAMES.index("forward")
-BACKWARD = AGENT_NAMES.index("backward")
 REACH_LOW = tuple(float(v) for v in WORKSPACE_LOW[:2])
 """Lowest x, y of a cube centre the forward agent can grasp from (the hand's workspace box)."""
 REACH_HIGH = tuple(float(v) for v in WORKSPACE_HIGH[:2])

@@ -28,8 +28,7 @@ import numpy as np
 from learner.journal import IngestJournal, JournalConfig, JournalError
 from protocol.demos import DemoMeta, Demos, load_demos, save_demos
 from protocol.lerobot import DEFAULT_VCODEC, LeRobotFeatureError, export_lerobot, import_lerobot
-from protocol.messages import TransitionBatch, batch_value_error
-from runtime.schedule import AGENT_NAMES
+from protocol.messages import AGENTS, TransitionBatch, batch_value_error
 from simulation.cli import at_least
 from simulation.registry import TASKS
 from simulation.tasks import task_class, task_info
@@ -176,7 +175,7 @@ def _close(turns: dict[str, _Turn], session: str, final: dict[str, np.ndarray] |
         actions[-1] = np.zeros_like(actions[-1])
     if len(observations) < 2:
         return
-    yield _turn_demos(observations, actions, AGENT_NAMES[turn.agent], task, session)
+    yield _turn_demos(observations, actions, AGENTS[turn.agent], task, session)
 
 
 def _turn_demos(observations: list[dict[str, np.ndarray]], actions: list[np.ndarray], direction: str, task: str,

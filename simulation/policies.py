@@ -31,12 +31,11 @@ from learner.bc import BCConfig, train_bc_from_demos
 from learner.errors import CheckpointError, LearnerError
 from learner.networks import NetworkConfig, ObsSpec, PolicyNetwork, as_network_config, build_actor, is_image
 from protocol.demos import Demos
+from protocol.messages import AGENTS
 from simulation.tasks.base import SimulationError
 
 logger = logging.getLogger(__name__)
 
-AGENTS = {"forward": 0, "backward": 1}
-"""Agent name -> index in the learner's ``state["agents"]`` (``learner.trainer`` order)."""
 BC_KIND = "bc"
 POLICY_KIND = "policy"
 """A bare forward policy a run kept (``resetfree-sim``'s ``best-policy/``): its tensors under
@@ -175,7 +174,7 @@ def _source(ckpt: checkpoint.Checkpoint, agent: str) -> PolicySource:
         if config.get("kind") in (BC_KIND, POLICY_KIND):
             kind, state = str(config["kind"]), dict(ckpt.state["policy"])
         else:
-            kind, parts = "learner", ckpt.state["agents"][AGENTS[agent]]
+            kind, parts = "learner", ckpt.state["agents"][AGENTS.index(agent)]
             state = {f"{part}.{k}": v for part in ("encoder", "actor") for k, v in parts[part].items()}
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
         raise PolicyError(f"{ckpt.path}: not a learner or BC policy checkpoint ({type(e).__name__}: {e})") from e

@@ -34,9 +34,10 @@ from learner import checkpoint
 from learner.bc import BCConfig, train_bc_from_demos
 from learner.config import LearnerConfig, profile
 from learner.networks import NetworkConfig, build_actor
-from learner.trainer import BACKWARD, FORWARD, MedalTrainer
+from learner.trainer import MedalTrainer
 from protocol.atomic import write_text_atomic
 from protocol.demos import Demos, concatenate, load_demos
+from protocol.messages import BACKWARD, FORWARD
 from simulation.demos_cli import generate
 from simulation.evaluation import EvalResult, evaluate
 from simulation.nonepisodic import NonEpisodic

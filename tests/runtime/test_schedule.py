@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.schedule import BACKWARD, FORWARD, Schedule, ScheduleConfig, agent_index
+from protocol.messages import BACKWARD, FORWARD
+from runtime.schedule import Schedule, ScheduleConfig, agent_index
 
 LOW, HIGH = np.array([-1.0, -0.5]), np.array([1.0, 0.5])
 

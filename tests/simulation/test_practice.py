@@ -157,7 +157,7 @@ def test_earl_demos_ship_with_the_package() -> None:
 
 
 def test_turn_tally_counts_resets_only_from_turns_that_started_away() -> None:
-    from learner.trainer import BACKWARD
+    from protocol.messages import BACKWARD
     from simulation.practice import _TurnTally
 
     tally = _TurnTally()
