@@ -34,7 +34,7 @@ from learner.networks import NetworkConfig
 from learner.replay import ReplayConfig
 from learner.trainer import ScheduleConfig
 from protocol.messages import WIRE_DTYPES
-from protocol.session import SessionSettings
+from protocol.session import DEFAULT_SWITCH_INTERVAL, SessionSettings
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ PROFILES = ("sim", "robot")
 class SwitchConfig:
     """Forward/backward agent switching, executed by the runtime (fixed interval, paper)."""
 
-    interval: int = 200
+    interval: int = DEFAULT_SWITCH_INTERVAL
     """Environment steps one agent acts before control passes to the other (authors' code: 200)."""
 
     def __post_init__(self) -> None:

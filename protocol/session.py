@@ -15,11 +15,17 @@ import json
 from protocol.messages import PROTOCOL_VERSION
 
 
+DEFAULT_SWITCH_INTERVAL = 200
+"""Environment steps one agent acts before control passes to the other, unless configured
+(the authors' code: 200). The one default the learner's ``switch.interval`` and the runtime's
+``--switch-every`` both start from."""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SessionSettings:
     """What runtime and learner must share, beyond the observation and action spaces."""
 
-    switch_interval: int = 200
+    switch_interval: int = DEFAULT_SWITCH_INTERVAL
     """Environment steps one agent acts before control passes to the other."""
 
     def __post_init__(self) -> None:

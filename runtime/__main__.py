@@ -26,6 +26,7 @@ else:  # pragma: no cover - 3.10
 from pathlib import Path
 
 from hardware.interfaces import Robot
+from protocol.session import DEFAULT_SWITCH_INTERVAL
 from runtime.clock import GC_MODES, IsolationConfig, install_uvloop
 from runtime.daemon import EXIT_CRASH, DaemonConfig, RuntimeDaemon, install_signal_handlers
 from runtime.policy_slot import CONV_DTYPES, PROJECTION_DTYPES, PolicySlotConfig
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "pick one; written to SPILL_DIR/endpoints.json)")
     p.add_argument("--keys", type=Path, default=None, help="CURVE keys directory (resetfree-keys generate)")
     p.add_argument("--seed", type=int, default=None, help="seed of the simulation and the seed-phase actions")
-    p.add_argument("--switch-every", type=int, default=200,
+    p.add_argument("--switch-every", type=int, default=DEFAULT_SWITCH_INTERVAL,
                    help="steps per agent before switching to the other (default %(default)s)")
     p.add_argument("--reset-every", type=int, default=None, help="simulation: steps between environment resets "
                    "(default: --reset-schedule's; 0: never). A real robot is never reset")

@@ -54,7 +54,7 @@ from protocol.atomic import write_json_atomic
 from protocol.errors import HandshakeError, PeerTimeout
 from protocol.keys import client_keys, server_keys
 from protocol.messages import AGENTS, Ack, ArraySpec, Command, Hello, LoopStats, Status, Welcome
-from protocol.session import SessionSettings
+from protocol.session import DEFAULT_SWITCH_INTERVAL, SessionSettings
 from protocol.transport import (
     BATCH_REFUSED, ConnectionState, ControlServer, ControlServerConfig, HandshakeRefused, UplinkClient,
     UplinkClientConfig, WeightsSubscriber, WeightsSubscriberConfig, start_zero_copy_collector, weights_limits,
@@ -101,7 +101,7 @@ class DaemonConfig:
     """Control rate."""
     lockstep: bool = False
     """Wait for the learner's training before each tick (simulation)."""
-    switch_every: int = 200
+    switch_every: int = DEFAULT_SWITCH_INTERVAL
     """Steps per agent before the other takes over (sent hashed in ``hello``)."""
     max_steps: int | None = None
     """Stop cleanly after this many recorded steps (None: run until signalled)."""

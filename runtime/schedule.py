@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from protocol.messages import AGENTS, BACKWARD, FORWARD
+from protocol.session import DEFAULT_SWITCH_INTERVAL
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def agent_index(agent: int | str) -> int:
 class ScheduleConfig:
     """Agent alternation and seed-phase settings."""
 
-    switch_every: int = 200
+    switch_every: int = DEFAULT_SWITCH_INTERVAL
     """Steps each agent acts before the other takes over (authors' code: 200)."""
     start_agent: int = FORWARD
     """Agent that acts first (0 forward, 1 backward)."""
