@@ -38,7 +38,7 @@ from protocol.atomic import write_json_atomic
 from protocol.demos import DemoFormatError, load_demos
 from runtime.shield import Shield
 from simulation.cli import doc_help
-from simulation.policies import Policy, PolicyError, PolicySource, obs_spec_of, read_policy, train_bc_policy
+from simulation.policies import Policy, PolicyError, PolicySource, arrays_obs_spec, read_policy, train_bc_policy
 from simulation.record import Printer, Rig, RigConfig, Ticker, build_rig, parse_camera
 from simulation.tasks import task_info
 from simulation.tasks.base import SimulationError
@@ -234,7 +234,7 @@ def policy_obs(source: PolicySource) -> str:
 
 
 def _build_policy(source: PolicySource, rig: Rig) -> Policy:
-    robot_spec = obs_spec_of(rig.observe().arrays)
+    robot_spec = arrays_obs_spec(rig.observe().arrays)
     if source.obs_spec is None:
         return source.build(robot_spec)
     for key, (shape, dtype) in source.obs_spec.items():

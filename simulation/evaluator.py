@@ -115,7 +115,7 @@ def read_evals(path: Path) -> list[EvalRecord]:
     return sorted(records, key=lambda r: r.step)
 
 
-def obs_spec_of(space: gym.spaces.Space) -> dict[str, tuple[tuple[int, ...], str]]:
+def space_obs_spec(space: gym.spaces.Space) -> dict[str, tuple[tuple[int, ...], str]]:
     """Returns the actor's observation spec for an environment's observation space.
 
     State mode (a ``Box``) becomes ``{"state": ((D,), "float32")}`` as the simulated robot
@@ -133,7 +133,7 @@ def task_spec(task: str, obs: ObsMode) -> tuple[dict[str, tuple[tuple[int, ...],
     """Returns ``(obs_spec, action_dim)`` of ``task`` in ``obs`` mode. Blocks to build an env."""
     env = make(task, obs=obs)
     try:
-        return obs_spec_of(env.observation_space), int(env.action_space.shape[0])
+        return space_obs_spec(env.observation_space), int(env.action_space.shape[0])
     finally:
         env.close()
 

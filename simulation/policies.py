@@ -126,7 +126,7 @@ class Policy:
         return action.numpy().astype(np.float32)
 
 
-def obs_spec_of(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], str]]:
+def arrays_obs_spec(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], str]]:
     """Returns the spec ``{key: (shape, dtype)}`` of one observation (no batch dimension)."""
     return {k: (tuple(int(d) for d in np.shape(v)), np.asarray(v).dtype.name) for k, v in arrays.items()}
 
@@ -225,7 +225,7 @@ def train_bc_policy(demos: Demos, out_dir: str | Path, *, net_config: NetworkCon
     Raises:
         PolicyError: when the demos cannot be trained on or the policy cannot be saved.
     """
-    spec = obs_spec_of({k: v[0] for k, v in demos.observations.items()})
+    spec = arrays_obs_spec({k: v[0] for k, v in demos.observations.items()})
     try:
         state = train_bc_from_demos(demos, spec, net_config, bc_config)
     except (LearnerError, ValueError, RuntimeError) as e:

@@ -40,7 +40,7 @@ from learner.trainer import vice_positive_rows
 from protocol.demos import Demos
 from simulation.demos_cli import import_earl
 from simulation.evaluation import evaluate
-from simulation.evaluator import obs_spec_of
+from simulation.evaluator import space_obs_spec
 from simulation.policies import Policy
 from simulation.tasks import make
 
@@ -89,7 +89,7 @@ def door_pixels() -> DoorPixels:
                 observation, *_ = env.step(rng.uniform(-1.0, 1.0, env.action_space.shape).astype(np.float32))
                 frames.append(observation)
             rollout += [index] * (ROLLOUT_STEPS + 1)
-        spec = obs_spec_of(env.observation_space)
+        spec = space_obs_spec(env.observation_space)
     finally:
         env.close()
     print(f"\nrender: EARL re-render {rendered - started:.1f} s ({demos.num_steps} frames), "
