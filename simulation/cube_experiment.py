@@ -246,7 +246,7 @@ def snapshot_checkpoints(run_dir: Path) -> list[int]:
     ``snapshots/step-<env steps>/`` (a few MB each; the learner deletes old checkpoints).
     Returns the env steps of the new snapshots. Blocks on disk."""
     from learner.checkpoint import checkpoint_dirs
-    from simulation.policies import PolicyError, read_policy, save_policy
+    from simulation.policies import PolicyLoadError, read_policy, save_policy
 
     new = []
     for _updates, path in checkpoint_dirs(run_dir):
@@ -258,7 +258,7 @@ def snapshot_checkpoints(run_dir: Path) -> list[int]:
             source = read_policy(path)
             save_policy(target, source.state_dict, obs_spec=source.obs_spec or {}, net_config=source.net_config,
                         updates=steps, info={"task": TASK, "env_steps": steps, "checkpoint": path.name})
-        except (OSError, ValueError, KeyError, PolicyError) as e:  # e.g. deleted while read: next round
+        except (OSError, ValueError, KeyError, PolicyLoadError) as e:  # e.g. deleted while read: next round
             logger.debug("snapshot of %s skipped: %s", path, e)
             continue
         new.append(steps)

@@ -38,7 +38,7 @@ from protocol.atomic import write_json_atomic
 from protocol.demos import DemoFormatError, load_demos
 from runtime.shield import Shield
 from simulation.cli import doc_help
-from simulation.policies import Policy, PolicyError, PolicySource, arrays_obs_spec, read_policy, train_bc_policy
+from simulation.policies import Policy, PolicyLoadError, PolicySource, arrays_obs_spec, read_policy, train_bc_policy
 from simulation.record import Printer, Rig, RigConfig, Ticker, build_rig, parse_camera
 from simulation.tasks import task_info
 from simulation.tasks.base import SimulationError
@@ -135,7 +135,7 @@ def run_trials(rig: Rig, policy: Policy, config: EvalConfig, *, prompt: Prompt =
 
     Raises:
         HardwareError: when a device fails (rows already written stay).
-        PolicyError: when the observation does not fit the policy.
+        PolicyLoadError: when the observation does not fit the policy.
     """
     config.out.mkdir(parents=True, exist_ok=True)
     summary = EvalSummary(policy=str(policy.path), kind=policy.kind, robot=rig.config.robot,
@@ -209,7 +209,7 @@ def _ask_success(prompt: Prompt) -> bool:
 def resolve_policy(args: argparse.Namespace, out_dir: Path, out: Printer) -> PolicySource:
     """Reads ``--policy`` (training the BC baseline first for ``bc:DEMOS.npz``).
 
-    Raises PolicyError, DemoFormatError or ValueError with a one-line reason.
+    Raises PolicyLoadError, DemoFormatError or ValueError with a one-line reason.
     """
     if not args.policy.startswith("bc:"):
         return read_policy(args.policy, agent=args.agent)
@@ -239,10 +239,10 @@ def _build_policy(source: PolicySource, rig: Rig) -> Policy:
         return source.build(robot_spec)
     for key, (shape, dtype) in source.obs_spec.items():
         if key not in robot_spec:
-            raise PolicyError(f"the policy needs observation {key!r}; {rig.config.robot} gives "
+            raise PolicyLoadError(f"the policy needs observation {key!r}; {rig.config.robot} gives "
                                   f"{sorted(robot_spec)} (name the cameras with --camera {key}=SERIAL)")
         if tuple(robot_spec[key][0]) != tuple(shape):
-            raise PolicyError(f"the policy needs {key} {tuple(shape)}, {rig.config.robot} gives "
+            raise PolicyLoadError(f"the policy needs {key} {tuple(shape)}, {rig.config.robot} gives "
                                   f"{robot_spec[key][0]} (check --image-size)")
     return source.build()
 

@@ -292,7 +292,7 @@ class PolicyEvaluator:
     def _keep_best(self, tensors: Mapping[str, np.ndarray], record: EvalRecord) -> None:
         """Saves the evaluated policy as the run's best (the first of equal scores stays), so
         a later decline loses nothing: ``resetfree-eval --policy RUN_DIR/best-policy``."""
-        from simulation.policies import PolicyError, save_policy
+        from simulation.policies import PolicyLoadError, save_policy
 
         try:
             path = save_policy(self.best_dir, tensors, obs_spec=self.obs_spec,
@@ -300,7 +300,7 @@ class PolicyEvaluator:
                                updates=record.step, info={"task": self.cfg.task, "env_steps": record.step,
                                                           "weights_version": record.weights_version,
                                                           "success_rate": record.success_rate})
-        except PolicyError as e:
+        except PolicyLoadError as e:
             logger.error("eval at %d env steps: the best policy so far could not be kept: %s", record.step, e)
             return
         logger.info("eval at %d env steps: best so far (success %.2f), kept in %s", record.step,

@@ -42,7 +42,7 @@ POLICY_KIND = "policy"
 ``state["policy"]``, as a BC checkpoint holds them."""
 
 
-class PolicyError(SimulationError):
+class PolicyLoadError(SimulationError):
     """A policy could not be loaded: missing or corrupt checkpoint, or one that does not fit."""
 
 
@@ -79,16 +79,16 @@ class PolicySource:
         """Returns the runnable :class:`Policy` on ``obs_spec`` (default: the recorded one).
 
         Raises:
-            PolicyError: when there is no spec, or the weights do not fit the network.
+            PolicyLoadError: when there is no spec, or the weights do not fit the network.
         """
         spec = dict(obs_spec) if obs_spec is not None else self.obs_spec
         if spec is None:
-            raise PolicyError(f"{self.path}: no observation spec recorded; give the robot's")
+            raise PolicyLoadError(f"{self.path}: no observation spec recorded; give the robot's")
         try:
             network = build_actor(spec, self.action_dim, self.net_config)
             network.load_state_dict(self.state_dict, strict=True)
         except (ValueError, RuntimeError) as e:
-            raise PolicyError(f"{self.path}: the {self.kind} weights do not fit observations "
+            raise PolicyLoadError(f"{self.path}: the {self.kind} weights do not fit observations "
                               f"{_describe(spec)}: {e}") from e
         network.eval()
         return Policy(network=network, obs_spec=spec, kind=self.kind, path=self.path)
@@ -111,15 +111,15 @@ class Policy:
         """Returns the action for one observation. Blocks for one forward pass (~ms on CPU).
 
         Raises:
-            PolicyError: when a key is missing or has the wrong shape.
+            PolicyLoadError: when a key is missing or has the wrong shape.
         """
         batch: dict[str, torch.Tensor] = {}
         for key, (shape, dtype) in self.obs_spec.items():
             if key not in observation:
-                raise PolicyError(f"observation has no {key!r} (policy needs {sorted(self.obs_spec)})")
+                raise PolicyLoadError(f"observation has no {key!r} (policy needs {sorted(self.obs_spec)})")
             array = np.asarray(observation[key], dtype=dtype)
             if array.shape != tuple(shape):
-                raise PolicyError(f"observation {key!r} is {array.shape}, policy needs {tuple(shape)}")
+                raise PolicyLoadError(f"observation {key!r} is {array.shape}, policy needs {tuple(shape)}")
             batch[key] = torch.from_numpy(np.ascontiguousarray(array))[None]
         with torch.inference_mode():
             action = self.network(batch)[0]
@@ -141,14 +141,14 @@ def read_policy(path: str | Path, *, agent: str = "forward") -> PolicySource:
     Returns the :class:`PolicySource`.
 
     Raises:
-        PolicyError: for a missing path, no checkpoint, every checkpoint corrupt, an unknown
+        PolicyLoadError: for a missing path, no checkpoint, every checkpoint corrupt, an unknown
             agent, or a checkpoint without the expected tensors or network config.
     """
     if agent not in AGENTS:
-        raise PolicyError(f"agent: expected one of {sorted(AGENTS)}, got {agent!r}")
+        raise PolicyLoadError(f"agent: expected one of {sorted(AGENTS)}, got {agent!r}")
     root = Path(path)
     if not root.exists():
-        raise PolicyError(f"{root}: no such checkpoint or run directory")
+        raise PolicyLoadError(f"{root}: no such checkpoint or run directory")
     try:
         if (root / checkpoint.META_FILE).is_file():
             ckpt = checkpoint.load_checkpoint(root, with_replay=False)
@@ -159,9 +159,9 @@ def read_policy(path: str | Path, *, agent: str = "forward") -> PolicySource:
                 if ckpt is not None:
                     break
     except CheckpointError as e:
-        raise PolicyError(f"{root}: unusable checkpoint: {e}") from e
+        raise PolicyLoadError(f"{root}: unusable checkpoint: {e}") from e
     if ckpt is None:
-        raise PolicyError(f"{root}: no checkpoint (expected ckpt-N/ directories or a {checkpoint.META_FILE})")
+        raise PolicyLoadError(f"{root}: no checkpoint (expected ckpt-N/ directories or a {checkpoint.META_FILE})")
     return _source(ckpt, agent)
 
 
@@ -177,7 +177,7 @@ def _source(ckpt: checkpoint.Checkpoint, agent: str) -> PolicySource:
             kind, parts = "learner", ckpt.state["agents"][AGENTS.index(agent)]
             state = {f"{part}.{k}": v for part in ("encoder", "actor") for k, v in parts[part].items()}
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
-        raise PolicyError(f"{ckpt.path}: not a learner or BC policy checkpoint ({type(e).__name__}: {e})") from e
+        raise PolicyLoadError(f"{ckpt.path}: not a learner or BC policy checkpoint ({type(e).__name__}: {e})") from e
     logger.info("policy: %s checkpoint %s (%s agent)", kind, ckpt.path, agent if kind == "learner" else kind)
     return PolicySource(kind=kind, path=ckpt.path, net_config=net_config, state_dict=state, obs_spec=obs_spec)
 
@@ -187,7 +187,7 @@ def save_policy(out_dir: str | Path, state_dict: Mapping[str, torch.Tensor | np.
     """Writes a forward policy (float32) as a ``learner.checkpoint`` ``out_dir/ckpt-<updates>/``,
     replacing the one there: what ``resetfree-eval --policy out_dir`` and :func:`read_policy`
     load. ``info`` (JSON: where the policy came from, how it scored) goes into its config.
-    Blocks on disk. Returns the checkpoint directory; raises PolicyError when it cannot be written."""
+    Blocks on disk. Returns the checkpoint directory; raises PolicyLoadError when it cannot be written."""
     config: dict[str, Any] = {
         "kind": POLICY_KIND, "network": net_config.to_dict(),
         "obs_spec": {k: [list(shape), dtype] for k, (shape, dtype) in obs_spec.items()}, **dict(info),
@@ -196,14 +196,14 @@ def save_policy(out_dir: str | Path, state_dict: Mapping[str, torch.Tensor | np.
     try:
         return checkpoint.save_checkpoint(out_dir, updates=updates, state={"policy": tensors}, config=config, keep=1)
     except CheckpointError as e:
-        raise PolicyError(f"cannot save the policy to {out_dir}: {e}") from e
+        raise PolicyLoadError(f"cannot save the policy to {out_dir}: {e}") from e
 
 
 def save_bc_policy(out_dir: str | Path, state_dict: Mapping[str, torch.Tensor], *, obs_spec: ObsSpec,
                    net_config: NetworkConfig, bc_config: BCConfig, demos_path: str) -> Path:
     """Writes a BC policy as a ``learner.checkpoint`` (``out_dir/ckpt-<steps>/``). Blocks on disk.
 
-    Returns the checkpoint directory. Raises PolicyError when it cannot be written.
+    Returns the checkpoint directory. Raises PolicyLoadError when it cannot be written.
     """
     config: dict[str, Any] = {
         "kind": BC_KIND, "network": net_config.to_dict(),
@@ -214,7 +214,7 @@ def save_bc_policy(out_dir: str | Path, state_dict: Mapping[str, torch.Tensor], 
         return checkpoint.save_checkpoint(out_dir, updates=bc_config.steps, state={"policy": dict(state_dict)},
                                           config=config, keep=1)
     except CheckpointError as e:
-        raise PolicyError(f"cannot save the BC policy: {e}") from e
+        raise PolicyLoadError(f"cannot save the BC policy: {e}") from e
 
 
 def train_bc_policy(demos: Demos, out_dir: str | Path, *, net_config: NetworkConfig, bc_config: BCConfig,
@@ -223,13 +223,13 @@ def train_bc_policy(demos: Demos, out_dir: str | Path, *, net_config: NetworkCon
     ``out_dir`` and returns it as a :class:`PolicySource`. Blocks for the training run.
 
     Raises:
-        PolicyError: when the demos cannot be trained on or the policy cannot be saved.
+        PolicyLoadError: when the demos cannot be trained on or the policy cannot be saved.
     """
     spec = arrays_obs_spec({k: v[0] for k, v in demos.observations.items()})
     try:
         state = train_bc_from_demos(demos, spec, net_config, bc_config)
     except (LearnerError, ValueError, RuntimeError) as e:
-        raise PolicyError(f"BC training failed: {e}") from e
+        raise PolicyLoadError(f"BC training failed: {e}") from e
     path = save_bc_policy(out_dir, state, obs_spec=spec, net_config=net_config, bc_config=bc_config,
                           demos_path=demos_path)
     return PolicySource(kind=BC_KIND, path=path, net_config=net_config, state_dict=dict(state), obs_spec=spec)

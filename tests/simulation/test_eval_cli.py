@@ -20,7 +20,7 @@ from learner.networks import NetworkConfig, build_actor
 from protocol.demos import save_demos
 from simulation.demos_cli import generate
 from simulation.eval_cli import EvalConfig, main, run_trials
-from simulation.policies import PolicyError, read_policy, save_bc_policy
+from simulation.policies import PolicyLoadError, read_policy, save_bc_policy
 from simulation.record import Rig, RigConfig, build_rig
 from tests.hardware.fakes import panda_py as fake_panda
 from tests.hardware.fakes import pyrealsense2 as fake_rs
@@ -130,26 +130,26 @@ def test_learner_checkpoint_and_errors(tmp_path: Path, capsys: pytest.CaptureFix
         expected = backward({"wrist": torch.from_numpy(obs["wrist"])[None],
                              "proprio": torch.from_numpy(obs["proprio"])[None]})[0].numpy()
     assert np.allclose(policy(obs), expected, atol=1e-6)
-    with pytest.raises(PolicyError, match="do not fit"):
+    with pytest.raises(PolicyLoadError, match="do not fit"):
         source.build({"wrist": ((3, 24, 24), "uint8"), "proprio": ((4,), "float32")})
-    with pytest.raises(PolicyError, match="no such"):
+    with pytest.raises(PolicyLoadError, match="no such"):
         read_policy(tmp_path / "absent")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(PolicyError, match="no checkpoint"):
+    with pytest.raises(PolicyLoadError, match="no checkpoint"):
         read_policy(tmp_path / "empty")
-    with pytest.raises(PolicyError, match="agent"):
+    with pytest.raises(PolicyLoadError, match="agent"):
         read_policy(run, agent="sideways")
     # corrupt the only checkpoint: a clear error naming the file, from the library and the CLI
     tensors = run / "ckpt-7" / checkpoint.TENSORS_FILE
     tensors.write_bytes(tensors.read_bytes()[:100])
-    with pytest.raises(PolicyError, match="checksum mismatch"):
+    with pytest.raises(PolicyLoadError, match="checksum mismatch"):
         read_policy(run)
     assert main(["--robot", "sim:cube", "--policy", str(run), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "unusable checkpoint" in err and "tensors.safetensors" in err
     # a checkpoint holding something else
     checkpoint.save_checkpoint(tmp_path / "other", updates=1, state={"x": torch.zeros(1)}, config={})
-    with pytest.raises(PolicyError, match="not a learner or BC policy"):
+    with pytest.raises(PolicyLoadError, match="not a learner or BC policy"):
         read_policy(tmp_path / "other")
 
 
