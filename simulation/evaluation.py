@@ -25,7 +25,7 @@ from simulation.tasks.base import ObsMode, TaskEnv
 
 logger = logging.getLogger(__name__)
 
-Policy = Callable[[Any], np.ndarray]
+ActFn = Callable[[Any], np.ndarray]
 """Maps an observation (state vector or pixel dict) to an action in ``[-1, 1]^A``."""
 
 
@@ -54,7 +54,7 @@ class EvalResult:
 
 
 def evaluate(
-    policy: Policy,
+    policy: ActFn,
     task: str,
     *,
     episodes: int = 10,
@@ -111,7 +111,7 @@ def evaluate(
                       video_path=str(written) if written else None)
 
 
-def _run_episode(env: TaskEnv, policy: Policy, seed: int, options: dict[str, Any], horizon: int,
+def _run_episode(env: TaskEnv, policy: ActFn, seed: int, options: dict[str, Any], horizon: int,
                  stop_on_success: bool, frames: list[np.ndarray] | None,
                  video_size: int) -> tuple[bool, float, int, int | None]:
     observation, info = env.reset(seed=seed, options=options)
