@@ -68,7 +68,7 @@ from runtime.policy_slot import PolicySlot, PolicySlotConfig
 from protocol.transport.common import handshake_figures
 from runtime.quarantine import Quarantine
 from runtime.robots import LOCKSTEP_SENSOR_AGE_S, RobotFacts, lockstep_shield_config, shield_config
-from runtime.schedule import Schedule, ScheduleConfig
+from runtime.schedule import AgentSchedule, AgentScheduleConfig
 from runtime.shield import Shield, ShieldConfig
 from runtime.spill import SpillConfig, SpillLog
 
@@ -356,8 +356,8 @@ class RuntimeDaemon:
     def _build_loop(self) -> ControlLoop:
         assert self.outbox is not None and self.policy is not None
         spec = self.robot.action_spec
-        schedule = Schedule(ScheduleConfig(switch_every=self.config.switch_every, seed=self.config.seed),
-                            spec.low_array(), spec.high_array())
+        schedule = AgentSchedule(AgentScheduleConfig(switch_every=self.config.switch_every, seed=self.config.seed),
+                                 spec.low_array(), spec.high_array())
         limits = shield_settings(self.config, self.robot, self.facts)
         shield = Shield(limits)
         loop_config = LoopConfig(max_frame_age_s=limits.max_frame_age_s, batch_steps=self.config.batch_steps,

@@ -31,7 +31,7 @@ from runtime.clock import Clock, Tick
 from runtime.errors import OutboxError, PolicyError
 from runtime.lateness import LateTickProbe
 from runtime.policy_slot import PolicySlot
-from runtime.schedule import Schedule
+from runtime.schedule import AgentSchedule
 from runtime.shield import SENSOR_HOLD_REASONS, Shield, ShieldResult
 from runtime.stats import RuntimeStats
 
@@ -195,7 +195,7 @@ class ControlLoop:
         cameras: Sequence[Camera],
         policy: PolicySlot,
         shield: Shield,
-        schedule: Schedule,
+        schedule: AgentSchedule,
         clock: Clock,
         sink: StepSink | None,
         config: LoopConfig | None = None,

@@ -33,7 +33,7 @@ def agent_index(agent: int | str) -> int:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ScheduleConfig:
+class AgentScheduleConfig:
     """Agent alternation and seed-phase settings."""
 
     switch_every: int = DEFAULT_SWITCH_INTERVAL
@@ -62,10 +62,10 @@ class StepPlan:
     """Whether the action is a seed-phase random action (no weights yet)."""
 
 
-class Schedule:
+class AgentSchedule:
     """Decides, step by step, which agent acts and whether it acts at random."""
 
-    def __init__(self, config: ScheduleConfig, action_low: np.ndarray, action_high: np.ndarray) -> None:
+    def __init__(self, config: AgentScheduleConfig, action_low: np.ndarray, action_high: np.ndarray) -> None:
         self.config = config
         self._low = np.asarray(action_low, dtype=np.float64)
         self._high = np.asarray(action_high, dtype=np.float64)

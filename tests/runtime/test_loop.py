@@ -15,7 +15,7 @@ from runtime.loop import ControlLoop, LoopConfig
 from protocol.messages import TransitionBatch
 from runtime.outbox import Outbox, OutboxConfig
 from runtime.policy_slot import PolicySlot
-from runtime.schedule import Schedule, ScheduleConfig
+from runtime.schedule import AgentSchedule, AgentScheduleConfig
 from runtime.shield import Shield, ShieldConfig
 from runtime.spill import SpillConfig, SpillLog
 from tests.runtime.fakes import ACTION_DIM, FakeCamera, FakeRobot, TinyPolicy, make_weights
@@ -55,7 +55,8 @@ def build(robot: FakeRobot, sink, *, rate_hz: float = 50.0, switch_every: int = 
     shield = Shield(ShieldConfig(action_low=(-1.0,) * ACTION_DIM, action_high=(1.0,) * ACTION_DIM,
                                  workspace=robot.workspace, gripper_index=3, control_period_s=1 / rate_hz,
                                  max_speed=5.0, max_state_age_s=0.5, max_frame_age_s=0.5))
-    schedule = Schedule(ScheduleConfig(switch_every=switch_every, seed=0), -np.ones(ACTION_DIM), np.ones(ACTION_DIM))
+    schedule = AgentSchedule(AgentScheduleConfig(switch_every=switch_every, seed=0), -np.ones(ACTION_DIM),
+                             np.ones(ACTION_DIM))
     clock = Clock(ClockConfig(rate_hz=rate_hz, overrun_tolerance_s=0.005))
     config = LoopConfig(batch_steps=8, batch_interval_s=0.2, **loop_cfg)
     return ControlLoop(robot=robot, cameras=[camera], policy=PolicySlot(TinyPolicy), shield=shield,

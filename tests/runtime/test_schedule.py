@@ -1,4 +1,4 @@
-"""Schedule: forward/backward alternation every N steps, explicit switches, seed phase."""
+"""AgentSchedule: forward/backward alternation every N steps, explicit switches, seed phase."""
 
 from __future__ import annotations
 
@@ -6,20 +6,20 @@ import numpy as np
 import pytest
 
 from protocol.messages import BACKWARD, FORWARD
-from runtime.schedule import Schedule, ScheduleConfig, agent_index
+from runtime.schedule import AgentSchedule, AgentScheduleConfig, agent_index
 
 LOW, HIGH = np.array([-1.0, -0.5]), np.array([1.0, 0.5])
 
 
 def test_alternates_every_n_steps() -> None:
-    schedule = Schedule(ScheduleConfig(switch_every=3, seed=0), LOW, HIGH)
+    schedule = AgentSchedule(AgentScheduleConfig(switch_every=3, seed=0), LOW, HIGH)
     agents = [schedule.next_step(lambda a: True).agent for _ in range(10)]
     assert agents == [0, 0, 0, 1, 1, 1, 0, 0, 0, 1]
     assert schedule.switches == 3
 
 
 def test_seed_phase_until_the_acting_agent_has_weights() -> None:
-    schedule = Schedule(ScheduleConfig(switch_every=2, seed=1), LOW, HIGH)
+    schedule = AgentSchedule(AgentScheduleConfig(switch_every=2, seed=1), LOW, HIGH)
     loaded: set[int] = set()
     plans = [schedule.next_step(loaded.__contains__) for _ in range(2)]
     assert all(p.random for p in plans)
@@ -32,12 +32,12 @@ def test_seed_phase_until_the_acting_agent_has_weights() -> None:
 
 
 def test_seed_random_off_never_plans_random() -> None:
-    schedule = Schedule(ScheduleConfig(seed_random=False), LOW, HIGH)
+    schedule = AgentSchedule(AgentScheduleConfig(seed_random=False), LOW, HIGH)
     assert not schedule.next_step(lambda a: False).random
 
 
 def test_explicit_switch_restarts_the_phase() -> None:
-    schedule = Schedule(ScheduleConfig(switch_every=3), LOW, HIGH)
+    schedule = AgentSchedule(AgentScheduleConfig(switch_every=3), LOW, HIGH)
     schedule.next_step(lambda a: True)
     schedule.next_step(lambda a: True)
     assert schedule.switch_agent("backward") == BACKWARD
@@ -53,6 +53,6 @@ def test_explicit_switch_restarts_the_phase() -> None:
 
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="switch_every"):
-        ScheduleConfig(switch_every=0)
+        AgentScheduleConfig(switch_every=0)
     with pytest.raises(ValueError, match="start_agent"):
-        ScheduleConfig(start_agent=2)
+        AgentScheduleConfig(start_agent=2)
