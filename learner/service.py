@@ -42,7 +42,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from learner import checkpoint
@@ -90,11 +89,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ServiceError(f"--device {name}: CUDA is not available here")
     return torch.device(name)
-
-
-def _runs(item: WorkItem) -> tuple[int, dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    b = item.batch
-    return item.stream, dict(b.observations), b.actions, b.agents, b.is_first, b.is_last
 
 
 # ============================================================================ training thread
@@ -251,7 +245,7 @@ class TrainingWorker:
             fresh = self.tracker.admit(item.batch)
         if fresh is None:
             return
-        self.trainer.ingest_steps(*_runs(dataclasses.replace(item, batch=fresh))[1:], stream=item.stream)
+        self.trainer.ingest_batch(fresh, stream=item.stream)
         self.tracker.commit(fresh.session_id, fresh.end_seq)
         self.position = max(self.position, item.position + item.batch.size)
 
@@ -601,7 +595,7 @@ class LearnerService:
             worker.ingest(dataclasses.replace(item, batch=fresh))
             replayed += fresh.size
         if old:
-            refilled = worker.trainer.refill(_runs(i) for i in old)
+            refilled = worker.trainer.refill((i.stream, i.batch) for i in old)
         self.position = max(position, self._journal.end)
         if refilled or replayed:
             logger.info("journal: refilled replay with %d steps, re-ingested %d steps", refilled, replayed)

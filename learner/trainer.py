@@ -29,7 +29,7 @@ from learner.errors import DiscriminatorError, TrainerError
 from learner.networks import NetworkConfig, ObsSpec
 from learner.replay import ReplayBuffer, ReplayConfig, sample_mixed
 from learner.rewards import VICE_REWARD_FORMS, medal_reward, vice_reward
-from protocol.messages import BACKWARD, FORWARD
+from protocol.messages import BACKWARD, FORWARD, TransitionBatch
 
 logger = logging.getLogger(__name__)
 
@@ -286,12 +286,16 @@ class MedalTrainer:
             prev_agent, prev_open = a, not bool(is_last[hi - 1])
         self._streams[stream] = (prev_agent, prev_open)
 
-    def refill(self, runs: Iterable[tuple[int, Mapping[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray,
-                                         np.ndarray]]) -> int:
+    def ingest_batch(self, batch: TransitionBatch, *, stream: int = 0) -> None:
+        """Ingest one wire batch (its steps, each tagged with its agent) of one stream. See `ingest_steps`."""
+        self.ingest_steps(dict(batch.observations), batch.actions, batch.agents, batch.is_first, batch.is_last,
+                          stream=stream)
+
+    def refill(self, runs: Iterable[tuple[int, TransitionBatch]]) -> int:
         """Rebuild replay from steps that were already counted (a resume whose checkpoint
-        holds no replay): each `(stream, observations, actions, agents, is_first, is_last)`
-        is added to the buffers as `ingest_steps` would, in order, while step counters,
-        update credit and stream state stay as restored. Returns the steps added. Blocks.
+        holds no replay): each `(stream, batch)` is added to the buffers as `ingest_batch`
+        would, in order, while step counters, update credit and stream state stay as
+        restored. Returns the steps added. Blocks.
 
         The runs are taken to start at environment step 0 (the journal's start), so the
         first `seed_frames` of them go to both buffers again; a journal whose retention
@@ -301,9 +305,9 @@ class MedalTrainer:
         self.env_steps = 0
         added = 0
         try:
-            for stream, obs, actions, agents, is_first, is_last in runs:
-                self.ingest_steps(obs, actions, agents, is_first, is_last, stream=stream)
-                added += len(actions)
+            for stream, batch in runs:
+                self.ingest_batch(batch, stream=stream)
+                added += batch.size
         finally:
             self.env_steps, self.agent_steps, self.credit, self._streams = saved
         return added
