@@ -27,10 +27,11 @@ from pathlib import Path
 
 from hardware.interfaces import Robot
 from protocol.session import DEFAULT_SWITCH_INTERVAL
-from runtime.clock import GC_MODES, IsolationConfig, install_uvloop
+from runtime.clock import install_uvloop
 from runtime.daemon import EXIT_CRASH, DaemonConfig, RuntimeDaemon, install_signal_handlers
 from runtime.policy_slot import CONV_DTYPES, PROJECTION_DTYPES, PolicySlotConfig
 from runtime.errors import RuntimeFault
+from runtime.isolation import GC_MODES, IsolationConfig
 from runtime.loop import LoopConfig
 from runtime.robots import (RESET_SCHEDULES, RobotFacts, RobotSpecError, check_spec, make_robot, parse_spec,
                             robot_facts)
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RobotSpecError, ValueError) as e:
         print(f"resetfree-runtime: {e}", file=sys.stderr)
         return 2
-    from runtime.clock import apply_isolation
+    from runtime.isolation import apply_isolation
 
     apply_isolation(config.isolation)
     install_uvloop()

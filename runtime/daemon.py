@@ -59,9 +59,10 @@ from protocol.transport import (
     BATCH_REFUSED, ConnectionState, ControlServer, ControlServerConfig, HandshakeRefused, UplinkClient,
     UplinkClientConfig, WeightsSubscriber, WeightsSubscriberConfig, start_zero_copy_collector, weights_limits,
 )
-from runtime.clock import (Clock, ClockConfig, IsolationConfig, collect_young, lower_other_threads,
-                           lower_thread_priority, ordinary_priority, settle_gc)
+from runtime.clock import Clock, ClockConfig
 from runtime.errors import RuntimeFault
+from runtime.isolation import (IsolationConfig, collect_young, lower_other_threads, lower_thread_priority,
+                               ordinary_priority, settle_gc)
 from runtime.loop import ControlLoop, LoopConfig
 from runtime.outbox import Outbox, OutboxConfig
 from runtime.policy_slot import PolicySlot, PolicySlotConfig

@@ -41,8 +41,8 @@ from dataclasses import dataclass
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
 from protocol.messages import TransitionBatch
-from runtime.clock import lower_thread_priority
 from runtime.errors import OutboxError, SpillError
+from runtime.isolation import lower_thread_priority
 from runtime.spill import SpillLog
 
 logger = logging.getLogger(__name__)

@@ -37,8 +37,8 @@ from torch import nn
 
 from learner.networks import native_bf16
 from protocol.messages import AGENTS, Weights, weights_sha256
-from runtime.clock import lower_thread_priority
 from runtime.errors import PolicyError, WeightsRejected
+from runtime.isolation import lower_thread_priority
 from runtime.schedule import agent_index
 from runtime.stats import Ring
 

@@ -19,7 +19,7 @@ from protocol.reliability import ReceiveTracker
 from protocol.session import SessionSettings
 from protocol.transport import (ControlClient, ControlClientConfig, UplinkServer, UplinkServerConfig,
                                 WeightsPublisher, WeightsPublisherConfig)
-from runtime.clock import IsolationConfig
+from runtime.isolation import IsolationConfig
 from runtime.daemon import EXIT_OK, EXIT_REFUSED, DaemonConfig, RuntimeDaemon
 from runtime.robots import RobotFacts
 from tests.runtime.fakes import ACTION_DIM, FakeRobot
