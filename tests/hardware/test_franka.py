@@ -12,9 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardware.franka import (
-    FrankaConfig,
-    FrankaRobot,
+from hardware.franka import FrankaConfig, FrankaRobot
+from hardware.franka_motion import (
     compute_setpoint,
     quat_angle,
     quat_from_yaw,
