@@ -23,3 +23,7 @@ class CheckpointError(LearnerError):
 
 class TrainerError(LearnerError):
     """The trainer was configured or fed inconsistently (unknown agent, mismatched demo arrays)."""
+
+
+class ServiceError(LearnerError):
+    """The learner service cannot start or stopped on a fault (the text says which part)."""
