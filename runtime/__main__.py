@@ -33,8 +33,8 @@ from runtime.policy_slot import CONV_DTYPES, PROJECTION_DTYPES, PolicySlotConfig
 from runtime.errors import RuntimeFault
 from runtime.isolation import GC_MODES, IsolationConfig
 from runtime.loop import LoopConfig
-from runtime.robots import (RESET_SCHEDULES, RobotFacts, RobotSpecError, check_spec, make_robot, parse_spec,
-                            robot_facts)
+from runtime.robots import (RESET_SCHEDULES, RobotFacts, RobotSetup, RobotSpecError, check_spec, make_robot,
+                            parse_cameras, parse_spec, robot_facts)
 
 logger = logging.getLogger(__name__)
 
@@ -182,8 +182,15 @@ def resolve_facts(args: argparse.Namespace, robot: Robot) -> tuple[RobotFacts, s
     return facts, schedule if facts.kind == "sim" else "never"
 
 
+def robot_setup(args: argparse.Namespace) -> RobotSetup:
+    """Returns what :func:`make_robot` needs from the command line. Raises RobotSpecError for a
+    malformed ``--camera``."""
+    return RobotSetup(hz=float(args.hz), obs=args.obs, seed=args.seed, lockstep=args.lockstep,
+                      franka_host=args.franka_host, cameras=tuple(parse_cameras(args.camera)))
+
+
 async def _run(args: argparse.Namespace, config: DaemonConfig) -> int:
-    robot, cameras = make_robot(args.robot, args)
+    robot, cameras = make_robot(args.robot, robot_setup(args))
     facts, source = resolve_facts(args, robot)
     if facts.kind == "sim":
         logger.info("runtime: environment reset every %s (%s)",

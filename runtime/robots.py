@@ -15,7 +15,6 @@ import and a robot PC without MuJoCo never loads it.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import math
@@ -95,31 +94,51 @@ def parse_cameras(values: list[str] | None) -> list[tuple[str, str]]:
     return pairs
 
 
-def make_robot(spec: str, args: argparse.Namespace) -> tuple[Robot, list[Camera]]:
-    """Builds (does not connect) the robot ``spec`` names and its cameras.
+@dataclass(frozen=True, kw_only=True)
+class RobotSetup:
+    """What :func:`make_robot` needs besides the ``--robot`` value; each kind reads its part."""
 
-    ``args`` supplies ``obs``, ``seed``, ``lockstep``, ``hz`` (sim) and ``franka_host``,
-    ``camera`` (Franka). Returns ``(robot, cameras)``. Raises RobotSpecError for an unknown
-    robot, task or camera list; ImportError when the plugin's package is not installed.
+    hz: float = 10.0
+    """Control rate (both kinds)."""
+    image_size: int = 84
+    """Side of the square camera images (both kinds)."""
+    obs: str = "state"
+    """Simulated robot: ``state`` or ``pixels``."""
+    seed: int | None = None
+    """Simulated robot: seed of its first reset."""
+    lockstep: bool = False
+    """Simulated robot: step on each action (True) or on its own clock."""
+    franka_host: str = "172.16.0.2"
+    """Franka: the control box's address."""
+    cameras: tuple[tuple[str, str], ...] = ()
+    """Franka: ``(name, serial)`` of each RealSense."""
+
+
+def make_robot(spec: str, setup: RobotSetup) -> tuple[Robot, list[Camera]]:
+    """Builds (does not connect) the robot ``spec`` names and its cameras: the one place a
+    robot kind is constructed (``resetfree-runtime``, ``resetfree-demos record`` and
+    ``resetfree-eval`` all come here). Returns ``(robot, cameras)``. Raises RobotSpecError for
+    an unknown robot or task, or a Franka without cameras; ImportError when the plugin's
+    package is not installed.
     """
     kind, task = parse_spec(spec)
     if kind == "sim":
         module = importlib.import_module(SIM_MODULE)
         try:
-            robot = module.SimRobot(task, obs=getattr(args, "obs", "state"), seed=getattr(args, "seed", None),
-                                    pacing="lockstep" if getattr(args, "lockstep", False) else "realtime",
-                                    hz=float(args.hz))
+            robot = module.SimRobot(task, obs=setup.obs, seed=setup.seed,
+                                    pacing="lockstep" if setup.lockstep else "realtime", hz=float(setup.hz),
+                                    image_size=setup.image_size)
         except ValueError as e:
             raise RobotSpecError(f"--robot {spec}: {e}") from e
         return robot, list(robot.cameras.values())
-    cameras = parse_cameras(getattr(args, "camera", None))
-    if not cameras:
+    if not setup.cameras:
         raise RobotSpecError("--robot franka needs at least one --camera NAME=SERIAL (e.g. wrist=123456)")
     franka = importlib.import_module(FRANKA_MODULE)
     realsense = importlib.import_module(REALSENSE_MODULE)
-    robot = franka.FrankaRobot(franka.FrankaConfig(hostname=args.franka_host, control_rate_hz=float(args.hz)))
-    return robot, [realsense.RealSenseCamera(realsense.RealSenseConfig(serial=serial), name=name)
-                   for name, serial in cameras]
+    robot = franka.FrankaRobot(franka.FrankaConfig(hostname=setup.franka_host, control_rate_hz=float(setup.hz)))
+    return robot, [realsense.RealSenseCamera(realsense.RealSenseConfig(serial=serial, image_size=setup.image_size),
+                                             name=name)
+                   for name, serial in setup.cameras]
 
 
 RESET_SCHEDULES = ("paper", "earl")

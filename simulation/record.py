@@ -34,17 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from hardware.franka import FrankaConfig, FrankaRobot
 from hardware.interfaces import Camera, Robot, RobotState, Teleop, TeleopButton
-from hardware.realsense import RealSenseCamera, RealSenseConfig
 from hardware.spacemouse import SpaceMouseTeleop
 from hardware.teleop import KeyboardTeleop
 from protocol.demos import DemoMeta, DemoRecorder, Demos, concatenate, save_demos
-from runtime.robots import RobotFacts, lockstep_shield_config, robot_facts
+from runtime.robots import RobotFacts, RobotSetup, RobotSpecError, lockstep_shield_config, make_robot, robot_facts
 from runtime.robots import shield_config as runtime_shield_config
 from runtime.shield import Shield, ShieldConfig
-from simulation.sim_robot import SimRobot
-from simulation.tasks import task_class
 from simulation.tasks.base import SimulationError
 
 logger = logging.getLogger(__name__)
@@ -217,24 +213,21 @@ class Rig:
 
 
 def build_rig(config: RigConfig) -> Rig:
-    """Builds (does not connect) the robot and cameras ``config`` names.
+    """Builds (does not connect) the robot and cameras ``config`` names, through the runtime's
+    own factory (:func:`runtime.robots.make_robot`), so a robot kind is built in one place.
 
-    Returns a :class:`Rig`. Raises RecordError for a Franka without cameras, ValueError for
-    an unknown simulated task.
+    Returns a :class:`Rig`. Raises RecordError for a Franka without cameras or an unknown
+    simulated task.
     """
-    if config.is_sim:
-        task = config.task or ""
-        task_class(task)  # ValueError naming an unknown task
-        robot = SimRobot(task, obs=config.obs, seed=config.seed, pacing=config.pacing,  # type: ignore[arg-type]
-                         hz=config.hz, image_size=config.image_size)
-        # the runtime's facts: the scale is the task's declared TaskInfo.move_scale
-        return Rig(config, robot, robot.cameras, robot_facts(config.robot, robot).position_scale)
-    if not config.cameras:
-        raise RecordError("--robot franka needs at least one --camera NAME=SERIAL (e.g. wrist=123456)")
-    franka = FrankaRobot(FrankaConfig(hostname=config.franka_host, control_rate_hz=config.hz))
-    cameras = {name: RealSenseCamera(RealSenseConfig(serial=serial, image_size=config.image_size), name=name)
-               for name, serial in config.cameras}
-    return Rig(config, franka, cameras, robot_facts("franka", franka).position_scale)
+    setup = RobotSetup(hz=config.hz, image_size=config.image_size, obs=config.obs, seed=config.seed,
+                       lockstep=config.pacing == "lockstep", franka_host=config.franka_host, cameras=config.cameras)
+    try:
+        robot, cameras = make_robot(config.robot, setup)
+    except RobotSpecError as e:
+        raise RecordError(str(e)) from e
+    # the runtime's facts: a simulated task's declared TaskInfo.move_scale, the Franka's max_translation_step
+    return Rig(config, robot, {camera.name: camera for camera in cameras},
+               robot_facts(config.robot, robot).position_scale)
 
 
 def build_teleop(kind: str, action_dim: int) -> Teleop:

@@ -35,9 +35,8 @@ def test_demos_generate_renders_pixels_without_a_display(tmp_path: Path) -> None
 
 def test_a_pixel_sim_robot_renders_without_a_display(tmp_path: Path) -> None:
     # What resetfree-runtime --robot sim:cube --obs pixels builds (the runtime reaches it by plugin).
-    code = ("import argparse, numpy as np\n"
-            "from runtime.robots import make_robot\n"
-            "robot, cams = make_robot('sim:cube', argparse.Namespace(obs='pixels', seed=0, lockstep=True, hz=10.0))\n"
+    code = ("from runtime.robots import RobotSetup, make_robot\n"
+            "robot, cams = make_robot('sim:cube', RobotSetup(obs='pixels', seed=0, lockstep=True))\n"
             "robot.connect()\n"
             "[c.connect() for c in cams]\n"
             "print('cameras', len(cams))\n")
