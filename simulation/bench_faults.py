@@ -42,11 +42,11 @@ from protocol.messages import Command
 from protocol.session import SessionSettings
 from protocol.transport import ControlClient, ControlClientConfig
 from simulation.cli import doc_help
-from simulation.faults import (
-    FaultDrillError, MalformedGenerator, PartitionProxy, ProxyConfig, audit_journal, send_malformed, state_spaces,
-)
+from simulation.journal_audit import audit_journal
+from simulation.malformed import MalformedGenerator, send_malformed, state_spaces
+from simulation.partition_proxy import PartitionProxy, ProxyConfig
 from simulation.processes import (
-    ChildProcess, StatusPoller, count_tracebacks, pick_endpoint, python_module, tcp_port, wait_for_endpoints,
+    ChildProcess, FaultDrillError, StatusPoller, count_tracebacks, pick_endpoint, python_module, tcp_port, wait_for_endpoints,
 )
 
 logger = logging.getLogger(__name__)

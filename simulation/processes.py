@@ -35,6 +35,11 @@ class ProcessError(SimulationError):
     """A child that does not come up or is started twice, or a malformed endpoints file."""
 
 
+class FaultDrillError(ProcessError):
+    """A drill part could not do its job: a child that does not come up, a bad endpoints file,
+    a frame the generator could not make, an unreadable journal."""
+
+
 # ============================================================================ environment
 def child_env() -> dict[str, str]:
     """Returns the environment for children: one BLAS thread, headless MuJoCo, unbuffered."""

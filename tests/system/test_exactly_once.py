@@ -14,7 +14,7 @@ import pytest
 
 from learner import checkpoint
 from simulation.bench_faults import SMALL_LEARNER, DrillConfig, FaultDrill
-from simulation.faults import audit_journal
+from simulation.journal_audit import audit_journal
 
 _PROCESSES = all(importlib.util.find_spec(m) is not None for m in ("learner.__main__", "runtime.__main__"))
 

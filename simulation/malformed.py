@@ -1,17 +1,10 @@
-"""The fault drill's parts: a TCP partition proxy, a malformed-frame generator and sender,
-and the ingest-journal audit (``resetfree-bench faults`` composes them with
-:mod:`simulation.processes`).
+"""Malformed frames for the fault drill and the hostile benchmark, and a sender for them.
 
-* :class:`PartitionProxy` forwards TCP byte streams (ZeroMQ's ZMTP passes through unchanged)
-  from a local port to a target. ``partition()`` aborts every live connection and refuses
-  new ones (accepted and reset at once, so the port stays ours) until ``heal()``.
-* :class:`MalformedGenerator` produces frames every receiver must reject: random bytes,
-  truncated messages, wrong message types, oversize declarations, wrong shapes, valid
-  msgpack with bad fields, and (for a session that declared its spaces) batches with wrong
-  dtypes. Each frame is checked against :func:`protocol.codec.decode` when generated, so the
-  drill can never send a valid command (an ``estop``) by accident.
-
-Child processes, endpoints files and status polls are :mod:`simulation.processes`.
+:class:`MalformedGenerator` produces frames every receiver must reject: random bytes,
+truncated messages, wrong message types, oversize declarations, wrong shapes, valid msgpack
+with bad fields, and (for a session that declared its spaces) batches with wrong dtypes.
+Each frame is checked against :func:`protocol.codec.decode` when generated, so the drill can
+never send a valid command (an ``estop``) by accident. :func:`send_malformed` sends them.
 """
 
 from __future__ import annotations
@@ -20,7 +13,6 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -32,157 +24,11 @@ from protocol.errors import PeerTimeout, ProtocolError
 from protocol.messages import (
     Ack, ArraySpec, Command, Heartbeat, Hello, Message, Status, TransitionBatch, Weights, Welcome,
 )
-from simulation.processes import ProcessError
+from simulation.processes import FaultDrillError
 
 logger = logging.getLogger(__name__)
 
 
-class FaultDrillError(ProcessError):
-    """A drill part could not do its job: a child that does not come up, a bad endpoints file."""
-
-
-# ============================================================================ proxy
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ProxyConfig:
-    """One forwarded TCP port."""
-
-    target_host: str
-    """Host the proxy connects to."""
-    target_port: int
-    """Port the proxy connects to."""
-    listen_host: str = "127.0.0.1"
-    """Address the proxy listens on."""
-    listen_port: int = 0
-    """Port the proxy listens on (0: a free port; see ``start()``)."""
-    connect_timeout_s: float = 2.0
-    """Deadline for connecting to the target; past it the client connection is reset."""
-    idle_timeout_s: float = 60.0
-    """A direction silent this long is closed (ZeroMQ heartbeats every second)."""
-
-    def __post_init__(self) -> None:
-        for name in ("target_port", "listen_port"):
-            if not 0 <= getattr(self, name) <= 65535:
-                raise ValueError(f"ProxyConfig.{name} must be a TCP port, got {getattr(self, name)!r}")
-        for name in ("connect_timeout_s", "idle_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"ProxyConfig.{name} must be > 0, got {getattr(self, name)!r}")
-
-
-class PartitionProxy:
-    """A TCP forwarder that can cut every connection through it. Runs on the caller's loop.
-
-    ``start()``, then ``partition()`` / ``heal()`` at will, ``close()`` at the end.
-    """
-
-    def __init__(self, config: ProxyConfig) -> None:
-        self.config = config
-        self._server: asyncio.Server | None = None
-        self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.partitioned = False
-        """Whether connections are being refused."""
-        self.connections = 0
-        """Connections forwarded since start."""
-        self.refused = 0
-        """Connections reset because of a partition or an unreachable target."""
-        self.bytes_forwarded = 0
-        """Bytes forwarded in both directions."""
-
-    async def start(self) -> int:
-        """Starts listening; returns the bound port. Does not block."""
-        self._server = await asyncio.start_server(self._handle, self.config.listen_host, self.config.listen_port)
-        port = int(self._server.sockets[0].getsockname()[1])
-        logger.info("proxy %s:%d -> %s:%d", self.config.listen_host, port, self.config.target_host,
-                    self.config.target_port)
-        return port
-
-    def partition(self) -> int:
-        """Aborts every live connection and refuses new ones; returns how many were cut."""
-        self.partitioned = True
-        cut = len(self._links)
-        for client, upstream in list(self._links):
-            client.transport.abort()
-            upstream.transport.abort()
-        logger.warning("proxy :%s partitioned: %d connections cut", self.config.target_port, cut)
-        return cut
-
-    def heal(self) -> None:
-        """Accepts and forwards connections again."""
-        self.partitioned = False
-        logger.warning("proxy :%s healed", self.config.target_port)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            if self.partitioned:
-                self.refused += 1
-                writer.transport.abort()
-                return
-            try:
-                async with asyncio.timeout(self.config.connect_timeout_s):
-                    up_reader, up_writer = await asyncio.open_connection(self.config.target_host,
-                                                                         self.config.target_port)
-            except (OSError, TimeoutError) as e:
-                self.refused += 1
-                logger.debug("proxy: target :%d unreachable: %s", self.config.target_port, e)
-                writer.transport.abort()
-                return
-            await self._forward(reader, writer, up_reader, up_writer)
-        finally:
-            if task is not None:
-                self._tasks.discard(task)
-
-    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
-        link = (writer, up_writer)
-        self._links.add(link)
-        self.connections += 1
-        try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._pump(reader, up_writer, writer))
-                group.create_task(self._pump(up_reader, writer, up_writer))
-        except* (OSError, TimeoutError) as eg:
-            logger.debug("proxy link closed: %s", eg.exceptions[0])
-        finally:
-            self._links.discard(link)
-            writer.transport.abort()
-            up_writer.transport.abort()
-
-    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
-                    other: asyncio.StreamWriter) -> None:
-        """Copies ``src`` to ``dst`` until EOF, then aborts both sides of the link."""
-        while True:
-            async with asyncio.timeout(self.config.idle_timeout_s):
-                data = await src.read(1 << 16)
-            if not data or self.partitioned:
-                break
-            dst.write(data)
-            self.bytes_forwarded += len(data)
-            async with asyncio.timeout(self.config.idle_timeout_s):
-                await dst.drain()
-        # One side closed: ZeroMQ must see the whole connection go so it reconnects.
-        dst.transport.abort()
-        other.transport.abort()
-
-    async def close(self) -> None:
-        """Stops listening and aborts every connection; waits (bounded) for the handlers."""
-        if self._server is not None:
-            self._server.close()
-        for client, upstream in list(self._links):
-            client.transport.abort()
-            upstream.transport.abort()
-        tasks = list(self._tasks)
-        if tasks:
-            await asyncio.wait(tasks, timeout=2.0)
-        if self._server is not None:
-            async with asyncio.timeout(2.0):
-                await self._server.wait_closed()
-            self._server = None
-
-
-# ============================================================================ malformed frames
 #: Every kind of malformed input the generator makes.
 KINDS: tuple[str, ...] = ("random_bytes", "truncated", "wrong_type", "oversize", "wrong_shape",
                           "bad_fields", "wrong_dtype")
@@ -437,54 +283,3 @@ def state_spaces(state_dim: int, action_dim: int) -> Spaces:
     """Returns the spaces of a state-mode simulated robot."""
     return Spaces(observation={"state": ArraySpec(dtype="float32", shape=(state_dim,))},
                   action=ArraySpec(dtype="float32", shape=(action_dim,)))
-
-
-# ============================================================================ journal audit
-@dataclasses.dataclass(frozen=True)
-class JournalAudit:
-    """What the learner's ingest journal holds, checked step by step."""
-
-    steps: int
-    """Steps in the retained journal records (counted once per record)."""
-    unique: dict[str, int]
-    """Session id → distinct seqs journaled."""
-    duplicates: int
-    """Steps journaled more than once (same session and seq)."""
-    gaps: dict[str, int]
-    """Session id → seqs missing below its highest journaled seq."""
-    position_errors: int
-    """Records whose journal position does not follow the previous record's end."""
-
-
-def audit_journal(run_dir: Path) -> JournalAudit:
-    """Reads ``RUN_DIR/journal`` (the learner must not be running) and checks exactly-once.
-
-    Returns the audit; blocks on the disk. Raises FaultDrillError when the journal cannot be read.
-    """
-    from learner.errors import LearnerError
-    from learner.journal import IngestJournal, JournalConfig
-
-    seen: dict[str, np.ndarray] = {}
-    steps = position_errors = 0
-    try:
-        journal = IngestJournal.open(JournalConfig(directory=run_dir / "journal", retention_steps=1 << 40))
-    except LearnerError as e:
-        raise FaultDrillError(f"{run_dir}: cannot open the ingest journal: {e}") from e
-    try:
-        expected = journal.start
-        for position, batch in journal.records_from(journal.start):
-            position_errors += position != expected
-            expected = position + batch.size
-            steps += batch.size
-            counts = seen.setdefault(batch.session_id, np.zeros(0, np.int64))
-            if counts.size < batch.end_seq:
-                counts = np.concatenate([counts, np.zeros(batch.end_seq - counts.size, np.int64)])
-            counts[batch.first_seq:batch.end_seq] += 1
-            seen[batch.session_id] = counts
-    except LearnerError as e:
-        raise FaultDrillError(f"{run_dir}: cannot read the ingest journal: {e}") from e
-    finally:
-        journal.close()
-    return JournalAudit(steps=steps, unique={s: int((c > 0).sum()) for s, c in seen.items()},
-                        duplicates=int(sum(int(np.clip(c - 1, 0, None).sum()) for c in seen.values())),
-                        gaps={s: int((c == 0).sum()) for s, c in seen.items()}, position_errors=position_errors)
