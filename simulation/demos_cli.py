@@ -24,7 +24,7 @@ import numpy as np
 from hardware.interfaces import HardwareError
 from protocol.demos import DemoFormatError, DemoMeta, DemoRecorder, Demos, load_demos, save_demos
 from simulation.cli import doc_help
-from simulation.earl_import import EarlImportError, earl_to_demos, load_earl_arrays
+from simulation.earl_import import EarlImportError, earl_to_demos, load_earl_arrays, relabel_goals
 from simulation.experts import Expert, get_expert
 from simulation.lerobot_io import add_lerobot_parsers, run_lerobot
 from simulation.record import add_record_parser, run_record
@@ -115,7 +115,10 @@ def _as_dict(observation: Any) -> dict[str, np.ndarray]:
 def import_earl(path: Path, task: str, direction: str, *, render_pixels: bool = False,
                 image_size: int = 84, seed: int = 0) -> Demos:
     """Reads EARL's demo file and returns it as :class:`Demos` (state, or re-rendered
-    pixels through the task's ``set_from_earl_observation``). Blocks while rendering.
+    pixels through the task's ``set_from_earl_observation``). Backward demos of a task whose
+    state carries a goal are relabelled to its forward goals first
+    (:func:`simulation.earl_import.relabel_goals`: one copy of each episode per goal). Blocks
+    while rendering.
 
     Raises:
         EarlImportError: for unreadable or unsafe files.
@@ -129,6 +132,10 @@ def import_earl(path: Path, task: str, direction: str, *, render_pixels: bool = 
         raise CliError(f"{path}: observations are {arrays['observations'].shape[1:]}, task {task} "
                        f"expects ({info.state_dim},)")
     notes = {"original": str(path)}
+    if direction == "backward" and info.state_goals:
+        arrays = relabel_goals(arrays, info.state_goals)
+        notes["goal"] = (f"relabelled to the twin's {len(info.state_goals)} forward goal(s), one copy of "
+                         "each episode per goal, as MEDAL does")
     if not render_pixels:
         meta = DemoMeta(task=task, direction=direction, obs_mode="state", source="earl", notes=notes)
         return earl_to_demos(arrays, meta)

@@ -20,7 +20,7 @@ import io
 import logging
 import pickle
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,42 @@ def episode_slices(arrays: dict[str, np.ndarray], atol: float = 1e-5) -> list[tu
     ends = np.flatnonzero(arrays["terminals"][:-1] | broken) + 1
     bounds = [0, *ends.tolist(), obs.shape[0]]
     return list(zip(bounds[:-1], bounds[1:]))
+
+
+def relabel_goals(arrays: dict[str, np.ndarray], goals: Sequence[Sequence[float]]) -> dict[str, np.ndarray]:
+    """Returns ``arrays`` with every episode once per goal in ``goals``, the last
+    ``len(goal)`` entries of each observation and next observation replaced by that goal.
+
+    EARL's state vectors end with the goal the demo was recorded for; its backward demos end
+    with the *backward* goal (the initial configuration). The twin's state, like EARL's
+    reset-free environments, always ends with the forward goal, in the backward agent's turns
+    too, so a backward demo as recorded is a state the backward agent never sees (a BC policy
+    trained on them resets 0 of 20 times from the goal on door and peg; relabelled, 19 and
+    20). MEDAL relabels the same way (architsharma97/medal, ``medal.py``,
+    ``get_relabeled_demos``, one copy per goal state). Actions, rewards and terminals are
+    kept.
+
+    Raises:
+        EarlImportError: when there is no goal, the goals differ in length, or a goal is not
+            shorter than the observation.
+    """
+    dim = arrays["observations"].shape[-1]
+    lengths = {len(goal) for goal in goals}
+    if len(lengths) != 1 or not 0 < min(lengths) < dim:
+        raise EarlImportError(f"relabel_goals: need one or more goals of one length below {dim}, "
+                              f"got lengths {sorted(len(goal) for goal in goals)}")
+    goal_array = np.asarray(goals, dtype=np.float64)
+    width = goal_array.shape[1]
+    slices = episode_slices(arrays)
+    out: dict[str, list[np.ndarray]] = {key: [] for key in arrays}
+    for goal in goal_array:
+        for start, stop in slices:
+            for key, values in arrays.items():
+                part = np.array(values[start:stop], copy=True)
+                if key in ("observations", "next_observations"):
+                    part[:, dim - width:] = goal.astype(part.dtype)
+                out[key].append(part)
+    return {key: np.concatenate(parts) for key, parts in out.items()}
 
 
 ObservationFn = Callable[[np.ndarray], dict[str, np.ndarray]]

@@ -73,6 +73,12 @@ class TaskInfo:
     """Length of the pixel-mode ``proprio`` vector."""
     action_dim: int
     """Length of the action vector (every element in ``[-1, 1]``)."""
+    state_goals: tuple[tuple[float, ...], ...]
+    """The goals the state observation can end with: the state vector's last ``len(goal)``
+    entries are the forward goal the task sets at reset (EARL's layout; door and peg have one,
+    tabletop one per mug goal). Empty when the state carries no goal (cube). Demos recorded
+    for another goal (EARL's backward demos end with the backward goal) are relabelled to
+    these before they train an agent (:func:`simulation.earl_import.relabel_goals`)."""
 
     def __post_init__(self) -> None:
         for field_name in ("eval_horizon", "state_dim", "proprio_dim", "action_dim"):
@@ -87,6 +93,11 @@ class TaskInfo:
             raise ValueError(f"move_scale: must be finite and positive, got {self.move_scale!r}")
         if self.success_threshold <= 0:
             raise ValueError(f"success_threshold: must be positive, got {self.success_threshold}")
+        lengths = {len(goal) for goal in self.state_goals}
+        if len(lengths) > 1 or not all(0 < n < self.state_dim for n in lengths) or not all(
+                math.isfinite(x) for goal in self.state_goals for x in goal):
+            raise ValueError(f"state_goals: must be finite goals of one length below state_dim "
+                             f"{self.state_dim}, got {self.state_goals!r}")
 
     def scheduled_reset_interval(self, schedule: ResetSchedule) -> int | None:
         """Returns the steps between resets under ``schedule`` (``paper``: :attr:`reset_interval`,

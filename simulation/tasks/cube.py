@@ -90,7 +90,7 @@ class CubeGraspEnv(TaskEnv):
     info = TaskInfo(name="cube", eval_horizon=100, reset_interval=None, earl_reset_interval=None,
                     move_scale=MOVE_SCALE,
                     success_threshold=LIFT_HEIGHT, cameras=("wrist", "third_person"),
-                    state_dim=12, proprio_dim=4, action_dim=5)
+                    state_dim=12, proprio_dim=4, action_dim=5, state_goals=())
 
     # ------------------------------------------------------------------ task hooks
     def _task_build(self) -> tuple[mujoco.MjModel, mujoco.MjData]:

@@ -11,7 +11,7 @@ import pytest
 
 from protocol.demos import DemoMeta
 from simulation.earl_import import (EarlImportError, UnsafePickleError, earl_to_demos, episode_slices,
-                                    load_earl_arrays, restricted_loads)
+                                    load_earl_arrays, relabel_goals, restricted_loads)
 
 EARL_DIR = Path("/work/shared/earl-demos")
 
@@ -89,3 +89,23 @@ def test_shared_earl_demos_convert() -> None:
     demos = earl_to_demos(arrays, DemoMeta(task="door", direction="forward", obs_mode="state"))
     assert demos.num_episodes == 5 and demos.episode_success.all()
     assert demos.num_transitions == arrays["observations"].shape[0]
+
+
+def test_relabel_goals_copies_each_episode_per_goal_with_only_the_goal_replaced() -> None:
+    arrays = earl_arrays([3, 5], dim=6)
+    goals = [(7.0, 8.0), (-1.0, -2.0)]
+    out = relabel_goals(arrays, goals)
+    assert [stop - start for start, stop in episode_slices(out)] == [3, 5, 3, 5]  # still continuous episodes
+    for copy, goal in enumerate(goals):
+        rows = slice(8 * copy, 8 * (copy + 1))
+        for key in ("observations", "next_observations"):
+            assert np.array_equal(out[key][rows, :4], arrays[key][:, :4])
+            assert (out[key][rows, 4:] == np.asarray(goal, dtype=np.float32)).all()
+        for key in ("actions", "rewards", "terminals"):
+            assert np.array_equal(out[key][rows], arrays[key])
+    assert arrays["observations"][0, 4] != 7.0  # the input is left alone
+    demos = earl_to_demos(out, DemoMeta(task="toy", direction="backward", obs_mode="state"))
+    assert demos.num_episodes == 4 and demos.episode_success.all()
+    for bad in ([], [(1.0,) * 6], [(1.0, 2.0), (1.0,)]):
+        with pytest.raises(EarlImportError, match="relabel_goals"):
+            relabel_goals(arrays, bad)

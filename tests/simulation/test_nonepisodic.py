@@ -37,7 +37,8 @@ class ToyEnv(TaskEnv):
     """A point hand on a plane: move it from x=-0.5 to the goal at x=+0.5 (0.05 per unit action)."""
 
     info = TaskInfo(name="toy", eval_horizon=40, reset_interval=7, earl_reset_interval=11, move_scale=0.05,
-                    success_threshold=0.1, cameras=("top", "side"), state_dim=4, proprio_dim=3, action_dim=2)
+                    success_threshold=0.1, cameras=("top", "side"), state_dim=4, proprio_dim=3, action_dim=2,
+                    state_goals=())
     workspace = ((-1.0, -1.0, 0.0), (1.0, 1.0, 0.5))
 
     def _task_build(self) -> tuple[mujoco.MjModel, mujoco.MjData]:

@@ -9,13 +9,16 @@ import pytest
 import torch
 
 from learner.bc import BCConfig
-from protocol.demos import DemoFormatError, save_demos
+from protocol.demos import DemoFormatError, load_demos, save_demos
 from learner.config import LearnerConfig, profile
 from learner.networks import NetworkConfig
 from simulation.practice import (
     EARL_DEMO_DIR,
     PracticeConfig, bc_baseline, load_task_demos, practice, practice_config, state_spec,
 )
+from simulation.run_setup import BUNDLED_DEMOS
+from simulation.tasks import make, task_info
+from simulation.tasks.door import GOAL as door_goal
 
 torch.set_num_threads(1)
 
@@ -149,11 +152,32 @@ def test_practice_config_is_profile_then_preset_then_overrides() -> None:
 
 
 def test_earl_demos_ship_with_the_package() -> None:
-    # EARL's own sets (door 5+5, peg 10+20, tabletop 12+12), every episode successful.
+    # EARL's own sets (door 5+5, peg 10+20, tabletop 12+12), every episode successful; the
+    # backward sets hold one copy of each episode per forward goal (tabletop has four).
     for task, counts in {"door": (5, 5), "peg": (10, 20), "tabletop": (12, 12)}.items():
+        copies = {"forward": 1, "backward": len(task_info(task).state_goals)}
         for direction, episodes in zip(("forward", "backward"), counts):
             demos = load_task_demos(task, direction, source="earl")
-            assert demos.num_episodes == episodes and demos.episode_success.all()
+            assert demos.num_episodes == episodes * copies[direction] and demos.episode_success.all()
+
+
+@pytest.mark.parametrize("task", ["door", "peg", "tabletop"])
+def test_shipped_demo_states_end_with_a_goal_the_twin_shows(task: str) -> None:
+    # The backward agent sees the forward goal in its state; a demo ending with another goal
+    # (EARL's backward sets as recorded) is a state it never visits, and BC on it never resets.
+    goals = np.asarray(task_info(task).state_goals, dtype=np.float32)
+    env = make(task, obs="state")
+    try:
+        shown = {tuple(env.reset(seed=s, options={"init": init})[0][-goals.shape[1]:])
+                 for s in range(40) for init in ("initial", "goal")}
+    finally:
+        env.close()
+    assert shown == {tuple(goal) for goal in goals}  # the declared goals are the ones the twin shows
+    for direction in ("forward", "backward"):
+        tails = load_task_demos(task, direction, source="earl").observations["state"][:, -goals.shape[1]:]
+        assert {tuple(row) for row in tails} <= {tuple(goal) for goal in goals}, direction
+    one_demo = load_demos(BUNDLED_DEMOS / "door_one_demo" / "door_backward.npz").observations["state"]
+    assert {tuple(row) for row in one_demo[:, 7:]} == {tuple(np.asarray(door_goal, dtype=np.float32))}
 
 
 def test_turn_tally_counts_resets_only_from_turns_that_started_away() -> None:
