@@ -37,12 +37,13 @@ def test_task_info_requires_and_validates_its_declarations() -> None:
                 success_threshold=0.1, cameras=("c",), state_dim=2, proprio_dim=2, action_dim=2,
                 state_goals=((1.0,),))
     TaskInfo(**good)  # type: ignore[arg-type]
-    for missing in ("move_scale", "earl_reset_interval", "reset_interval"):
+    for missing in ("move_scale", "earl_reset_interval", "reset_interval", "state_goals"):
         with pytest.raises(TypeError, match=missing):
             TaskInfo(**{k: v for k, v in good.items() if k != missing})  # type: ignore[arg-type]
     for field, bad in [("move_scale", 0.0), ("move_scale", -0.01), ("move_scale", float("nan")),
                        ("move_scale", float("inf")), ("move_scale", "0.01"), ("earl_reset_interval", 0),
-                       ("reset_interval", -5), ("reset_interval", 2.5)]:
+                       ("reset_interval", -5), ("reset_interval", 2.5), ("state_goals", ((1.0, 2.0),)),
+                       ("state_goals", ((1.0,), (1.0, 2.0))), ("state_goals", ((float("nan"),),))]:
         with pytest.raises(ValueError, match=field):
             TaskInfo(**{**good, field: bad})  # type: ignore[arg-type]
 
