@@ -371,10 +371,6 @@ class _TurnTally:
     Seed-phase turns (random actions) count."""
 
     def __init__(self) -> None:
-        self.turns: list[int] = []
-        self.reached: list[int] = []
-        self.away: list[int] = []
-        self.away_reached: list[int] = []
         self._clear()
 
     def _clear(self) -> None:
