@@ -17,14 +17,14 @@ from protocol.messages import (
     PROTOCOL_VERSION, Ack, ArraySpec, Command, Heartbeat, Hello, LoopStats, Message, Status,
     TransitionBatch, Weights, Welcome, messages_equal, weights_sha256,
 )
-from protocol.reliability import ReceiveTracker, SendWindow, WindowFull
+from protocol.reliability import ReceiveTracker
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "PROTOCOL_VERSION", "Ack", "ArraySpec", "ChecksumError", "Command", "CurveClientKeys",
     "CurveServerKeys", "HandshakeError", "Heartbeat", "Hello", "Limits", "LoopStats", "Message",
-    "PeerTimeout", "ProtocolError", "ReceiveTracker", "SendWindow", "SequenceGap", "Spaces",
-    "Status", "TransitionBatch", "TransportClosed", "Weights", "Welcome", "WindowFull",
+    "PeerTimeout", "ProtocolError", "ReceiveTracker", "SequenceGap", "Spaces",
+    "Status", "TransitionBatch", "TransportClosed", "Weights", "Welcome",
     "client_keys", "decode", "encode", "messages_equal", "server_keys", "weights_sha256",
 ]

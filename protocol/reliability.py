@@ -1,7 +1,7 @@
 """Exactly-once bookkeeping for the transitions channel; pure, socket-free classes.
 
-Sender side, :class:`SendWindow` keeps every batch until a cumulative ack covers it and
-replays from any seq after a reconnect. Receiver side, :class:`ReceiveTracker` keeps per
+The sender side is the runtime's outbox (``runtime.outbox.Outbox``: a spill log, replayed
+from any seq after a reconnect). :class:`ReceiveTracker`, the receiver side, keeps per
 session the next seq it will admit (``admitted``) and the next seq durably ingested
 (``committed``); duplicates are dropped, overlaps trimmed, gaps rejected. Its state is a
 small JSON-able dict the learner stores with its data so dedupe survives restarts.
@@ -9,10 +9,9 @@ small JSON-able dict the learner stores with its data so dedupe survives restart
 
 from __future__ import annotations
 
-import collections
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from protocol.errors import ProtocolError, SequenceGap
 from protocol.messages import TransitionBatch
@@ -128,95 +127,3 @@ class ReceiveTracker:
                 raise ProtocolError(f"tracker state: bad entry {sid!r}: {seq!r}")
             tracker._sessions[sid] = _Cursor(seq, seq)
         return tracker
-
-
-class WindowFull(ProtocolError):
-    """The send window holds its maximum count or bytes of unacked batches."""
-
-
-class SendWindow:
-    """Sender-side record of unacked batches for one session, bounded by count and bytes.
-
-    Batches must be pushed in seq order without gaps, starting at ``next_seq``.
-    Storage is an in-memory deque; a spilling outbox can keep its own log and use this
-    class only for what is in memory.
-    """
-
-    def __init__(self, *, next_seq: int = 0, max_batches: int = 1024, max_bytes: int = 512 * 2**20) -> None:
-        if next_seq < 0:
-            raise ValueError(f"next_seq must be >= 0, got {next_seq}")
-        if max_batches < 1:
-            raise ValueError(f"max_batches must be >= 1, got {max_batches}")
-        if max_bytes < 1:
-            raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
-        self._batches: collections.deque[TransitionBatch] = collections.deque()
-        self._next_seq = next_seq
-        self._acked = next_seq
-        self._bytes = 0
-        self.max_batches = max_batches
-        self.max_bytes = max_bytes
-
-    @property
-    def next_seq(self) -> int:
-        """Returns the seq the next pushed batch must start at."""
-        return self._next_seq
-
-    @property
-    def acked(self) -> int:
-        """Returns the highest cumulative ack seen (every seq below is released)."""
-        return self._acked
-
-    @property
-    def nbytes(self) -> int:
-        """Returns the bytes held."""
-        return self._bytes
-
-    def __len__(self) -> int:
-        return len(self._batches)
-
-    def has_room(self, nbytes: int = 0) -> bool:
-        """Returns whether one more batch of ``nbytes`` fits."""
-        return len(self._batches) < self.max_batches and self._bytes + nbytes <= self.max_bytes
-
-    def push(self, batch: TransitionBatch) -> None:
-        """Stores ``batch`` until acked. Returns None.
-
-        Raises WindowFull when over the bounds (the caller spills or waits) and
-        ProtocolError when ``batch.first_seq`` is not ``next_seq``.
-        """
-        if batch.first_seq != self._next_seq:
-            raise ProtocolError(f"transitions.first_seq: expected {self._next_seq}, got {batch.first_seq}")
-        if not self.has_room(batch.nbytes):
-            raise WindowFull(f"send window: {len(self._batches)} batches / {self._bytes} bytes held "
-                             f"(max_batches={self.max_batches}, max_bytes={self.max_bytes})")
-        self._batches.append(batch)
-        self._bytes += batch.nbytes
-        self._next_seq = batch.end_seq
-
-    def on_ack(self, seq: int) -> int:
-        """Releases every step below ``seq``; returns the number of batches released.
-
-        A stale (lower) ack is ignored. Raises ProtocolError for an ack beyond ``next_seq``.
-        """
-        if seq > self._next_seq:
-            raise ProtocolError(f"ack.seq: {seq} beyond the next seq to send {self._next_seq}")
-        if seq <= self._acked:
-            return 0
-        self._acked = seq
-        released = 0
-        while self._batches and self._batches[0].end_seq <= seq:
-            self._bytes -= self._batches.popleft().nbytes
-            released += 1
-        return released
-
-    def resend_from(self, seq: int) -> Iterator[TransitionBatch]:
-        """Yields the held steps with seq ≥ ``seq`` (first batch trimmed), in order.
-
-        Acks everything below ``seq`` first (the peer says it has them). Raises ProtocolError
-        if steps from ``seq`` were already released, or ``seq`` is beyond ``next_seq``.
-        """
-        if seq < self._acked:
-            raise ProtocolError(f"welcome.resume_seq: {seq} is below {self._acked}, already acked and released")
-        self.on_ack(seq)
-        for batch in list(self._batches):
-            yield batch if batch.first_seq >= seq else batch.tail(seq)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from protocol.errors import ProtocolError, SequenceGap
 from protocol.messages import Ack, Hello, TransitionBatch, Welcome
-from protocol.reliability import ReceiveTracker, SendWindow
+from protocol.reliability import ReceiveTracker
+from tests.protocol.send_window import SendWindow
 from protocol.transport import UplinkClient, UplinkClientConfig, UplinkServer, UplinkServerConfig
 from tests.protocol.test_transport import hello
 from tests.protocol.strategies import small_batch

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.errors import ProtocolError, SequenceGap
-from protocol.reliability import ReceiveTracker, SendWindow, WindowFull
+from protocol.reliability import ReceiveTracker
+from tests.protocol.send_window import SendWindow, WindowFull
 from tests.protocol.strategies import small_batch
 
 
