@@ -309,7 +309,7 @@ def run_practice(cfg: CubeExperimentConfig, seed: int) -> str:
         outcome = asyncio.run(_practise(orchestrator, run_dir))
         logger.info("practice seed %d: %s at %d env steps (%.0f s)", seed, outcome.reason, outcome.env_steps,
                     outcome.wall_s)
-        reason = outcome.reason if not outcome.ok or outcome.reason != "finished" else "finished"
+        reason = outcome.reason
     evaluate_snapshots(cfg, run_dir)
     return reason
 
