@@ -48,6 +48,9 @@ class ScheduleConfig:
     """BC weight λ until `bc_decay_start` (paper robot and the authors' code: 1.0)."""
     bc_weight_end: float = 0.0
     """BC weight after the decay (paper robot: 0; the authors' sim code: 0.1)."""
+    bc_weight_end_backward: float | None = None
+    """The backward agent's λ after the decay when it has a BC term; None: `bc_weight_end`
+    (the authors' Franka config ends it at 0.25, the forward agent's at 0.1)."""
     bc_decay_start: int = 0
     """Environment step at which λ starts to decay (the authors' sim code: 10k, the end of their seed frames)."""
     bc_decay_steps: int = 10_000
@@ -82,8 +85,8 @@ class ScheduleConfig:
         for name in ("bc_decay_steps", "goal_frames", "snapshot_every", "bc_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ScheduleConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("bc_weight_start", "bc_weight_end"):
-            if getattr(self, name) < 0:
+        for name in ("bc_weight_start", "bc_weight_end", "bc_weight_end_backward"):
+            if (getattr(self, name) or 0.0) < 0:
                 raise ValueError(f"ScheduleConfig.{name} must be >= 0, got {getattr(self, name)}")
         object.__setattr__(self, "bc_agents", tuple(self.bc_agents))
         if not set(self.bc_agents) <= {FORWARD, BACKWARD}:
@@ -93,11 +96,15 @@ class ScheduleConfig:
         if self.vice_reward_form not in VICE_REWARD_FORMS:
             raise ValueError(f"ScheduleConfig.vice_reward_form must be one of {VICE_REWARD_FORMS}")
 
-    def bc_weight(self, env_step: int) -> float:
-        """Returns λ at environment step `env_step`: `bc_weight_start` until `bc_decay_start`,
-        then linear to `bc_weight_end` over `bc_decay_steps` (the authors' `linear_offset`)."""
+    def bc_weight(self, env_step: int, agent: int = FORWARD) -> float:
+        """Returns ``agent``'s λ at environment step `env_step`: `bc_weight_start` until
+        `bc_decay_start`, then linear to its end value (`bc_weight_end`, or for the backward
+        agent `bc_weight_end_backward` when set) over `bc_decay_steps` (the authors' `linear_offset`)."""
+        end = self.bc_weight_end
+        if agent == BACKWARD and self.bc_weight_end_backward is not None:
+            end = self.bc_weight_end_backward
         frac = min(max(env_step - self.bc_decay_start, 0) / self.bc_decay_steps, 1.0)
-        return self.bc_weight_start + (self.bc_weight_end - self.bc_weight_start) * frac
+        return self.bc_weight_start + (end - self.bc_weight_start) * frac
 
 
 class TrainerSections(Protocol):
@@ -374,7 +381,7 @@ class MedalTrainer:
         rcfg = self.config.replay
         batch = sample_mixed(self.replay[a], self.demo_buffers[a], rcfg.batch_size, rcfg.demo_per_batch, self.rng)
         reward = self.reward(a, batch.next_obs)
-        bc = self.sched.bc_weight(self.env_steps) if a in self.sched.bc_agents else 0.0
+        bc = self.sched.bc_weight(self.env_steps, a) if a in self.sched.bc_agents else 0.0
         if not (_finite(reward) and all(_finite(v) for v in (*batch.obs.values(), *batch.next_obs.values()))):
             return self._skip(a, "non-finite reward or observation in the batch")
         utd = self.config.agent.update_to_data

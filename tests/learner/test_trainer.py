@@ -16,6 +16,7 @@ from learner.errors import TrainerError
 from learner.networks import NetworkConfig
 from learner.replay import ReplayConfig
 from learner.trainer import MedalTrainer, ScheduleConfig, vice_positive_rows
+from protocol.messages import BACKWARD, FORWARD
 
 torch.set_num_threads(1)
 
@@ -169,6 +170,11 @@ def test_schedules_seed_phase_bc_decay_and_discriminator_rounds() -> None:
     offset = ScheduleConfig(bc_weight_end=0.1, bc_decay_start=10_000, bc_decay_steps=40_000)  # the authors'
     assert offset.bc_weight(10_000) == 1.0 and offset.bc_weight(30_000) == pytest.approx(0.55)
     assert offset.bc_weight(50_000) == pytest.approx(0.1)
+    franka = ScheduleConfig(bc_decay_start=10_000, bc_decay_steps=40_000, bc_weight_end=0.1, bc_weight_end_backward=0.25)
+    assert franka.bc_weight(50_000, FORWARD) == pytest.approx(0.1) and franka.bc_weight(50_000, BACKWARD) == 0.25
+    assert franka.bc_weight(10_000, BACKWARD) == 1.0 and franka.bc_weight(30_000, BACKWARD) == pytest.approx(0.625)
+    with pytest.raises(ValueError, match="bc_weight_end_backward"):
+        ScheduleConfig(bc_weight_end_backward=-0.1)
 
 
 def test_a_stop_request_ends_a_step_after_one_update_and_the_round_runs_again_in_full() -> None:
