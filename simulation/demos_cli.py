@@ -14,6 +14,7 @@ inspect demo files. Every file it writes is in the ``protocol.demos`` format; ``
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 from hardware.interfaces import HardwareError
 from protocol.demos import DemoFormatError, DemoMeta, DemoRecorder, Demos, load_demos, save_demos
 from simulation.cli import doc_help
-from simulation.earl_import import EarlImportError, earl_to_demos, load_earl_arrays, relabel_goals
+from simulation.earl_import import EarlImportError, earl_to_demos, episode_goals, load_earl_arrays, relabel_goals
 from simulation.experts import Expert, get_expert
 from simulation.lerobot_io import add_lerobot_parsers, run_lerobot
 from simulation.record import add_record_parser, run_record
@@ -133,9 +134,10 @@ def import_earl(path: Path, task: str, direction: str, *, render_pixels: bool = 
                        f"expects ({info.state_dim},)")
     notes = {"original": str(path)}
     if direction == "backward" and info.state_goals:
+        notes["earl_goals"] = json.dumps(episode_goals(arrays, len(info.state_goals[0])))
         arrays = relabel_goals(arrays, info.state_goals)
         notes["goal"] = (f"relabelled to the twin's {len(info.state_goals)} forward goal(s), one copy of "
-                         "each episode per goal, as MEDAL does")
+                         "each episode per goal, as MEDAL does; EARL's own goal per episode: earl_goals")
     if not render_pixels:
         meta = DemoMeta(task=task, direction=direction, obs_mode="state", source="earl", notes=notes)
         return earl_to_demos(arrays, meta)

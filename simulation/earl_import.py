@@ -183,6 +183,13 @@ def relabel_goals(arrays: dict[str, np.ndarray], goals: Sequence[Sequence[float]
     return {key: np.concatenate(parts) for key, parts in out.items()}
 
 
+def episode_goals(arrays: dict[str, np.ndarray], width: int) -> list[list[float]]:
+    """Returns the goal each episode of ``arrays`` carries: the last ``width`` entries of its
+    first observation (EARL keeps one goal per episode). :func:`relabel_goals` replaces them;
+    ``import-earl`` keeps these in the demo file's notes, so nothing EARL recorded is lost."""
+    return [arrays["observations"][start, -width:].astype(float).tolist() for start, _ in episode_slices(arrays)]
+
+
 ObservationFn = Callable[[np.ndarray], dict[str, np.ndarray]]
 """Maps an EARL state vector to the observation dict stored in the demos."""
 

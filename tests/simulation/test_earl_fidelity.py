@@ -15,6 +15,7 @@ forward replay is also checked state by state against EARL's recorded next obser
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -35,13 +36,22 @@ RAW = Path(os.environ.get("RESETFREE_EARL_DEMOS") or REPO.parent / "shared" / "e
 
 def _earl_arrays(task: str, direction: str) -> dict[str, np.ndarray]:
     """EARL's arrays (``observations``, ``actions``, ``next_observations``, ``terminals``) of
-    one demo set, rebuilt from the shipped file: row for row the values EARL recorded."""
+    one demo set, rebuilt from the shipped file: row for row the values EARL recorded. A
+    backward set ships relabelled to the forward goal(s), one copy per goal, with EARL's own
+    goal per episode in its notes (``earl_goals``): the first copy gets those back."""
     demos = load_demos(SHIPPED / f"{task}_{direction}.npz")
-    states = np.asarray(demos.observations["state"])
-    acted = np.flatnonzero(~demos.is_last)
+    states, actions, is_last = np.array(demos.observations["state"]), np.asarray(demos.actions), demos.is_last
+    if "earl_goals" in demos.meta.notes:
+        goals = np.asarray(json.loads(str(demos.meta.notes["earl_goals"])), dtype=states.dtype)
+        bounds = demos.episode_bounds()[:len(goals)]
+        for (start, stop), goal in zip(bounds, goals):
+            states[start:stop, -goals.shape[1]:] = goal
+        rows = bounds[-1][1]
+        states, actions, is_last = states[:rows], actions[:rows], is_last[:rows]
+    acted = np.flatnonzero(~is_last)
     terminals = np.zeros(len(acted), bool)
-    terminals[np.flatnonzero(demos.is_last[acted + 1])] = True
-    return {"observations": states[acted], "actions": np.asarray(demos.actions)[acted],
+    terminals[np.flatnonzero(is_last[acted + 1])] = True
+    return {"observations": states[acted], "actions": actions[acted],
             "next_observations": states[acted + 1], "terminals": terminals}
 
 

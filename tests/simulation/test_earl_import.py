@@ -11,7 +11,7 @@ import pytest
 
 from protocol.demos import DemoMeta
 from simulation.earl_import import (EarlImportError, UnsafePickleError, earl_to_demos, episode_slices,
-                                    load_earl_arrays, relabel_goals, restricted_loads)
+                                    episode_goals, load_earl_arrays, relabel_goals, restricted_loads)
 
 EARL_DIR = Path("/work/shared/earl-demos")
 
@@ -104,6 +104,8 @@ def test_relabel_goals_copies_each_episode_per_goal_with_only_the_goal_replaced(
         for key in ("actions", "rewards", "terminals"):
             assert np.array_equal(out[key][rows], arrays[key])
     assert arrays["observations"][0, 4] != 7.0  # the input is left alone
+    assert episode_goals(arrays, 2) == [arrays["observations"][0, 4:].tolist(), arrays["observations"][3, 4:].tolist()]
+    assert episode_goals(out, 2) == [list(goals[0])] * 2 + [list(goals[1])] * 2
     demos = earl_to_demos(out, DemoMeta(task="toy", direction="backward", obs_mode="state"))
     assert demos.num_episodes == 4 and demos.episode_success.all()
     for bad in ([], [(1.0,) * 6], [(1.0, 2.0), (1.0,)]):
