@@ -319,6 +319,21 @@ class MedalTrainer:
             self.env_steps, self.agent_steps, self.credit, self._streams = saved
         return added
 
+    def end_segment(self, observations: Mapping[str, np.ndarray], *, stream: int = 0) -> None:
+        """Closes the stream's open segment with one final observation (``(1, ...)`` arrays),
+        stored as an `is_last` closing step and not counted as an environment step; the
+        stream's next step must be `is_first`. For a change the environment makes between two
+        steps that no action caused (a new goal drawn at a turn switch): the last transition
+        ends at what the action led to, the next segment starts from what follows. During the
+        seed phase the segment is open in both buffers and both are closed. A stream with no
+        open segment is left as it is. Raises ReplayError on malformed arrays."""
+        prev_agent, prev_open = self._streams.get(stream, (-1, False))
+        if not prev_open:
+            return
+        for agent in ((FORWARD, BACKWARD) if prev_agent == _SEED else (prev_agent,)):
+            self._close(agent, observations, stream)
+        self._streams[stream] = (prev_agent, False)
+
     def _close(self, agent: int, obs: Mapping[str, np.ndarray], stream: int) -> None:
         pad = np.zeros((1, self.action_dim), dtype=np.float32)
         self.replay[agent].add_steps(obs, pad, np.zeros(1, bool), np.ones(1, bool), stream=stream)

@@ -78,6 +78,9 @@ class SuiteSpec:
     """``section.key=value`` learner overrides for every run (applied over each task's preset)."""
     minutes: float | None = None
     """Stop every run after this many wall-clock minutes (they resume next time)."""
+    goal_per_turn: bool = True
+    """A new goal at every forward-to-backward switch (MEDAL's loop; ``PracticeConfig.goal_per_turn``);
+    False holds the goal drawn at a reset until the next."""
 
 
 # ============================================================================ one run
@@ -91,7 +94,7 @@ def run_one(task: str, seed: int, run_dir: Path, spec: SuiteSpec) -> dict[str, A
     cfg = practice_config(task, seed=seed, overrides=spec.overrides)
     pcfg = PracticeConfig(task=task, max_env_steps=spec.steps, eval_every=spec.eval_every,
                           eval_episodes=spec.eval_episodes, seed=seed, run_dir=run_dir,
-                          max_minutes=spec.minutes)
+                          max_minutes=spec.minutes, goal_per_turn=spec.goal_per_turn)
     demos = (load_task_demos(task, "forward"), load_task_demos(task, "backward"))
     stop = []  # SIGTERM/SIGINT (the suite stopping): checkpoint at the next step, then return
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -160,6 +163,8 @@ def _child_argv(kind: str, what: Any, spec: SuiteSpec) -> list[str]:
         argv += ["--set", item]
     if spec.minutes is not None:
         argv += ["--minutes", str(spec.minutes)]
+    if not spec.goal_per_turn:
+        argv.append("--fixed-goal")
     if kind == "bc":
         return argv + ["--child-bc", what]
     task, seed = what
@@ -263,7 +268,8 @@ def collect(spec: SuiteSpec) -> dict[str, Any]:
             "bc": bc,
             "goal": GOALS.get(task),
         }
-    return {"steps": spec.steps, "eval_episodes": spec.eval_episodes, "last_evals": LAST_EVALS, "tasks": tasks}
+    return {"steps": spec.steps, "eval_episodes": spec.eval_episodes, "last_evals": LAST_EVALS,
+            "overrides": list(spec.overrides), "goal_per_turn": spec.goal_per_turn, "tasks": tasks}
 
 
 def markdown_table(results: dict[str, Any]) -> str:
@@ -349,6 +355,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="learner override for every run, over each task's preset (repeatable)")
     p.add_argument("--minutes", type=float, default=None, help="stop each run after M minutes (it resumes later)")
+    p.add_argument("--fixed-goal", action="store_true",
+                   help="hold the goal drawn at a reset until the next (default: a new goal every forward turn, as MEDAL)")
     p.add_argument("--results-only", action="store_true", help="only (re)write the results of what exists")
     p.add_argument("--child-run", nargs=2, metavar=("TASK", "SEED"), help=argparse.SUPPRESS)
     p.add_argument("--child-bc", metavar="TASK", help=argparse.SUPPRESS)
@@ -363,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = SuiteSpec(out=args.out, tasks=tuple(args.tasks), seeds=tuple(args.seeds), steps=args.steps,
                      eval_every=args.eval_every, eval_episodes=args.eval_episodes, jobs=args.jobs,
                      bc_seeds=args.bc_seeds, bc_steps=args.bc_steps, overrides=tuple(args.overrides),
-                     minutes=args.minutes)
+                     minutes=args.minutes, goal_per_turn=not args.fixed_goal)
     if args.child_run:
         task, seed = args.child_run[0], int(args.child_run[1])
         result = run_one(task, seed, spec.out / task / f"seed{seed}", spec)

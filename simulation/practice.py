@@ -74,6 +74,10 @@ class PracticeConfig:
     """The task's reset schedule when ``reset_every`` is None: ``paper`` (the default, every
     10k steps for tabletop, door and peg, as MEDAL++) or ``earl`` (EARL's own: door and
     tabletop 200k, peg 100k)."""
+    goal_per_turn: bool = True
+    """Draw the goal anew at every switch from the forward to the backward agent (the next
+    forward turn practises towards it), as MEDAL's and the authors' loops do; False holds the
+    goal drawn at a reset until the next reset. Matters for multi-goal tasks only (tabletop)."""
     seed: int = 0
     """Seed of the environment, the random seed actions and the trainer."""
     run_dir: Path | None = None
@@ -264,6 +268,7 @@ class _PracticeRun:
         self.curve: list[EvalPoint] = []
         self.train_s = 0.0
         self.turns = _TurnTally()
+        self.multi_goal = len(task_info(pcfg.task).state_goals) > 1
         if pcfg.run_dir is not None:
             self._resume(Path(pcfg.run_dir))
 
@@ -311,13 +316,18 @@ class _PracticeRun:
             steps_done += 1
             successes += int(bool(info["success"]))
             turn_reached |= bool(info["success"] if agent == FORWARD else info["backward_success"])
+            _ingest(trainer, agent, state, action, first, info)
+            first = bool(info["env_reset"])  # the post-reset observation starts a new segment
             if steps_done % interval == 0:  # the end of this agent's turn: did it get there (at any step)?
                 self.turns.add(agent, at_goal[agent], turn_reached)
                 turn_reached = False
                 now = info["reset_info"] if info["env_reset"] else info  # where the next turn starts
+                if agent == FORWARD and pcfg.goal_per_turn and not info["env_reset"] and self.multi_goal:
+                    # the forward transition ends at the old goal; the backward turn starts at the new one
+                    trainer.end_segment({"state": np.asarray(obs, dtype=np.float32)[None]})
+                    obs, now = env.unwrapped.draw_goal()
+                    first = True
                 at_goal = (bool(now["success"]), bool(now["backward_success"]))
-            _ingest(trainer, agent, state, action, first, info)
-            first = bool(info["env_reset"])  # the post-reset observation starts a new segment
             # 3. lock-step training: every update owed for the steps so far
             while trainer.credit[FORWARD] >= 1 or trainer.credit[BACKWARD] >= 1:
                 latest.update(trainer.train_step())

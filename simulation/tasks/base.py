@@ -238,6 +238,13 @@ class TaskEnv(gym.Env[Any, np.ndarray], abc.ABC):
         """Returns whether the scene is back in the initial (forward start) configuration: the
         backward task's goal, reported as ``info["backward_success"]`` on every step."""
 
+    def _task_draw_goal(self, rng: np.random.Generator) -> None:
+        """Draws the goal anew from the task's goals, moving nothing else. A task with several
+        goals (``len(info.state_goals) > 1``) must override this; one with a single goal keeps it."""
+        if len(self.info.state_goals) > 1:
+            raise NotImplementedError(f"task {self.info.name} has {len(self.info.state_goals)} goals "
+                                      f"but does not implement _task_draw_goal")
+
     def _task_extra_images(self) -> dict[str, np.ndarray]:
         """Returns extra pixel-mode images (e.g. a goal image), ``uint8 (3, H, W)`` each."""
         return {}
@@ -262,6 +269,18 @@ class TaskEnv(gym.Env[Any, np.ndarray], abc.ABC):
         success = self._task_success()
         info = {"success": success, "backward_success": self.backward_success()}
         return self._observation(), float(success), False, False, info
+
+    def draw_goal(self) -> tuple[Any, dict]:
+        """Draws the goal anew, uniformly from the task's goals, without moving anything, and
+        returns ``(observation, info)`` as :meth:`reset` does.
+
+        MEDAL's and the authors' training loops do this at every switch from the forward to
+        the backward agent, so that between two resets a multi-goal task (tabletop) is
+        practised towards every goal, not towards the one drawn at the reset. A task with one
+        goal keeps it (the observation is unchanged).
+        """
+        self._task_draw_goal(self._rng)
+        return self._observation(), {"success": self._task_success(), "backward_success": self.backward_success()}
 
     def render(self) -> np.ndarray:
         """Returns an RGB ``(H, W, 3)`` frame of the first camera (``render_mode='rgb_array'``)."""

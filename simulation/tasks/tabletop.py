@@ -128,6 +128,10 @@ class TabletopEnv(TaskEnv):
             self.mug = self.goal[2:4] + offset[2:]
         self._sync_scene()
 
+    def _task_draw_goal(self, rng: np.random.Generator) -> None:
+        self.goal = goal_vector(GOALS[int(rng.integers(len(GOALS)))])
+        self._sync_scene()
+
     def _task_step(self, action: np.ndarray) -> None:
         # EARL's order: the grasp test uses the gripper position before this step's move.
         if action[2] > 0:

@@ -389,3 +389,31 @@ def test_pixel_trainer_with_the_robot_profile_shapes() -> None:
     assert {"vice/loss", "medal/loss", "forward/losses/critic", "backward/losses/critic"} <= set(m)
     weights = tr.publishable_weights(0)
     assert weights is not None and all(np.isfinite(v).all() for v in weights.values())
+
+
+def test_end_segment_closes_the_open_segment_without_counting_a_step() -> None:
+    # A goal drawn at a turn switch: the forward segment ends at what its last action led to
+    # (the closing frame), the backward segment starts at the changed observation.
+    tr = MedalTrainer(make_config(seed_frames=0), SPEC, 2, demos())
+    tr.ingest_steps(*chunk([0, 1, 2], [0, 0, 0], first=True))
+    tr.end_segment({"state": np.array([[3.0, 0.0]], np.float32)})
+    tr.end_segment({"state": np.array([[9.0, 0.0]], np.float32)})  # nothing open: nothing stored
+    tr.ingest_steps(*chunk([10, 11, 12], [1, 1, 1], first=True))
+    assert tr.env_steps == 6 and tr.agent_steps == [3, 3] and tr.credit == [3, 3]
+    assert len(tr.replay[0]) == 4 and len(tr.replay[1]) == 3
+    for a in (0, 1):
+        b = tr.replay[a].sample(200, np.random.default_rng(a))
+        assert torch.equal(b.next_obs["state"][:, 0], b.obs["state"][:, 0] + 1)
+    assert set(tr.replay[1].sample(200, np.random.default_rng(3)).obs["state"][:, 0].tolist()) == {10, 11}
+
+
+def test_end_segment_in_the_seed_phase_closes_both_buffers() -> None:
+    tr = MedalTrainer(make_config(seed_frames=10), SPEC, 2, demos())
+    tr.ingest_steps(*chunk([0, 1, 2], [0, 0, 0], first=True))
+    tr.end_segment({"state": np.array([[3.0, 0.0]], np.float32)})
+    tr.ingest_steps(*chunk([20, 21], [1, 1], first=True))
+    assert tr.env_steps == 5
+    for a in (0, 1):
+        b = tr.replay[a].sample(300, np.random.default_rng(a))
+        assert torch.equal(b.next_obs["state"][:, 0], b.obs["state"][:, 0] + 1)  # 2 -> 3, never 2 -> 20
+        assert set(b.obs["state"][:, 0].tolist()) == {0, 1, 2, 20}

@@ -16,6 +16,7 @@ from simulation.practice import (
     EARL_DEMO_DIR,
     PracticeConfig, bc_baseline, load_task_demos, practice, practice_config, state_spec,
 )
+from protocol.messages import BACKWARD, FORWARD
 from simulation.run_setup import BUNDLED_DEMOS
 from simulation.tasks import make, task_info
 from simulation.tasks.door import GOAL as door_goal
@@ -62,6 +63,35 @@ def test_practice_runs_switches_resets_and_evaluates(tabletop_demos: tuple) -> N
     assert all(0.0 <= p.success_rate <= 1.0 for p in result.curve)
     assert result.train_minutes > 0 and result.eval_minutes > 0
     assert result.to_dict()["final_success"] == result.final_success
+
+
+@pytest.mark.parametrize("goal_per_turn", [True, False])
+def test_practice_draws_a_goal_per_forward_turn_and_no_transition_crosses_it(
+        tabletop_demos: tuple, goal_per_turn: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import simulation.practice as practice_module
+
+    trainers = []
+    real = practice_module.MedalTrainer
+    monkeypatch.setattr(practice_module, "MedalTrainer", lambda *a, **k: trainers.append(real(*a, **k)) or trainers[-1])
+    cfg = profile("sim").with_overrides(TINY)  # turns of 60 steps, 100 seed frames
+    pcfg = PracticeConfig(task="tabletop", max_env_steps=1200, eval_every=10**6, eval_episodes=1, reset_every=0,
+                          goal_per_turn=goal_per_turn)
+    result = practice(cfg, pcfg, tabletop_demos)
+    assert result.env_resets == 0 and result.updates == 1200 - 100  # a drawn goal is no step
+    (trainer,) = trainers
+    goals = set()
+    for agent in (FORWARD, BACKWARD):
+        buffer = trainer.replay[agent]
+        batch = buffer.gather(buffer.valid_rows())
+        obs, nxt = batch.obs["state"].numpy(), batch.next_obs["state"].numpy()
+        np.testing.assert_array_equal(obs[:, 6:], nxt[:, 6:])  # the goal never changes within a transition
+        # and no step is left without its successor: only closing frames and the newest step end nowhere
+        stored = np.arange(len(buffer))
+        dangling = np.setdiff1d(stored[~buffer._is_last[stored]], buffer.valid_rows())
+        assert len(dangling) <= 1, f"{len(dangling)} steps of agent {agent} lost their transition"
+        goals |= {tuple(g) for g in obs[:, 8:10]}
+    # 10 forward turns with no reset: one goal, or (drawn per turn) all four with near certainty
+    assert len(goals) == (4 if goal_per_turn else 1)
 
 
 def test_practice_stops_on_the_wall_clock_budget(tabletop_demos: tuple) -> None:

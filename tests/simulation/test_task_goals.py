@@ -25,3 +25,25 @@ def test_initial_and_goal_starts_report_the_right_goal(task: str) -> None:
             assert info["backward_success"] == env.backward_success()
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_draw_goal_moves_nothing_and_draws_among_the_tasks_goals(task: str) -> None:
+    env = make(task, obs="state")
+    try:
+        obs, _ = env.reset(seed=1, options={"init": "goal"})
+        goals = {tuple(np.float32(g)) for g in env.info.state_goals}
+        width = len(next(iter(env.info.state_goals))) if goals else 0
+        seen = set()
+        for _ in range(40):
+            new, info = env.draw_goal()
+            assert new.shape == obs.shape
+            np.testing.assert_array_equal(new[: len(new) - width], obs[: len(obs) - width])  # the scene stays
+            assert (info["success"], info["backward_success"]) == (env.unwrapped._task_success(), env.backward_success())
+            if width:
+                seen.add(tuple(new[-width:]))
+        assert seen == goals  # every goal drawn (tabletop's 4), or the one goal kept (door, peg)
+        if len(goals) <= 1:
+            np.testing.assert_array_equal(new, obs)
+    finally:
+        env.close()
