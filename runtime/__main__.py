@@ -195,6 +195,8 @@ async def _run(args: argparse.Namespace, config: DaemonConfig) -> int:
     if facts.kind == "sim":
         logger.info("runtime: environment reset every %s (%s)",
                     f"{facts.reset_interval} steps" if facts.reset_interval else "never", source)
+        if facts.goal_per_turn:
+            logger.info("runtime: a new goal at the end of every forward turn (%s has several)", facts.task)
     daemon = RuntimeDaemon(config, robot, cameras, facts)
     install_signal_handlers(daemon)
     return await daemon.run()

@@ -363,6 +363,7 @@ class RuntimeDaemon:
         shield = Shield(limits)
         loop_config = LoopConfig(max_frame_age_s=limits.max_frame_age_s, batch_steps=self.config.batch_steps,
                                  env_reset_every=self.facts.reset_interval,
+                                 draw_goal_each_turn=self.facts.goal_per_turn,
                                  prefetch_lead_s=self.config.prefetch_lead_s,
                                  prefetch_passes=self.config.prefetch_passes, lockstep=self.config.lockstep)
         return ControlLoop(robot=self.robot, cameras=self.cameras, policy=self.policy, shield=shield,

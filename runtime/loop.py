@@ -26,7 +26,7 @@ from typing import Protocol
 import numpy as np
 
 from hardware.interfaces import Camera, Frame, HardwareError, Robot, RobotState, StaleFrameError
-from protocol.messages import AGENTS, LoopStats, TransitionBatch, observation_value_error
+from protocol.messages import AGENTS, FORWARD, LoopStats, TransitionBatch, observation_value_error
 from runtime.clock import Clock, Tick
 from runtime.errors import OutboxError, PolicyError
 from runtime.lateness import LateTickProbe
@@ -80,6 +80,10 @@ class LoopConfig:
     """Interval of the INFO stats line."""
     env_reset_every: int | None = None
     """Simulated robots only: call ``robot.reset_environment()`` every this many recorded steps."""
+    draw_goal_each_turn: bool = False
+    """Simulated multi-goal tasks only: call ``robot.draw_goal()`` when a forward turn ends, as
+    MEDAL's loop draws a goal at every switch to the backward agent. The segment ends there, so
+    the turn's last step becomes its closing frame (as at a reset)."""
     record: bool = True
     """Record steps to the sink (False: evaluation runs)."""
     prefetch_lead_s: float = 0.010
@@ -220,6 +224,9 @@ class ControlLoop:
         self._steps_since_reset = 0
         self.env_resets = 0
         """Scheduled environment resets done (simulation)."""
+        self.goals_drawn = 0
+        """Goals drawn at the end of forward turns (simulated multi-goal tasks)."""
+        self._goal_drawn_at = -1  # schedule.switches when the last goal was drawn: once per turn
         self._last_stats_log = time.monotonic()
         self._last_observation: dict[str, np.ndarray] | None = None
         """The newest complete observation (the policy's cache warm-up input)."""
@@ -302,6 +309,8 @@ class ControlLoop:
                 self.tick(tick)
                 if self._reset_due():
                     await self._reset_environment()
+                if self._goal_due():
+                    await self._draw_goal()
                 self._maybe_log_stats()
                 self.lateness.mark()
         finally:
@@ -457,6 +466,22 @@ class ControlLoop:
         self.env_resets += 1
         self.clock.rebase()
         logger.info("loop: environment reset after %d steps", self.steps)
+
+    def _goal_due(self) -> bool:
+        schedule = self.schedule
+        return (self.config.draw_goal_each_turn and schedule.agent == FORWARD and schedule.turn_complete
+                and self._goal_drawn_at != schedule.switches)
+
+    async def _draw_goal(self) -> None:
+        self._goal_drawn_at = self.schedule.switches
+        draw = getattr(self.robot, "draw_goal", None)
+        if draw is None:
+            logger.error("loop: draw_goal_each_turn is set but %s has no draw_goal()", self.robot.name)
+            return
+        self._builder.end_segment()  # the next step, at the new goal, starts a segment
+        await asyncio.to_thread(draw)
+        self.goals_drawn += 1
+        self.clock.rebase()
 
     @property
     def next_step_seq(self) -> int:

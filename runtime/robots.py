@@ -49,6 +49,9 @@ class RobotFacts:
     """Metres of end-effector motion per unit of action (the shield's ``position_scale``)."""
     reset_interval: int | None
     """Recorded steps between environment resets (simulation only; None: never)."""
+    goal_per_turn: bool = False
+    """Draw a new goal at the end of every forward turn (a simulated task with several goals:
+    tabletop; MEDAL's loop)."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.position_scale) and self.position_scale > 0):
@@ -165,7 +168,8 @@ def robot_facts(spec: str, robot: Robot, task: str | None = None, reset_schedule
         except ValueError as e:
             raise RobotSpecError(f"--robot {spec}: {e}") from e
         return RobotFacts(kind="sim", task=str(sim_task), position_scale=float(info.move_scale),
-                          reset_interval=info.scheduled_reset_interval(reset_schedule))
+                          reset_interval=info.scheduled_reset_interval(reset_schedule),
+                          goal_per_turn=len(info.state_goals) > 1)
     config = getattr(robot, "config", None)
     if config is None:
         raise RobotSpecError(f"--robot {spec}: {type(robot).__name__} has no config, so the shield "

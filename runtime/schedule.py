@@ -89,6 +89,11 @@ class AgentSchedule:
         """``"forward"`` or ``"backward"``."""
         return AGENTS[self._agent]
 
+    @property
+    def turn_complete(self) -> bool:
+        """Whether the acting agent has taken every step of its turn (the next step switches)."""
+        return self._steps_in_phase >= self.config.switch_every
+
     def next_step(self, has_policy: Callable[[int], bool]) -> StepPlan:
         """Returns the plan for the next step and advances the schedule by one step.
 

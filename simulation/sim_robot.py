@@ -96,7 +96,7 @@ class _Snapshot:
 class _Call:
     """A request to the worker; ``done`` is set when it has run."""
 
-    kind: Literal["action", "reset", "stop", "halt"]
+    kind: Literal["action", "reset", "goal", "stop", "halt"]
     payload: Any = None
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
@@ -244,6 +244,18 @@ class SimRobot(Robot):
         self._require_snapshot()
         self._call(_Call("reset", dict(options or {"init": "initial"})))
 
+    def draw_goal(self) -> None:
+        """Draws the task's goal anew without moving the scene (``TaskEnv.draw_goal``: tabletop's
+        four goals; a one-goal task keeps its goal). Blocks until the observation with the new
+        goal is published; call it from a thread, not the event loop.
+
+        Raises:
+            DeviceNotConnectedError: when not connected.
+            DeviceFailedError: when the simulation raised or did not answer in time.
+        """
+        self._require_snapshot()
+        self._call(_Call("goal", None))
+
     def home(self) -> None:
         """Resets the task to its initial-state distribution (the twin's home). Blocks."""
         self.reset_environment({"init": "initial"})
@@ -363,6 +375,8 @@ class SimRobot(Robot):
             if call.kind == "action":
                 observation, _, _, _, info = env.step(call.payload)
                 self.steps += 1
+            elif call.kind == "goal":
+                observation, info = env.draw_goal()
             else:
                 observation, info = env.reset(options=call.payload)
                 self.resets += 1

@@ -181,6 +181,49 @@ def test_pause_estop_home_and_env_reset_cut_segments() -> None:
     assert np.all(ends[:-1] + 1 == starts[1:])  # every segment ends right before the next starts
 
 
+class GoalRobot(FakeRobot):
+    """A fake robot of a multi-goal task: counts ``draw_goal`` calls and when they came."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.draws_at: list[int] = []
+
+    def draw_goal(self) -> None:
+        self.draws_at.append(len(self.actions))
+
+
+def test_a_goal_is_drawn_when_each_forward_turn_ends_and_cuts_the_segment() -> None:
+    robot = GoalRobot()
+    sink = ListSink()
+
+    async def body() -> ControlLoop:
+        loop = build(robot, sink, rate_hz=200.0, switch_every=10, draw_goal_each_turn=True)
+        await run_for(loop, 0.6)
+        loop.policy.close()
+        return loop
+
+    loop = asyncio.run(body())
+    assert loop.held_ticks == 0 and loop.steps == len(robot.actions)
+    # forward 0-9, backward 10-19, forward 20-29, ...: a draw after steps 10, 30, 50, ...
+    assert len(robot.draws_at) >= 3 and loop.goals_drawn == len(robot.draws_at)
+    assert robot.draws_at == [10 + 20 * k for k in range(len(robot.draws_at))]
+    is_first, agents = sink.column("is_first"), sink.column("agents")
+    assert np.flatnonzero(is_first).tolist() == [0, *[d for d in robot.draws_at if d < len(is_first)]]
+    assert np.all(agents[np.flatnonzero(is_first)[1:]] == 1)  # the backward turn starts the new segment
+
+
+def test_no_goal_is_drawn_unless_asked() -> None:
+    robot = GoalRobot()
+
+    async def body() -> None:
+        loop = build(robot, ListSink(), rate_hz=200.0, switch_every=10)
+        await run_for(loop, 0.3)
+        loop.policy.close()
+
+    asyncio.run(body())
+    assert robot.draws_at == [] and len(robot.actions) > 20
+
+
 def test_stale_camera_holds_and_stops_recording() -> None:
     robot = FakeRobot()
     sink = ListSink()

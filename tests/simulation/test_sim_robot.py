@@ -164,3 +164,20 @@ def test_tabletop_goal_camera_if_landed() -> None:
         goal = robot.cameras["goal"]
         goal.connect()
         assert goal.read_latest(max_age=1.0).image.shape == (3, 84, 84)
+
+
+def test_draw_goal_changes_only_the_goal_of_a_multi_goal_task() -> None:
+    from runtime.robots import robot_facts
+
+    with SimRobot("tabletop", pacing="lockstep", seed=2) as robot:
+        before = robot.read_state().arrays["state"].copy()
+        goals = set()
+        for _ in range(30):
+            robot.draw_goal()
+            state = robot.read_state().arrays["state"]
+            np.testing.assert_array_equal(state[:6], before[:6])  # gripper, mug, grasp: unmoved
+            goals.add(tuple(state[8:10]))
+        assert len(goals) == 4 and robot.steps == 0 and robot.resets == 0
+        assert robot_facts("sim:tabletop", robot).goal_per_turn
+    with SimRobot("door", pacing="lockstep", seed=2) as robot:
+        assert not robot_facts("sim:door", robot).goal_per_turn
