@@ -95,3 +95,13 @@ def test_a_run_stopped_by_sigterm_checkpoints_where_it_is(tmp_path: Path) -> Non
     assert child.returncode == 0, err[-2000:]
     steps = sorted(int(p.name.split("-")[1]) for p in run_dir.glob("ckpt-*"))
     assert steps and steps[-1] > 150  # a checkpoint at the stop, past the last evaluation
+
+
+def test_fixed_goal_reaches_the_children_and_the_results(tmp_path: Path) -> None:
+    args = bench_suite.parser().parse_args(["--out", str(tmp_path), "--fixed-goal", "--tasks", "tabletop"])
+    assert args.fixed_goal
+    held = SuiteSpec(out=tmp_path, tasks=("tabletop",), goal_per_turn=False)
+    argv = bench_suite._child_argv("run", ("tabletop", 0), held)
+    assert "--fixed-goal" in argv
+    assert "--fixed-goal" not in bench_suite._child_argv("run", ("tabletop", 0), SuiteSpec(out=tmp_path))
+    assert collect(held)["goal_per_turn"] is False and collect(SuiteSpec(out=tmp_path))["goal_per_turn"] is True
