@@ -239,11 +239,16 @@ class TaskEnv(gym.Env[Any, np.ndarray], abc.ABC):
         backward task's goal, reported as ``info["backward_success"]`` on every step."""
 
     def _task_draw_goal(self, rng: np.random.Generator) -> None:
-        """Draws the goal anew from the task's goals, moving nothing else. A task with several
-        goals (``len(info.state_goals) > 1``) must override this; one with a single goal keeps it."""
-        if len(self.info.state_goals) > 1:
-            raise NotImplementedError(f"task {self.info.name} has {len(self.info.state_goals)} goals "
-                                      f"but does not implement _task_draw_goal")
+        """Draws the goal anew from the task's goals, moving nothing else. A task with one goal
+        keeps it (this default); one with several (``len(info.state_goals) > 1``) must override
+        it, which :meth:`__init_subclass__` checks when the class is defined."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        info = cls.__dict__.get("info")
+        if info is not None and len(info.state_goals) > 1 and cls._task_draw_goal is TaskEnv._task_draw_goal:
+            raise TypeError(f"{cls.__name__}: task {info.name} declares {len(info.state_goals)} goals, "
+                            "so it must define _task_draw_goal")
 
     def _task_extra_images(self) -> dict[str, np.ndarray]:
         """Returns extra pixel-mode images (e.g. a goal image), ``uint8 (3, H, W)`` each."""
@@ -259,16 +264,15 @@ class TaskEnv(gym.Env[Any, np.ndarray], abc.ABC):
         if seed is not None:
             self._rng = np.random.default_rng(seed)
         self._task_reset(self._rng, dict(options or {}))
-        return self._observation(), {"success": self._task_success(), "backward_success": self.backward_success()}
+        return self._observation(), self._goals_info()
 
     def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict]:
         action = np.asarray(action, dtype=np.float32).reshape(self.info.action_dim)
         if not np.all(np.isfinite(action)):
             raise ValueError(f"action: must be finite, got {action}")
         self._task_step(np.clip(action, -1.0, 1.0))
-        success = self._task_success()
-        info = {"success": success, "backward_success": self.backward_success()}
-        return self._observation(), float(success), False, False, info
+        info = self._goals_info()
+        return self._observation(), float(info["success"]), False, False, info
 
     def draw_goal(self) -> tuple[Any, dict]:
         """Draws the goal anew, uniformly from the task's goals, without moving anything, and
@@ -280,7 +284,11 @@ class TaskEnv(gym.Env[Any, np.ndarray], abc.ABC):
         goal keeps it (the observation is unchanged).
         """
         self._task_draw_goal(self._rng)
-        return self._observation(), {"success": self._task_success(), "backward_success": self.backward_success()}
+        return self._observation(), self._goals_info()
+
+    def _goals_info(self) -> dict[str, bool]:
+        """Both goals' state, the ``info`` of every reset, step and goal draw."""
+        return {"success": self._task_success(), "backward_success": self.backward_success()}
 
     def render(self) -> np.ndarray:
         """Returns an RGB ``(H, W, 3)`` frame of the first camera (``render_mode='rgb_array'``)."""

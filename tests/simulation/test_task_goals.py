@@ -47,3 +47,11 @@ def test_draw_goal_moves_nothing_and_draws_among_the_tasks_goals(task: str) -> N
             np.testing.assert_array_equal(new, obs)
     finally:
         env.close()
+
+
+def test_a_multi_goal_task_that_cannot_draw_a_goal_is_refused_when_defined() -> None:
+    from simulation.tasks.base import TaskEnv
+    from simulation.tasks.tabletop import TabletopEnv
+
+    with pytest.raises(TypeError, match="must define _task_draw_goal"):
+        type("NoDraw", (TaskEnv,), {"info": TabletopEnv.info})
