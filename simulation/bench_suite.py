@@ -81,6 +81,14 @@ class SuiteSpec:
     goal_per_turn: bool = True
     """A new goal at every forward-to-backward switch (MEDAL's loop; ``PracticeConfig.goal_per_turn``);
     False holds the goal drawn at a reset until the next."""
+    reset_every: int | None = None
+    """Environment steps between scene resets (``PracticeConfig.reset_every``); None: the task's
+    schedule (the paper's 10k for the EARL tasks). A diagnostic, not the benchmark: 400 resets the
+    scene before every forward turn, as a human would after each forward + backward pair."""
+
+    def __post_init__(self) -> None:
+        if self.reset_every is not None and self.reset_every < 1:
+            raise ValueError(f"SuiteSpec.reset_every must be >= 1 or None, got {self.reset_every}")
 
 
 # ============================================================================ one run
@@ -94,7 +102,8 @@ def run_one(task: str, seed: int, run_dir: Path, spec: SuiteSpec) -> dict[str, A
     cfg = practice_config(task, seed=seed, overrides=spec.overrides)
     pcfg = PracticeConfig(task=task, max_env_steps=spec.steps, eval_every=spec.eval_every,
                           eval_episodes=spec.eval_episodes, seed=seed, run_dir=run_dir,
-                          max_minutes=spec.minutes, goal_per_turn=spec.goal_per_turn)
+                          max_minutes=spec.minutes, goal_per_turn=spec.goal_per_turn,
+                          reset_every=spec.reset_every)
     demos = (load_task_demos(task, "forward"), load_task_demos(task, "backward"))
     stop = []  # SIGTERM/SIGINT (the suite stopping): checkpoint at the next step, then return
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -165,6 +174,8 @@ def _child_argv(kind: str, what: Any, spec: SuiteSpec) -> list[str]:
         argv += ["--minutes", str(spec.minutes)]
     if not spec.goal_per_turn:
         argv.append("--fixed-goal")
+    if spec.reset_every is not None:
+        argv += ["--reset-every", str(spec.reset_every)]
     if kind == "bc":
         return argv + ["--child-bc", what]
     task, seed = what
@@ -269,7 +280,8 @@ def collect(spec: SuiteSpec) -> dict[str, Any]:
             "goal": GOALS.get(task),
         }
     return {"steps": spec.steps, "eval_episodes": spec.eval_episodes, "last_evals": LAST_EVALS,
-            "overrides": list(spec.overrides), "goal_per_turn": spec.goal_per_turn, "tasks": tasks}
+            "overrides": list(spec.overrides), "goal_per_turn": spec.goal_per_turn,
+            "reset_every": spec.reset_every, "tasks": tasks}
 
 
 def markdown_table(results: dict[str, Any]) -> str:
@@ -357,6 +369,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=None, help="stop each run after M minutes (it resumes later)")
     p.add_argument("--fixed-goal", action="store_true",
                    help="hold the goal drawn at a reset until the next (default: a new goal every forward turn, as MEDAL)")
+    p.add_argument("--reset-every", type=int, default=None, metavar="N",
+                   help="reset the scene every N steps (a diagnostic; default: the task's schedule, 10k)")
     p.add_argument("--results-only", action="store_true", help="only (re)write the results of what exists")
     p.add_argument("--child-run", nargs=2, metavar=("TASK", "SEED"), help=argparse.SUPPRESS)
     p.add_argument("--child-bc", metavar="TASK", help=argparse.SUPPRESS)
@@ -371,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = SuiteSpec(out=args.out, tasks=tuple(args.tasks), seeds=tuple(args.seeds), steps=args.steps,
                      eval_every=args.eval_every, eval_episodes=args.eval_episodes, jobs=args.jobs,
                      bc_seeds=args.bc_seeds, bc_steps=args.bc_steps, overrides=tuple(args.overrides),
-                     minutes=args.minutes, goal_per_turn=not args.fixed_goal)
+                     minutes=args.minutes, goal_per_turn=not args.fixed_goal, reset_every=args.reset_every)
     if args.child_run:
         task, seed = args.child_run[0], int(args.child_run[1])
         result = run_one(task, seed, spec.out / task / f"seed{seed}", spec)

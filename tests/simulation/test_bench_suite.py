@@ -105,3 +105,27 @@ def test_fixed_goal_reaches_the_children_and_the_results(tmp_path: Path) -> None
     assert "--fixed-goal" in argv
     assert "--fixed-goal" not in bench_suite._child_argv("run", ("tabletop", 0), SuiteSpec(out=tmp_path))
     assert collect(held)["goal_per_turn"] is False and collect(SuiteSpec(out=tmp_path))["goal_per_turn"] is True
+
+
+def test_reset_every_reaches_the_children_the_practice_config_and_the_results(tmp_path: Path, monkeypatch) -> None:
+    args = bench_suite.parser().parse_args(["--out", str(tmp_path), "--reset-every", "400"])
+    assert args.reset_every == 400
+    spec = SuiteSpec(out=tmp_path, tasks=("tabletop",), reset_every=400)
+    argv = bench_suite._child_argv("run", ("tabletop", 0), spec)
+    assert argv[argv.index("--reset-every") + 1] == "400"
+    assert "--reset-every" not in bench_suite._child_argv("run", ("tabletop", 0), SuiteSpec(out=tmp_path))
+    assert bench_suite.parser().parse_args(argv[3:]).reset_every == 400  # the child parses it back
+    assert collect(spec)["reset_every"] == 400 and collect(SuiteSpec(out=tmp_path))["reset_every"] is None
+    with pytest.raises(ValueError, match="reset_every"):
+        SuiteSpec(out=tmp_path, reset_every=0)
+    seen = []
+
+    class Result:
+        def to_dict(self) -> dict:
+            return {}
+
+    import simulation.practice as practice_module
+    monkeypatch.setattr(practice_module, "practice", lambda cfg, pcfg, demos, should_stop: seen.append(pcfg) or Result())
+    monkeypatch.setattr(bench_suite.signal, "signal", lambda *_: None)  # keep pytest's own handlers
+    run_one("tabletop", 0, tmp_path / "tabletop" / "seed0", spec)
+    assert seen[0].reset_every == 400 and seen[0].reset_interval == 400
