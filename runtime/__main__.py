@@ -33,8 +33,8 @@ from runtime.policy_slot import CONV_DTYPES, PROJECTION_DTYPES, PolicySlotConfig
 from runtime.errors import RuntimeFault
 from runtime.isolation import GC_MODES, IsolationConfig
 from runtime.loop import LoopConfig
-from runtime.robots import (RESET_SCHEDULES, RobotFacts, RobotSetup, RobotSpecError, check_spec, make_robot,
-                            parse_cameras, parse_spec, robot_facts)
+from runtime.robot_kinds import ROBOTS
+from runtime.robots import RESET_SCHEDULES, RobotFacts, RobotSetup, RobotSpecError, parse_cameras
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def check_reset_flags(args: argparse.Namespace) -> None:
         raise RobotSpecError("give --reset-every or --reset-schedule, not both")
     if args.reset_every is not None and args.reset_every < 0:
         raise RobotSpecError(f"--reset-every: must be >= 0 (0: never), got {args.reset_every}")
-    if (args.reset_every is not None or args.reset_schedule is not None) and parse_spec(args.robot)[0] != "sim":
+    if (args.reset_every is not None or args.reset_schedule is not None) and not ROBOTS.simulated(args.robot):
         raise RobotSpecError(f"--reset-every/--reset-schedule apply to simulated robots; {args.robot} is never reset")
 
 
@@ -176,21 +176,21 @@ def resolve_facts(args: argparse.Namespace, robot: Robot) -> tuple[RobotFacts, s
     schedule). Raises RobotSpecError."""
     check_reset_flags(args)
     schedule = args.reset_schedule or "paper"
-    facts = robot_facts(args.robot, robot, args.task, reset_schedule=schedule)
+    facts = ROBOTS.facts(args.robot, robot, args.task, reset_schedule=schedule)
     if args.reset_every is not None:
         return dataclasses.replace(facts, reset_interval=args.reset_every or None), "flag"
-    return facts, schedule if facts.kind == "sim" else "never"
+    return facts, schedule if ROBOTS.simulated(args.robot) else "never"
 
 
 def robot_setup(args: argparse.Namespace) -> RobotSetup:
-    """Returns what :func:`make_robot` needs from the command line. Raises RobotSpecError for a
+    """Returns what a robot kind's ``build`` needs from the command line. Raises RobotSpecError for a
     malformed ``--camera``."""
     return RobotSetup(hz=float(args.hz), obs=args.obs, seed=args.seed, lockstep=args.lockstep,
                       franka_host=args.franka_host, cameras=tuple(parse_cameras(args.camera)))
 
 
 async def _run(args: argparse.Namespace, config: DaemonConfig) -> int:
-    robot, cameras = make_robot(args.robot, robot_setup(args))
+    robot, cameras = ROBOTS.build(args.robot, robot_setup(args))
     facts, source = resolve_facts(args, robot)
     if facts.kind == "sim":
         logger.info("runtime: environment reset every %s (%s)",
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        check_spec(args.robot)  # an unknown sim:TASK is one line, not a traceback from the loop
+        ROBOTS.check(args.robot)  # an unknown sim:TASK is one line, not a traceback from the loop
         check_reset_flags(args)
         config = daemon_config(args)
     except (RobotSpecError, ValueError) as e:

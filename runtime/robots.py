@@ -1,23 +1,18 @@
-"""Robot plugins: ``--robot`` names resolved to a Robot and its Cameras through ``importlib``.
+"""Robot kinds: what ``--robot`` can name, and the facts the shield is built from.
 
-``runtime`` must not import ``simulation`` (docs/architecture.md, the plugin point): the
-simulated robot is found by module name at run time, so the layering test sees no static
-import and a robot PC without MuJoCo never loads it.
-
-* ``sim:TASK`` → ``simulation.sim_robot.SimRobot(TASK, obs=, seed=, pacing=, hz=)`` and its
-  cameras (pixel mode); the shield's scale is the task's declared ``TaskInfo.move_scale``;
-  the environment resets on the paper's schedule (the task's ``reset_interval``: every 10k
-  steps for the EARL tasks) or EARL's own (``earl_reset_interval``, ``--reset-schedule earl``).
-* ``franka`` → ``hardware.franka.FrankaRobot`` + one ``hardware.realsense.RealSenseCamera``
-  per ``--camera NAME=SERIAL``; the shield's scale is its ``config.max_translation_step``;
-  never reset except by ``go_home``.
+``runtime`` names no concrete robot here. A :class:`RobotKind` says how to build one kind
+(``sim:TASK``, ``franka``) and what it declares; a :class:`RobotKinds` registry resolves a
+``--robot`` value against the kinds it was given. The one registry the programs use is filled
+in :mod:`runtime.robot_kinds`, the composition root: the only module of ``runtime`` that
+imports robot adapters and the simulator, each inside the factory that needs it, so a robot PC
+without MuJoCo never loads it (``tests/test_layering.py`` holds it to that).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 
 from hardware.interfaces import Camera, Robot
@@ -25,12 +20,6 @@ from runtime.errors import RuntimeFault
 from runtime.shield import ShieldConfig
 
 logger = logging.getLogger(__name__)
-
-SIM_MODULE = "simulation.sim_robot"
-SIM_TASKS_MODULE = "simulation.tasks"
-SIM_REGISTRY_MODULE = "simulation.registry"
-FRANKA_MODULE = "hardware.franka"
-REALSENSE_MODULE = "hardware.realsense"
 
 
 class RobotSpecError(RuntimeFault, ValueError):
@@ -60,32 +49,6 @@ class RobotFacts:
             raise ValueError(f"reset_interval: must be positive or None, got {self.reset_interval}")
 
 
-def parse_spec(spec: str) -> tuple[str, str | None]:
-    """Returns ``(kind, task)`` of a ``--robot`` value. Raises RobotSpecError for another form."""
-    if spec == "franka":
-        return "franka", None
-    kind, _, task = spec.partition(":")
-    if kind == "sim" and task:
-        return "sim", task
-    raise RobotSpecError(f"--robot: expected 'sim:TASK' or 'franka', got {spec!r}")
-
-
-def check_spec(spec: str) -> tuple[str, str | None]:
-    """Returns ``(kind, task)`` of a ``--robot`` value after checking that a ``sim:TASK`` names a
-    task the simulator has (this imports its task table, not MuJoCo). Raises RobotSpecError
-    naming the choices, also when the simulator is not installed."""
-    kind, task = parse_spec(spec)
-    if kind == "sim":
-        try:
-            tasks = importlib.import_module(SIM_REGISTRY_MODULE)
-        except ImportError as e:
-            raise RobotSpecError(f"--robot {spec}: the simulator is not installed here ({e})") from e
-        if task not in tasks.TASKS:
-            raise RobotSpecError(f"--robot {spec}: unknown task {task!r}; expected sim:TASK with TASK one of "
-                                 f"{', '.join(sorted(tasks.TASKS))}, or franka")
-    return kind, task
-
-
 def parse_cameras(values: list[str] | None) -> list[tuple[str, str]]:
     """Returns ``(name, serial)`` pairs of ``--camera NAME=SERIAL`` values. Raises RobotSpecError."""
     pairs = []
@@ -99,7 +62,7 @@ def parse_cameras(values: list[str] | None) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True, kw_only=True)
 class RobotSetup:
-    """What :func:`make_robot` needs besides the ``--robot`` value; each kind reads its part."""
+    """What a robot kind's ``build`` needs besides the ``--robot`` value; each kind reads its part."""
 
     hz: float = 10.0
     """Control rate (both kinds)."""
@@ -117,69 +80,109 @@ class RobotSetup:
     """Franka: ``(name, serial)`` of each RealSense."""
 
 
-def make_robot(spec: str, setup: RobotSetup) -> tuple[Robot, list[Camera]]:
-    """Builds (does not connect) the robot ``spec`` names and its cameras: the one place a
-    robot kind is constructed (``resetfree-runtime``, ``resetfree-demos record`` and
-    ``resetfree-eval`` all come here). Returns ``(robot, cameras)``. Raises RobotSpecError for
-    an unknown robot or task, or a Franka without cameras; ImportError when the plugin's
-    package is not installed.
-    """
-    kind, task = parse_spec(spec)
-    if kind == "sim":
-        module = importlib.import_module(SIM_MODULE)
-        try:
-            robot = module.SimRobot(task, obs=setup.obs, seed=setup.seed,
-                                    pacing="lockstep" if setup.lockstep else "realtime", hz=float(setup.hz),
-                                    image_size=setup.image_size)
-        except ValueError as e:
-            raise RobotSpecError(f"--robot {spec}: {e}") from e
-        return robot, list(robot.cameras.values())
-    if not setup.cameras:
-        raise RobotSpecError("--robot franka needs at least one --camera NAME=SERIAL (e.g. wrist=123456)")
-    franka = importlib.import_module(FRANKA_MODULE)
-    realsense = importlib.import_module(REALSENSE_MODULE)
-    robot = franka.FrankaRobot(franka.FrankaConfig(hostname=setup.franka_host, control_rate_hz=float(setup.hz)))
-    return robot, [realsense.RealSenseCamera(realsense.RealSenseConfig(serial=serial, image_size=setup.image_size),
-                                             name=name)
-                   for name, serial in setup.cameras]
-
-
 RESET_SCHEDULES = ("paper", "earl")
 """``--reset-schedule`` values: ``paper`` (the task's ``reset_interval``, the default) or
 ``earl`` (its ``earl_reset_interval``)."""
 
+Builder = Callable[[str | None, RobotSetup], tuple[Robot, list[Camera]]]
+"""``(task, setup) -> (robot, cameras)``: builds, does not connect."""
+FactsOf = Callable[[str | None, Robot, str | None, str], RobotFacts]
+"""``(task of the spec, robot, --task, reset schedule) -> RobotFacts``."""
 
-def robot_facts(spec: str, robot: Robot, task: str | None = None, reset_schedule: str = "paper") -> RobotFacts:
-    """Returns the :class:`RobotFacts` of a robot :func:`make_robot` built from ``spec``.
 
-    ``task`` overrides the task name (a real robot has none of its own). A simulated robot's
-    ``position_scale`` is its task's declared ``TaskInfo.move_scale`` and its reset interval
-    the task's under ``reset_schedule`` (:data:`RESET_SCHEDULES`); a Franka's scale is its
-    ``config.max_translation_step``. Raises RobotSpecError (unknown task or schedule, a robot
-    that does not declare its scale).
-    """
-    kind, sim_task = parse_spec(spec)
-    if reset_schedule not in RESET_SCHEDULES:
-        raise RobotSpecError(f"reset schedule: expected one of {list(RESET_SCHEDULES)}, got {reset_schedule!r}")
-    if kind == "sim":
-        tasks = importlib.import_module(SIM_TASKS_MODULE)
-        try:
-            info = tasks.task_info(sim_task)
-        except ValueError as e:
-            raise RobotSpecError(f"--robot {spec}: {e}") from e
-        return RobotFacts(kind="sim", task=str(sim_task), position_scale=float(info.move_scale),
-                          reset_interval=info.scheduled_reset_interval(reset_schedule),
-                          goal_per_turn=len(info.state_goals) > 1)
-    config = getattr(robot, "config", None)
-    if config is None:
-        raise RobotSpecError(f"--robot {spec}: {type(robot).__name__} has no config, so the shield "
-                             "cannot know how far one unit of action moves it (max_translation_step)")
-    try:
-        scale = float(config.max_translation_step)
-    except AttributeError as e:
-        raise RobotSpecError(f"--robot {spec}: {type(config).__name__} declares no max_translation_step "
-                             "(metres per full-scale action), which the shield needs") from e
-    return RobotFacts(kind="franka", task=task or "franka", position_scale=scale, reset_interval=None)
+@dataclass(frozen=True, kw_only=True)
+class RobotKind:
+    """One kind of robot ``--robot`` can name."""
+
+    name: str
+    """The ``--robot`` value (``franka``) or its prefix (``sim`` in ``sim:TASK``)."""
+    build: Builder
+    """Builds the robot and its cameras. Raises RobotSpecError for a bad task or setup;
+    ImportError when the kind's package is not installed."""
+    facts: FactsOf
+    """Returns the facts of a robot ``build`` made. Raises RobotSpecError."""
+    tasks: Callable[[], Collection[str]] | None = None
+    """For a kind written ``NAME:TASK``: the task names it has (ImportError when its package is
+    not installed). None: the kind takes no task."""
+    simulated: bool = False
+    """Whether the environment can be reset by the runtime (a simulator), which the reset
+    flags need."""
+
+    def __post_init__(self) -> None:
+        if not self.name or ":" in self.name:
+            raise ValueError(f"name: must be non-empty without ':', got {self.name!r}")
+
+    @property
+    def usage(self) -> str:
+        """How ``--robot`` writes this kind: ``sim:TASK`` or ``franka``."""
+        return f"{self.name}:TASK" if self.tasks is not None else self.name
+
+
+class RobotKinds:
+    """The registry of robot kinds: resolves ``--robot`` values, builds robots, returns facts."""
+
+    def __init__(self, kinds: Iterable[RobotKind]) -> None:
+        self._kinds: dict[str, RobotKind] = {}
+        for kind in kinds:
+            if kind.name in self._kinds:
+                raise ValueError(f"robot kind {kind.name!r} registered twice")
+            self._kinds[kind.name] = kind
+        if not self._kinds:
+            raise ValueError("a robot registry needs at least one kind")
+
+    @property
+    def usage(self) -> str:
+        """The accepted ``--robot`` forms, quoted: ``'sim:TASK' or 'franka'``."""
+        return " or ".join(repr(k.usage) for k in self._kinds.values())
+
+    def parse(self, spec: str) -> tuple[RobotKind, str | None]:
+        """Returns the kind ``spec`` names and its task (None for a kind without one). Raises
+        RobotSpecError for any other form. Does not look the task up (:meth:`check` does)."""
+        name, sep, task = spec.partition(":")
+        kind = self._kinds.get(name)
+        if kind is not None and (kind.tasks is None) == (not sep) and (kind.tasks is None or task):
+            return kind, task or None
+        raise RobotSpecError(f"--robot: expected {self.usage}, got {spec!r}")
+
+    def check(self, spec: str) -> tuple[str, str | None]:
+        """Returns ``(kind name, task)`` of ``spec`` after checking that its task exists (for the
+        simulator this imports its task table, not MuJoCo). Raises RobotSpecError naming the
+        choices, also when the kind's package is not installed."""
+        kind, task = self.parse(spec)
+        if kind.tasks is not None:
+            try:
+                known = kind.tasks()
+            except ImportError as e:
+                raise RobotSpecError(f"--robot {spec}: the {kind.name} package is not installed here ({e})") from e
+            if task not in known:
+                others = ", ".join(k.usage for k in self._kinds.values() if k is not kind)
+                raise RobotSpecError(f"--robot {spec}: unknown task {task!r}; expected {kind.usage} with TASK one "
+                                     f"of {', '.join(sorted(known))}" + (f", or {others}" if others else ""))
+        return kind.name, task
+
+    def build(self, spec: str, setup: RobotSetup) -> tuple[Robot, list[Camera]]:
+        """Builds (does not connect) the robot ``spec`` names and its cameras: the one place a
+        robot is constructed (``resetfree-runtime``, ``resetfree-demos record`` and
+        ``resetfree-eval`` all come here). Raises RobotSpecError for an unknown robot or task or
+        an unusable setup; ImportError when the kind's package is not installed."""
+        kind, task = self.parse(spec)
+        return kind.build(task, setup)
+
+    def facts(self, spec: str, robot: Robot, task: str | None = None, reset_schedule: str = "paper") -> RobotFacts:
+        """Returns the :class:`RobotFacts` of a robot :meth:`build` made from ``spec``.
+
+        ``task`` overrides the task name (a real robot has none of its own); ``reset_schedule``
+        is one of :data:`RESET_SCHEDULES`. Raises RobotSpecError (unknown task or schedule, a
+        robot that does not declare its scale).
+        """
+        if reset_schedule not in RESET_SCHEDULES:
+            raise RobotSpecError(f"reset schedule: expected one of {list(RESET_SCHEDULES)}, got {reset_schedule!r}")
+        kind, spec_task = self.parse(spec)
+        return kind.facts(spec_task, robot, task, reset_schedule)
+
+    def simulated(self, spec: str) -> bool:
+        """Whether ``spec`` names a simulated robot (one the runtime may reset). Raises RobotSpecError."""
+        return self.parse(spec)[0].simulated
 
 
 def shield_config(robot: Robot, facts: RobotFacts, hz: float) -> ShieldConfig:

@@ -38,7 +38,8 @@ from hardware.interfaces import Camera, Robot, RobotState, Teleop, TeleopButton
 from hardware.spacemouse import SpaceMouseTeleop
 from hardware.teleop import KeyboardTeleop
 from protocol.demos import DemoMeta, DemoRecorder, Demos, concatenate, save_demos
-from runtime.robots import RobotFacts, RobotSetup, RobotSpecError, lockstep_shield_config, make_robot, robot_facts
+from runtime.robot_kinds import ROBOTS
+from runtime.robots import RobotFacts, RobotSetup, RobotSpecError, lockstep_shield_config
 from runtime.robots import shield_config as runtime_shield_config
 from runtime.shield import Shield, ShieldConfig
 from simulation.tasks.base import SimulationError
@@ -214,7 +215,7 @@ class Rig:
 
 def build_rig(config: RigConfig) -> Rig:
     """Builds (does not connect) the robot and cameras ``config`` names, through the runtime's
-    own factory (:func:`runtime.robots.make_robot`), so a robot kind is built in one place.
+    own registry (:data:`runtime.robot_kinds.ROBOTS`), so a robot kind is built in one place.
 
     Returns a :class:`Rig`. Raises RecordError for a Franka without cameras or an unknown
     simulated task.
@@ -222,12 +223,12 @@ def build_rig(config: RigConfig) -> Rig:
     setup = RobotSetup(hz=config.hz, image_size=config.image_size, obs=config.obs, seed=config.seed,
                        lockstep=config.pacing == "lockstep", franka_host=config.franka_host, cameras=config.cameras)
     try:
-        robot, cameras = make_robot(config.robot, setup)
+        robot, cameras = ROBOTS.build(config.robot, setup)
     except RobotSpecError as e:
         raise RecordError(str(e)) from e
     # the runtime's facts: a simulated task's declared TaskInfo.move_scale, the Franka's max_translation_step
     return Rig(config, robot, {camera.name: camera for camera in cameras},
-               robot_facts(config.robot, robot).position_scale)
+               ROBOTS.facts(config.robot, robot).position_scale)
 
 
 def build_teleop(kind: str, action_dim: int) -> Teleop:

@@ -19,11 +19,17 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "simulation": OURS,
 }
 
+#: composition roots: module → what it may import beyond its package's row, only inside functions
+#: (so importing the root loads none of it). runtime.robot_kinds is the one place a robot kind is
+#: added (docs/architecture.md, "Robot kinds").
+COMPOSITION_ROOTS: dict[str, tuple[str, ...]] = {
+    "runtime.robot_kinds": ("hardware", "simulation.sim_robot", "simulation.registry", "simulation.tasks"),
+}
 
-def imported_modules(tree: ast.Module, package: str, module: str) -> list[tuple[int, str]]:
-    """Returns (line, absolute module) for every import of a project package in ``tree``."""
+
+def _imports(nodes: list[ast.AST] | ast.AST, module: str) -> list[tuple[int, str]]:
     out = []
-    for node in ast.walk(tree):
+    for node in ast.walk(nodes) if isinstance(nodes, ast.AST) else nodes:
         if isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -35,6 +41,35 @@ def imported_modules(tree: ast.Module, package: str, module: str) -> list[tuple[
             # "from pkg import x" is checked as pkg.x, so "from hardware import interfaces" is allowed
             out += [(node.lineno, f"{name}.{a.name}" if name else a.name) for a in node.names]
     return [(n, m) for n, m in out if m.split(".")[0] in OURS]
+
+
+def imported_modules(tree: ast.Module, package: str, module: str) -> list[tuple[int, str]]:
+    """Returns (line, absolute module) for every import of a project package in ``tree``."""
+    return _imports(tree, module)
+
+
+def top_level_imports(tree: ast.Module, module: str) -> list[tuple[int, str]]:
+    """Returns the imports of project packages that run when ``module`` is imported: those
+    outside function bodies (a class body or an ``if`` at module level runs at import)."""
+    def outside_functions(node: ast.AST) -> list[ast.AST]:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            return []
+        return [node] + [n for child in ast.iter_child_nodes(node) for n in outside_functions(child)]
+    return _imports(outside_functions(tree), module)
+
+
+def string_imports(tree: ast.Module) -> list[tuple[int, str]]:
+    """Returns (line, name) of every ``importlib.import_module("...")``/``__import__("...")`` of a
+    project package by a literal name: an import the table above would not see."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+            target = node.args[0].value
+            if name in ("import_module", "__import__") and isinstance(target, str) and target.split(".")[0] in OURS:
+                out.append((node.lineno, target))
+    return out
 
 
 def allowed(package: str, target: str) -> bool:
@@ -49,9 +84,15 @@ def _violations() -> list[str]:
             rel = path.relative_to(ROOT)
             module = ".".join(rel.with_suffix("").parts)
             tree = ast.parse(path.read_text(), filename=str(path))
+            extra = COMPOSITION_ROOTS.get(module, ())
             for line, target in imported_modules(tree, package, module):
-                if not allowed(package, target):
+                if not allowed(package, target) and not any(target == p or target.startswith(p + ".") for p in extra):
                     out.append(f"{rel}:{line}: {package} may not import {target}")
+            for line, target in top_level_imports(tree, module):
+                if not allowed(package, target):
+                    out.append(f"{rel}:{line}: {target} may be imported only inside a function of {module}")
+            for line, target in string_imports(tree):
+                out.append(f"{rel}:{line}: {target} is imported by name; import it (or register it) instead")
     for path in sorted((ROOT / "tests").rglob("*.py")):
         module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
         for line, target in imported_modules(ast.parse(path.read_text()), "tests", module):
@@ -73,6 +114,19 @@ def test_imports_follow_the_architecture_table() -> None:
 ])
 def test_table(package: str, target: str, ok: bool) -> None:
     assert allowed(package, target) is ok
+
+
+def test_a_composition_root_imports_its_robots_inside_functions_only() -> None:
+    src = ("from hardware.interfaces import Robot\nfrom hardware.franka import FrankaRobot\n"
+           "def build():\n    from simulation.sim_robot import SimRobot\n")
+    found = [m for _, m in top_level_imports(ast.parse(src), "runtime.robot_kinds")]
+    assert found == ["hardware.interfaces.Robot", "hardware.franka.FrankaRobot"]
+
+
+def test_a_project_module_imported_by_name_is_seen() -> None:
+    src = ("import importlib\nimportlib.import_module('simulation.sim_robot')\n__import__('hardware.franka')\n"
+           "importlib.import_module('ledataset.utils')\n")
+    assert [m for _, m in string_imports(ast.parse(src))] == ["simulation.sim_robot", "hardware.franka"]
 
 
 def test_parser_sees_every_import_form() -> None:

@@ -1,8 +1,10 @@
-"""runtime.robots: the facts the shield is built from come from the robot's own declaration."""
+"""runtime.robots and the composition root runtime.robot_kinds: what ``--robot`` names, and the
+facts the shield is built from, which come from the robot's own declaration."""
 
 from __future__ import annotations
 
 import math
+import sys
 import types
 from pathlib import Path
 
@@ -11,10 +13,13 @@ import pytest
 
 from hardware.franka import FrankaConfig, FrankaRobot
 from hardware.interfaces import ArraySpec
-from runtime import robots
+from hardware.interfaces import Camera, Robot
 from runtime.__main__ import build_parser, check_reset_flags, main, parse_args, resolve_facts
-from runtime.robots import RobotFacts, RobotSpecError, check_spec, robot_facts, shield_config
+from runtime.robot_kinds import ROBOTS
+from runtime.robots import RobotFacts, RobotKind, RobotKinds, RobotSetup, RobotSpecError, shield_config
 from tests.runtime.fakes import FakeRobot
+
+robot_facts = ROBOTS.facts
 
 
 def test_franka_scale_is_its_configured_translation_step() -> None:
@@ -75,15 +80,63 @@ def test_an_unknown_simulated_task_is_one_line_and_exit_2(tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert err == ("resetfree-runtime: --robot sim:drawer: unknown task 'drawer'; expected sim:TASK with TASK one of "
                    "cube, door, peg, tabletop, or franka\n"), err
-    assert check_spec("sim:door") == ("sim", "door") and check_spec("franka") == ("franka", None)
-    with pytest.raises(RobotSpecError, match="expected 'sim:TASK' or 'franka'"):
-        check_spec("ur5")
+    assert ROBOTS.check("sim:door") == ("sim", "door") and ROBOTS.check("franka") == ("franka", None)
+    for bad in ("ur5", "sim", "sim:", "franka:cube", ":door"):
+        with pytest.raises(RobotSpecError, match="expected 'sim:TASK' or 'franka'"):
+            ROBOTS.check(bad)
 
 
 def test_a_robot_pc_without_the_simulator_is_told_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(robots, "SIM_REGISTRY_MODULE", "simulation_not_installed_here")
-    with pytest.raises(RobotSpecError, match="simulator is not installed"):
-        check_spec("sim:door")
+    monkeypatch.setitem(sys.modules, "simulation.registry", None)  # as if the package were absent
+    with pytest.raises(RobotSpecError, match="the sim package is not installed"):
+        ROBOTS.check("sim:door")
+
+
+def test_importing_the_composition_root_loads_no_robot() -> None:
+    # Each factory imports its package when called: a robot PC without MuJoCo can load the registry.
+    code = ("import sys, runtime.robot_kinds\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'simulation' or m in "
+            "('hardware.franka', 'hardware.realsense', 'mujoco', 'pyrealsense2', 'panda_py')))\n")
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+class _Arm(FakeRobot):
+    def __init__(self, task: str | None) -> None:
+        super().__init__()
+        self.task = task
+
+
+def _arm_kind(name: str = "arm", *, tasks: tuple[str, ...] | None = None) -> RobotKind:
+    def build(task: str | None, setup: RobotSetup) -> tuple[Robot, list[Camera]]:
+        return _Arm(task), []
+
+    def facts(task: str | None, robot: Robot, name: str | None, schedule: str) -> RobotFacts:
+        return RobotFacts(kind="arm", task=name or task or "arm", position_scale=0.02, reset_interval=None)
+
+    return RobotKind(name=name, build=build, facts=facts, tasks=None if tasks is None else (lambda: tasks))
+
+
+def test_a_new_robot_kind_is_one_registration() -> None:
+    kinds = RobotKinds([_arm_kind(), _arm_kind("twin", tasks=("reach",))])
+    assert kinds.usage == "'arm' or 'twin:TASK'"
+    robot, cameras = kinds.build("twin:reach", RobotSetup())
+    assert isinstance(robot, _Arm) and robot.task == "reach" and cameras == []
+    assert kinds.facts("arm", robot, "stack").task == "stack"
+    assert kinds.check("twin:reach") == ("twin", "reach") and kinds.check("arm") == ("arm", None)
+    with pytest.raises(RobotSpecError, match="unknown task 'lift'; expected twin:TASK with TASK one of reach, or arm"):
+        kinds.check("twin:lift")
+    with pytest.raises(RobotSpecError, match="expected 'arm' or 'twin:TASK', got 'twin'"):
+        kinds.build("twin", RobotSetup())
+    with pytest.raises(RobotSpecError, match="reset schedule"):
+        kinds.facts("arm", robot, reset_schedule="weekly")
+    with pytest.raises(ValueError, match="registered twice"):
+        RobotKinds([_arm_kind(), _arm_kind()])
+    with pytest.raises(ValueError, match="without ':'"):
+        _arm_kind("a:b")
 
 
 def test_help_shows_the_rate_and_switch_defaults() -> None:

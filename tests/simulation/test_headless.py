@@ -35,8 +35,8 @@ def test_demos_generate_renders_pixels_without_a_display(tmp_path: Path) -> None
 
 def test_a_pixel_sim_robot_renders_without_a_display(tmp_path: Path) -> None:
     # What resetfree-runtime --robot sim:cube --obs pixels builds (the runtime reaches it by plugin).
-    code = ("from runtime.robots import RobotSetup, make_robot\n"
-            "robot, cams = make_robot('sim:cube', RobotSetup(obs='pixels', seed=0, lockstep=True))\n"
+    code = ("from runtime.robot_kinds import ROBOTS\nfrom runtime.robots import RobotSetup\n"
+            "robot, cams = ROBOTS.build('sim:cube', RobotSetup(obs='pixels', seed=0, lockstep=True))\n"
             "robot.connect()\n"
             "[c.connect() for c in cams]\n"
             "print('cameras', len(cams))\n")

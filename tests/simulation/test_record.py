@@ -161,13 +161,14 @@ def test_shield_limits_of_the_sim_cube() -> None:
 @pytest.mark.parametrize("task, scale, gripper", [("tabletop", 0.2, None), ("door", 0.01, 3), ("peg", 0.01, 3),
                                                   ("cube", 0.01, 4)])
 def test_rig_shield_is_the_runtimes_shield(task: str, scale: float, gripper: int | None) -> None:
-    from runtime.robots import robot_facts, shield_config
+    from runtime.robot_kinds import ROBOTS
+    from runtime.robots import shield_config
 
     rig = build_rig(RigConfig(robot=f"sim:{task}", hz=HZ, image_size=SIZE, seed=SEED))
     cfg = rig.shield_config()
     # the task's declared move_scale, and the runtime's gripper rule (tabletop's dx, dy, grasp has none)
     assert cfg.position_scale == scale and cfg.gripper_index == gripper
-    assert cfg == shield_config(rig.robot, robot_facts(f"sim:{task}", rig.robot), HZ)
+    assert cfg == shield_config(rig.robot, ROBOTS.facts(f"sim:{task}", rig.robot), HZ)
 
 
 def test_ticker_counts_an_overrun() -> None:

@@ -129,10 +129,10 @@ def _runtime_args(*argv: str) -> argparse.Namespace:
     (("--reset-every", "0"), None, "flag")])
 def test_runtime_flags_pick_the_interval(argv: tuple[str, ...], interval: int | None, source: str) -> None:
     from runtime.__main__ import resolve_facts, robot_setup
-    from runtime.robots import make_robot
+    from runtime.robot_kinds import ROBOTS
 
     args = _runtime_args(*argv)
-    robot, _ = make_robot(args.robot, robot_setup(args))  # built, not connected
+    robot, _ = ROBOTS.build(args.robot, robot_setup(args))  # built, not connected
     facts, where = resolve_facts(args, robot)
     assert (facts.reset_interval, where) == (interval, source)
     assert facts.position_scale == 0.01  # the door's declared move_scale

@@ -1,7 +1,7 @@
 """The runtime's shield leaves the twins' own good actions alone.
 
 The shield is built exactly as ``resetfree-runtime --robot sim:TASK --lockstep`` builds it
-(:func:`runtime.robots.robot_facts` + :func:`runtime.robots.shield_config` on a state-mode
+(:meth:`runtime.robots.RobotKinds.facts` + :func:`runtime.robots.shield_config` on a state-mode
 lock-step :class:`~simulation.sim_robot.SimRobot`) and given, for every action, the robot
 state the runtime's loop would give it at the state where the action was taken: the
 end-effector position the sim robot publishes (hand xyz for door and peg, i.e. EARL's
@@ -32,7 +32,8 @@ import numpy as np
 import pytest
 
 from hardware.interfaces import RobotState
-from runtime.robots import robot_facts, shield_config
+from runtime.robot_kinds import ROBOTS
+from runtime.robots import shield_config
 from runtime.shield import Shield, ShieldResult
 from simulation.demos_cli import import_earl
 from simulation.experts import get_expert
@@ -127,7 +128,7 @@ def measured_twin(task: str) -> Twin:
 def runtime_shield(task: str) -> Shield:
     """The shield exactly as resetfree-runtime builds it for ``--robot sim:TASK --lockstep``."""
     robot = SimRobot(task, obs="state", pacing="lockstep", hz=HZ)
-    facts = robot_facts(f"sim:{task}", robot)
+    facts = ROBOTS.facts(f"sim:{task}", robot)
     return Shield(shield_config(robot, facts, HZ))
 
 
@@ -244,7 +245,7 @@ def test_declared_move_scale_is_what_the_twin_does(task: str) -> None:
     info = task_info(task)
     assert info.move_scale == pytest.approx(twin.scale, rel=1e-6)  # the twins scale a float32 action
     robot = SimRobot(task, obs="state", pacing="lockstep", hz=HZ)
-    config = shield_config(robot, robot_facts(f"sim:{task}", robot), HZ)
+    config = shield_config(robot, ROBOTS.facts(f"sim:{task}", robot), HZ)
     assert config.position_scale == info.move_scale and config.max_step == (info.move_scale,) * 3
     # the shield bounds the target by the twin's own box (tabletop declares none: its
     # shield box is the default, wider than the twin's +-2.8)

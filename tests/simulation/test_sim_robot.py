@@ -167,7 +167,7 @@ def test_tabletop_goal_camera_if_landed() -> None:
 
 
 def test_draw_goal_changes_only_the_goal_of_a_multi_goal_task() -> None:
-    from runtime.robots import robot_facts
+    from runtime.robot_kinds import ROBOTS
 
     with SimRobot("tabletop", pacing="lockstep", seed=2) as robot:
         before = robot.read_state().arrays["state"].copy()
@@ -178,6 +178,6 @@ def test_draw_goal_changes_only_the_goal_of_a_multi_goal_task() -> None:
             np.testing.assert_array_equal(state[:6], before[:6])  # gripper, mug, grasp: unmoved
             goals.add(tuple(state[8:10]))
         assert len(goals) == 4 and robot.steps == 0 and robot.resets == 0
-        assert robot_facts("sim:tabletop", robot).goal_per_turn
+        assert ROBOTS.facts("sim:tabletop", robot).goal_per_turn
     with SimRobot("door", pacing="lockstep", seed=2) as robot:
-        assert not robot_facts("sim:door", robot).goal_per_turn
+        assert not ROBOTS.facts("sim:door", robot).goal_per_turn
