@@ -38,7 +38,7 @@ from learner import checkpoint
 from learner.trainer import MedalTrainer
 from protocol.messages import BACKWARD, FORWARD
 from simulation.nonepisodic import NonEpisodic
-from simulation.practice import load_task_demos, practice_config, state_spec
+from simulation.app.practice import load_task_demos, practice_config, state_spec
 from simulation.tasks import make, task_info
 
 logger = logging.getLogger(__name__)

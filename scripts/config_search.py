@@ -8,7 +8,7 @@ Subcommands (each prints one JSON object per result line; run one at a time, nic
         BC on the forward demos, evaluated like practice runs.
     python scripts/config_search.py run    --task tabletop [--config FILE] [--set K=V ...]
                                            [--minutes M] [--max-steps N] [--eval-every N]
-        One in-process MEDAL++ practice run (`simulation.practice.practice`).
+        One in-process MEDAL++ practice run (`simulation.app.practice.practice`).
 
 `--out FILE` appends every JSON line to FILE as well (the notes in docs/learning.md come
 from such files).
@@ -33,7 +33,7 @@ from learner.batch import Batch
 from learner.bc import BCConfig
 from learner.config import LearnerConfig, profile
 from learner.networks import NetworkConfig
-from simulation.practice import PracticeConfig, bc_baseline, load_task_demos, practice
+from simulation.app.practice import PracticeConfig, bc_baseline, load_task_demos, practice
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ The agent is paid 1 on every step whose next state satisfies the task's own succ
 otherwise. Backward (the reset): door's handle within 2 cm of its initial position; peg's head
 within 5 cm of its start region. Forward: tabletop's EARL criterion, gripper and mug within
 0.2 of the goal state the observation carries (gripper home, mug at the goal). Everything else
-is the in-process practice loop (:func:`simulation.practice.practice`) with the task's preset
+is the in-process practice loop (:func:`simulation.app.practice.practice`) with the task's preset
 and ``--set`` overrides, evaluated as the learning suite does (20 episodes every 10k steps).
 The replaced discriminator still trains; nothing reads it. If the agent does not learn even
 with this reward, the fault is in how it learns (exploration, its demos), not in its reward.
@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-import simulation.practice as practice_module
+import simulation.app.practice as practice_module
 from learner.trainer import MedalTrainer
 from protocol.messages import BACKWARD, FORWARD
-from simulation.practice import EvalPoint, PracticeConfig, load_task_demos, practice, practice_config
+from simulation.app.practice import EvalPoint, PracticeConfig, load_task_demos, practice, practice_config
 from simulation.tasks import door, peg, tabletop
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,9 @@
-"""MuJoCo twins of the EARL tasks and the Franka cube grasp, and the tools around them.
+"""MuJoCo twins of the EARL tasks and the Franka cube grasp, and the commands built on them.
+
+The simulator is this package's modules and ``tasks/``, ``experts/``, ``assets/``; the
+commands live in three subpackages: ``app/`` (``resetfree-sim``, ``resetfree-plot``),
+``tools/`` (``resetfree-demos``, ``resetfree-eval``) and ``drills/`` (``resetfree-bench``).
+The simulator never imports them (docs/architecture.md, enforced by tests/test_layering.py).
 
 Importing the package picks a headless rendering backend when there is no display: MuJoCo
 reads ``MUJOCO_GL`` once, when it is first imported, and its default (GLFW) needs an X

@@ -29,6 +29,10 @@ import numpy as np
 from protocol.demos import DemoMeta, DemoRecorder, Demos
 from simulation.tasks.base import SimulationError
 
+BUNDLED_DEMOS = Path(__file__).resolve().parent / "assets" / "demos"
+"""EARL's own demonstrations as shipped with the package (``<task>_<direction>.npz``, their
+``NOTICE.md``), and the named presets' demo sets in subfolders (``door_one_demo/``)."""
+
 logger = logging.getLogger(__name__)
 
 EARL_KEYS = ("observations", "actions", "rewards", "terminals", "next_observations")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from simulation.bench_runtime import cpu_steal_s
+from simulation.drills.bench_runtime import cpu_steal_s
 
 STAT = """cpu  3893384 712637 158013 1663885 8356 0 3721 15462 0 0
 cpu0 2023878 323041 74874 794395 2968 0 839 7519 0 0

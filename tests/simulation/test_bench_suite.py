@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from simulation import bench_suite
-from simulation.bench_suite import SuiteSpec, collect, markdown_table, pending, run_one, seed_score, write_results
+from simulation.drills import bench_suite
+from simulation.drills.bench_suite import SuiteSpec, collect, markdown_table, pending, run_one, seed_score, write_results
 
 torch.set_num_threads(1)
 
@@ -68,7 +68,7 @@ def test_one_run_resumes_to_its_step_target(tmp_path: Path) -> None:
 def test_the_suite_is_reached_from_the_learning_benchmark(monkeypatch) -> None:
     seen = []
     monkeypatch.setattr(bench_suite, "main", lambda argv: seen.append(argv) or 0)
-    from simulation import bench_learning
+    from simulation.drills import bench_learning
 
     assert bench_learning.main(["--suite", "--tasks", "door"]) == 0 and seen == [["--tasks", "door"]]
 
@@ -80,7 +80,7 @@ def test_a_run_stopped_by_sigterm_checkpoints_where_it_is(tmp_path: Path) -> Non
     import sys
     import time
 
-    argv = [sys.executable, "-m", "simulation.bench_suite", "--out", str(tmp_path), "--steps", "100000",
+    argv = [sys.executable, "-m", "simulation.drills.bench_suite", "--out", str(tmp_path), "--steps", "100000",
             "--eval-every", "150", "--eval-episodes", "1", "--child-run", "tabletop", "0"]
     for item in TINY:
         argv += ["--set", item]
@@ -124,7 +124,7 @@ def test_reset_every_reaches_the_children_the_practice_config_and_the_results(tm
         def to_dict(self) -> dict:
             return {}
 
-    import simulation.practice as practice_module
+    import simulation.app.practice as practice_module
     monkeypatch.setattr(practice_module, "practice", lambda cfg, pcfg, demos, should_stop: seen.append(pcfg) or Result())
     monkeypatch.setattr(bench_suite.signal, "signal", lambda *_: None)  # keep pytest's own handlers
     run_one("tabletop", 0, tmp_path / "tabletop" / "seed0", spec)

@@ -10,8 +10,8 @@ from simulation.cli import at_least, doc_help, plain, positive_float
 
 
 def test_plain_strips_inline_markup() -> None:
-    assert plain("``resetfree-sim``: see :mod:`simulation.bench_suite` and ``--resume RUN_DIR``") == (
-        "resetfree-sim: see simulation.bench_suite and --resume RUN_DIR")
+    assert plain("``resetfree-sim``: see :mod:`simulation.drills.bench_suite` and ``--resume RUN_DIR``") == (
+        "resetfree-sim: see simulation.drills.bench_suite and --resume RUN_DIR")
 
 
 def test_doc_help_gives_the_first_paragraph_once() -> None:

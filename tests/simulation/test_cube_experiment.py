@@ -13,8 +13,8 @@ import pytest
 
 from learner.journal import IngestJournal, JournalConfig
 from protocol.messages import TransitionBatch
-from simulation import cube_experiment as ce
-from simulation.cube_interventions import (BACKWARD, FORWARD, TurnEnd, TwinReplay, backward_turn_ends,
+from simulation.drills import cube_experiment as ce
+from simulation.drills.cube_interventions import (BACKWARD, FORWARD, TurnEnd, TwinReplay, backward_turn_ends,
                                            count_interventions, in_reach, journal_interventions, state_cube)
 from simulation.tasks import make
 from simulation.tasks.cube import REST_Z

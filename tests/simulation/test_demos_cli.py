@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from protocol.demos import load_demos
-from simulation.demos_cli import main
+from simulation.tools.demos_cli import main
 from tests.simulation.test_earl_import import earl_arrays
 from tests.simulation.test_nonepisodic import GOAL, START, install_toy
 

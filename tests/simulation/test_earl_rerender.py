@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulation.demos_cli import import_earl
+from simulation.tools.demos_cli import import_earl
 from simulation.tasks import make
 
 EARL = Path(os.environ.get("RESETFREE_EARL_DEMOS") or Path(__file__).resolve().parents[3] / "shared" / "earl-demos")

@@ -18,10 +18,10 @@ from learner import checkpoint
 from learner.bc import BCConfig
 from learner.networks import NetworkConfig, build_actor
 from protocol.demos import save_demos
-from simulation.demos_cli import generate
-from simulation.eval_cli import EvalConfig, main, run_trials
-from simulation.policies import PolicyLoadError, read_policy, save_bc_policy
-from simulation.record import Rig, RigConfig, build_rig
+from simulation.tools.demos_cli import generate
+from simulation.tools.eval_cli import EvalConfig, main, run_trials
+from simulation.tools.policies import PolicyLoadError, read_policy, save_bc_policy
+from simulation.tools.record import Rig, RigConfig, build_rig
 from tests.hardware.fakes import panda_py as fake_panda
 from tests.hardware.fakes import pyrealsense2 as fake_rs
 

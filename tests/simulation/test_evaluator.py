@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import simulation.evaluator as evaluator_module
+import simulation.app.evaluator as evaluator_module
 from learner.networks import NetworkConfig, build_actor
 from simulation.evaluation import EvalResult
-from simulation.evaluator import EvaluatorConfig, PolicyEvaluator, task_spec
-from simulation.policies import POLICY_KIND, read_policy
+from simulation.app.evaluator import EvaluatorConfig, PolicyEvaluator, task_spec
+from simulation.tools.policies import POLICY_KIND, read_policy
 
 NET = NetworkConfig(hidden_dim=16, feature_dim=8)
 

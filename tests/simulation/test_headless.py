@@ -27,7 +27,7 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_demos_generate_renders_pixels_without_a_display(tmp_path: Path) -> None:
     # The README's own example, one episode.
     out = tmp_path / "peg_fwd.npz"
-    done = _run(["-m", "simulation.demos_cli", "generate", "--task", "peg", "--direction", "forward",
+    done = _run(["-m", "simulation.tools.demos_cli", "generate", "--task", "peg", "--direction", "forward",
                  "--episodes", "1", "--obs", "pixels", "--out", str(out)], REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     assert out.stat().st_size > 10_000 and "DISPLAY" not in done.stderr
@@ -45,7 +45,7 @@ def test_a_pixel_sim_robot_renders_without_a_display(tmp_path: Path) -> None:
     assert "cameras" in done.stdout
 
 
-@pytest.mark.parametrize("module", ["simulation.eval_cli", "simulation.demos_cli"])
+@pytest.mark.parametrize("module", ["simulation.tools.eval_cli", "simulation.tools.demos_cli"])
 def test_entry_points_pick_egl_when_there_is_no_display(module: str) -> None:
     done = _run(["-c", f"import {module}, os; print(os.environ.get('MUJOCO_GL'))"], REPO)
     assert done.returncode == 0 and done.stdout.strip() == "egl", done.stderr[-2000:]

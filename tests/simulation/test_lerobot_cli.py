@@ -23,7 +23,7 @@ from learner.service import LearnerService  # noqa: E402
 from protocol.demos import load_demos  # noqa: E402
 from protocol.lerobot import import_lerobot  # noqa: E402
 from protocol.messages import TransitionBatch  # noqa: E402
-from simulation.demos_cli import main  # noqa: E402
+from simulation.tools.demos_cli import main  # noqa: E402
 from tests.learner.test_service import started, status, stop, tiny_config  # noqa: E402
 from tests.protocol.test_lerobot import isolate_library, record_like_lerobot  # noqa: E402
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulation.__main__ import build_parser, main
+from simulation.app.__main__ import build_parser, main
 
 
 @pytest.mark.parametrize(("argv", "message"), [

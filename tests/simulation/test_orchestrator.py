@@ -25,11 +25,11 @@ import pytest
 
 from learner.config import LearnerConfig, profile
 from learner.networks import NetworkConfig
-from simulation.orchestrator import (ChildProcess, Orchestrator, OrchestratorError, RunSpec, bc_command, learner_command,
+from simulation.app.orchestrator import (ChildProcess, Orchestrator, OrchestratorError, RunSpec, bc_command, learner_command,
                                      pick_endpoint, read_endpoints, resolve_config, resumed_spec, runtime_command,
                                      steps_per_runtime, to_toml)
-from simulation.run_setup import config_toml, run_config
-from simulation.progress import ProgressDisplay, Snapshot, format_line
+from simulation.app.run_setup import config_toml, run_config
+from simulation.app.progress import ProgressDisplay, Snapshot, format_line
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ("network.hidden_dim=16",)
@@ -59,8 +59,8 @@ def test_cube_on_states_gives_the_robot_profiles_discriminators_the_state(tmp_pa
 
     from learner.discriminators import DiscriminatorError
     from learner.trainer import MedalTrainer
-    from simulation.demos_cli import generate
-    from simulation.practice import state_spec
+    from simulation.tools.demos_cli import generate
+    from simulation.app.practice import state_spec
 
     demos = generate("cube", "forward", episodes=1, obs="state", max_steps=20, seed=0)
     # the robot profile's discriminators see the wrist camera only, which a state observation lacks
@@ -73,7 +73,7 @@ def test_cube_on_states_gives_the_robot_profiles_discriminators_the_state(tmp_pa
 
 
 def test_the_default_run_uses_the_door_preset(tmp_path: Path) -> None:
-    from simulation.run_setup import DEFAULT_OBS, DEFAULT_TASK
+    from simulation.app.run_setup import DEFAULT_OBS, DEFAULT_TASK
 
     assert (DEFAULT_TASK, DEFAULT_OBS) == ("door", "state")
     spec = RunSpec(run_dir=tmp_path / "run", task=DEFAULT_TASK, obs=DEFAULT_OBS)
@@ -259,7 +259,7 @@ def test_progress_line_keeps_within_120_characters() -> None:
 
 
 def test_a_resumed_run_shows_its_latest_evaluation(tmp_path: Path) -> None:
-    from simulation.evaluator import EvalRecord, append_eval
+    from simulation.app.evaluator import EvalRecord, append_eval
 
     run = tmp_path / "run"
     first = Orchestrator(RunSpec(run_dir=run, task="door", bc=False), ProgressDisplay(io.StringIO(), tty=False))
@@ -295,8 +295,8 @@ def test_stall_is_reported_once_with_the_lockstep_figures(tmp_path: Path) -> Non
 
 def test_bc_baseline_takes_forward_demos_only(tmp_path: Path) -> None:
     from protocol.demos import save_demos
-    from simulation.bc_baseline import BaselineError, forward_demos
-    from simulation.demos_cli import generate
+    from simulation.app.bc_baseline import BaselineError, forward_demos
+    from simulation.tools.demos_cli import generate
 
     with pytest.raises(BaselineError, match="no forward demos"):
         forward_demos(tmp_path, "tabletop", "state")
@@ -312,7 +312,8 @@ def test_bc_baseline_takes_forward_demos_only(tmp_path: Path) -> None:
 
 def test_earl_state_runs_start_from_the_shipped_earl_demos(tmp_path: Path) -> None:
     from protocol.demos import load_demos
-    from simulation.run_setup import BUNDLED_DEMOS, bundled_demos, prepare_demos
+    from simulation.app.run_setup import bundled_demos, prepare_demos
+    from simulation.earl_import import BUNDLED_DEMOS
 
     assert bundled_demos("door", "pixels") is None and bundled_demos("cube", "state") is None
     assert bundled_demos("peg", "state") is not None and bundled_demos("tabletop", "state") is not None
@@ -334,8 +335,8 @@ def test_earl_state_runs_start_from_the_shipped_earl_demos(tmp_path: Path) -> No
 def test_bc_baseline_over_seeds_reports_each_and_their_mean(tmp_path: Path) -> None:
     from learner.bc import BCConfig
     from protocol.demos import save_demos
-    from simulation.bc_baseline import BaselineConfig, bc_seeds_text, run_baseline
-    from simulation.demos_cli import generate
+    from simulation.app.bc_baseline import BaselineConfig, bc_seeds_text, run_baseline
+    from simulation.tools.demos_cli import generate
 
     save_demos(tmp_path / "f.npz", generate("tabletop", "forward", episodes=1))
     cfg = BaselineConfig(task="tabletop", episodes=2, bc=BCConfig(steps=20, batch_size=16, seed=4), seeds=2)
@@ -485,7 +486,7 @@ def _fake_learner(argv: list[str]) -> int:
     from learner.networks import build_actor
     from protocol.messages import Command, Status, Weights
     from protocol.transport import ControlServer, ControlServerConfig, WeightsPublisher, WeightsPublisherConfig
-    from simulation.evaluator import task_spec
+    from simulation.app.evaluator import task_spec
 
     p = argparse.ArgumentParser()
     for flag in ("--profile", "--config", "--demos", "--bind", "--weights-bind", "--control-bind", "--mode",

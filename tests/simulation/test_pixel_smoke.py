@@ -38,10 +38,10 @@ from learner.discriminators import Discriminator, DiscriminatorConfig
 from learner.networks import NetworkConfig, build_actor
 from learner.trainer import vice_positive_rows
 from protocol.demos import Demos
-from simulation.demos_cli import import_earl
+from simulation.tools.demos_cli import import_earl
 from simulation.evaluation import evaluate
-from simulation.evaluator import space_obs_spec
-from simulation.policies import Policy
+from simulation.app.evaluator import space_obs_spec
+from simulation.tools.policies import Policy
 from simulation.tasks import make
 
 EARL = Path(os.environ.get("RESETFREE_EARL_DEMOS") or Path(__file__).resolve().parents[3] / "shared" / "earl-demos")

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulation.evaluator import EvalRecord, EvaluatorError, append_eval, read_evals
-from simulation.plot import RunCurve, aggregate, build_figure, main, plot_runs, read_run, steps_label
+from simulation.app.evaluator import EvalRecord, EvaluatorError, append_eval, read_evals
+from simulation.app.plot import RunCurve, aggregate, build_figure, main, plot_runs, read_run, steps_label
 
 
 def _run(tmp: Path, name: str, points: list[tuple[int, float]], *, task: str = "tabletop",

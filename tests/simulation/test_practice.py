@@ -1,4 +1,4 @@
-"""simulation.practice: the in-process MEDAL++ loop, the BC baseline and the state preset."""
+"""simulation.app.practice: the in-process MEDAL++ loop, the BC baseline and the state preset."""
 
 from __future__ import annotations
 
@@ -12,12 +12,11 @@ from learner.bc import BCConfig
 from protocol.demos import DemoFormatError, load_demos, save_demos
 from learner.config import LearnerConfig, profile
 from learner.networks import NetworkConfig
-from simulation.practice import (
-    EARL_DEMO_DIR,
+from simulation.app.practice import (
     PracticeConfig, bc_baseline, load_task_demos, practice, practice_config, state_spec,
 )
 from protocol.messages import BACKWARD, FORWARD
-from simulation.run_setup import BUNDLED_DEMOS
+from simulation.earl_import import BUNDLED_DEMOS
 from simulation.tasks import make, task_info
 from simulation.tasks.door import GOAL as door_goal
 
@@ -68,7 +67,7 @@ def test_practice_runs_switches_resets_and_evaluates(tabletop_demos: tuple) -> N
 @pytest.mark.parametrize("goal_per_turn", [True, False])
 def test_practice_draws_a_goal_per_forward_turn_and_no_transition_crosses_it(
         tabletop_demos: tuple, goal_per_turn: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    import simulation.practice as practice_module
+    import simulation.app.practice as practice_module
 
     trainers = []
     real = practice_module.MedalTrainer
@@ -118,8 +117,8 @@ def test_practice_checkpoints_and_resumes_where_it_stopped(tabletop_demos: tuple
     assert second.train_minutes > first.train_minutes
 
 
-needs_earl_demos = pytest.mark.skipif(not (EARL_DEMO_DIR / "tabletop_forward.npz").is_file(),
-                                      reason=f"EARL demos not found at {EARL_DEMO_DIR}")
+needs_earl_demos = pytest.mark.skipif(not (BUNDLED_DEMOS / "tabletop_forward.npz").is_file(),
+                                      reason=f"EARL demos not found at {BUNDLED_DEMOS}")
 
 
 @needs_earl_demos
@@ -212,7 +211,7 @@ def test_shipped_demo_states_end_with_a_goal_the_twin_shows(task: str) -> None:
 
 def test_turn_tally_counts_resets_only_from_turns_that_started_away() -> None:
     from protocol.messages import BACKWARD
-    from simulation.practice import _TurnTally
+    from simulation.app.practice import _TurnTally
 
     tally = _TurnTally()
     tally.add(BACKWARD, True, True)  # already in the initial configuration: not a reset

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from simulation.__main__ import build_parser, reset_text, spec_from_args
-from simulation.orchestrator import RunSpec, resumed_spec
-from simulation.practice import PracticeConfig
-from simulation.run_commands import runtime_command
-from simulation.run_setup import reset_interval, reset_source
+from simulation.app.__main__ import build_parser, reset_text, spec_from_args
+from simulation.app.orchestrator import RunSpec, resumed_spec
+from simulation.app.practice import PracticeConfig
+from simulation.app.run_commands import runtime_command
+from simulation.app.run_setup import reset_interval, reset_source
 from simulation.tasks import task_info
 from simulation.tasks.base import PAPER_RESET_INTERVAL, TaskInfo
 
@@ -150,7 +150,7 @@ def test_runtime_refuses_contradictory_reset_flags() -> None:
         _runtime_args("--reset-schedule", "authors")
 
 
-# ---------------------------------------------------------------------- simulation.practice
+# ---------------------------------------------------------------------- simulation.app.practice
 @pytest.mark.parametrize("task", ["tabletop", "door", "peg"])
 def test_practice_config_schedule(task: str) -> None:
     assert PracticeConfig(task=task).reset_interval == PAPER[task]

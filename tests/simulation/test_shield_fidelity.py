@@ -35,7 +35,7 @@ from hardware.interfaces import RobotState
 from runtime.robot_kinds import ROBOTS
 from runtime.robots import shield_config
 from runtime.shield import Shield, ShieldResult
-from simulation.demos_cli import import_earl
+from simulation.tools.demos_cli import import_earl
 from simulation.experts import get_expert
 from simulation.sim_robot import SimRobot, _ee_position
 from simulation.tasks import make, task_info

@@ -18,11 +18,11 @@ from protocol.codec import Limits, decode
 from protocol.errors import ProtocolError
 from protocol.messages import Command, Heartbeat, Hello, Status, TransitionBatch, Welcome
 from protocol.transport import ControlServer, ControlServerConfig, UplinkServer, UplinkServerConfig
-from simulation.bench_faults import DrillConfig, _parser, config_from_args, run_drill
-from simulation.malformed import KINDS, TARGETS, MalformedGenerator, send_malformed, state_spaces
-from simulation.partition_proxy import PartitionProxy, ProxyConfig
-from simulation.processes import ChildProcess as Child
-from simulation.processes import count_tracebacks, read_endpoints
+from simulation.drills.bench_faults import DrillConfig, _parser, config_from_args, run_drill
+from simulation.drills.malformed import KINDS, TARGETS, MalformedGenerator, send_malformed, state_spaces
+from simulation.drills.partition_proxy import PartitionProxy, ProxyConfig
+from simulation.app.processes import ChildProcess as Child
+from simulation.app.processes import count_tracebacks, read_endpoints
 
 SPACES = state_spaces(11, 3)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from simulation.bench_hostile import SHARES, HostileConfig, run_hostile
+from simulation.drills.bench_hostile import SHARES, HostileConfig, run_hostile
 
 
 def test_two_thousand_hostile_messages_are_all_counted_and_nothing_dies(tmp_path: Path) -> None:

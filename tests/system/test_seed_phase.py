@@ -28,8 +28,8 @@ from learner.journal import IngestJournal, JournalConfig
 from protocol.codec import decode
 from protocol.demos import save_demos
 from protocol.messages import AGENTS, Weights
-from simulation.bench_faults import SMALL_LEARNER
-from simulation.processes import ChildProcess, StatusPoller, pick_endpoint, python_module, wait_for_endpoints
+from simulation.drills.bench_faults import SMALL_LEARNER
+from simulation.app.processes import ChildProcess, StatusPoller, pick_endpoint, python_module, wait_for_endpoints
 
 _PROCESSES = all(importlib.util.find_spec(m) is not None for m in ("learner.__main__", "runtime.__main__"))
 
@@ -40,7 +40,7 @@ WINDOW = 16  # --batch-steps: the lock-step window
 
 
 def _write_demos(directory: Path) -> Path:
-    from simulation.demos_cli import generate
+    from simulation.tools.demos_cli import generate
 
     directory.mkdir(parents=True, exist_ok=True)
     for direction in ("forward", "backward"):
@@ -168,7 +168,7 @@ async def _run(tmp_path: Path) -> tuple[list[dict], dict, dict[tuple[str, int], 
 
 def _policy_actions(run_dir: Path, blob: Weights, states: np.ndarray) -> np.ndarray:
     """Returns ``blob``'s mean actions for ``states`` (what ``--no-explore`` acts with)."""
-    from simulation.evaluator import load_policy
+    from simulation.app.evaluator import load_policy
 
     net_config = json.loads((run_dir / "config.json").read_text())["config"]["network"]
     policy = load_policy({"state": ((states.shape[1],), "float32")}, 3, net_config, blob.tensors)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from learner.config import LearnerConfig
-from simulation.evaluator import read_evals
+from simulation.app.evaluator import read_evals
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 300
@@ -36,7 +36,7 @@ TINY = [  # small networks and batches: the point is the plumbing, not learning
 def test_sim_smoke(tmp_path: Path) -> None:
     run = tmp_path / "run"
     # no --task / --obs: the newcomer's default run (door, state, the shipped EARL demo)
-    argv = [sys.executable, "-m", "simulation", "--steps", str(STEPS),
+    argv = [sys.executable, "-m", "simulation.app", "--steps", str(STEPS),
             "--eval-every", "200", "--eval-episodes", "2", "--bc-steps", "50", "--run-dir", str(run),
             "--log-level", "INFO"]
     for item in TINY:

@@ -29,8 +29,8 @@ import pytest
 
 from protocol import keys as curve_keys
 from protocol.demos import save_demos
-from simulation.bench_faults import SMALL_LEARNER
-from simulation.processes import ChildProcess, python_module
+from simulation.drills.bench_faults import SMALL_LEARNER
+from simulation.app.processes import ChildProcess, python_module
 
 _PROCESSES = all(importlib.util.find_spec(m) is not None for m in ("learner.__main__", "runtime.__main__"))
 
@@ -58,7 +58,7 @@ def _free_port() -> int:
 
 
 def _demos(directory: Path, kind: Kind) -> Path:
-    from simulation.demos_cli import generate
+    from simulation.tools.demos_cli import generate
 
     target = directory / f"{kind.task}-{kind.obs}"
     if not target.is_dir():

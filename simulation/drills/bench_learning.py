@@ -1,6 +1,6 @@
 """``resetfree-bench learning``: the full ``resetfree-sim`` pipeline for M minutes.
 
-The same code path as ``resetfree-sim`` (:class:`simulation.orchestrator.Orchestrator`):
+The same code path as ``resetfree-sim`` (:class:`simulation.app.orchestrator.Orchestrator`):
 expert demos, the BC baseline, a learner process, lock-step runtime processes and
 deployed-policy evaluations; after M minutes it stops cleanly, evaluates the final
 published forward policy and prints, as its last line, one JSON object with ``env_steps``,
@@ -11,7 +11,7 @@ the BC seeds; each seed's in ``bc_success_seeds``), ``resets``, ``reset_interval
     resetfree-bench learning --task door --obs state --minutes 60
 
 ``resetfree-bench learning --suite [--tasks ...] [--seeds ...] [--steps N]`` runs the EARL
-learning suite instead (:mod:`simulation.bench_suite`).
+learning suite instead (:mod:`simulation.drills.bench_suite`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from simulation.cli import doc_help
-from simulation.orchestrator import TASKS, Orchestrator, RunSpec
-from simulation.progress import ProgressDisplay
-from simulation.run_setup import DEFAULT_TASK, UNBOUNDED_STEPS, reset_interval, reset_source
+from simulation.app.orchestrator import TASKS, Orchestrator, RunSpec
+from simulation.app.progress import ProgressDisplay
+from simulation.app.run_setup import DEFAULT_TASK, UNBOUNDED_STEPS, reset_interval, reset_source
 from simulation.tasks.base import RESET_SCHEDULES
 
 logger = logging.getLogger(__name__)
@@ -78,9 +78,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Runs the benchmark; prints the JSON result last. Returns 0 when the run was clean, else 1.
 
-    ``--suite`` runs the EARL suite instead (tasks × seeds, resumable: :mod:`simulation.bench_suite`)."""
+    ``--suite`` runs the EARL suite instead (tasks × seeds, resumable: :mod:`simulation.drills.bench_suite`)."""
     if "--suite" in argv:
-        from simulation import bench_suite
+        from simulation.drills import bench_suite
 
         return bench_suite.main([a for a in argv if a != "--suite"])
     args = _parser().parse_args(argv)

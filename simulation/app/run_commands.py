@@ -9,8 +9,8 @@ import math
 from pathlib import Path
 
 from learner.config import LearnerConfig
-from simulation.processes import python_module
-from simulation.run_setup import ANY_LOOPBACK_PORT, RunSpec, bc_seed_count, reset_interval
+from simulation.app.processes import python_module
+from simulation.app.run_setup import ANY_LOOPBACK_PORT, RunSpec, bc_seed_count, reset_interval
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def runtime_command(spec: RunSpec, index: int, uplink: str, *, max_steps: int, s
 
 def bc_command(spec: RunSpec, demos: Path) -> list[str]:
     """Returns the BC baseline child's command line (writes ``RUN_DIR/bc.json``)."""
-    return [*python_module("simulation.bc_baseline"), "--task", spec.task, "--obs", spec.obs,
+    return [*python_module("simulation.app.bc_baseline"), "--task", spec.task, "--obs", spec.obs,
             "--demos", str(demos), "--config", str(spec.run_dir / "config.toml"),
             "--out", str(spec.run_dir / "bc.json"), "--steps", str(spec.bc_steps),
             "--episodes", str(spec.eval_episodes), "--eval-seed", str(EVAL_SEED), "--seed", str(spec.seed),

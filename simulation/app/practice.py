@@ -38,15 +38,15 @@ from learner.trainer import MedalTrainer
 from protocol.atomic import write_text_atomic
 from protocol.demos import Demos, concatenate, load_demos
 from protocol.messages import BACKWARD, FORWARD
-from simulation.demos_cli import generate
+from simulation.earl_import import BUNDLED_DEMOS
 from simulation.evaluation import EvalResult, evaluate
 from simulation.nonepisodic import NonEpisodic
 from simulation.tasks import make, task_info
 from simulation.tasks.base import RESET_SCHEDULES, ResetSchedule
+from simulation.tools.demos_cli import generate
 
 logger = logging.getLogger(__name__)
 
-EARL_DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demos"
 """EARL's own state demonstrations, shipped with the package (``<task>_{forward,backward}.npz``
 in the project's demo format; their source and licence: ``NOTICE.md`` beside them)."""
 
@@ -166,7 +166,7 @@ def practice_config(task: str, *, seed: int = 0, overrides: Sequence[str] = ()) 
     on a bad override."""
     import tomllib
 
-    from simulation.run_setup import preset_text
+    from simulation.app.run_setup import preset_text
 
     cfg = profile("sim")
     text = preset_text(task, "state")
@@ -184,7 +184,7 @@ def load_task_demos(task: str, direction: str, *, source: str = "earl", episodes
                     seed: int = 0, noise: float = 0.0) -> Demos:
     """Returns state demos of ``task`` in ``direction``.
 
-    ``source="earl"`` loads EARL's own demos shipped with the package (``EARL_DEMO_DIR``); ``"expert"`` runs the
+    ``source="earl"`` loads EARL's own demos shipped with the package (``BUNDLED_DEMOS``); ``"expert"`` runs the
     scripted expert (``episodes`` default 10); a path loads a demo file, or from a directory
     (as ``resetfree-sim --demos`` takes) the file ``<task>_<direction>.npz``. ``episodes`` keeps
     the first that many episodes. Blocks while converting or simulating.
@@ -194,7 +194,7 @@ def load_task_demos(task: str, direction: str, *, source: str = "earl", episodes
         DemoFormatError / EarlImportError: for a broken file.
     """
     if source == "earl":
-        path = EARL_DEMO_DIR / f"{task}_{direction}.npz"
+        path = BUNDLED_DEMOS / f"{task}_{direction}.npz"
         if not path.is_file():
             raise ValueError(f"source: the package ships no EARL demos for {task!r} ({path} is missing)")
         demos = load_demos(path)

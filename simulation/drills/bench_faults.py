@@ -42,10 +42,10 @@ from protocol.messages import Command
 from protocol.session import SessionSettings
 from protocol.transport import ControlClient, ControlClientConfig
 from simulation.cli import doc_help
-from simulation.journal_audit import audit_journal
-from simulation.malformed import MalformedGenerator, send_malformed, state_spaces
-from simulation.partition_proxy import PartitionProxy, ProxyConfig
-from simulation.processes import (
+from simulation.drills.journal_audit import audit_journal
+from simulation.drills.malformed import MalformedGenerator, send_malformed, state_spaces
+from simulation.drills.partition_proxy import PartitionProxy, ProxyConfig
+from simulation.app.processes import (
     ChildProcess, FaultDrillError, StatusPoller, count_tracebacks, pick_endpoint, python_module, tcp_port, wait_for_endpoints,
 )
 
@@ -192,7 +192,7 @@ class FaultDrill:
     def prepare_demos(self) -> Path:
         """Writes forward and backward expert demos; returns their directory (blocks)."""
         from protocol.demos import save_demos
-        from simulation.demos_cli import generate
+        from simulation.tools.demos_cli import generate
 
         out = self.work / "demos"
         out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """``resetfree-demos``: generate demos with the scripted experts, import EARL's demos, and
 inspect demo files. Every file it writes is in the ``protocol.demos`` format; ``export``,
-``import`` and ``export-run`` convert to and from LeRobotDataset v3 (:mod:`simulation.lerobot_io`).
+``import`` and ``export-run`` convert to and from LeRobotDataset v3 (:mod:`simulation.tools.lerobot_io`).
 
     resetfree-demos generate --task door --direction forward --out door_fwd.npz
     resetfree-demos import-earl demo_data.pkl --task door --direction forward --out d.npz
@@ -27,8 +27,8 @@ from protocol.demos import DemoFormatError, DemoMeta, DemoRecorder, Demos, load_
 from simulation.cli import doc_help
 from simulation.earl_import import EarlImportError, earl_to_demos, episode_goals, load_earl_arrays, relabel_goals
 from simulation.experts import Expert, get_expert
-from simulation.lerobot_io import add_lerobot_parsers, run_lerobot
-from simulation.record import add_record_parser, run_record
+from simulation.tools.lerobot_io import add_lerobot_parsers, run_lerobot
+from simulation.tools.record import add_record_parser, run_record
 from simulation.tasks import make, task_info
 from simulation.tasks.base import SimulationError, TaskEnv
 

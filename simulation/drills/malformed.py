@@ -24,7 +24,7 @@ from protocol.errors import PeerTimeout, ProtocolError
 from protocol.messages import (
     Ack, ArraySpec, Command, Heartbeat, Hello, Message, Status, TransitionBatch, Weights, Welcome,
 )
-from simulation.processes import FaultDrillError
+from simulation.app.processes import FaultDrillError
 
 logger = logging.getLogger(__name__)
 

@@ -58,8 +58,8 @@ from protocol.reliability import ReceiveTracker
 from protocol.session import SessionSettings
 from protocol.transport import UplinkServer, UplinkServerConfig
 from simulation.cli import doc_help
-from simulation.malformed import MalformedGenerator, state_spaces
-from simulation.processes import (ChildProcess, ProcessError, StatusPoller, count_tracebacks, pick_endpoint,
+from simulation.drills.malformed import MalformedGenerator, state_spaces
+from simulation.app.processes import (ChildProcess, ProcessError, StatusPoller, count_tracebacks, pick_endpoint,
                                   python_module, wait_for_endpoints)
 
 logger = logging.getLogger(__name__)

@@ -38,8 +38,8 @@ from pathlib import Path
 
 from learner.errors import LearnerError
 from simulation.cli import at_least, doc_help, positive_float
-from simulation.orchestrator import TASKS, Orchestrator, RunSpec
-from simulation.run_setup import DEFAULT_OBS, DEFAULT_TASK, reset_interval, reset_source
+from simulation.app.orchestrator import TASKS, Orchestrator, RunSpec
+from simulation.app.run_setup import DEFAULT_OBS, DEFAULT_TASK, reset_interval, reset_source
 from simulation.tasks.base import RESET_SCHEDULES, SimulationError
 
 logger = logging.getLogger(__name__)
@@ -112,9 +112,9 @@ def run_bc_only(spec: RunSpec) -> int:
     """``--bc``: trains and evaluates only the BC baseline into ``RUN_DIR/bc.json``; returns 0/1."""
     from learner.bc import BCConfig
     from protocol.atomic import write_json_atomic
-    from simulation.bc_baseline import BaselineConfig, bc_seeds_text, run_baseline
-    from simulation.orchestrator import EVAL_SEED, prepare_demos, resolve_config
-    from simulation.run_setup import bc_seed_count
+    from simulation.app.bc_baseline import BaselineConfig, bc_seeds_text, run_baseline
+    from simulation.app.orchestrator import EVAL_SEED, prepare_demos, resolve_config
+    from simulation.app.run_setup import bc_seed_count
 
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     cfg = resolve_config(spec)

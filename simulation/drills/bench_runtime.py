@@ -37,11 +37,11 @@ from protocol.reliability import ReceiveTracker
 from protocol.session import SessionSettings
 from protocol.transport import UplinkServer, UplinkServerConfig, WeightsPublisher, WeightsPublisherConfig
 from simulation.cli import plain
-from simulation.processes import StatusPoller, pick_endpoint, read_endpoints
+from simulation.app.processes import StatusPoller, pick_endpoint, read_endpoints
 
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (the children run from it)
 
 
 class BenchLearner:
@@ -122,7 +122,7 @@ async def measure_rate(hz: float, seconds: float, args: argparse.Namespace, work
     serve = asyncio.create_task(learner.run())
     spill = work / f"spill-{int(hz)}"
     env = {**os.environ, "OMP_NUM_THREADS": str(args.load_threads), "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
-    load_cmd = [sys.executable, "-m", "simulation.bench_runtime", "--load", str(seconds + 60),
+    load_cmd = [sys.executable, "-m", "simulation.drills.bench_runtime", "--load", str(seconds + 60),
                 "--load-threads", str(args.load_threads)]
     if args.load_cpus:
         load_cmd += ["--load-cpus", args.load_cpus]

@@ -6,7 +6,7 @@ Order of a run (:class:`Orchestrator`):
 1. the run directory: ``run.json`` (what was asked), ``config.toml`` (the resolved learner
    config: profile → task preset → ``--config`` → ``--set``), ``logs/``, ``demos/`` (scripted
    expert demos, forward + backward, unless ``--demos`` names a directory);
-2. ``python -m simulation.bc_baseline`` in a child (once per run: skipped when ``bc.json``
+2. ``python -m simulation.app.bc_baseline`` in a child (once per run: skipped when ``bc.json``
    exists);
 3. ``python -m learner`` with every port 0; its bound endpoints are read from
    ``RUN_DIR/endpoints.json``; a run with a checkpoint is resumed (``--resume RUN_DIR``);
@@ -21,8 +21,8 @@ Order of a run (:class:`Orchestrator`):
 Children run in their own sessions, so a Ctrl-C in the terminal reaches only this process,
 which then stops them in that order.
 
-The run directory and config are :mod:`simulation.run_setup`, the children's command lines
-:mod:`simulation.run_commands`, child processes :mod:`simulation.processes`; their public
+The run directory and config are :mod:`simulation.app.run_setup`, the children's command lines
+:mod:`simulation.app.run_commands`, child processes :mod:`simulation.app.processes`; their public
 names stay importable from here.
 """
 
@@ -45,16 +45,16 @@ from learner.config import LearnerConfig
 from learner.errors import LearnerError
 from learner.networks import actor_layout
 from protocol.transport import WeightsSubscriber, WeightsSubscriberConfig, weights_limits
-from simulation.bc_baseline import bc_seeds_text
-from simulation.evaluator import EvalCancelled, EvalRecord, EvaluatorConfig, EvaluatorError, PolicyEvaluator
+from simulation.app.bc_baseline import bc_seeds_text
+from simulation.app.evaluator import EvalCancelled, EvalRecord, EvaluatorConfig, EvaluatorError, PolicyEvaluator
 from protocol.atomic import write_text_atomic
-from simulation.plot import plot_runs
-from simulation.processes import (ChildProcess, StatusPoller, child_env, pick_endpoint, read_endpoints,
+from simulation.app.plot import plot_runs
+from simulation.app.processes import (ChildProcess, StatusPoller, child_env, pick_endpoint, read_endpoints,
                                   wait_for_endpoints)
-from simulation.progress import ProgressDisplay, Snapshot
-from simulation.run_commands import (EVAL_SEED, bc_command, has_checkpoint, learner_command, runtime_command,
+from simulation.app.progress import ProgressDisplay, Snapshot
+from simulation.app.run_commands import (EVAL_SEED, bc_command, has_checkpoint, learner_command, runtime_command,
                                      runtime_spill_dir, steps_per_runtime)
-from simulation.run_setup import (RESUMED_FIELDS, TASKS, UNBOUNDED_STEPS, OrchestratorError, RunSpec, config_toml,
+from simulation.app.run_setup import (RESUMED_FIELDS, TASKS, UNBOUNDED_STEPS, OrchestratorError, RunSpec, config_toml,
                                   prepare_demos, preset_text, resolve_config, resumed_spec, run_config, to_toml)
 from simulation.tasks.base import SimulationError
 

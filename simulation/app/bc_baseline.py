@@ -5,7 +5,7 @@ The actor has the run's architecture (``[network]`` of the resolved learner conf
 and RL differ only in how the weights are trained. The result is written to ``bc.json``.
 The orchestrator runs it once per run in a child process:
 
-    python -m simulation.bc_baseline --task tabletop --demos RUN/demos --config RUN/config.toml \
+    python -m simulation.app.bc_baseline --task tabletop --demos RUN/demos --config RUN/config.toml \
         --out RUN/bc.json
 """
 
@@ -29,7 +29,7 @@ from learner.networks import NetworkConfig
 from protocol.atomic import write_json_atomic
 from protocol.demos import Demos, concatenate, load_demos
 from simulation.evaluation import evaluate
-from simulation.evaluator import load_policy, task_spec
+from simulation.app.evaluator import load_policy, task_spec
 from simulation.tasks.base import ObsMode, SimulationError
 
 logger = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def bc_seeds_text(result: dict[str, Any]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m simulation.bc_baseline",
+    parser = argparse.ArgumentParser(prog="python -m simulation.app.bc_baseline",
                                      description="BC baseline: train on forward demos, evaluate, write JSON.")
     parser.add_argument("--task", required=True, help="tabletop, door, peg or cube")
     parser.add_argument("--obs", choices=("state", "pixels"), default="state", help="observation mode")

@@ -1,6 +1,6 @@
 """``resetfree-bench learning --suite``: the EARL learning benchmark, tasks × seeds, resumable.
 
-Each (task, seed) is one in-process practice run (:func:`simulation.practice.practice`: the
+Each (task, seed) is one in-process practice run (:func:`simulation.app.practice.practice`: the
 learner's whole algorithm in lock-step with a state-mode twin, EARL's own demonstrations,
 the task's preset over the ``sim`` profile) in a child process; ``--jobs`` of them run at a
 time (two on a 2-core machine). Every run checkpoints at each evaluation and resumes from
@@ -96,7 +96,7 @@ def run_one(task: str, seed: int, run_dir: Path, spec: SuiteSpec) -> dict[str, A
     """Runs (or resumes) one practice run to ``spec.steps``; returns its result as a dict. Blocks."""
     import torch
 
-    from simulation.practice import PracticeConfig, load_task_demos, practice, practice_config
+    from simulation.app.practice import PracticeConfig, load_task_demos, practice, practice_config
 
     torch.set_num_threads(1)
     cfg = practice_config(task, seed=seed, overrides=spec.overrides)
@@ -117,7 +117,7 @@ def run_bc(task: str, out: Path, spec: SuiteSpec) -> dict[str, Any]:
     import torch
 
     from learner.bc import BCConfig
-    from simulation.practice import bc_baseline, load_task_demos, practice_config
+    from simulation.app.practice import bc_baseline, load_task_demos, practice_config
 
     torch.set_num_threads(1)
     net = practice_config(task, seed=0, overrides=spec.overrides).network
@@ -135,9 +135,9 @@ def run_bc(task: str, out: Path, spec: SuiteSpec) -> dict[str, Any]:
 
 # ============================================================================ the suite
 def read_curve(run_dir: Path) -> list[dict[str, Any]]:
-    """Returns the evaluations a run wrote (``curve.jsonl``, :func:`simulation.practice.read_curve`)
+    """Returns the evaluations a run wrote (``curve.jsonl``, :func:`simulation.app.practice.read_curve`)
     as dicts, in order; [] when none."""
-    from simulation.practice import read_curve as read_points
+    from simulation.app.practice import read_curve as read_points
 
     return [dataclasses.asdict(p) for p in read_points(run_dir)]
 
@@ -165,7 +165,7 @@ def pending(spec: SuiteSpec) -> list[tuple[str, Any]]:
 
 
 def _child_argv(kind: str, what: Any, spec: SuiteSpec) -> list[str]:
-    argv = [sys.executable, "-m", "simulation.bench_suite", "--out", str(spec.out), "--steps", str(spec.steps),
+    argv = [sys.executable, "-m", "simulation.drills.bench_suite", "--out", str(spec.out), "--steps", str(spec.steps),
             "--eval-every", str(spec.eval_every), "--eval-episodes", str(spec.eval_episodes),
             "--bc-seeds", str(spec.bc_seeds), "--bc-steps", str(spec.bc_steps)]
     for item in spec.overrides:

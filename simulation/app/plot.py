@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from simulation.cli import doc_help
-from simulation.evaluator import EvaluatorError, read_evals
+from simulation.app.evaluator import EvaluatorError, read_evals
 
 logger = logging.getLogger(__name__)
 

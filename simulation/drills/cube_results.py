@@ -1,4 +1,4 @@
-"""The results of ``resetfree-bench cube-ood`` (:mod:`simulation.cube_experiment`): what the
+"""The results of ``resetfree-bench cube-ood`` (:mod:`simulation.drills.cube_experiment`): what the
 out directory holds, gathered into ``results.json``, ``results.md`` (split × method × seed,
 means, the paper's numbers, interventions) and ``ood_vs_steps.png``."""
 
@@ -13,7 +13,7 @@ import numpy as np
 from protocol.atomic import write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
-    from simulation.cube_experiment import CubeExperimentConfig
+    from simulation.drills.cube_experiment import CubeExperimentConfig
 
 SPLITS = ("id", "ood")
 PAPER = {"id": {"bc": 1.0, "practised": 1.0}, "ood": {"bc": 0.20, "practised": 0.75}}
@@ -102,7 +102,7 @@ def plot(results: dict[str, Any], out: Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    from simulation.plot import save_figure, steps_label
+    from simulation.app.plot import save_figure, steps_label
 
     fig, ax = plt.subplots(figsize=(10.0, 5.0))
     curves = [np.array(p["curve"], dtype=float) for p in results["practice"].values() if p["curve"]]

@@ -16,7 +16,7 @@ same ``--out``, continues where it stopped):
    resumed from its checkpoint when stopped; every learner checkpoint (one per
    ``--eval-every`` updates, and one at each stop) is kept as a small forward-policy snapshot
    (``snapshots/step-<N>/``) and evaluated on both splits (``evals/step-<N>.json``);
-4. ``interventions.json`` per seed (:mod:`simulation.cube_interventions`);
+4. ``interventions.json`` per seed (:mod:`simulation.drills.cube_interventions`);
 5. ``OUT/results.json``, ``OUT/results.md`` (split × method × seed, means, the paper's
    numbers) and ``OUT/ood_vs_steps.png``.
 
@@ -44,7 +44,7 @@ import numpy as np
 
 from protocol.atomic import write_json_atomic
 from simulation.cli import at_least, doc_help, positive_float
-from simulation.cube_results import SPLITS, ExperimentError, markdown, read_json, write_results
+from simulation.drills.cube_results import SPLITS, ExperimentError, markdown, read_json, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def make_demos(cfg: CubeExperimentConfig) -> Path:
     """Writes ``OUT/demos/cube_{forward,backward}.npz`` (kept when there) with
     ``resetfree-demos generate``'s function; returns the directory. Blocks on the experts."""
     from protocol.demos import save_demos
-    from simulation.demos_cli import generate
+    from simulation.tools.demos_cli import generate
 
     out = cfg.out / "demos"
     out.mkdir(parents=True, exist_ok=True)
@@ -167,10 +167,10 @@ def make_demos(cfg: CubeExperimentConfig) -> Path:
 
 # ============================================================================ evaluation
 def evaluate_source(source: Any, cfg: CubeExperimentConfig) -> dict[str, Any]:
-    """Evaluates a :class:`simulation.policies.PolicySource` on both splits (``cfg.trials``
+    """Evaluates a :class:`simulation.tools.policies.PolicySource` on both splits (``cfg.trials``
     episodes each, the shared starts); returns ``{split: EvalResult dict}``. Blocks."""
     from simulation.evaluation import evaluate
-    from simulation.run_commands import EVAL_SEED
+    from simulation.app.run_commands import EVAL_SEED
 
     policy = source.build()
 
@@ -191,7 +191,7 @@ def run_bc(cfg: CubeExperimentConfig, demos_dir: Path, seed: int) -> dict[str, A
     does and evaluates it; ``OUT/bc/seed<S>/eval.json`` (kept when there). Blocks."""
     from learner.bc import BCConfig
     from protocol.demos import load_demos
-    from simulation.policies import read_policy, train_bc_policy
+    from simulation.tools.policies import read_policy, train_bc_policy
 
     out = cfg.out / "bc" / f"seed{seed}"
     done = read_json(out / "eval.json")
@@ -217,7 +217,7 @@ def run_bc(cfg: CubeExperimentConfig, demos_dir: Path, seed: int) -> dict[str, A
 def network_config(cfg: CubeExperimentConfig, seed: int) -> Any:
     """Returns the learner's network config of the practice runs (robot profile + overrides),
     which BC shares so both have the same encoder and actor. Raises ValueError."""
-    from simulation.run_setup import resolve_config
+    from simulation.app.run_setup import resolve_config
 
     return resolve_config(run_spec(cfg, seed, resume=False)).network
 
@@ -227,7 +227,7 @@ def run_spec(cfg: CubeExperimentConfig, seed: int, *, resume: bool) -> Any:
     """Returns the ``resetfree-sim`` :class:`RunSpec` of practice seed ``seed``: cube, the
     robot profile, the shared demos, no environment reset (``reset_every=0``: never), no BC
     child (BC is step 2), no videos."""
-    from simulation.run_setup import RunSpec
+    from simulation.app.run_setup import RunSpec
 
     return RunSpec(run_dir=cfg.practice_dir(seed), task=TASK, obs=cfg.obs, steps=cfg.steps, robots=1, seed=seed,
                    resume=resume, profile="robot", overrides=cfg.run_overrides(), demos=cfg.out / "demos",
@@ -246,7 +246,7 @@ def snapshot_checkpoints(run_dir: Path) -> list[int]:
     ``snapshots/step-<env steps>/`` (a few MB each; the learner deletes old checkpoints).
     Returns the env steps of the new snapshots. Blocks on disk."""
     from learner.checkpoint import checkpoint_dirs
-    from simulation.policies import PolicyLoadError, read_policy, save_policy
+    from simulation.tools.policies import PolicyLoadError, read_policy, save_policy
 
     new = []
     for _updates, path in checkpoint_dirs(run_dir):
@@ -294,8 +294,8 @@ def run_practice(cfg: CubeExperimentConfig, seed: int) -> str:
     """Practises seed ``seed`` up to ``cfg.steps`` (resuming its run directory), keeps the
     snapshots and evaluates each not yet evaluated. Returns ``finished`` or the reason the
     run stopped early (``interrupted``, ``failed: …``). Blocks for the whole run."""
-    from simulation.orchestrator import Orchestrator
-    from simulation.progress import ProgressDisplay
+    from simulation.app.orchestrator import Orchestrator
+    from simulation.app.progress import ProgressDisplay
 
     run_dir = cfg.practice_dir(seed)
     reason = "finished"
@@ -316,7 +316,7 @@ def run_practice(cfg: CubeExperimentConfig, seed: int) -> str:
 
 def evaluate_snapshots(cfg: CubeExperimentConfig, run_dir: Path) -> None:
     """Evaluates every snapshot of ``run_dir`` without ``evals/step-<N>.json``. Blocks."""
-    from simulation.policies import read_policy
+    from simulation.tools.policies import read_policy
 
     for snapshot in sorted((run_dir / "snapshots").glob("step-*")):
         target = run_dir / "evals" / f"{snapshot.name}.json"
@@ -331,7 +331,7 @@ def evaluate_snapshots(cfg: CubeExperimentConfig, run_dir: Path) -> None:
 def count_run_interventions(cfg: CubeExperimentConfig, seed: int) -> dict[str, Any] | None:
     """Counts seed ``seed``'s interventions into ``interventions.json`` (recounted when the
     journal grew); returns them, None when the run has no journal yet. Blocks."""
-    from simulation.cube_interventions import InterventionError, journal_interventions
+    from simulation.drills.cube_interventions import InterventionError, journal_interventions
 
     run_dir = cfg.practice_dir(seed)
     if not (run_dir / "journal").is_dir():

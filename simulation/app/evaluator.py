@@ -292,7 +292,7 @@ class PolicyEvaluator:
     def _keep_best(self, tensors: Mapping[str, np.ndarray], record: EvalRecord) -> None:
         """Saves the evaluated policy as the run's best (the first of equal scores stays), so
         a later decline loses nothing: ``resetfree-eval --policy RUN_DIR/best-policy``."""
-        from simulation.policies import PolicyLoadError, save_policy
+        from simulation.tools.policies import PolicyLoadError, save_policy
 
         try:
             path = save_policy(self.best_dir, tensors, obs_spec=self.obs_spec,

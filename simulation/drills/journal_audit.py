@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulation.processes import FaultDrillError
+from simulation.app.processes import FaultDrillError
 
 logger = logging.getLogger(__name__)
 

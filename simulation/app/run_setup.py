@@ -14,7 +14,8 @@ from typing import Any
 
 from learner.config import LearnerConfig, profile
 from protocol.atomic import write_bytes_atomic
-from simulation.processes import ProcessError
+from simulation.app.processes import ProcessError
+from simulation.earl_import import BUNDLED_DEMOS
 from simulation.tasks import task_info
 from simulation.tasks.base import RESET_SCHEDULES, ObsMode, ResetSchedule
 
@@ -25,7 +26,7 @@ TASKS = ("tabletop", "door", "peg", "cube")
 
 OrchestratorError = ProcessError
 """A child that does not come up, a malformed endpoints file, or a bad run directory (the
-orchestrator's errors are those of :mod:`simulation.processes`, which it runs on)."""
+orchestrator's errors are those of :mod:`simulation.app.processes`, which it runs on)."""
 
 
 # ============================================================================ run spec
@@ -292,7 +293,6 @@ def _toml_value(value: Any) -> str:
 
 
 # ============================================================================ demos
-BUNDLED_DEMOS = Path(__file__).resolve().parent / "assets" / "demos"
 """State demos shipped with the package, ``<task>_<direction>.npz`` (their source and licence:
 ``NOTICE.md`` beside them): EARL's own demonstration sets of door, peg and tabletop (the
 paper's protocol); ``door_one_demo/`` holds the first door episode of each direction alone."""
@@ -321,7 +321,7 @@ def prepare_demos(spec: RunSpec) -> Path:
             raise OrchestratorError(f"--demos {spec.demos}: not a directory of .npz demo files")
         return spec.demos
     from protocol.demos import save_demos
-    from simulation.demos_cli import CUBE_DEFAULT_EPISODES, EARL_DEFAULT_EPISODES, generate
+    from simulation.tools.demos_cli import CUBE_DEFAULT_EPISODES, EARL_DEFAULT_EPISODES, generate
 
     out = spec.run_dir / "demos"
     out.mkdir(parents=True, exist_ok=True)
