@@ -28,7 +28,8 @@ from pathlib import Path
 from hardware.interfaces import Robot
 from protocol.session import DEFAULT_SWITCH_INTERVAL
 from runtime.clock import install_uvloop
-from runtime.daemon import EXIT_CRASH, DaemonConfig, RuntimeDaemon, install_signal_handlers
+from runtime.daemon import EXIT_CRASH, RuntimeDaemon, install_signal_handlers
+from runtime.daemon_config import DaemonConfig
 from runtime.policy_slot import CONV_DTYPES, PROJECTION_DTYPES, PolicySlotConfig
 from runtime.errors import RuntimeFault
 from runtime.isolation import GC_MODES, IsolationConfig

@@ -31,7 +31,7 @@ Not deterministic: whether a blob the learner published has crossed the socket b
 (ZeroMQ timing), hence which weights version acts on a given step; random seed-phase actions
 and the simulation are seeded, so with no weights the run repeats exactly. A simulated robot
 in lock-step is frozen between steps, so the shield's timing watchdog does not hold there
-(:func:`shield_settings`): a late tick, or a state or frame as old as the learner's last
+(:func:`runtime.daemon_config.shield_settings`): a late tick, or a state or frame as old as the learner's last
 wait, would otherwise record a zero action in place of the random or policy action.
 """
 
@@ -43,7 +43,6 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,26 +50,21 @@ import numpy as np
 
 from hardware.interfaces import Camera, CameraStatus, HardwareError, Robot
 from protocol.atomic import write_json_atomic
-from protocol.errors import HandshakeError, PeerTimeout
-from protocol.keys import client_keys, server_keys
-from protocol.messages import AGENTS, Ack, ArraySpec, Command, Hello, LoopStats, Status, Welcome
-from protocol.session import DEFAULT_SWITCH_INTERVAL, SessionSettings
-from protocol.transport import (
-    BATCH_REFUSED, ConnectionState, ControlServer, ControlServerConfig, HandshakeRefused, UplinkClient,
-    UplinkClientConfig, WeightsSubscriber, WeightsSubscriberConfig, start_zero_copy_collector, weights_limits,
-)
-from runtime.clock import Clock, ClockConfig
-from runtime.errors import RuntimeFault
-from runtime.isolation import (IsolationConfig, collect_young, lower_other_threads, lower_thread_priority,
-                               ordinary_priority, settle_gc)
+from protocol.keys import server_keys
+from protocol.messages import AGENTS, ArraySpec, Command, Hello, LoopStats, Status
+from protocol.transport import ControlServer, ControlServerConfig, start_zero_copy_collector
+from protocol.transport.common import handshake_figures
+from runtime.clock import Clock
+from runtime.daemon_config import DaemonConfig, clock_settings, observation_spaces, shield_settings
+from runtime.isolation import collect_young, lower_other_threads, lower_thread_priority, ordinary_priority, settle_gc
+from runtime.learner_link import LearnerLink, LearnerRefused
 from runtime.loop import ControlLoop, LoopConfig
 from runtime.outbox import Outbox, OutboxConfig
-from runtime.policy_slot import PolicySlot, PolicySlotConfig
-from protocol.transport.common import handshake_figures
+from runtime.policy_slot import PolicySlot
 from runtime.quarantine import Quarantine
-from runtime.robots import LOCKSTEP_SENSOR_AGE_S, RobotFacts, lockstep_shield_config, shield_config
+from runtime.robots import RobotFacts
 from runtime.schedule import AgentSchedule, AgentScheduleConfig
-from runtime.shield import Shield, ShieldConfig
+from runtime.shield import Shield
 from runtime.spill import SpillConfig, SpillLog
 
 logger = logging.getLogger(__name__)
@@ -78,151 +72,14 @@ logger = logging.getLogger(__name__)
 EXIT_OK, EXIT_CRASH, EXIT_REFUSED = 0, 1, 2
 
 
-class LearnerRefused(RuntimeFault):
-    """The learner answered the hello with ``accepted=False``; the message holds its reason."""
-
-
 class _Shutdown(Exception):
     """Raised by the supervisor to end the task group."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class DaemonConfig:
-    """Everything ``resetfree-runtime`` is told on its command line."""
-
-    robot: str
-    """``sim:TASK`` or ``franka`` (for logs and ``hello.robot``)."""
-    learner: str = "tcp://127.0.0.1:5555"
-    """The learner's uplink endpoint."""
-    spill_dir: Path
-    """Spill log, session state and ``endpoints.json``."""
-    control_bind: str = "tcp://127.0.0.1:5558"
-    """Control server endpoint (port 0: a free port, written to ``SPILL_DIR/endpoints.json``)."""
-    hz: float = 10.0
-    """Control rate."""
-    lockstep: bool = False
-    """Wait for the learner's training before each tick (simulation)."""
-    switch_every: int = DEFAULT_SWITCH_INTERVAL
-    """Steps per agent before the other takes over (sent hashed in ``hello``)."""
-    max_steps: int | None = None
-    """Stop cleanly after this many recorded steps (None: run until signalled)."""
-    seed: int | None = None
-    """Seed of the seed-phase random actions."""
-    keys_dir: Path | None = None
-    """CURVE keys directory (``resetfree-keys generate``); None: plaintext loopback."""
-    batch_steps: int = 16
-    """Steps per uplink batch."""
-    lockstep_lag: int | None = None
-    """Lock-step: how many steps the loop may run ahead of the learner's ``trained_through``
-    (None: :data:`LOCKSTEP_LAG_BATCHES` batches). At least ``batch_steps``; with two batches
-    the loop records the next batch while the learner trains on the previous one."""
-    ack_wait_s: float = 10.0
-    """``--max-steps``: how long to wait for the final acks."""
-    connect_retry_s: float = 2.0
-    """Pause between hello attempts while the learner is not up."""
-    hello_timeout_s: float = 5.0
-    """Deadline for one welcome."""
-    peer_timeout_s: float = 5.0
-    """Learner silent this long ⇒ reconnect (steps spill meanwhile)."""
-    status_log_interval_s: float = 10.0
-    """Interval of the daemon's INFO line."""
-    isolation: IsolationConfig = IsolationConfig()
-    """Affinity, priority, GC and thread levers."""
-    policy: PolicySlotConfig = PolicySlotConfig()
-    """Policy slot: blob limits and the conv trunk's inference dtype."""
-    prefetch_lead_s: float = LoopConfig.prefetch_lead_s
-    """Warm the caches for the acting policy this long before each tick (0: off; `LoopConfig`)."""
-    prefetch_passes: int | None = LoopConfig.prefetch_passes
-    """Warm-up inferences before each tick; None: by the period (`LoopConfig.prefetch_passes`)."""
-    gc_every_ticks: int = 50
-    """``gc_mode == "manual"``: collect generation 0 after every this many ticks."""
-
-    def __post_init__(self) -> None:
-        if not 0 < self.hz <= 1000:
-            raise ValueError(f"hz: must be in (0, 1000], got {self.hz}")
-        if self.switch_every < 1:
-            raise ValueError(f"switch_every: must be positive, got {self.switch_every}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps: must be positive or None, got {self.max_steps}")
-        if self.batch_steps < 1:
-            raise ValueError(f"batch_steps: must be positive, got {self.batch_steps}")
-        for name in ("ack_wait_s", "connect_retry_s", "hello_timeout_s", "peer_timeout_s",
-                     "status_log_interval_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
-        if self.gc_every_ticks < 1:
-            raise ValueError(f"gc_every_ticks: must be positive, got {self.gc_every_ticks}")
-        if self.lockstep_lag is not None and self.lockstep_lag < self.batch_steps:
-            raise ValueError(f"lockstep_lag: must be at least batch_steps ({self.batch_steps}), got "
-                             f"{self.lockstep_lag} (the learner only sees whole batches)")
-
-    @property
-    def lag(self) -> int:
-        """Lock-step: steps the loop may run ahead of ``trained_through`` (``lockstep_lag``)."""
-        return self.lockstep_lag if self.lockstep_lag is not None else LOCKSTEP_LAG_BATCHES * self.batch_steps
-
-    @property
-    def session_settings(self) -> SessionSettings:
-        """The settings shared with the learner (hashed into ``hello.config_hash``)."""
-        return SessionSettings(switch_interval=self.switch_every)
-
-
-LOCKSTEP_LAG_BATCHES = 2
-"""Default lock-step lag in uplink batches: two batches let the loop record (and send) batch
-*k + 1* while the learner trains on batch *k*, so the two processes work at once; one batch
-(the earlier rule) left one of them idle at every moment."""
-
-def shield_settings(config: DaemonConfig, robot: Robot, facts: RobotFacts) -> ShieldConfig:
-    """Returns the shield's limits: the robot's own (``runtime.robots.shield_config``), and for
-    a simulated robot in lock-step no holds for timing — no deadline-miss hold and no state or
-    frame age limit. There the simulation only advances when the loop acts, the loop waits for
-    the learner before ticks, and a hold would only record a zero action instead of the
-    seed-phase random action or the policy's. A real robot keeps every watchdog, lock-step or not."""
-    limits = shield_config(robot, facts, config.hz)
-    if not (config.lockstep and facts.kind == "sim"):
-        return limits
-    return lockstep_shield_config(limits)
-
-
-def clock_settings(config: DaemonConfig) -> ClockConfig:
-    """Returns the control clock's settings: ``config.hz``, and in lock-step no spinning
-    before deadlines (``spin_margin_s = 0``: the wait is one sleep). The spin buys sub-ms
-    tick precision, which lock-step has no use for — the learner sets its pace — and at the
-    fast rates lock-step runs at (``resetfree-sim``: 500, now 1000 Hz) it burned up to half
-    of every period on a core the learner needs."""
-    if config.lockstep:
-        return ClockConfig(rate_hz=config.hz, spin_margin_s=0.0)
-    return ClockConfig(rate_hz=config.hz)
-
-
-_WILDCARD_HOSTS = ("0.0.0.0", "*", "::", "[::]")
-
-_WELCOME_PATIENCE_S = 30.0
-"""How long a missing welcome is routine (INFO) before it becomes a WARNING: a learner
-started at the same time loads its demos and builds its networks first."""
-
-
-def reachable_endpoint(advertised: str, learner: str) -> str:
-    """Returns the weights endpoint to connect to: the learner's advertised one, with a
-    wildcard bind address (``tcp://0.0.0.0:5556``) replaced by the host this runtime reaches
-    the learner at (from ``--learner``), which is the host a remote robot PC can route to."""
-    scheme, _, rest = advertised.partition("://")
-    host, sep, port = rest.rpartition(":")
-    if scheme != "tcp" or not sep or host not in _WILDCARD_HOSTS:
-        return advertised
-    learner_host = learner.partition("://")[2].rpartition(":")[0]
-    return f"tcp://{learner_host}:{port}" if learner_host else advertised
-
-
-def observation_spaces(robot: Robot, cameras: list[Camera]) -> dict[str, ArraySpec]:
-    """Returns the wire observation space: one spec per camera image plus the robot's arrays."""
-    space = {c.name: ArraySpec(dtype=c.image_spec.dtype, shape=tuple(c.image_spec.shape)) for c in cameras}
-    space.update({name: ArraySpec(dtype=s.dtype, shape=tuple(s.shape)) for name, s in robot.state_spec.items()})
-    return space
-
-
 class RuntimeDaemon:
-    """See the module docstring. ``exit_code = await RuntimeDaemon(...).run()``."""
+    """See the module docstring. ``exit_code = await RuntimeDaemon(...).run()``.
+
+    The daemon assembles and supervises; the learner connection is :class:`LearnerLink`'s."""
 
     def __init__(self, config: DaemonConfig, robot: Robot, cameras: list[Camera], facts: RobotFacts) -> None:
         self.config = config
@@ -230,25 +87,21 @@ class RuntimeDaemon:
         self.outbox: Outbox | None = None
         self.policy: PolicySlot | None = None
         self.loop: ControlLoop | None = None
-        self.client: UplinkClient | None = None
-        self.welcome: Welcome | None = None
+        self.link: LearnerLink | None = None
         self.control_endpoint: str | None = None
         self.control: ControlServer | None = None
-        self.trained_through = 0
-        self.weights_active_at: dict[str, float] = {}
-        """Agent → ``time.time()`` when its newest weights became active (for benchmarks)."""
         self._space = observation_spaces(robot, self.cameras)
         self._stop = asyncio.Event()
         self._finished = asyncio.Event()
-        self._progress = asyncio.Event()
-        self._swapping = False
-        self._weights_endpoint = ""
         self._tg: asyncio.TaskGroup | None = None
         self._ticks_since_gc = 0
         self.quarantine = Quarantine(Path(config.spill_dir) / "quarantine")
         """Batches the learner refused (``runtime.quarantine``)."""
-        self._subscribers: list[WeightsSubscriber] = []
-        """Every weights subscriber of this run (one per learner endpoint), for their counts."""
+
+    @property
+    def trained_through(self) -> int:
+        """The learner's newest ``trained_through`` (0 before the first welcome)."""
+        return 0 if self.link is None else self.link.trained_through
 
     # ------------------------------------------------------------------ entry
     async def run(self) -> int:
@@ -301,16 +154,14 @@ class RuntimeDaemon:
         self.outbox = Outbox(spill, OutboxConfig())
         self.outbox.start()
         await asyncio.to_thread(self._connect_devices)
-        self.client = UplinkClient(self._uplink_config(), self._hello, stats=self._loop_stats)
-        self.welcome = await self._first_welcome()
-        self._weights_endpoint = reachable_endpoint(self.welcome.weights_endpoint, self.config.learner)
+        self.link = LearnerLink(self.config, self.outbox, self.quarantine, hello=self._hello, stats=self._loop_stats)
+        welcome = await self.link.connect()
         obs_spec = {name: (tuple(s.shape), s.dtype) for name, s in self._space.items()}
         with ordinary_priority():  # ~1 s of CPU: not as real-time work (see ordinary_priority)
-            self.policy = PolicySlot.for_actor(obs_spec, self.robot.action_spec.shape[0], self.welcome.net_config,
+            self.policy = PolicySlot.for_actor(obs_spec, self.robot.action_spec.shape[0], welcome.net_config,
                                                self.config.policy)
-        self.outbox.rewind(self.welcome.resume_seq)
+        self.outbox.rewind(welcome.resume_seq)
         self.outbox.set_connected(True)
-        self.trained_through = self.welcome.resume_seq
         self.loop = self._build_loop()
 
     def _connect_devices(self) -> None:
@@ -318,11 +169,6 @@ class RuntimeDaemon:
         for camera in self.cameras:
             if camera.status != CameraStatus.STREAMING:
                 camera.connect()
-
-    def _uplink_config(self) -> UplinkClientConfig:
-        keys = client_keys(self.config.keys_dir) if self.config.keys_dir else None
-        return UplinkClientConfig(endpoint=self.config.learner, hello_timeout_s=self.config.hello_timeout_s,
-                                  peer_timeout_s=self.config.peer_timeout_s, keys=keys)
 
     def _hello(self) -> Hello:
         assert self.outbox is not None
@@ -332,27 +178,6 @@ class RuntimeDaemon:
                      action_space=ArraySpec(dtype=spec.dtype, shape=tuple(spec.shape)),
                      config_hash=self.config.session_settings.config_hash(), next_seq=self.outbox.next_seq,
                      oldest_seq=min(self.outbox.oldest_seq, self.outbox.next_seq))
-
-    async def _first_welcome(self) -> Welcome:
-        """Says hello until the learner answers; raises LearnerRefused on a refusal."""
-        assert self.client is not None
-        started = time.monotonic()
-        while True:
-            try:
-                welcome = await self.client.connect()  # bounded by hello_timeout_s
-            except HandshakeRefused as e:
-                raise LearnerRefused(f"learner at {self.config.learner} refused this runtime: {e}") from e
-            except (PeerTimeout, HandshakeError) as e:
-                # a learner started at the same time takes a while: a person need act only later
-                waited = time.monotonic() - started
-                level = logging.INFO if waited < _WELCOME_PATIENCE_S else logging.WARNING
-                logger.log(level, "runtime: no welcome yet after %.0f s (%s); retrying in %.1f s", waited, e,
-                           self.config.connect_retry_s)
-                await asyncio.sleep(self.config.connect_retry_s)
-                continue
-            logger.info("runtime: welcomed by %s (session %s, resume at seq %d, weights at %s)",
-                        self.config.learner, welcome.session_id, welcome.resume_seq, welcome.weights_endpoint)
-            return welcome
 
     def _build_loop(self) -> ControlLoop:
         assert self.outbox is not None and self.policy is not None
@@ -372,7 +197,7 @@ class RuntimeDaemon:
 
     # ------------------------------------------------------------------ running
     async def _serve(self) -> None:
-        assert self.client is not None and self.loop is not None
+        assert self.link is not None and self.loop is not None and self.policy is not None
         control = ControlServer(ControlServerConfig(endpoint=self.config.control_bind, role="runtime",
                                                     keys=server_keys(self.config.keys_dir, "runtime")
                                                     if self.config.keys_dir else None), self._on_command)
@@ -390,21 +215,14 @@ class RuntimeDaemon:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 loop_task = tg.create_task(self.loop.run(), name="control-loop")
-                tg.create_task(self._run_uplink(), name="uplink")
-                tg.create_task(self._send_loop(), name="sender")
-                tg.create_task(self._inbox_loop(), name="inbox")
-                tg.create_task(self._weights_loop(), name="weights")
+                tg.create_task(self.link.run_uplink(), name="uplink")
+                tg.create_task(self.link.send_loop(), name="sender")
+                tg.create_task(self.link.inbox_loop(self._on_command), name="inbox")
+                tg.create_task(self.link.weights_loop(self.policy), name="weights")
                 tg.create_task(control.run(), name="control")
                 tg.create_task(self._supervise(loop_task), name="supervisor")
         finally:
             control.close()
-
-    async def _run_uplink(self) -> None:
-        assert self.client is not None
-        try:
-            await self.client.run()
-        except HandshakeRefused as e:
-            raise LearnerRefused(f"learner at {self.config.learner} refused this runtime: {e}") from e
 
     async def _gate(self) -> None:
         """Awaited before every tick: stops at ``--max-steps``, waits for the learner in lock-step,
@@ -424,96 +242,12 @@ class RuntimeDaemon:
     async def _await_learner(self) -> None:
         """Lock-step: returns once the learner has trained through ``next step − lag`` (so the
         loop never runs more than ``lag`` steps ahead of it) and no weights blob is being verified."""
-        assert self.loop is not None
-        target = self.loop.next_step_seq - self.config.lag
-        waited = time.monotonic()
-        while self.trained_through < target or self._swapping:
-            self._progress.clear()
-            try:
-                async with asyncio.timeout(1.0):
-                    await self._progress.wait()
-            except TimeoutError:
-                if time.monotonic() - waited > 10.0:
-                    logger.info("runtime: lock-step: waiting for the learner (trained through %d, need %d)",
-                                self.trained_through, target)
-                    waited = time.monotonic()
-
-    async def _send_loop(self) -> None:
-        """Sends written batches in seq order; a rewind makes a batch in hand stale."""
-        assert self.outbox is not None and self.client is not None
-        lost = self.outbox.lost_steps
-        while True:
-            try:
-                async with asyncio.timeout(1.0):
-                    out = await self.outbox.next_batch()
-            except TimeoutError:
-                continue
-            if self.outbox.lost_steps != lost:
-                # The learner waits for the skipped seqs and would never see them; when they
-                # are the oldest unacked, a fresh hello declares them (docs/protocol.md).
-                lost = self.outbox.lost_steps
-                if self.outbox.head_lost:
-                    self.client.reconnect()
-            while out.generation == self.outbox.generation and not self.client.send(out.batch):
-                await asyncio.sleep(0.005)  # disconnected or at the HWM: the rewind or room will come
-
-    async def _inbox_loop(self) -> None:
-        assert self.outbox is not None and self.client is not None
-        while True:
-            self.outbox.set_connected(self.client.state == ConnectionState.CONNECTED)
-            msg = await self.client.recv(timeout=0.1)
-            if isinstance(msg, Ack):
-                self.outbox.on_ack(msg.seq)
-                if self.outbox.head_lost:
-                    self.client.reconnect()  # the new hello's oldest_seq declares the hole
-                self.trained_through = max(self.trained_through, msg.trained_through)
-                self._progress.set()
-            elif isinstance(msg, Welcome):
-                logger.info("runtime: reconnected; learner resumes at seq %d", msg.resume_seq)
-                self.welcome = msg
-                self.outbox.rewind(msg.resume_seq)
-                self._weights_endpoint = reachable_endpoint(msg.weights_endpoint, self.config.learner)
-            elif isinstance(msg, Command):
-                self.client.send(await self._on_command(msg))
-            elif isinstance(msg, Status) and msg.state == BATCH_REFUSED:
-                # before the ack that follows it releases the steps (docs/protocol.md, "Refused batches")
-                await self.quarantine.take(self.outbox, msg)
-
-    async def _weights_loop(self) -> None:
-        """Receives weights (reconnecting when a welcome names a new endpoint) and offers them."""
-        assert self.policy is not None
-        keys = client_keys(self.config.keys_dir) if self.config.keys_dir else None
-        while True:
-            endpoint = self._weights_endpoint
-            # sized for this policy's blob: the defaults stop at 32 MiB frames, and libzmq drops
-            # a bigger one silently (the robot profile's pixel policy is 82 MiB)
-            subscriber = WeightsSubscriber(WeightsSubscriberConfig(endpoint=endpoint, keys=keys,
-                                                                   limits=weights_limits(self.policy.layout)))
-            self._subscribers.append(subscriber)  # its counts stay in the status after it closes
-            subscriber.connect()
-            try:
-                while endpoint == self._weights_endpoint:
-                    try:
-                        async with asyncio.timeout(0.5):
-                            weights = await subscriber.recv()
-                    except TimeoutError:
-                        continue
-                    self._swapping = True
-                    try:
-                        result = await self.policy.offer(weights)
-                    finally:
-                        self._swapping = False
-                        self._progress.set()
-                    if result.accepted:
-                        self.weights_active_at[weights.agent] = time.time()
-                    else:  # a refused blob must not make the learner's next good one look stale
-                        subscriber.refused(weights)
-            finally:
-                subscriber.close()
+        assert self.loop is not None and self.link is not None
+        await self.link.await_learner(self.loop.next_step_seq - self.config.lag)
 
     async def _supervise(self, loop_task: asyncio.Task[None]) -> None:
         """Waits for a stop signal or ``--max-steps``; logs a status line meanwhile."""
-        assert self.outbox is not None
+        assert self.link is not None
         last_log = time.monotonic()
         while not (self._stop.is_set() or self._finished.is_set() or loop_task.done()):
             try:
@@ -532,19 +266,8 @@ class RuntimeDaemon:
             if not loop_task.cancelled():
                 raise
         if self._finished.is_set() and not self._stop.is_set():
-            await self._drain_acks()
+            await self.link.drain_acks()
         raise _Shutdown()
-
-    async def _drain_acks(self) -> None:
-        assert self.outbox is not None
-        try:
-            async with asyncio.timeout(self.config.ack_wait_s):
-                while self.outbox.acked_seq < self.outbox.next_seq:
-                    await asyncio.sleep(0.02)
-            logger.info("runtime: %d steps done, all acked", self.outbox.next_seq)
-        except TimeoutError:
-            logger.warning("runtime: %d steps not acked within %.1f s; they stay in the spill log",
-                           self.outbox.next_seq - self.outbox.acked_seq, self.config.ack_wait_s)
 
     # ------------------------------------------------------------------ control
     async def _on_command(self, cmd: Command) -> Status:
@@ -587,12 +310,13 @@ class RuntimeDaemon:
 
     def _status_detail(self) -> dict[str, Any]:
         assert self.loop is not None and self.outbox is not None and self.policy is not None
+        assert self.link is not None
         stats = self.loop.stats()
         agent = self.loop.schedule.agent
         version = self.policy.version(agent)
         detail: dict[str, Any] = stats.detail()
         # Every rejection is counted (issue 17): the subscribers' (malformed, checksum) and the slot's.
-        weights = {k: sum(s.figures()[k] for s in self._subscribers) for k in WeightsSubscriber.FIGURES}
+        weights = self.link.weights_figures()
         control_malformed = self.control.malformed_count if self.control is not None else 0
         detail.update({f"weights_{k}": v for k, v in weights.items()}, **self.quarantine.figures(),
                       **handshake_figures(),
@@ -605,19 +329,17 @@ class RuntimeDaemon:
             acked_seq=self.outbox.acked_seq, next_seq=self.outbox.next_seq, oldest_seq=self.outbox.oldest_seq,
             unwritten_steps=self.outbox.unwritten_steps, lost_steps=self.outbox.lost_steps,
             weights_version=-1 if version is None else version, env_resets=self.loop.env_resets,
-            trained_through=self.trained_through, session_id=self.outbox.session_id,
-            connected=self.client is not None and self.client.state == ConnectionState.CONNECTED,
+            session_id=self.outbox.session_id,
             weights_rejected=self.policy.rejected + weights["malformed"] + weights["checksum_failures"],
             weights_accepted=self.policy.accepted,
-            weights_connection=self._subscribers[-1].connection if self._subscribers else "not connected",
-            weights_endpoint=self._weights_endpoint,
             malformed_rejected=control_malformed + weights["malformed"] + self.quarantine.malformed
-            + (self.client.malformed_count if self.client is not None else 0),
+            + self.link.client.malformed_count,
+            **self.link.status_detail(),
         )
         for name in AGENTS:
             v = self.policy.version(AGENTS.index(name))
             detail[f"weights_version_{name}"] = -1 if v is None else v
-            detail[f"weights_active_at_{name}"] = self.weights_active_at.get(name, 0.0)
+            detail[f"weights_active_at_{name}"] = self.link.weights_active_at.get(name, 0.0)
         return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in detail.items()}
 
     def _write_endpoints(self) -> None:
@@ -632,8 +354,8 @@ class RuntimeDaemon:
             self.robot.stop()
         except HardwareError as e:
             logger.error("runtime: robot.stop() failed: %s", e)
-        if self.client is not None:
-            self.client.close()
+        if self.link is not None:
+            self.link.close()
         if self.outbox is not None:
             await asyncio.to_thread(self.outbox.close)
         if self.policy is not None:
@@ -663,6 +385,4 @@ def install_signal_handlers(daemon: RuntimeDaemon) -> None:
         loop.add_signal_handler(sig, daemon.request_stop, signal.Signals(sig).name)
 
 
-__all__ = ["DaemonConfig", "EXIT_CRASH", "EXIT_OK", "EXIT_REFUSED", "LOCKSTEP_LAG_BATCHES", "LOCKSTEP_SENSOR_AGE_S",
-           "LearnerRefused", "RuntimeDaemon", "clock_settings", "install_signal_handlers", "observation_spaces",
-           "shield_settings"]
+__all__ = ["EXIT_CRASH", "EXIT_OK", "EXIT_REFUSED", "RuntimeDaemon", "install_signal_handlers"]

@@ -20,7 +20,8 @@ from protocol.session import SessionSettings
 from protocol.transport import (ControlClient, ControlClientConfig, UplinkServer, UplinkServerConfig,
                                 WeightsPublisher, WeightsPublisherConfig)
 from runtime.isolation import IsolationConfig
-from runtime.daemon import EXIT_OK, EXIT_REFUSED, DaemonConfig, RuntimeDaemon
+from runtime.daemon import EXIT_OK, EXIT_REFUSED, RuntimeDaemon
+from runtime.daemon_config import DaemonConfig
 from runtime.robots import RobotFacts
 from tests.runtime.fakes import ACTION_DIM, FakeRobot
 
@@ -237,7 +238,7 @@ def test_learner_gone_spills_and_everything_arrives_once_when_it_is_back(tmp_pat
 
 
 def test_wildcard_weights_endpoint_uses_the_learner_host() -> None:
-    from runtime.daemon import reachable_endpoint
+    from runtime.learner_link import reachable_endpoint
 
     assert reachable_endpoint("tcp://0.0.0.0:5556", "tcp://10.0.0.7:5555") == "tcp://10.0.0.7:5556"
     assert reachable_endpoint("tcp://*:5556", "tcp://gpu-host:5555") == "tcp://gpu-host:5556"
@@ -297,7 +298,8 @@ def test_lockstep_simulation_records_the_seed_actions_not_timing_holds(tmp_path:
 
 
 def test_shield_times_out_sensors_except_for_a_simulated_robot_in_lockstep(tmp_path: Path) -> None:
-    from runtime.daemon import LOCKSTEP_SENSOR_AGE_S, shield_settings
+    from runtime.daemon_config import shield_settings
+    from runtime.robots import LOCKSTEP_SENSOR_AGE_S
 
     robot = FakeRobot()
     realtime = DaemonConfig(robot="sim:fake", spill_dir=tmp_path, hz=50.0)
@@ -385,7 +387,7 @@ def test_lockstep_runs_at_most_lag_steps_ahead_of_trained_through(tmp_path: Path
 
 
 def test_lockstep_lag_defaults_to_two_batches_and_is_at_least_one() -> None:
-    from runtime.daemon import LOCKSTEP_LAG_BATCHES, clock_settings
+    from runtime.daemon_config import LOCKSTEP_LAG_BATCHES, clock_settings
 
     config = DaemonConfig(robot="sim:fake", spill_dir=Path("/nonexistent"), batch_steps=16, lockstep=True)
     assert LOCKSTEP_LAG_BATCHES == 2 and config.lag == 32

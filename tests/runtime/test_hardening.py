@@ -162,7 +162,7 @@ def test_every_rejected_weights_blob_is_counted_in_status(tmp_path: Path) -> Non
             sock = learner.publisher._sock
             for i, (kind, frames) in enumerate(hostile_blobs().items()):
                 sock.send_multipart(frames)  # one at a time: the PUB's HWM is 2
-                await until(lambda: daemon._subscribers[-1].received_count >= before["weights_received"] + i + 1)
+                await until(lambda: daemon.link.subscribers[-1].received_count >= before["weights_received"] + i + 1)
             after = await detail()
             client.close()
             daemon.request_stop("test")
