@@ -46,14 +46,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hardware.interfaces import Camera, CameraStatus, HardwareError, Robot
 from protocol.atomic import write_json_atomic
 from protocol.keys import server_keys
 from protocol.messages import AGENTS, ArraySpec, Command, Hello, LoopStats, Status
 from protocol.transport import ControlServer, ControlServerConfig, start_zero_copy_collector
-from protocol.transport.common import handshake_figures
 from runtime.clock import Clock
 from runtime.daemon_config import DaemonConfig, clock_settings, observation_spaces, shield_settings
 from runtime.isolation import collect_young, lower_other_threads, lower_thread_priority, ordinary_priority, settle_gc
@@ -66,6 +63,7 @@ from runtime.robots import RobotFacts
 from runtime.schedule import AgentSchedule, AgentScheduleConfig
 from runtime.shield import Shield
 from runtime.spill import SpillConfig, SpillLog
+from runtime.status import status_detail, status_line
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +77,9 @@ class _Shutdown(Exception):
 class RuntimeDaemon:
     """See the module docstring. ``exit_code = await RuntimeDaemon(...).run()``.
 
-    The daemon assembles and supervises; the learner connection is :class:`LearnerLink`'s."""
+    The daemon assembles and supervises; the learner connection is :class:`LearnerLink`'s and
+    the status fields :mod:`runtime.status`'s. What is left (~250 lines) stays one class: the
+    start-up order, the task group, the stop events and the clean-up share one state."""
 
     def __init__(self, config: DaemonConfig, robot: Robot, cameras: list[Camera], facts: RobotFacts) -> None:
         self.config = config
@@ -257,8 +257,7 @@ class RuntimeDaemon:
                 pass
             if time.monotonic() - last_log >= self.config.status_log_interval_s:
                 last_log = time.monotonic()
-                logger.info("runtime: %s", " ".join(f"{k}={_for_people(v)}" for k, v in self._status_detail().items()
-                                                    if k in _LOGGED))
+                logger.info("runtime: %s", status_line(self._status_detail()))
         loop_task.cancel()
         try:
             await loop_task  # its finally ends the segment and flushes into the outbox
@@ -311,36 +310,7 @@ class RuntimeDaemon:
     def _status_detail(self) -> dict[str, Any]:
         assert self.loop is not None and self.outbox is not None and self.policy is not None
         assert self.link is not None
-        stats = self.loop.stats()
-        agent = self.loop.schedule.agent
-        version = self.policy.version(agent)
-        detail: dict[str, Any] = stats.detail()
-        # Every rejection is counted (issue 17): the subscribers' (malformed, checksum) and the slot's.
-        weights = self.link.weights_figures()
-        control_malformed = self.control.malformed_count if self.control is not None else 0
-        detail.update({f"weights_{k}": v for k, v in weights.items()}, **self.quarantine.figures(),
-                      **handshake_figures(),
-                      weights_policy_rejected=self.policy.rejected,
-                      control_accepted=self.control.accepted_count if self.control is not None else 0,
-                      control_malformed=control_malformed,
-                      failed_replies=self.control.failed_replies if self.control is not None else 0)
-        detail.update(
-            agent=AGENTS[agent], seed_phase=not self.policy.has_policy(agent),
-            acked_seq=self.outbox.acked_seq, next_seq=self.outbox.next_seq, oldest_seq=self.outbox.oldest_seq,
-            unwritten_steps=self.outbox.unwritten_steps, lost_steps=self.outbox.lost_steps,
-            weights_version=-1 if version is None else version, env_resets=self.loop.env_resets,
-            session_id=self.outbox.session_id,
-            weights_rejected=self.policy.rejected + weights["malformed"] + weights["checksum_failures"],
-            weights_accepted=self.policy.accepted,
-            malformed_rejected=control_malformed + weights["malformed"] + self.quarantine.malformed
-            + self.link.client.malformed_count,
-            **self.link.status_detail(),
-        )
-        for name in AGENTS:
-            v = self.policy.version(AGENTS.index(name))
-            detail[f"weights_version_{name}"] = -1 if v is None else v
-            detail[f"weights_active_at_{name}"] = self.link.weights_active_at.get(name, 0.0)
-        return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in detail.items()}
+        return status_detail(self.loop, self.outbox, self.policy, self.link, self.control, self.quarantine)
 
     def _write_endpoints(self) -> None:
         path = Path(self.config.spill_dir) / "endpoints.json"
@@ -366,16 +336,6 @@ class RuntimeDaemon:
             except HardwareError as e:
                 logger.error("runtime: disconnecting %s failed: %s", device.name, e)
         logger.info("runtime: stopped")
-
-
-_LOGGED = ("steps", "agent", "seed_phase", "acked_seq", "queue_depth", "spilled_bytes", "overruns",
-           "jitter_p99_ms", "inference_p50_ms", "weights_version", "weights_connection", "env_resets", "connected")
-
-
-def _for_people(value: Any) -> Any:
-    """A status value as a log line shows it: floats to 3 significant digits (``status`` and
-    the JSON keep full precision)."""
-    return f"{value:.3g}" if isinstance(value, float) else value
 
 
 def install_signal_handlers(daemon: RuntimeDaemon) -> None:
