@@ -247,7 +247,8 @@ class LearnerService:
                                   for n, _ in checkpoint.checkpoint_dirs(self.run_dir)}
                 logger.info("resumed %s: journal position %d, env_steps %d", ckpt.path, position, trainer.env_steps)
         worker = TrainingWorker(
-            trainer, cfg, run_dir=self.run_dir, journal=self._journal, tracker=tracker, position=position,
+            trainer, cfg, run_dir=self.run_dir, journal=self._journal, ingested=tracker.committed_seqs(),
+            position=position,
             ckpt_positions=ckpt_positions, metrics=metrics,
             publish=lambda w: loop.call_soon_threadsafe(self._weights_out, w),
             trained=lambda d: loop.call_soon_threadsafe(self._on_trained, d))
@@ -258,7 +259,7 @@ class LearnerService:
         """Re-ingests journal records: before ``position`` into replay only (unless the
         checkpoint restored it), from ``position`` on as new data. Blocks."""
         assert self._journal is not None
-        self.tracker = ReceiveTracker.from_state(worker.tracker.export_state())
+        self.tracker = ReceiveTracker.from_state(ReceiveTracker.state_of(worker.ingested))
         self._streams = {}
         refilled = replayed = 0
         old: list[WorkItem] = []

@@ -30,7 +30,6 @@ from learner.errors import ServiceError
 from learner.journal import IngestJournal
 from learner.metrics import Metrics
 from learner.trainer import MedalTrainer
-from protocol.errors import SequenceGap
 from protocol.messages import AGENTS, BACKWARD, FORWARD, TransitionBatch, Weights, weights_in_dtype
 from protocol.reliability import ReceiveTracker
 
@@ -54,11 +53,13 @@ class TrainingWorker:
     """The thread that owns the trainer. ``submit`` from the loop; ``start``; ``stop`` (blocks)."""
 
     def __init__(self, trainer: MedalTrainer, cfg: LearnerConfig, *, run_dir: Path, journal: IngestJournal,
-                 tracker: ReceiveTracker, position: int, ckpt_positions: dict[int, int], metrics: Metrics,
+                 ingested: dict[str, int], position: int, ckpt_positions: dict[int, int], metrics: Metrics,
                  publish: Callable[[Weights], None], trained: Callable[[dict[str, int]], None]) -> None:
         self.trainer, self.cfg, self.run_dir, self.journal = trainer, cfg, run_dir, journal
         self.mode = cfg.service.mode
-        self.tracker = tracker  # what the trainer has ingested (checkpointed with it)
+        self.ingested = dict(ingested)
+        """Session → the seq after the last step the trainer took in (checkpointed with it).
+        Only a record: the service is the one admission point, so every item is fresh."""
         self.position = position
         self.ckpt_positions = ckpt_positions
         self.metrics = metrics
@@ -193,17 +194,14 @@ class TrainingWorker:
 
     def ingest(self, item: WorkItem) -> None:
         """Feeds one committed batch to the trainer (training thread, or before it starts)."""
-        try:
-            fresh = self.tracker.admit(item.batch)
-        except SequenceGap:
-            # The service only forwards committed steps in order; a hole here is one the
-            # runtime declared lost (the gap rule) and the service skipped: mirror it.
-            self.tracker.skip_to(item.batch.session_id, item.batch.first_seq)
-            fresh = self.tracker.admit(item.batch)
-        if fresh is None:
-            return
-        self.trainer.ingest_batch(fresh, stream=item.stream)
-        self.tracker.commit(fresh.session_id, fresh.end_seq)
+        batch = item.batch
+        # The service admits (dedupes) every batch before it is journaled and forwarded, in seq
+        # order; a hole ahead of it is one the runtime declared lost and the service skipped.
+        if batch.first_seq < self.ingested.get(batch.session_id, 0):
+            raise ServiceError(f"training worker: session {batch.session_id} steps {batch.first_seq}..{batch.end_seq - 1} "
+                               f"arrived after step {self.ingested[batch.session_id] - 1} (the service admits in order)")
+        self.trainer.ingest_batch(batch, stream=item.stream)
+        self.ingested[batch.session_id] = batch.end_seq
         self.position = max(self.position, item.position + item.batch.size)
 
     def _train_once(self) -> None:
@@ -249,8 +247,7 @@ class TrainingWorker:
         self._published[agent] = self._sent[agent] = version
 
     def _report_trained(self) -> None:
-        current = {sid: self.tracker.committed(sid) for sid in self.tracker.sessions()}
-        changed = {sid: v for sid, v in current.items() if self._trained.get(sid) != v}
+        changed = {sid: v for sid, v in self.ingested.items() if self._trained.get(sid) != v}
         if changed:
             self._trained.update(changed)
             self._trained_cb(changed)
@@ -259,7 +256,7 @@ class TrainingWorker:
         """Writes a checkpoint with the journal position and tracker; trims the journal. Blocks."""
         t = self.trainer
         total = sum(t.updates)
-        service = {"position": self.position, "tracker": self.tracker.export_state()}
+        service = {"position": self.position, "tracker": ReceiveTracker.state_of(self.ingested)}
         replay = t.replay_state() if self.cfg.replay.save_in_checkpoint else None
         path = checkpoint.save_checkpoint(self.run_dir, updates=total, state={**t.state_dict(), "service": service},
                                           config=self._checkpoint_config(), counters=t.counters(), replay=replay,

@@ -112,8 +112,17 @@ class ReceiveTracker:
 
     def export_state(self) -> dict[str, Any]:
         """Returns the committed state as a JSON-able dict (persist it with the ingested data)."""
-        return {"version": _STATE_VERSION,
-                "sessions": {sid: cur.committed for sid, cur in self._sessions.items()}}
+        return self.state_of(self.committed_seqs())
+
+    def committed_seqs(self) -> dict[str, int]:
+        """Returns session → committed seq (the first seq not yet committed), for every session."""
+        return {sid: cur.committed for sid, cur in self._sessions.items()}
+
+    @staticmethod
+    def state_of(committed: dict[str, int]) -> dict[str, Any]:
+        """Returns the :meth:`export_state` form of a session → committed seq map (what a
+        consumer that only records committed steps persists, for :meth:`from_state`)."""
+        return {"version": _STATE_VERSION, "sessions": dict(committed)}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> ReceiveTracker:

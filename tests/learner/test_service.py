@@ -19,7 +19,9 @@ import zmq.asyncio
 
 from learner.config import profile
 from learner.demo_dir import load_demo_dir
+from learner.errors import ServiceError
 from learner.service import LearnerService
+from learner.training_worker import WorkItem
 from protocol.codec import decode, encode
 from protocol.demos import DemoMeta, Demos, save_demos
 from protocol.messages import (Ack, ArraySpec, Command, Hello, Status, TransitionBatch, Weights, Welcome)
@@ -233,7 +235,7 @@ def test_lockstep_reports_trained_through_before_waiting_for_more_data(tmp_path:
 
         def checked(*, block: bool) -> None:  # runs on the training thread
             if block:
-                ingested = {sid: worker.tracker.committed(sid) for sid in worker.tracker.sessions()}
+                ingested = dict(worker.ingested)
                 reported = {sid: worker._trained.get(sid) for sid in ingested}
                 if reported != ingested:
                     late.append((ingested, reported))
@@ -446,6 +448,17 @@ def test_a_hole_the_runtime_declares_is_counted_lost_and_skipped(tmp_path: Path,
             assert (await rt.ack_at_least(24)).seq == 24
             d = (await status(service)).detail
             assert d["lost_steps"] == 8 and d["transitions_ingested"] == 16
+            # The service is the one admission point: the training thread records what it took
+            # in (the hole included) and refuses, loudly, a batch behind it instead of deduping.
+            worker = service.worker
+            assert worker is not None
+            for _ in range(200):
+                if worker.ingested.get("s1") == 24:
+                    break
+                await asyncio.sleep(0.05)
+            assert worker.ingested == {"s1": 24}
+            with pytest.raises(ServiceError, match="admits in order"):
+                worker.ingest(WorkItem(0, 0, make_batch("s1", 8, 8)))
             rt.close()
         finally:
             await stop(service, task)
