@@ -14,6 +14,8 @@ Conventions shared by every implementation:
 * Images are RGB ``uint8`` arrays in channel-first layout ``(3, H, W)`` at the policy's
   image size; the adapter crops and resizes.
 * Times are ``time.monotonic()`` seconds.
+* Arrays are described by :class:`protocol.spaces.ArraySpec` (re-exported here), the one spec
+  type the wire uses too: ``hardware`` imports that module and nothing else of the project.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 import numpy as np
+
+from protocol.spaces import ArraySpec
 
 logger = logging.getLogger(__name__)
 
@@ -51,35 +55,6 @@ class DeviceFailedError(HardwareError):
 
 
 # --------------------------------------------------------------------------- specs
-@dataclass(frozen=True, kw_only=True)
-class ArraySpec:
-    """Describes one array a device produces or consumes, usable before connecting."""
-
-    shape: tuple[int, ...]
-    """Array shape, e.g. ``(3, 84, 84)`` for an image or ``(4,)`` for proprio."""
-    dtype: str
-    """NumPy dtype name: ``"uint8"`` for images, ``"float32"`` for vectors."""
-    low: float | tuple[float, ...] | None = None
-    """Lower bound (scalar or per element); ``None`` when unbounded."""
-    high: float | tuple[float, ...] | None = None
-    """Upper bound (scalar or per element); ``None`` when unbounded."""
-
-    def __post_init__(self) -> None:
-        if any(int(d) <= 0 for d in self.shape):
-            raise ValueError(f"shape: every dimension must be positive, got {self.shape}")
-        np.dtype(self.dtype)  # raises TypeError for an unknown dtype name
-
-    def low_array(self) -> np.ndarray:
-        """Returns the lower bound broadcast to ``shape`` (``-inf`` where unbounded)."""
-        value = -np.inf if self.low is None else self.low
-        return np.broadcast_to(np.asarray(value, dtype=np.float64), self.shape).copy()
-
-    def high_array(self) -> np.ndarray:
-        """Returns the upper bound broadcast to ``shape`` (``+inf`` where unbounded)."""
-        value = np.inf if self.high is None else self.high
-        return np.broadcast_to(np.asarray(value, dtype=np.float64), self.shape).copy()
-
-
 @dataclass(frozen=True, kw_only=True)
 class Workspace:
     """Axis-aligned box the end effector must stay in (metres, robot base frame)."""

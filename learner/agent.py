@@ -30,9 +30,8 @@ from torch import Tensor, nn
 
 from learner.augment import RandomShift
 from learner.batch import Batch
-from learner.networks import (
-    Actor, CriticEnsemble, Encoder, NetworkConfig, ObsSpec, PolicyNetwork, is_image, native_bf16, uses_state_trunk,
-)
+from learner.networks import Actor, CriticEnsemble, Encoder, NetworkConfig, PolicyNetwork, is_image, native_bf16, uses_state_trunk
+from protocol.spaces import ObsSpec
 
 logger = logging.getLogger(__name__)
 

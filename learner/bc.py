@@ -19,7 +19,8 @@ from torch import Tensor
 
 from learner.augment import RandomShift
 from learner.errors import LearnerError
-from learner.networks import NetworkConfig, ObsSpec, PolicyNetwork, as_network_config, build_actor, is_image
+from learner.networks import NetworkConfig, PolicyNetwork, as_network_config, build_actor, is_image
+from protocol.spaces import ObsSpec
 from protocol.demos import Demos
 
 logger = logging.getLogger(__name__)

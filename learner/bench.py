@@ -26,7 +26,8 @@ from torch.nn import functional as F
 
 from learner.agent import AgentConfig, RedqAgent, tune_cpu_allocator
 from learner.batch import Batch
-from learner.networks import Actor, NetworkConfig, ObsSpec, weight_init
+from learner.networks import Actor, NetworkConfig, weight_init
+from protocol.spaces import ObsSpec
 from learner.replay import ReplayBuffer
 
 logger = logging.getLogger(__name__)

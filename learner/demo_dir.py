@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from learner.errors import LearnerError
-from learner.networks import ObsSpec
+from protocol.spaces import ObsSpec
 from protocol.demos import DemoFormatError, Demos, concatenate, load_demos
-from protocol.messages import ArraySpec, Space
+from protocol.spaces import ArraySpec, Space
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from learner.augment import RandomShift
 from learner.errors import DiscriminatorError
-from learner.networks import Encoder, NetworkConfig, ObsSpec, is_image
+from learner.networks import Encoder, NetworkConfig, is_image
+from protocol.spaces import ObsSpec
 
 logger = logging.getLogger(__name__)
 

@@ -28,10 +28,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-logger = logging.getLogger(__name__)
+from protocol.spaces import ObsSpec
 
-#: name -> (shape, dtype); images are ``uint8 (C, H, W)``, vectors ``float32 (D,)``.
-ObsSpec = Mapping[str, tuple[tuple[int, ...], str]]
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -22,10 +22,10 @@ import torch
 
 from learner.batch import Batch
 from learner.errors import ReplayError
+from protocol.spaces import ObsSpec
 
 logger = logging.getLogger(__name__)
 
-ObsSpec = Mapping[str, tuple[tuple[int, ...], str]]
 
 _NO_SUCCESSOR = -1
 # Rejection rounds before falling back to an exact scan of the valid rows.

@@ -26,7 +26,8 @@ import torch
 from learner.agent import AgentConfig, RedqAgent
 from learner.discriminators import Discriminator, DiscriminatorConfig
 from learner.errors import DiscriminatorError, TrainerError
-from learner.networks import NetworkConfig, ObsSpec
+from learner.networks import NetworkConfig
+from protocol.spaces import ObsSpec
 from learner.replay import ReplayBuffer, ReplayConfig, sample_mixed
 from learner.rewards import VICE_REWARD_FORMS, medal_reward, vice_reward
 from protocol.messages import BACKWARD, FORWARD, TransitionBatch

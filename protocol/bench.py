@@ -19,7 +19,8 @@ import time
 import numpy as np
 import zmq
 
-from protocol.messages import Ack, ArraySpec, Hello, TransitionBatch, Weights, Welcome
+from protocol.messages import Ack, Hello, TransitionBatch, Weights, Welcome
+from protocol.spaces import ArraySpec
 from protocol.transport import (
     UplinkClient, UplinkClientConfig, UplinkServer, UplinkServerConfig, WeightsPublisher, WeightsPublisherConfig,
     WeightsSubscriber, WeightsSubscriberConfig,

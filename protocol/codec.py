@@ -21,9 +21,10 @@ import numpy as np
 
 from protocol.errors import ProtocolError
 from protocol.messages import (
-    ALLOWED_DTYPES, MESSAGE_TYPES, PROTOCOL_VERSION, Ack, ArraySpec, Command, Heartbeat, Hello,
-    LoopStats, Message, Status, TransitionBatch, Weights, Welcome, is_int,
+    MESSAGE_TYPES, PROTOCOL_VERSION, Ack, Command, Heartbeat, Hello, LoopStats, Message, Status,
+    TransitionBatch, Weights, Welcome, is_int,
 )
+from protocol.spaces import ALLOWED_DTYPES, ArraySpec
 
 logger = logging.getLogger(__name__)
 

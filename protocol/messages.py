@@ -20,17 +20,13 @@ from typing import Any, ClassVar, Literal, Union
 import numpy as np
 
 from protocol.errors import ChecksumError, ProtocolError
+from protocol.spaces import ArraySpec, Space
 
 logger = logging.getLogger(__name__)
 
 #: The protocol version every message carries; a different one is a ProtocolError.
 PROTOCOL_VERSION = 1
 
-#: Array dtypes allowed on the wire (numpy names; all little-endian, bool is one byte 0/1).
-ALLOWED_DTYPES: frozenset[str] = frozenset(
-    {"uint8", "int8", "int16", "int32", "int64", "uint16", "uint32",
-     "float16", "float32", "float64", "bool"}
-)
 
 
 
@@ -91,23 +87,6 @@ def _check_seq(value: int, field: str) -> None:
 def saturate(value: int) -> int:
     """Returns ``value`` clamped to ``[INT64_MIN, INT64_MAX]`` (what every msgpack reader takes)."""
     return min(max(value, INT64_MIN), INT64_MAX)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ArraySpec:
-    """The dtype and shape of one array (per step, without the batch dimension)."""
-
-    dtype: str
-    """numpy dtype name, one of :data:`ALLOWED_DTYPES`."""
-    shape: tuple[int, ...]
-    """Non-negative dimensions."""
-
-    def __post_init__(self) -> None:
-        _require(self.dtype in ALLOWED_DTYPES, "ArraySpec.dtype", f"{self.dtype!r} not allowed")
-        _require(all(d >= 0 for d in self.shape), "ArraySpec.shape", f"negative dim in {self.shape}")
-
-
-Space = dict[str, ArraySpec]
 
 
 @dataclass(frozen=True, kw_only=True)

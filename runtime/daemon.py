@@ -49,9 +49,10 @@ from typing import Any
 from hardware.interfaces import Camera, CameraStatus, HardwareError, Robot
 from protocol.atomic import write_json_atomic
 from protocol.keys import server_keys
-from protocol.messages import AGENTS, ArraySpec, Command, Hello, LoopStats, Status
+from protocol.messages import AGENTS, Command, Hello, LoopStats, Status
 from protocol.transport import ControlServer, ControlServerConfig, start_zero_copy_collector
 from runtime.clock import Clock
+from protocol.spaces import obs_spec_of
 from runtime.daemon_config import DaemonConfig, clock_settings, observation_spaces, shield_settings
 from runtime.isolation import collect_young, lower_other_threads, lower_thread_priority, ordinary_priority, settle_gc
 from runtime.learner_link import LearnerLink, LearnerRefused
@@ -156,7 +157,7 @@ class RuntimeDaemon:
         await asyncio.to_thread(self._connect_devices)
         self.link = LearnerLink(self.config, self.outbox, self.quarantine, hello=self._hello, stats=self._loop_stats)
         welcome = await self.link.connect()
-        obs_spec = {name: (tuple(s.shape), s.dtype) for name, s in self._space.items()}
+        obs_spec = obs_spec_of(self._space)
         with ordinary_priority():  # ~1 s of CPU: not as real-time work (see ordinary_priority)
             self.policy = PolicySlot.for_actor(obs_spec, self.robot.action_spec.shape[0], welcome.net_config,
                                                self.config.policy)
@@ -175,7 +176,7 @@ class RuntimeDaemon:
         spec = self.robot.action_spec
         return Hello(session_id=self.outbox.session_id, robot=self.facts.kind, task=self.facts.task,
                      observation_space=dict(self._space),
-                     action_space=ArraySpec(dtype=spec.dtype, shape=tuple(spec.shape)),
+                     action_space=spec.unbounded(),
                      config_hash=self.config.session_settings.config_hash(), next_seq=self.outbox.next_seq,
                      oldest_seq=min(self.outbox.oldest_seq, self.outbox.next_seq))
 

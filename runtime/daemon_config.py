@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hardware.interfaces import Camera, Robot
-from protocol.messages import ArraySpec
+from protocol.spaces import ArraySpec
 from protocol.session import DEFAULT_SWITCH_INTERVAL, SessionSettings
 from runtime.clock import ClockConfig
 from runtime.isolation import IsolationConfig
@@ -130,6 +130,6 @@ def clock_settings(config: DaemonConfig) -> ClockConfig:
 
 def observation_spaces(robot: Robot, cameras: list[Camera]) -> dict[str, ArraySpec]:
     """Returns the wire observation space: one spec per camera image plus the robot's arrays."""
-    space = {c.name: ArraySpec(dtype=c.image_spec.dtype, shape=tuple(c.image_spec.shape)) for c in cameras}
-    space.update({name: ArraySpec(dtype=s.dtype, shape=tuple(s.shape)) for name, s in robot.state_spec.items()})
+    space = {c.name: c.image_spec.unbounded() for c in cameras}
+    space.update({name: s.unbounded() for name, s in robot.state_spec.items()})
     return space

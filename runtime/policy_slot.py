@@ -37,6 +37,7 @@ from torch import nn
 
 from learner.networks import native_bf16
 from protocol.messages import AGENTS, Weights, weights_sha256
+from protocol.spaces import ObsSpec
 from runtime.errors import PolicyError, WeightsRejected
 from runtime.isolation import lower_thread_priority
 from runtime.schedule import agent_index
@@ -183,7 +184,7 @@ class PolicySlot:
         self.last_reject_reason = ""
 
     @classmethod
-    def for_actor(cls, obs_spec: Mapping[str, tuple[tuple[int, ...], str]], action_dim: int,
+    def for_actor(cls, obs_spec: ObsSpec, action_dim: int,
                   net_config: Mapping[str, Any], config: PolicySlotConfig | None = None) -> PolicySlot:
         """Returns a slot for ``learner.networks.build_actor(obs_spec, action_dim, net_config)``.
 

@@ -15,7 +15,8 @@ OURS = ("protocol", "hardware", "learner", "runtime", "simulation")
 #: follows ``simulation.app`` and ``simulation.tasks.door`` follows ``simulation``.
 ALLOWED: dict[str, tuple[str, ...]] = {
     "protocol": ("protocol",),
-    "hardware": ("hardware",),
+    # the device interfaces describe arrays with the wire's one spec type (a leaf module)
+    "hardware": ("hardware", "protocol.spaces"),
     "learner": ("learner", "protocol"),
     "runtime": ("runtime", "protocol", "hardware.interfaces", "learner.networks"),
     # the simulator: the design's row (tasks, experts, the simulated robot, evaluation in the twin)
@@ -134,7 +135,8 @@ def test_imports_follow_the_architecture_table() -> None:
 
 
 @pytest.mark.parametrize("package, target, ok", [
-    ("protocol", "learner", False), ("hardware", "protocol", False), ("learner", "protocol.codec", True),
+    ("protocol", "learner", False), ("hardware", "protocol", False), ("hardware", "protocol.spaces", True),
+    ("hardware", "protocol.messages", False), ("learner", "protocol.codec", True),
     ("learner", "runtime", False), ("learner", "simulation", False), ("runtime", "hardware.interfaces", True),
     ("runtime", "hardware.franka", False), ("runtime", "learner.networks", True), ("runtime", "learner.redq", False),
     ("runtime", "simulation", False), ("simulation", "runtime.daemon", False),

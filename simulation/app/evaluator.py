@@ -28,7 +28,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from learner.networks import NetworkConfig, ObsSpec, PolicyNetwork, as_network_config, build_actor
+from learner.networks import NetworkConfig, PolicyNetwork, as_network_config, build_actor
+from protocol.spaces import ObsSpec
 from simulation.evaluation import EvalResult, evaluate
 from simulation.tasks import make
 from simulation.tasks.base import ObsMode, SimulationError

@@ -35,6 +35,7 @@ from protocol.errors import PeerTimeout, SequenceGap
 from protocol.messages import Ack, Hello, TransitionBatch, Weights, Welcome, weights_in_dtype
 from protocol.reliability import ReceiveTracker
 from protocol.session import SessionSettings
+from protocol.spaces import obs_spec_of
 from protocol.transport import UplinkServer, UplinkServerConfig, WeightsPublisher, WeightsPublisherConfig
 from simulation.cli import plain
 from simulation.app.processes import StatusPoller, pick_endpoint, read_endpoints
@@ -97,7 +98,7 @@ class BenchLearner:
     def publish(self, version: int) -> float:
         """Publishes fresh forward-actor weights; returns the wall-clock publish time."""
         assert self.hello is not None
-        spec = {n: (tuple(s.shape), s.dtype) for n, s in self.hello.observation_space.items()}
+        spec = obs_spec_of(self.hello.observation_space)
         actor = build_actor(spec, self.hello.action_space.shape[0], self.net_config)
         tensors = weights_in_dtype({k: v.detach().numpy().copy() for k, v in actor.state_dict().items()},
                                    self.weights_dtype)

@@ -21,9 +21,8 @@ import zmq.asyncio
 
 from protocol.codec import Limits, Spaces, decode, encode
 from protocol.errors import PeerTimeout, ProtocolError
-from protocol.messages import (
-    Ack, ArraySpec, Command, Heartbeat, Hello, Message, Status, TransitionBatch, Weights, Welcome,
-)
+from protocol.messages import Ack, Command, Heartbeat, Hello, Message, Status, TransitionBatch, Weights, Welcome
+from protocol.spaces import ArraySpec
 from simulation.app.processes import FaultDrillError
 
 logger = logging.getLogger(__name__)

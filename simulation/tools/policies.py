@@ -29,7 +29,8 @@ import torch
 from learner import checkpoint
 from learner.bc import BCConfig, train_bc_from_demos
 from learner.errors import CheckpointError, LearnerError
-from learner.networks import NetworkConfig, ObsSpec, PolicyNetwork, as_network_config, build_actor, is_image
+from learner.networks import NetworkConfig, PolicyNetwork, as_network_config, build_actor, is_image
+from protocol.spaces import ObsSpec
 from protocol.demos import Demos
 from protocol.messages import AGENTS
 from simulation.tasks.base import SimulationError

@@ -24,7 +24,8 @@ from learner.service import LearnerService
 from learner.training_worker import WorkItem
 from protocol.codec import decode, encode
 from protocol.demos import DemoMeta, Demos, save_demos
-from protocol.messages import (Ack, ArraySpec, Command, Hello, Status, TransitionBatch, Weights, Welcome)
+from protocol.messages import Ack, Command, Hello, Status, TransitionBatch, Weights, Welcome
+from protocol.spaces import ArraySpec
 from protocol.session import SessionSettings
 from protocol.transport import ControlClient, ControlClientConfig
 

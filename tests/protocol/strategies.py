@@ -7,9 +7,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from protocol.messages import (
-    AGENTS, ALLOWED_DTYPES, Ack, ArraySpec, Command, Heartbeat, Hello, LoopStats, Status, TransitionBatch,
-    Weights, Welcome,
+    AGENTS, Ack, Command, Heartbeat, Hello, LoopStats, Status, TransitionBatch, Weights, Welcome,
 )
+from protocol.spaces import ALLOWED_DTYPES, ArraySpec
 
 names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_./0123456789", min_size=1, max_size=12)
 texts = st.text(max_size=40)

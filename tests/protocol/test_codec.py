@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from protocol.codec import Limits, Spaces, decode, encode
 from protocol.errors import ChecksumError, ProtocolError
-from protocol.messages import MESSAGE_TYPES, ArraySpec, Ack, Weights, messages_equal
+from protocol.messages import MESSAGE_TYPES, Ack, Weights, messages_equal
+from protocol.spaces import ArraySpec
 from tests.protocol.strategies import messages, small_batch
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -13,7 +13,8 @@ from pathlib import Path
 import msgpack
 
 from protocol.codec import decode
-from protocol.messages import ArraySpec, Hello
+from protocol.messages import Hello
+from protocol.spaces import ArraySpec
 from protocol.session import SessionSettings
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text(encoding="utf-8")

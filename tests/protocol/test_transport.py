@@ -17,7 +17,8 @@ import zmq.asyncio
 from protocol import keys
 from protocol.codec import Limits
 from protocol.errors import PeerTimeout
-from protocol.messages import Ack, ArraySpec, Command, Heartbeat, Hello, Status, TransitionBatch, Weights, Welcome
+from protocol.messages import Ack, Command, Heartbeat, Hello, Status, TransitionBatch, Weights, Welcome
+from protocol.spaces import ArraySpec
 from protocol.transport import (
     ConnectionState, ControlClient, ControlClientConfig, ControlServer, ControlServerConfig, HandshakeRefused,
     UplinkClient, UplinkClientConfig, UplinkServer, UplinkServerConfig, WeightsPublisher,

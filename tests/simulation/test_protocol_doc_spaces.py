@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.messages import ArraySpec
+from protocol.spaces import ArraySpec
 from runtime.daemon_config import observation_spaces
 from simulation.sim_robot import SimRobot
 from tests.protocol.test_protocol_doc import spaces_table
