@@ -41,7 +41,6 @@ import asyncio
 import logging
 import os
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -249,16 +248,17 @@ class RuntimeDaemon:
     async def _supervise(self, loop_task: asyncio.Task[None]) -> None:
         """Waits for a stop signal or ``--max-steps``; logs a status line meanwhile."""
         assert self.link is not None
-        last_log = time.monotonic()
-        while not (self._stop.is_set() or self._finished.is_set() or loop_task.done()):
-            try:
-                async with asyncio.timeout(0.2):
-                    await self._stop.wait()
-            except TimeoutError:
-                pass
-            if time.monotonic() - last_log >= self.config.status_log_interval_s:
-                last_log = time.monotonic()
-                logger.info("runtime: %s", status_line(self._status_detail()))
+        ends = {asyncio.ensure_future(self._stop.wait()), asyncio.ensure_future(self._finished.wait()), loop_task}
+        try:
+            while not any(f.done() for f in ends):
+                # wakes for the first of: a stop, --max-steps, the loop ending, or the next log line
+                await asyncio.wait(ends, timeout=self.config.status_log_interval_s,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if not any(f.done() for f in ends):
+                    logger.info("runtime: %s", status_line(self._status_detail()))
+        finally:
+            for f in ends - {loop_task}:
+                f.cancel()
         loop_task.cancel()
         try:
             await loop_task  # its finally ends the segment and flushes into the outbox

@@ -75,6 +75,7 @@ class LearnerLink:
         """Every weights subscriber of this run (one per learner endpoint), for their counts."""
         self._progress = asyncio.Event()
         self._swapping = False
+        self._endpoint_changed = asyncio.Event()
 
     @property
     def connected(self) -> bool:
@@ -127,14 +128,11 @@ class LearnerLink:
                     waited = time.monotonic()
 
     async def send_loop(self) -> None:
-        """Sends written batches in seq order; a rewind makes a batch in hand stale."""
+        """Sends written batches in seq order; a rewind makes a batch in hand stale. Runs until
+        cancelled: it waits on the outbox for a batch and on the client for a connection."""
         lost = self.outbox.lost_steps
         while True:
-            try:
-                async with asyncio.timeout(1.0):
-                    out = await self.outbox.next_batch()
-            except TimeoutError:
-                continue
+            out = await self.outbox.next_batch()
             if self.outbox.lost_steps != lost:
                 # The learner waits for the skipped seqs and would never see them; when they
                 # are the oldest unacked, a fresh hello declares them (docs/protocol.md).
@@ -142,7 +140,10 @@ class LearnerLink:
                 if self.outbox.head_lost:
                     self.client.reconnect()
             while out.generation == self.outbox.generation and not self.client.send(out.batch):
-                await asyncio.sleep(0.005)  # disconnected or at the HWM: the rewind or room will come
+                if not self.connected:
+                    await self.client.connected.wait()  # the reconnect's welcome rewinds (a new generation)
+                else:
+                    await asyncio.sleep(0.005)  # at the socket's high-water mark: room comes as it drains
 
     async def inbox_loop(self, on_command: Callable[[Command], Awaitable[Status]]) -> None:
         """Handles what the learner sends: acks, a reconnect's welcome, commands (answered with
@@ -160,7 +161,10 @@ class LearnerLink:
                 logger.info("runtime: reconnected; learner resumes at seq %d", msg.resume_seq)
                 self.welcome = msg
                 self.outbox.rewind(msg.resume_seq)
-                self.weights_endpoint = reachable_endpoint(msg.weights_endpoint, self.config.learner)
+                endpoint = reachable_endpoint(msg.weights_endpoint, self.config.learner)
+                if endpoint != self.weights_endpoint:
+                    self.weights_endpoint = endpoint
+                    self._endpoint_changed.set()  # the weights loop resubscribes
             elif isinstance(msg, Command):
                 self.client.send(await on_command(msg))
             elif isinstance(msg, Status) and msg.state == BATCH_REFUSED:
@@ -180,11 +184,9 @@ class LearnerLink:
             subscriber.connect()
             try:
                 while endpoint == self.weights_endpoint:
-                    try:
-                        async with asyncio.timeout(0.5):
-                            weights = await subscriber.recv()
-                    except TimeoutError:
-                        continue
+                    weights = await self._next_weights(subscriber)
+                    if weights is None:
+                        continue  # the endpoint changed: resubscribe
                     self._swapping = True
                     try:
                         result = await policy.offer(weights)
@@ -197,6 +199,20 @@ class LearnerLink:
                         subscriber.refused(weights)
             finally:
                 subscriber.close()
+
+    async def _next_weights(self, subscriber: WeightsSubscriber) -> Any:
+        """Returns the next weights from ``subscriber``, or None as soon as a welcome names
+        another weights endpoint."""
+        self._endpoint_changed.clear()
+        recv = asyncio.ensure_future(subscriber.recv())
+        changed = asyncio.ensure_future(self._endpoint_changed.wait())
+        try:
+            await asyncio.wait({recv, changed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+            if not recv.done():
+                recv.cancel()
+        return None if recv.cancelled() or not recv.done() else recv.result()
 
     async def drain_acks(self) -> None:
         """Waits (up to ``ack_wait_s``) until every written step is acked; logs what is left."""

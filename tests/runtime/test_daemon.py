@@ -234,6 +234,10 @@ def test_learner_gone_spills_and_everything_arrives_once_when_it_is_back(tmp_pat
             second_task.cancel()
         assert second.received == {seq: 1 for seq in range(200)}
         assert len(second.hellos) >= 1 and second.hellos[-1].next_seq > 40
+        # the second learner's welcome names its own weights endpoint: the runtime resubscribes
+        # there as soon as the welcome arrives, not at the next poll
+        assert daemon.link is not None and daemon.link.weights_endpoint == second.weights_endpoint
+        assert daemon.link.subscribers[-1].config.endpoint == second.weights_endpoint
     asyncio.run(body())
 
 
