@@ -127,6 +127,7 @@ class LearnerService:
         self._peer_of: dict[str, bytes] = {}
         self._trained: dict[str, int] = {}
         self._stop = asyncio.Event()
+        self._worker_ended = asyncio.Event()
         self._closed = False
         self.published: deque[tuple[str, int]] = deque(maxlen=64)
         """(agent, version) of the latest publications."""
@@ -183,15 +184,15 @@ class LearnerService:
                     self._ack(peer, sid)
 
     async def _watch(self) -> None:
-        """Returns when a stop is requested or the training thread died; cancels the group."""
-        while not self._stop.is_set():
-            if self.worker is not None and not self.worker.alive():
-                raise ServiceError("training thread stopped") from self.worker.error
-            try:
-                async with asyncio.timeout(0.2):
-                    await self._stop.wait()
-            except TimeoutError:
-                continue
+        """Returns when a stop is requested or the training thread ended; cancels the group."""
+        stop, ended = asyncio.ensure_future(self._stop.wait()), asyncio.ensure_future(self._worker_ended.wait())
+        try:
+            await asyncio.wait({stop, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            ended.cancel()
+        if not self._stop.is_set():
+            raise ServiceError("training thread stopped") from (self.worker.error if self.worker else None)
         logger.info("learner: stop requested; checkpointing")
         raise _Stop
 
@@ -251,7 +252,8 @@ class LearnerService:
             position=position,
             ckpt_positions=ckpt_positions, metrics=metrics,
             publish=lambda w: loop.call_soon_threadsafe(self._weights_out, w),
-            trained=lambda d: loop.call_soon_threadsafe(self._on_trained, d))
+            trained=lambda d: loop.call_soon_threadsafe(self._on_trained, d),
+            ended=lambda: loop.call_soon_threadsafe(self._worker_ended.set))
         self._replay_journal(worker, position, has_replay)
         return worker
 

@@ -54,7 +54,8 @@ class TrainingWorker:
 
     def __init__(self, trainer: MedalTrainer, cfg: LearnerConfig, *, run_dir: Path, journal: IngestJournal,
                  ingested: dict[str, int], position: int, ckpt_positions: dict[int, int], metrics: Metrics,
-                 publish: Callable[[Weights], None], trained: Callable[[dict[str, int]], None]) -> None:
+                 publish: Callable[[Weights], None], trained: Callable[[dict[str, int]], None],
+                 ended: Callable[[], None] = lambda: None) -> None:
         self.trainer, self.cfg, self.run_dir, self.journal = trainer, cfg, run_dir, journal
         self.mode = cfg.service.mode
         self.ingested = dict(ingested)
@@ -63,7 +64,7 @@ class TrainingWorker:
         self.position = position
         self.ckpt_positions = ckpt_positions
         self.metrics = metrics
-        self._publish_cb, self._trained_cb = publish, trained
+        self._publish_cb, self._trained_cb, self._ended_cb = publish, trained, ended
         self._inbox: queue.Queue[WorkItem] = queue.Queue()
         self._stop = threading.Event()
         self._paused = threading.Event()
@@ -134,6 +135,8 @@ class TrainingWorker:
         except BaseException as e:  # the loop's watcher reports it and shuts the service down
             logger.exception("training thread failed: %s", e)
             self.error = e
+        finally:
+            self._ended_cb()  # on the thread, last: the service's watcher wakes on it
 
     def _iteration(self) -> None:
         owed = self._owed()

@@ -427,6 +427,27 @@ def test_non_finite_actor_is_never_published(tmp_path: Path, demos) -> None:
     asyncio.run(scenario())
 
 
+def test_a_training_thread_that_dies_ends_the_service_with_its_error(tmp_path: Path, demos) -> None:
+    """The event loop learns of the training thread's end from the thread itself (no polling)
+    and the service stops with the thread's error, not with a hang or a generic message."""
+    async def scenario() -> None:
+        service = LearnerService(tiny_config(), demos, run_dir=tmp_path / "run")
+        task = await started(service)
+        worker = service.worker
+        assert worker is not None
+
+        def fail() -> None:
+            raise RuntimeError("out of memory (simulated)")
+
+        worker._iteration = fail  # type: ignore[method-assign]  # from its next iteration on
+        with pytest.raises(ServiceError, match=r"training failed: out of memory \(simulated\)"):
+            async with asyncio.timeout(20):
+                await task
+        assert not worker.alive()
+
+    asyncio.run(scenario())
+
+
 def test_a_hole_the_runtime_declares_is_counted_lost_and_skipped(tmp_path: Path, demos) -> None:
     async def scenario() -> None:
         service = LearnerService(tiny_config(), demos, run_dir=tmp_path / "run")
