@@ -20,7 +20,8 @@ from pathlib import Path
 from learner.config import LearnerConfig, add_config_arguments, config_from_args
 from learner.demo_dir import DemoDirError, load_demo_dir
 from learner.errors import LearnerError
-from learner.service import LearnerService, parse_cpus, serve
+from learner.placement import parse_cpus
+from learner.service import LearnerService, serve
 from protocol.keys import server_keys
 
 logger = logging.getLogger(__name__)

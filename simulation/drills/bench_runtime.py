@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from learner.networks import NetworkConfig, build_actor
-from learner.service import parse_cpus
+from learner.placement import parse_cpus
 from protocol.errors import PeerTimeout, SequenceGap
 from protocol.messages import Ack, Hello, TransitionBatch, Weights, Welcome, weights_in_dtype
 from protocol.reliability import ReceiveTracker
@@ -240,7 +240,7 @@ def run_load(seconds: float, threads: int, cpus: tuple[int, ...] = ()) -> int:
 
     from learner.agent import AgentConfig, RedqAgent
     from learner.bench import ACTION_DIM, filled_replay
-    from learner.service import pin_process
+    from learner.placement import pin_process
 
     pin_process(cpus)  # as `resetfree-learner --cpus` pins the real learner
 

@@ -121,7 +121,7 @@ def test_learner_cpus_from_the_command_line_and_validated(tmp_path):
 
 
 def test_cpu_lists_parse_or_name_the_bad_list():
-    from learner.service import parse_cpus
+    from learner.placement import parse_cpus
 
     assert parse_cpus("0,2") == (0, 2) and parse_cpus("") == () and parse_cpus(" 1 ") == (1,)
     for bad in ("a", "0,x", "-1"):

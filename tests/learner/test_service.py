@@ -495,7 +495,8 @@ def test_pin_process_moves_every_thread_and_refuses_absent_cpus() -> None:
     cpu = min(os.sched_getaffinity(0))
     code = textwrap.dedent(f"""
         import os, threading, time
-        from learner.service import ServiceError, pin_process
+        from learner.placement import pin_process
+        from learner.service import ServiceError
         started = threading.Event()
         t = threading.Thread(target=lambda: (started.set(), time.sleep(5)), daemon=True)
         t.start(); started.wait()
