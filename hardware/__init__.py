@@ -26,6 +26,7 @@ from hardware.interfaces import (
     HardwareError,
     Robot,
     RobotState,
+    SimulatedRobot,
     StaleFrameError,
     Teleop,
     TeleopButton,
@@ -37,6 +38,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ArraySpec", "Camera", "CameraStatus", "DeviceAlreadyConnectedError", "DeviceFailedError",
-    "DeviceNotConnectedError", "Frame", "HardwareError", "Robot", "RobotState", "StaleFrameError",
+    "DeviceNotConnectedError", "Frame", "HardwareError", "Robot", "RobotState", "SimulatedRobot", "StaleFrameError",
     "Teleop", "TeleopButton", "TeleopCommand", "Workspace",
 ]

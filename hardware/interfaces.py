@@ -25,6 +25,7 @@ import enum
 import logging
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 
@@ -177,6 +178,31 @@ class Robot(abc.ABC):
             self.stop()
         finally:
             self.disconnect()
+
+
+class SimulatedRobot(Robot):
+    """A robot whose world the runtime may reset, draw a goal in, and ask for the task's
+    success: a simulator (``simulation.sim_robot.SimRobot``). A real robot is never one: only a
+    person resets its scene. Code that needs these (the control loop's reset schedule, teleop
+    recording's placing of the object) checks for this type instead of probing methods."""
+
+    @abc.abstractmethod
+    def reset_environment(self, options: dict[str, Any] | None = None) -> None:
+        """Resets the task (default: its initial-state distribution). Blocks until done.
+
+        Raises:
+            HardwareError: when the simulation failed or is not connected.
+        """
+
+    @abc.abstractmethod
+    def draw_goal(self) -> None:
+        """Draws the task's goal anew without moving the scene (a one-goal task keeps its
+        goal). Blocks until the observation with the new goal is current."""
+
+    @property
+    @abc.abstractmethod
+    def last_success(self) -> bool:
+        """Whether the task was solved at the newest step."""
 
 
 # --------------------------------------------------------------------------- camera

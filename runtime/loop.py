@@ -25,7 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
-from hardware.interfaces import Camera, Frame, HardwareError, Robot, RobotState, StaleFrameError
+from hardware.interfaces import Camera, Frame, HardwareError, Robot, RobotState, SimulatedRobot, StaleFrameError
 from protocol.messages import AGENTS, FORWARD, LoopStats, TransitionBatch, observation_value_error
 from runtime.clock import Clock, Tick
 from runtime.errors import OutboxError, PolicyError
@@ -207,8 +207,13 @@ class ControlLoop:
     ) -> None:
         """``gate`` (optional) is awaited before every tick — lock-step simulation waits there
         for the learner; after a gate that held the loop past a deadline the tick starts at
-        once, on a fresh grid."""
+        once, on a fresh grid. Raises ValueError when ``config`` asks for environment resets or
+        goal draws and ``robot`` is not a :class:`~hardware.interfaces.SimulatedRobot`."""
         self.config = config or LoopConfig()
+        if (self.config.env_reset_every is not None or self.config.draw_goal_each_turn) \
+                and not isinstance(robot, SimulatedRobot):
+            raise ValueError(f"loop: environment resets and goal draws need a simulated robot; {robot.name} "
+                             f"({type(robot).__name__}) is not one")
         self.robot, self.cameras, self.policy = robot, list(cameras), policy
         self.shield, self.schedule, self.clock, self.sink = shield, schedule, clock, sink
         self._gate = gate
@@ -456,13 +461,10 @@ class ControlLoop:
         return every is not None and self._steps_since_reset >= every
 
     async def _reset_environment(self) -> None:
-        reset = getattr(self.robot, "reset_environment", None)
+        assert isinstance(self.robot, SimulatedRobot)  # checked in __init__
         self._steps_since_reset = 0
-        if reset is None:
-            logger.error("loop: env_reset_every is set but %s has no reset_environment()", self.robot.name)
-            return
         self._builder.end_segment()
-        await asyncio.to_thread(reset)
+        await asyncio.to_thread(self.robot.reset_environment)
         self.env_resets += 1
         self.clock.rebase()
         logger.info("loop: environment reset after %d steps", self.steps)
@@ -473,13 +475,10 @@ class ControlLoop:
                 and self._goal_drawn_at != schedule.switches)
 
     async def _draw_goal(self) -> None:
+        assert isinstance(self.robot, SimulatedRobot)  # checked in __init__
         self._goal_drawn_at = self.schedule.switches
-        draw = getattr(self.robot, "draw_goal", None)
-        if draw is None:
-            logger.error("loop: draw_goal_each_turn is set but %s has no draw_goal()", self.robot.name)
-            return
         self._builder.end_segment()  # the next step, at the new goal, starts a segment
-        await asyncio.to_thread(draw)
+        await asyncio.to_thread(self.robot.draw_goal)
         self.goals_drawn += 1
         self.clock.rebase()
 

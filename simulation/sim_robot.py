@@ -34,8 +34,8 @@ from typing import Any, Literal
 import numpy as np
 
 from hardware.interfaces import (ArraySpec, Camera, CameraStatus, DeviceAlreadyConnectedError,
-                                 DeviceFailedError, DeviceNotConnectedError, Frame, HardwareError, Robot,
-                                 RobotState, StaleFrameError, Workspace)
+                                 DeviceFailedError, DeviceNotConnectedError, Frame, HardwareError, RobotState,
+                                 SimulatedRobot, StaleFrameError, Workspace)
 from simulation.tasks import make, task_class
 from simulation.tasks.base import ObsMode, TaskEnv, TaskInfo
 
@@ -102,7 +102,7 @@ class _Call:
     error: BaseException | None = None
 
 
-class SimRobot(Robot):
+class SimRobot(SimulatedRobot):
     """A simulated task as a :class:`hardware.interfaces.Robot` (see the module docstring).
 
     Construction only stores the configuration; ``connect()`` starts the worker thread.

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from hardware.interfaces import Camera, Robot, RobotState, Teleop, TeleopButton
+from hardware.interfaces import Camera, Robot, RobotState, SimulatedRobot, Teleop, TeleopButton
 from hardware.spacemouse import SpaceMouseTeleop
 from hardware.teleop import KeyboardTeleop
 from protocol.demos import DemoMeta, DemoRecorder, Demos, concatenate, save_demos
@@ -190,15 +190,13 @@ class Rig:
 
     def task_success(self) -> bool | None:
         """Whether the simulated task is solved now; ``None`` on the real robot."""
-        success = getattr(self.robot, "last_success", None)
-        return bool(success) if self.config.is_sim and success is not None else None
+        return self.robot.last_success if isinstance(self.robot, SimulatedRobot) else None
 
     def reset_sim(self, options: dict[str, Any]) -> None:
         """Resets the simulated task with ``options`` (blocks). Raises RecordError on a real robot."""
-        reset = getattr(self.robot, "reset_environment", None)
-        if not self.config.is_sim or not callable(reset):
+        if not isinstance(self.robot, SimulatedRobot):
             raise RecordError("reset_sim: only a simulated robot can place the object itself")
-        reset(options)
+        self.robot.reset_environment(options)
 
     def shield_config(self) -> ShieldConfig:
         """Returns the shield limits for this robot at the rig's rate, by the runtime's own

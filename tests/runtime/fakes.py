@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from hardware.interfaces import (
-    ArraySpec, Camera, CameraStatus, DeviceNotConnectedError, Frame, Robot, RobotState,
+    ArraySpec, Camera, CameraStatus, DeviceNotConnectedError, Frame, Robot, RobotState, SimulatedRobot,
     StaleFrameError, Workspace,
 )
 from runtime.policy_slot import weights_sha256
@@ -86,8 +86,24 @@ class FakeRobot(Robot):
     def stop(self) -> None:
         self.stop_calls += 1
 
-    def reset_environment(self) -> None:
+
+
+class FakeSimRobot(FakeRobot, SimulatedRobot):
+    """A fake simulated robot: counts environment resets and goal draws (and when they came)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.draws_at: list[int] = []
+
+    def reset_environment(self, options: dict | None = None) -> None:
         self.resets += 1
+
+    def draw_goal(self) -> None:
+        self.draws_at.append(len(self.actions))
+
+    @property
+    def last_success(self) -> bool:
+        return False
 
 
 class FakeCamera(Camera):

@@ -18,7 +18,7 @@ from runtime.policy_slot import PolicySlot
 from runtime.schedule import AgentSchedule, AgentScheduleConfig
 from runtime.shield import Shield, ShieldConfig
 from runtime.spill import SpillConfig, SpillLog
-from tests.runtime.fakes import ACTION_DIM, FakeCamera, FakeRobot, TinyPolicy, make_weights
+from tests.runtime.fakes import ACTION_DIM, FakeCamera, FakeRobot, FakeSimRobot, TinyPolicy, make_weights
 
 torch.set_num_threads(1)
 
@@ -145,7 +145,7 @@ def test_steps_follow_rlds_and_the_schedule() -> None:
 
 
 def test_pause_estop_home_and_env_reset_cut_segments() -> None:
-    robot = FakeRobot()
+    robot = FakeSimRobot()
     robot.home_seconds = 0.1
     sink = ListSink()
 
@@ -181,19 +181,14 @@ def test_pause_estop_home_and_env_reset_cut_segments() -> None:
     assert np.all(ends[:-1] + 1 == starts[1:])  # every segment ends right before the next starts
 
 
-class GoalRobot(FakeRobot):
-    """A fake robot of a multi-goal task: counts ``draw_goal`` calls and when they came."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.draws_at: list[int] = []
-
-    def draw_goal(self) -> None:
-        self.draws_at.append(len(self.actions))
+def test_resets_and_goal_draws_are_refused_for_a_robot_that_is_not_simulated() -> None:
+    for config in (dict(env_reset_every=10), dict(draw_goal_each_turn=True)):
+        with pytest.raises(ValueError, match="need a simulated robot"):
+            build(FakeRobot(), ListSink(), rate_hz=100.0, **config)
 
 
 def test_a_goal_is_drawn_when_each_forward_turn_ends_and_cuts_the_segment() -> None:
-    robot = GoalRobot()
+    robot = FakeSimRobot()
     sink = ListSink()
 
     async def body() -> ControlLoop:
@@ -213,7 +208,7 @@ def test_a_goal_is_drawn_when_each_forward_turn_ends_and_cuts_the_segment() -> N
 
 
 def test_no_goal_is_drawn_unless_asked() -> None:
-    robot = GoalRobot()
+    robot = FakeSimRobot()
 
     async def body() -> None:
         loop = build(robot, ListSink(), rate_hz=200.0, switch_every=10)
