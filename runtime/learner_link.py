@@ -64,7 +64,7 @@ class LearnerLink:
         keys = client_keys(config.keys_dir) if config.keys_dir else None
         self.client = UplinkClient(UplinkClientConfig(endpoint=config.learner, hello_timeout_s=config.hello_timeout_s,
                                                       peer_timeout_s=config.peer_timeout_s, keys=keys),
-                                   hello, stats=stats)
+                                   hello, stats=stats, on_state=self._on_state)
         self.welcome: Welcome | None = None
         self.trained_through = 0
         """The learner's newest ``Ack.trained_through`` (from the welcome's ``resume_seq`` on)."""
@@ -76,6 +76,10 @@ class LearnerLink:
         self._progress = asyncio.Event()
         self._swapping = False
         self._endpoint_changed = asyncio.Event()
+
+    def _on_state(self, state: ConnectionState) -> None:
+        # a disconnect drops the outbox's memory copies at once (they are on disk)
+        self.outbox.set_connected(state == ConnectionState.CONNECTED)
 
     @property
     def connected(self) -> bool:
@@ -149,8 +153,7 @@ class LearnerLink:
         """Handles what the learner sends: acks, a reconnect's welcome, commands (answered with
         ``on_command``'s status), refused batches."""
         while True:
-            self.outbox.set_connected(self.connected)
-            msg = await self.client.recv(timeout=0.1)
+            msg = await self.client.recv()
             if isinstance(msg, Ack):
                 self.outbox.on_ack(msg.seq)
                 if self.outbox.head_lost:

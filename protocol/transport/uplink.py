@@ -288,8 +288,12 @@ class UplinkClient:
     """
 
     def __init__(self, config: UplinkClientConfig, hello: Hello | Callable[[], Hello], *,
-                 stats: Callable[[], LoopStats | None] | None = None) -> None:
+                 stats: Callable[[], LoopStats | None] | None = None,
+                 on_state: Callable[[ConnectionState], None] | None = None) -> None:
+        """``on_state`` (optional) is called with every new connection state, on the event
+        loop, as it changes (the runtime's outbox keeps memory copies only while connected)."""
         self.config = config
+        self._on_state = on_state
         self._hello = hello if callable(hello) else (lambda: hello)
         self._stats = stats
         self._zmq: _Sockets | None = None
@@ -312,11 +316,13 @@ class UplinkClient:
     def _set_state(self, state: ConnectionState) -> None:
         if state != self.state:
             logger.info("uplink client: %s -> %s", self.state.value, state.value)
-        self.state = state
+        changed, self.state = state != self.state, state
         if state == ConnectionState.CONNECTED:
             self.connected.set()
         else:
             self.connected.clear()
+        if changed and self._on_state is not None:
+            self._on_state(state)
 
     def _drop_socket(self) -> None:
         if self._zmq is not None:
@@ -382,9 +388,15 @@ class UplinkClient:
             return False
         return _send_nowait(self._sock, encode(msg))
 
-    async def recv(self, timeout: float) -> Message | None:
+    async def recv(self, timeout: float | None = None) -> Message | None:
         """Returns the next message from the learner (ack, welcome, command, heartbeat), or
-        None when none arrives within ``timeout`` seconds. Needs ``run()`` running."""
+        None when none arrives within ``timeout`` seconds (None: waits until one does). Needs
+        ``run()`` running."""
+        if timeout is None:
+            while not self._inbox:
+                self._inbox_event.clear()
+                await self._inbox_event.wait()
+            return self._inbox.popleft()
         deadline = time.monotonic() + timeout
         while not self._inbox:
             self._inbox_event.clear()

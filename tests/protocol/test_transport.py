@@ -187,8 +187,10 @@ def test_dead_learner_is_detected_and_client_reconnects() -> None:
     async def body() -> None:
         server = UplinkServer(UplinkServerConfig(heartbeat_interval_s=0.1))
         endpoint = await server.start()
+        states: list[ConnectionState] = []
         client = UplinkClient(UplinkClientConfig(endpoint=endpoint, heartbeat_interval_s=0.1, peer_timeout_s=0.5,
-                                                 reconnect_min_s=0.05, reconnect_max_s=0.2), hello())
+                                                 reconnect_min_s=0.05, reconnect_max_s=0.2), hello(),
+                              on_state=states.append)
         try:
             async with asyncio.TaskGroup() as tg:
                 learner = tg.create_task(learner_loop(server, []))
@@ -213,6 +215,10 @@ def test_dead_learner_is_detected_and_client_reconnects() -> None:
                     await asyncio.wait_for(client.connected.wait(), 5)
                     assert isinstance(await client.recv(timeout=2), Welcome)  # re-hello, welcome delivered
                     assert client.reconnects == 1 and client.send(small_batch())
+                    # every change was reported, as it happened: up, down, up again
+                    up = [i for i, s in enumerate(states) if s is ConnectionState.CONNECTED]
+                    assert len(up) == 2 and states[up[0] + 1] is not ConnectionState.CONNECTED
+                    assert all(a is not b for a, b in zip(states, states[1:]))
                 finally:
                     learner2.cancel(), beats2.cancel(), runner.cancel()
                     server2.close()
