@@ -22,8 +22,8 @@ Children run in their own sessions, so a Ctrl-C in the terminal reaches only thi
 which then stops them in that order.
 
 The run directory and config are :mod:`simulation.app.run_setup`, the children's command lines
-:mod:`simulation.app.run_commands`, child processes :mod:`simulation.app.processes`; their public
-names stay importable from here.
+:mod:`simulation.app.run_commands`, child processes :mod:`simulation.app.processes`, the live
+evaluation :mod:`simulation.app.live_eval`; the first three's public names stay importable from here.
 """
 
 from __future__ import annotations
@@ -33,22 +33,16 @@ import dataclasses
 import json
 import logging
 import signal
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
-import mujoco
-
 from learner.config import LearnerConfig
 from learner.errors import LearnerError
-from learner.networks import actor_layout
-from protocol.transport import WeightsSubscriber, WeightsSubscriberConfig, weights_limits
 from simulation.app.bc_baseline import bc_seeds_text
-from simulation.app.evaluator import EvalCancelled, EvalRecord, EvaluatorConfig, EvaluatorError, PolicyEvaluator
+from simulation.app.evaluator import EvaluatorConfig, PolicyEvaluator
+from simulation.app.live_eval import LiveEvaluation
 from protocol.atomic import write_text_atomic
-from simulation.app.plot import plot_runs
 from simulation.app.processes import (ChildProcess, StatusPoller, child_env, pick_endpoint, read_endpoints,
                                   wait_for_endpoints)
 from simulation.app.progress import ProgressDisplay, Snapshot
@@ -110,22 +104,17 @@ class Orchestrator:
         self.learner: ChildProcess | None = None
         self.runtimes: list[ChildProcess] = []
         self.bc_child: ChildProcess | None = None
-        self.evaluator: PolicyEvaluator | None = None
+        self.evaluation: LiveEvaluation | None = None
         self.learner_detail: dict[str, Any] = {}
         self.runtime_details: list[dict[str, Any]] = []
         self.bc_success: float | None = None
         self.bc_success_seeds: list[float] | None = None
         self.bc_seeds_text = ""
-        self.last_eval: EvalRecord | None = None
         self.seed_steps: int | None = None
         self._pollers: dict[str, StatusPoller] = {}
         self._interrupted = False
-        self._cancel_eval = threading.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval")
-        self._eval_future: asyncio.Future[EvalRecord] | None = None
         self._started = time.monotonic()
         self._stall: tuple[int, float, bool] = (-1, time.monotonic(), False)
-        self._told_no_policy = False
 
     # ------------------------------------------------------------------ public
     def interrupt(self) -> None:
@@ -150,7 +139,8 @@ class Orchestrator:
             uplink, weights = await self._start_learner(cfg, demos)
             if await self._start_runtimes(cfg, uplink):
                 async with asyncio.TaskGroup() as tg:
-                    receiver = tg.create_task(self._receive_weights(weights))
+                    assert self.evaluation is not None
+                    receiver = tg.create_task(self.evaluation.receive_weights(weights))
                     try:
                         reason = await self._supervise()
                     finally:
@@ -181,11 +171,10 @@ class Orchestrator:
         write_text_atomic(spec.run_dir / "config.toml", config_toml(cfg))
         write_text_atomic(spec.run_dir / "run.json", json.dumps(spec.to_json(), indent=1) + "\n")
         demos = prepare_demos(spec)
-        self.evaluator = PolicyEvaluator(
+        evaluator = PolicyEvaluator(
             EvaluatorConfig(task=spec.task, obs=spec.obs, every=spec.eval_every, episodes=spec.eval_episodes,
                             seed=EVAL_SEED, video=spec.video), spec.run_dir, cfg.network)
-        if self.evaluator.records:  # a resumed run shows its latest evaluation until the next one
-            self.last_eval = self.evaluator.records[-1]
+        self.evaluation = LiveEvaluation(evaluator, spec.run_dir, self.display, self._started)
         self.seed_steps = cfg.schedule.seed_frames
         return cfg, demos
 
@@ -252,11 +241,12 @@ class Orchestrator:
             if all(rt.poll() == 0 for rt in self.runtimes):
                 return "finished"
             self._check_bc()
-            self._collect_eval()
+            assert self.evaluation is not None
+            self.evaluation.collect()
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + self.spec.status_every
                 await self._poll_all()
-            self._maybe_start_eval()
+            self.evaluation.maybe_start(self.learner_detail)
             self._check_stall()
             self.display.update(self.snapshot())
             await asyncio.sleep(0.1)
@@ -340,82 +330,6 @@ class Orchestrator:
             if detail is not None:
                 self.runtime_details[index] = detail
 
-    async def _receive_weights(self, endpoint: str) -> None:
-        assert self.evaluator is not None
-        # sized for the evaluated actor's blob (the robot profile's pixel policy is over the
-        # default frame limit, and libzmq would drop the learner without a word)
-        layout = await asyncio.to_thread(actor_layout, self.evaluator.obs_spec, self.evaluator.action_dim,
-                                         self.evaluator.net_config)
-        subscriber = WeightsSubscriber(WeightsSubscriberConfig(endpoint=endpoint, limits=weights_limits(layout)))
-        try:
-            subscriber.connect()
-            while True:
-                weights = await subscriber.recv()
-                if self.evaluator.offer_weights(weights.agent, weights.version, weights.tensors):
-                    logger.debug("forward weights v%d received", weights.version)
-        finally:
-            subscriber.close()
-
-    # ------------------------------------------------------------------ evaluation
-    def _evaluate(self, step: int, wall_s: float) -> EvalRecord:
-        """Worker thread: evaluates, then refreshes ``curves.png``."""
-        assert self.evaluator is not None
-        record = self.evaluator.evaluate_latest(step, wall_s, cancel=self._cancel_eval)
-        try:
-            plot_runs([self.spec.run_dir], self.spec.run_dir / "curves.png")
-        except (ValueError, OSError) as e:
-            logger.warning("curves.png not refreshed: %s", e)
-        return record
-
-    def _maybe_start_eval(self) -> None:
-        env_steps = int(self.learner_detail.get("env_steps", 0) or 0)
-        if (self.evaluator is not None and self.evaluator.latest_version is None and not self._told_no_policy
-                and env_steps >= self.evaluator.next_due):
-            # The learner publishes no weights during its seed phase (the runtimes act at random
-            # then): an evaluation falling in it waits for the first forward policy.
-            self._told_no_policy = True
-            self.display.message(f"evaluation due at {self.evaluator.next_due:,} env steps: no forward policy yet "
-                                 f"(learner seed_phase {self.learner_detail.get('seed_phase')}); it runs when the "
-                                 "first weights arrive")
-        if self._eval_future is None and self.evaluator is not None and self.evaluator.due(env_steps):
-            step = self.evaluator.mark_started(env_steps)
-            loop = asyncio.get_running_loop()
-            self._eval_future = loop.run_in_executor(self._executor, self._evaluate, step,
-                                                     time.monotonic() - self._started)
-
-    def _collect_eval(self) -> None:
-        future = self._eval_future
-        if future is None or not future.done():
-            return
-        self._eval_future = None
-        try:
-            self.last_eval = future.result()
-        except EvalCancelled as e:
-            logger.info("%s", e)
-            return
-        except (EvaluatorError, SimulationError, mujoco.FatalError, RuntimeError, ValueError, OSError) as e:
-            # an evaluation is a measurement, not the run: report it and keep training
-            logger.error("evaluation failed", exc_info=e)
-            self.display.message(f"evaluation failed: {type(e).__name__}: {e}")
-            return
-        self.display.message(f"eval @ {self.last_eval.step:,} env steps: success {self.last_eval.success_rate:.0%}, "
-                             f"mean return {self.last_eval.mean_return:.1f}")
-
-    async def _final_eval(self) -> None:
-        if self.evaluator is None or self.learner is None or not self.learner.running:
-            return
-        await self._poll_learner()
-        env_steps = int(self.learner_detail.get("env_steps", 0) or 0)
-        last = self.evaluator.records[-1].step if self.evaluator.records else -1
-        if env_steps <= last or self.evaluator.latest_version is None:
-            return
-        self.evaluator.mark_started(env_steps)
-        loop = asyncio.get_running_loop()
-        self._eval_future = loop.run_in_executor(self._executor, self._evaluate, env_steps,
-                                                 time.monotonic() - self._started)
-        await asyncio.wait([self._eval_future], timeout=600.0)
-        self._collect_eval()
-
     # ------------------------------------------------------------------ shutdown
     async def _shutdown(self, reason: str) -> RunOutcome:
         clean_end = reason in ("finished", "time limit")
@@ -423,19 +337,19 @@ class Orchestrator:
         if running and not clean_end:  # hold them at once (a requested stop, not an e-stop), then SIGTERM
             await asyncio.gather(*(self._request(rt.name, "pause") for rt in running))
         await asyncio.gather(*(rt.stop(self.spec.stop_timeout) for rt in self.runtimes))
-        if self._eval_future is not None:
-            if not clean_end:
-                self._cancel_eval.set()
-            await asyncio.wait([self._eval_future], timeout=600.0)
-            self._collect_eval()
+        if self.evaluation is not None:
+            await self.evaluation.finish(cancel=not clean_end)
         if clean_end:
-            await self._final_eval()
+            if self.evaluation is not None and self.learner is not None and self.learner.running:
+                await self._poll_learner()
+                await self.evaluation.final(int(self.learner_detail.get("env_steps", 0) or 0))
             await self._settle_learner()
         else:
             await self._poll_learner()
         learner_code = await self.learner.stop(self.spec.stop_timeout) if self.learner is not None else None
         await self._finish_bc(clean_end)
-        self._executor.shutdown(wait=True)
+        if self.evaluation is not None:
+            self.evaluation.close()
         for poller in self._pollers.values():
             poller.close()
         if self.learner is not None:
@@ -473,7 +387,7 @@ class Orchestrator:
         codes.update({rt.name: rt.poll() for rt in self.runtimes})
         if self.bc_child is not None:
             codes["bc"] = self.bc_child.poll()
-        records = self.evaluator.records if self.evaluator is not None else []
+        records = self.evaluation.evaluator.records if self.evaluation is not None else []
         # A child stopped by us may die of the SIGTERM itself when it had not yet installed its
         # handler (still importing): it had nothing to flush, so that counts as clean too.
         ok = not reason.startswith("failed") and all(c in (0, -signal.SIGTERM) for n, c in codes.items() if n != "bc")
@@ -489,11 +403,12 @@ class Orchestrator:
         """Returns what the progress display shows now."""
         learner = self.learner_detail
         first = self.runtime_details[0] if self.runtime_details else {}
+        last = self.evaluation.last if self.evaluation is not None else None
         return Snapshot(env_steps=int(learner.get("env_steps", 0) or 0), updates=int(learner.get("updates", 0) or 0),
                         utd=float(learner.get("utd", 0.0) or 0.0), agent=str(first.get("agent", "-")),
                         seed_phase=bool(learner.get("seed_phase", False)), seed_steps=self.seed_steps,
-                        success=self.last_eval.success_rate if self.last_eval else None,
-                        success_step=self.last_eval.step if self.last_eval else None,
+                        success=last.success_rate if last else None,
+                        success_step=last.step if last else None,
                         bc_success=self.bc_success, bc_state=self._bc_state(),
-                        evaluating=self._eval_future is not None,
+                        evaluating=self.evaluation is not None and self.evaluation.running,
                         target_steps=self.spec.steps if self.spec.steps < UNBOUNDED_STEPS else None)

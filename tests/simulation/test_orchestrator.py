@@ -453,7 +453,7 @@ def test_interrupt_then_resume_continues_steps_and_evals(tmp_path: Path, standin
         orchestrator = Orchestrator(spec, ProgressDisplay(io.StringIO(), interval=0.5, tty=False))
         task = asyncio.create_task(orchestrator.run())
         deadline = time.monotonic() + 60
-        while (orchestrator.evaluator is None or not orchestrator.evaluator.records
+        while (orchestrator.evaluation is None or not orchestrator.evaluation.evaluator.records
                or not orchestrator.runtime_details or not orchestrator.runtime_details[0]):
             assert time.monotonic() < deadline and not task.done()
             await asyncio.sleep(0.1)
