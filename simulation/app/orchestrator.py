@@ -35,11 +35,11 @@ import logging
 import signal
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from learner.config import LearnerConfig
 from learner.errors import LearnerError
-from simulation.app.bc_baseline import bc_seeds_text
+from simulation.app.bc_run import BCBaselineRun
 from simulation.app.evaluator import EvaluatorConfig, PolicyEvaluator
 from simulation.app.live_eval import LiveEvaluation
 from protocol.atomic import write_text_atomic
@@ -103,13 +103,10 @@ class Orchestrator:
         self.display = display if display is not None else ProgressDisplay(interval=self.spec.display_every)
         self.learner: ChildProcess | None = None
         self.runtimes: list[ChildProcess] = []
-        self.bc_child: ChildProcess | None = None
         self.evaluation: LiveEvaluation | None = None
         self.learner_detail: dict[str, Any] = {}
         self.runtime_details: list[dict[str, Any]] = []
-        self.bc_success: float | None = None
-        self.bc_success_seeds: list[float] | None = None
-        self.bc_seeds_text = ""
+        self.bc = BCBaselineRun(self.spec.run_dir, self.display)
         self.seed_steps: int | None = None
         self._pollers: dict[str, StatusPoller] = {}
         self._interrupted = False
@@ -135,7 +132,7 @@ class Orchestrator:
         reason = "failed: setup"
         try:
             cfg, demos = self._prepare()
-            self._start_bc(demos)
+            self.bc.start(bc_command(self.spec, demos), wanted=self.spec.bc)
             uplink, weights = await self._start_learner(cfg, demos)
             if await self._start_runtimes(cfg, uplink):
                 async with asyncio.TaskGroup() as tg:
@@ -177,14 +174,6 @@ class Orchestrator:
         self.evaluation = LiveEvaluation(evaluator, spec.run_dir, self.display, self._started)
         self.seed_steps = cfg.schedule.seed_frames
         return cfg, demos
-
-    def _start_bc(self, demos: Path) -> None:
-        bc_json = self.spec.run_dir / "bc.json"
-        if bc_json.exists():
-            self._read_bc()
-        elif self.spec.bc:
-            self.bc_child = ChildProcess("bc", bc_command(self.spec, demos), self.spec.run_dir / "logs" / "bc.log")
-            self.bc_child.start()
 
     async def _start_learner(self, cfg: LearnerConfig, demos: Path) -> tuple[str, str]:
         spec = self.spec
@@ -240,7 +229,7 @@ class Orchestrator:
                 return failure
             if all(rt.poll() == 0 for rt in self.runtimes):
                 return "finished"
-            self._check_bc()
+            self.bc.check()
             assert self.evaluation is not None
             self.evaluation.collect()
             if time.monotonic() >= next_status:
@@ -276,35 +265,6 @@ class Orchestrator:
                                  f"last lines of {child.log_path}:\n{child.tail()}")
             return f"failed: {child.name} exited with code {code}"
         return None
-
-    def _check_bc(self) -> None:
-        if self.bc_child is None or self.bc_success is not None:
-            return
-        code = self.bc_child.poll()
-        if code == 0:
-            self._read_bc()
-            self.display.message(f"BC baseline: success {self.bc_success:.0%}{self.bc_seeds_text}")
-        elif code is not None and not self.bc_child.expected_exit:
-            self.bc_child.expected_exit = True  # report once
-            self.display.message(f"BC baseline failed with code {code}:\n{self.bc_child.tail(10)}")
-
-    def _bc_state(self) -> Literal["training", "failed", "off"]:
-        """Returns what the BC baseline is doing while its success is unknown (``Snapshot.bc_state``)."""
-        if self.bc_child is None:
-            return "off"  # not asked for (or bc.json there but unreadable: its warning says so)
-        code = self.bc_child.poll()
-        if code == -signal.SIGTERM and self._interrupted:
-            return "off"  # stopped with the run, not failed (it trains again on --resume)
-        return "training" if code in (None, 0) else "failed"  # 0: bc.json read next
-
-    def _read_bc(self) -> None:
-        try:
-            data = json.loads((self.spec.run_dir / "bc.json").read_text(encoding="utf-8"))
-            self.bc_success = float(data["success_rate"])
-            self.bc_success_seeds = [float(p["success_rate"]) for p in data.get("per_seed", [])] or [self.bc_success]
-            self.bc_seeds_text = bc_seeds_text(data)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            logger.warning("bc.json unreadable: %s", e)
 
     async def _request(self, name: str, kind: str, timeout: float = 1.0) -> dict[str, Any] | None:
         poller = self._pollers.get(name)
@@ -347,7 +307,7 @@ class Orchestrator:
         else:
             await self._poll_learner()
         learner_code = await self.learner.stop(self.spec.stop_timeout) if self.learner is not None else None
-        await self._finish_bc(clean_end)
+        await self.bc.finish(wait=clean_end)
         if self.evaluation is not None:
             self.evaluation.close()
         for poller in self._pollers.values():
@@ -372,21 +332,11 @@ class Orchestrator:
                 return
             await asyncio.sleep(0.2)
 
-    async def _finish_bc(self, wait: bool) -> None:
-        if self.bc_child is None:
-            return
-        if self.bc_child.running:
-            if wait:
-                self.display.message("waiting for the BC baseline …")
-                await self.bc_child.wait(600.0)
-            await self.bc_child.stop(10.0)
-        self._check_bc()
-
     def _outcome(self, reason: str, learner_code: int | None) -> RunOutcome:
         codes: dict[str, int | None] = {"learner": learner_code}
         codes.update({rt.name: rt.poll() for rt in self.runtimes})
-        if self.bc_child is not None:
-            codes["bc"] = self.bc_child.poll()
+        if self.bc.child is not None:
+            codes["bc"] = self.bc.exit_code()
         records = self.evaluation.evaluator.records if self.evaluation is not None else []
         # A child stopped by us may die of the SIGTERM itself when it had not yet installed its
         # handler (still importing): it had nothing to flush, so that counts as clean too.
@@ -396,7 +346,7 @@ class Orchestrator:
             updates=int(self.learner_detail.get("updates", 0) or 0), wall_s=time.monotonic() - self._started,
             success_final=records[-1].success_rate if records else None,
             success_best=max(r.success_rate for r in records) if records else None,
-            bc_success=self.bc_success, bc_success_seeds=self.bc_success_seeds,
+            bc_success=self.bc.success, bc_success_seeds=self.bc.success_seeds,
             resets=sum(int(d.get("env_resets", 0) or 0) for d in self.runtime_details), exit_codes=codes)
 
     def snapshot(self) -> Snapshot:
@@ -409,6 +359,6 @@ class Orchestrator:
                         seed_phase=bool(learner.get("seed_phase", False)), seed_steps=self.seed_steps,
                         success=last.success_rate if last else None,
                         success_step=last.step if last else None,
-                        bc_success=self.bc_success, bc_state=self._bc_state(),
+                        bc_success=self.bc.success, bc_state=self.bc.state(interrupted=self._interrupted),
                         evaluating=self.evaluation is not None and self.evaluation.running,
                         target_steps=self.spec.steps if self.spec.steps < UNBOUNDED_STEPS else None)
