@@ -11,8 +11,8 @@ covers only its sockets), does no I/O in ``__init__``, never blocks the event lo
 closes its sockets with linger 0. Sends are non-blocking and zero-copy: arrays handed to
 ``send``/``publish`` must not be mutated afterwards.
 
-Modules by channel: :mod:`.common` (sockets, sends, loopback check), :mod:`.uplink`,
-:mod:`.weights`, :mod:`.control`; every public name is re-exported here.
+Modules by channel: :mod:`.common` (sockets, sends, loopback check), :mod:`.uplink` (learner) and
+:mod:`.uplink_client` (runtime), :mod:`.weights`, :mod:`.control`; every public name is re-exported here.
 """
 
 import logging
@@ -20,9 +20,9 @@ import logging
 from protocol.transport.common import DEFAULT_ENDPOINT, set_io_thread_scheduling, start_zero_copy_collector
 from protocol.transport.control import (ControlClient, ControlClientConfig, ControlServer, ControlServerConfig,
                                         Handler)
-from protocol.transport.uplink import (BATCH_REFUSED, HELLO_REQUIRED, ConnectionState, HandshakeRefused, PeerInfo,
-                                       UplinkClient, UplinkClientConfig, UplinkServer, UplinkServerConfig,
+from protocol.transport.uplink import (BATCH_REFUSED, HELLO_REQUIRED, PeerInfo, UplinkServer, UplinkServerConfig,
                                        batch_refusal, refused_range)
+from protocol.transport.uplink_client import ConnectionState, HandshakeRefused, UplinkClient, UplinkClientConfig
 from protocol.transport.weights import (WeightsPublisher, WeightsPublisherConfig, WeightsSubscriber,
                                         WeightsSubscriberConfig, weights_limits)
 
