@@ -230,6 +230,13 @@ async def wait_for_endpoints(path: Path, child: ChildProcess, timeout: float) ->
 
 
 # ============================================================================ status
+def status_int(detail: Mapping[str, object] | None, key: str) -> int:
+    """Returns ``detail[key]`` of a status reply as an int: 0 when the reply or the field is
+    missing or not a number (a boolean is not one)."""
+    value = (detail or {}).get(key)
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
 class StatusPoller:
     """Sends commands to one control endpoint; remembers the last ``status`` answer."""
 

@@ -46,7 +46,8 @@ from simulation.drills.journal_audit import audit_journal
 from simulation.drills.malformed import MalformedGenerator, send_malformed, state_spaces
 from simulation.drills.partition_proxy import PartitionProxy, ProxyConfig
 from simulation.app.processes import (
-    ChildProcess, FaultDrillError, StatusPoller, count_tracebacks, pick_endpoint, python_module, tcp_port, wait_for_endpoints,
+    ChildProcess, FaultDrillError, StatusPoller, count_tracebacks, pick_endpoint, python_module, status_int, tcp_port,
+    wait_for_endpoints,
 )
 
 logger = logging.getLogger(__name__)
@@ -157,14 +158,9 @@ class DrillResult:
         return {**dataclasses.asdict(self), "malformed_reportable": self.malformed_reportable, "ok": self.ok}
 
 
-def _int(detail: dict[str, object] | None, key: str) -> int:
-    value = (detail or {}).get(key)
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
-
-
 def _generated(runtime: dict[str, object] | None) -> int:
     """Returns the steps the runtime's session has numbered (``next_seq``; ``steps`` if absent)."""
-    return _int(runtime, "next_seq") if "next_seq" in (runtime or {}) else _int(runtime, "steps")
+    return status_int(runtime, "next_seq") if "next_seq" in (runtime or {}) else status_int(runtime, "steps")
 
 
 class FaultDrill:
@@ -267,7 +263,7 @@ class FaultDrill:
         if self.runtime_status is not None and self.runtime.running:
             detail = await self.runtime_status.poll(timeout=1.0)
             if detail is not None:
-                self.result.loop_overruns = max(self.result.loop_overruns, _int(detail, "overruns"))
+                self.result.loop_overruns = max(self.result.loop_overruns, status_int(detail, "overruns"))
         if self.learner_status is not None and self.learner.running:
             await self.learner_status.poll(timeout=1.0)
 
@@ -288,7 +284,7 @@ class FaultDrill:
     def _close_incarnation(self) -> None:
         """Banks the current learner incarnation's malformed count (counters restart with the process)."""
         if self.learner_status is not None:
-            self._malformed_base += _int(self.learner_status.last, "malformed_rejected")
+            self._malformed_base += status_int(self.learner_status.last, "malformed_rejected")
             self.learner_status.last = {}
 
     # ---------------------------------------------------------------- faults
@@ -360,7 +356,7 @@ class FaultDrill:
                     self._learner_malformed() - before, to_learner)
 
     def _learner_malformed(self) -> int:
-        return self._malformed_base + _int(self.learner_status.last if self.learner_status else None,
+        return self._malformed_base + status_int(self.learner_status.last if self.learner_status else None,
                                            "malformed_rejected")
 
     # ---------------------------------------------------------------- the end
@@ -380,8 +376,8 @@ class FaultDrill:
             ln = await self.learner_status.poll(timeout=2.0)
             if rt is None or ln is None:
                 continue
-            done = _generated(rt) == _int(rt, "acked_seq") == _int(ln, "transitions_ingested")
-            steady = steady + 1 if done and _int(rt, "queue_depth") == 0 else 0
+            done = _generated(rt) == status_int(rt, "acked_seq") == status_int(ln, "transitions_ingested")
+            steady = steady + 1 if done and status_int(rt, "queue_depth") == 0 else 0
             if steady >= 3:
                 break
         else:
@@ -394,16 +390,16 @@ class FaultDrill:
         rt, ln = self.runtime_status.last, self.learner_status.last
         r = self.result
         r.transitions_generated = _generated(rt)
-        r.runtime_acked_seq = _int(rt, "acked_seq")
-        r.loop_overruns = max(r.loop_overruns, _int(rt, "overruns"))
+        r.runtime_acked_seq = status_int(rt, "acked_seq")
+        r.loop_overruns = max(r.loop_overruns, status_int(rt, "overruns"))
         jitter = rt.get("jitter_p99_ms")
         r.jitter_p99_ms = float(jitter) if isinstance(jitter, (int, float)) else math.nan
-        r.transitions_ingested = _int(ln, "transitions_ingested")
-        r.duplicates_dropped = _int(ln, "duplicates_dropped")
-        r.lost_steps = _int(ln, "lost_steps") + _int(rt, "lost_steps")
+        r.transitions_ingested = status_int(ln, "transitions_ingested")
+        r.duplicates_dropped = status_int(ln, "duplicates_dropped")
+        r.lost_steps = status_int(ln, "lost_steps") + status_int(rt, "lost_steps")
         # A step the learner counted into its replay twice shows as env_steps above the unique count.
-        r.duplicates = max(0, _int(ln, "env_steps") - r.transitions_ingested)
-        runtime_rejected = _int(rt, "malformed_rejected") if "malformed_rejected" in rt else None
+        r.duplicates = max(0, status_int(ln, "env_steps") - r.transitions_ingested)
+        runtime_rejected = status_int(rt, "malformed_rejected") if "malformed_rejected" in rt else None
         # Each process reports one count for all its sockets (None: the runtime reports none).
         r.malformed_rejected_by_process = {"learner": self._learner_malformed(), "runtime": runtime_rejected}
         r.malformed_rejected = self._learner_malformed() + (runtime_rejected or 0)
@@ -463,7 +459,7 @@ class FaultDrill:
         deadline = time.monotonic() + self.config.start_timeout_s
         while time.monotonic() < deadline:
             await self.watch(0.5, demos)
-            if self.runtime_status is not None and _int(self.runtime_status.last, "acked_seq") > 0:
+            if self.runtime_status is not None and status_int(self.runtime_status.last, "acked_seq") > 0:
                 return
         raise FaultDrillError(f"no step acknowledged within {self.config.start_timeout_s:.0f} s")
 

@@ -53,7 +53,8 @@ from protocol.errors import ProtocolError
 from protocol.messages import Command, Heartbeat, Weights
 from protocol.session import SessionSettings
 from simulation.app.processes import (
-    ChildProcess, ProcessError, StatusPoller, count_tracebacks, pick_endpoint, python_module, wait_for_endpoints,
+    ChildProcess, ProcessError, StatusPoller, count_tracebacks, pick_endpoint, python_module, status_int,
+    wait_for_endpoints,
 )
 from simulation.cli import doc_help
 from simulation.drills.hostile_peers import (
@@ -159,11 +160,6 @@ class HostileResult:
 
 
 # ============================================================================ the run
-def _int(detail: dict[str, object] | None, key: str) -> int:
-    value = (detail or {}).get(key)
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
-
-
 class HostileBench:
     """One fuzz run: ``await HostileBench(config, work_dir).run()``."""
 
@@ -330,7 +326,7 @@ class HostileBench:
         self.weights_version = 1
         detail = await self.status("runtime")
         deadline = time.monotonic() + self.config.start_timeout_s
-        while _int(detail, "weights_version_forward") != 1:
+        while status_int(detail, "weights_version_forward") != 1:
             if time.monotonic() > deadline:
                 raise ProcessError("the runtime never activated the bench's weights")
             await self.fake.publish([bytes(f) for f in encode(Weights.create(agent="forward", version=1,
@@ -413,7 +409,7 @@ class HostileBench:
                 break
             await asyncio.sleep(0.5)
         r.legit_steps, r.legit_acked = self.legit.next_seq, self.legit.acked
-        r.runtime_acked_seq, r.runtime_steps = _int(rt, "acked_seq"), _int(rt, "steps")
+        r.runtime_acked_seq, r.runtime_steps = status_int(rt, "acked_seq"), status_int(rt, "steps")
         if self.legit.refused:
             r.notes.append(f"the legitimate runtime was refused: {self.legit.refused[:3]}")
         r.alive_at_end = {"learner": self.learner.running, "runtime": self.runtime.running}
@@ -433,7 +429,7 @@ class HostileBench:
         c = self.result.channels
 
         def delta(now: dict, base: dict, key: str) -> int:
-            return _int(now, key) - _int(base, key)
+            return status_int(now, key) - status_int(base, key)
 
         up = c["learner_uplink"]
         up.received = delta(ln, base_l, "uplink_received")
