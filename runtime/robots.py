@@ -140,8 +140,10 @@ class RobotKinds:
         RobotSpecError for any other form. Does not look the task up (:meth:`check` does)."""
         name, sep, task = spec.partition(":")
         kind = self._kinds.get(name)
-        if kind is not None and (kind.tasks is None) == (not sep) and (kind.tasks is None or task):
-            return kind, task or None
+        if kind is not None and kind.tasks is None and not sep:  # "franka"
+            return kind, None
+        if kind is not None and kind.tasks is not None and task:  # "sim:door"
+            return kind, task
         raise RobotSpecError(f"--robot: expected {self.usage}, got {spec!r}")
 
     def check(self, spec: str) -> tuple[str, str | None]:
