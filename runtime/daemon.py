@@ -161,7 +161,6 @@ class RuntimeDaemon:
             self.policy = PolicySlot.for_actor(obs_spec, self.robot.action_spec.shape[0], welcome.net_config,
                                                self.config.policy)
         self.outbox.rewind(welcome.resume_seq)
-        self.outbox.set_connected(True)
         self.loop = self._build_loop()
 
     def _connect_devices(self) -> None:
