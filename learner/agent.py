@@ -108,13 +108,20 @@ class AgentConfig:
     elsewhere it runs in float32, since emulated bf16 is ~6x slower. False: float32 always."""
     critic_grad_clip: float | None = None
     """Max global grad norm of encoder + critics; None disables clipping."""
-    bc_form: Literal["log_likelihood", "mse"] = "log_likelihood"
+    bc_form: Literal["log_likelihood", "mse", "beta_nll"] = "log_likelihood"
     """The BC regulariser, ``(1 − λ)·L_RL + λ·L_BC`` on a separate batch of demo transitions.
     ``log_likelihood`` (the authors' code): ``L_BC = −log π(a_d|s_d)``; it pulls the mean and
     shrinks the std where the demos act. ``mse``: ``L_BC = ‖tanh μ(s_d) − a_d‖²``, the deployed
     mean action's error (the BC baseline's loss). Measured on tabletop (docs/learning.md): the
     log-likelihood settles with σ at its maximum on the 6% of demo rows that release the mug
-    (saturated ±1 grasp labels), so the mean never learns to let go; the squared error does."""
+    (saturated ±1 grasp labels), so the mean never learns to let go; the squared error does.
+    ``beta_nll``: the log-likelihood with each dimension's term weighted by ``sg(σ^(2β))``
+    (Seitzer et al. 2022, β-NLL, ``bc_beta``): it holds the std up as the log-likelihood does, its
+    pull on the mean scales as ``1/σ^(2−2β)`` (β = 0: the log-likelihood's ``1/σ²``, β = 1: the
+    squared error of the pre-tanh mean), and a row with a large σ no longer stops the mean from
+    learning (offline on tabletop, β = 0.5: 1.00 at 10k steps, where the log-likelihood gives 0.00)."""
+    bc_beta: float = 0.5
+    """β of the ``beta_nll`` BC form, in [0, 1]."""
     q_scale: float | None = None
     """TD3+BC's normalisation of the actor's Q term: ``q_scale / mean|Q|`` (batch, no grad)
     multiplies ``α log π − Q``, so the BC term keeps its weight as |Q| grows (TD3+BC: 2.5).
@@ -146,8 +153,10 @@ class AgentConfig:
             raise ValueError(f"AgentConfig.augment_pad must be >= 0, got {self.augment_pad}")
         if self.critic_grad_clip is not None and self.critic_grad_clip <= 0:
             raise ValueError("AgentConfig.critic_grad_clip must be > 0 or None")
-        if self.bc_form not in ("log_likelihood", "mse"):
-            raise ValueError(f"AgentConfig.bc_form must be log_likelihood or mse, got {self.bc_form!r}")
+        if self.bc_form not in ("log_likelihood", "mse", "beta_nll"):
+            raise ValueError(f"AgentConfig.bc_form must be log_likelihood, mse or beta_nll, got {self.bc_form!r}")
+        if not 0 <= self.bc_beta <= 1:
+            raise ValueError(f"AgentConfig.bc_beta must be in [0, 1], got {self.bc_beta}")
         if self.q_scale is not None and not self.q_scale > 0:
             raise ValueError(f"AgentConfig.q_scale must be > 0 or None, got {self.q_scale}")
 
@@ -343,8 +352,8 @@ class RedqAgent:
         """Returns ``(loss, metrics)``: the RL term ``α log π − mean_i Q_i`` with the BC term.
 
         With ``demo`` = demo features and actions: ``(1 − λ)·L_RL + λ·L_BC``, ``L_BC`` the mean
-        over the demo batch of ``−log π(a_d | s_d)`` (``log_likelihood``) or ``‖tanh(μ(s_d)) −
-        a_d‖²`` (``mse``). Without demo data the RL term keeps its full weight.
+        over the demo batch of ``−log π(a_d | s_d)`` (``log_likelihood``), ``‖tanh(μ(s_d)) −
+        a_d‖²`` (``mse``) or the β-weighted log-likelihood (``beta_nll``). Without demo data the RL term keeps its full weight.
         """
         action, log_prob, _ = self.actor.sample(h, noise_clip=self.noise_clip)
         q = self.critic(h, action).mean(dim=0)  # REDQ: the policy ascends the ensemble mean
@@ -356,6 +365,8 @@ class RedqAgent:
             bc, weight = zero, 0.0
         elif self.cfg.bc_form == "log_likelihood":
             bc, weight = -self.actor.log_prob(*demo).mean(), bc_weight
+        elif self.cfg.bc_form == "beta_nll":
+            bc, weight = self.actor.beta_nll(*demo, beta=self.cfg.bc_beta).mean(), bc_weight
         else:
             demo_h, demo_a = demo
             bc, weight = (torch.tanh(self.actor(demo_h)[0]) - demo_a).pow(2).sum(-1).mean(), bc_weight

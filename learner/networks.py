@@ -278,6 +278,17 @@ class Actor(nn.Module):
         correction = 2.0 * (math.log(2.0) - pre - F.softplus(-2.0 * pre))
         return (gauss - correction).sum(-1)
 
+    def beta_nll(self, h: Tensor, action: Tensor, *, beta: float) -> Tensor:
+        """Returns the β-NLL of ``action`` ``(B,)`` (Seitzer et al. 2022): each dimension's
+        Gaussian negative log-likelihood of the pre-tanh action, ``(pre − μ)²/2σ² + log σ``,
+        weighted by ``σ^(2β)`` with no gradient through the weight. β = 0 is ``−log_prob`` up to
+        terms without parameters; the mean's gradient is ``(μ − pre)/σ^(2−2β)``. Actions are
+        clamped as in :meth:`log_prob`."""
+        mu, log_std = self(h)
+        pre = torch.atanh(action.clamp(-1.0 + _ACTION_EPS, 1.0 - _ACTION_EPS))
+        nll = 0.5 * ((pre - mu) * torch.exp(-log_std)).pow(2) + log_std
+        return (nll * torch.exp(2.0 * beta * log_std).detach()).sum(-1)
+
 
 class EnsembleLinear(nn.Module):
     """``E`` independent linear layers evaluated as one batched matmul.

@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=40_000, help="environment steps (default 40k)")
     parser.add_argument("--out", type=Path, required=True, help="run directory (resumes from it)")
+    parser.add_argument("--reset-every", type=int, default=None, metavar="STEPS",
+                        help="reset the scene every STEPS steps (400: before every forward turn); "
+                             "default: the task's schedule")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="learner override over the task's preset (repeatable)")
     args = parser.parse_args(argv)
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     config = practice_config(args.task, seed=args.seed, overrides=args.overrides)
     demos = (load_task_demos(args.task, "forward"), load_task_demos(args.task, "backward"))
     pcfg = PracticeConfig(task=args.task, max_env_steps=args.steps, eval_every=10_000, eval_episodes=20,
-                          seed=args.seed, run_dir=args.out)
+                          seed=args.seed, run_dir=args.out, reset_every=args.reset_every)
 
     def report(point: EvalPoint) -> None:
         counts = {k: v for k, v in point.metrics.items() if k.startswith("practice/")}

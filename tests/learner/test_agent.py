@@ -1,8 +1,11 @@
 """REDQ agent: gradient routing, REDQ target, Polyak, BC term, state round trips, a bandit."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from learner.agent import AgentConfig, RedqAgent
 from learner.batch import Batch
@@ -167,7 +170,51 @@ def test_actor_log_prob_is_the_tanh_gaussian_density():
     assert torch.isfinite(saturated).all()
 
 
-@pytest.mark.parametrize("form", ["log_likelihood", "mse"])
+def test_beta_nll_weights_each_dimension_by_its_detached_std():
+    # β-NLL: Σ_d sg(σ_d^2β)·((pre_d − μ_d)²/2σ_d² + log σ_d); β = 0 differs from −log π only by
+    # terms without parameters, and the mean's gradient is (μ − pre)/σ^(2−2β).
+    agent = make_agent()
+    h = torch.randn(6, agent.encoder.repr_dim)
+    a = torch.rand(6, A) * 1.8 - 0.9
+    pre = torch.atanh(a)
+    mu, log_std = agent.actor(h)
+    for beta in (0.0, 0.5, 1.0):
+        expected = ((0.5 * ((pre - mu) / log_std.exp()).pow(2) + log_std) * torch.exp(2 * beta * log_std)).sum(-1)
+        torch.testing.assert_close(agent.actor.beta_nll(h, a, beta=beta), expected)
+    const = -agent.actor.log_prob(h, a) - agent.actor.beta_nll(h, a, beta=0.0)
+    constant_part = (0.5 * math.log(2 * math.pi) + 2.0 * (math.log(2.0) - pre - F.softplus(-2.0 * pre))).sum(-1)
+    torch.testing.assert_close(const, constant_part, rtol=1e-4, atol=1e-4)
+    # the weight carries no gradient: at β = 0.5 the loss's gradient on the actor's output equals
+    # that of (pre − μ)²/2σ + σ·log σ with σ held, i.e. (μ − pre)/σ on the mean
+    out = agent.actor.policy(agent.actor.trunk(h))
+    out.retain_grad()
+    agent.actor.forward = lambda _h: (out.chunk(2, -1)[0], _rescaled(agent, out.chunk(2, -1)[1]))
+    agent.actor.beta_nll(h, a, beta=0.5).sum().backward()
+    del agent.actor.forward
+    std = log_std.detach().exp()
+    torch.testing.assert_close(out.grad.chunk(2, -1)[0], (mu.detach() - pre) / std, rtol=1e-4, atol=1e-5)
+    assert torch.isfinite(agent.actor.beta_nll(h, torch.ones(6, A), beta=0.5)).all()  # saturated ±1
+
+
+def _rescaled(agent, raw):
+    lo, hi = agent.actor.log_std_min, agent.actor.log_std_max
+    return lo + 0.5 * (hi - lo) * (torch.tanh(raw) + 1.0)
+
+
+def test_beta_nll_bc_mixes_rl_and_the_weighted_nll():
+    agent = make_agent(bc_form="beta_nll", bc_beta=0.5)
+    h = torch.randn(8, agent.encoder.repr_dim)
+    demo_h, demo_a = torch.randn(5, agent.encoder.repr_dim), torch.rand(5, A) * 2 - 1
+    torch.manual_seed(1)
+    rl, _ = agent.actor_loss(h, 0.0, (demo_h, demo_a))
+    torch.manual_seed(1)
+    mixed, m = agent.actor_loss(h, 0.3, (demo_h, demo_a))
+    bc = agent.actor.beta_nll(demo_h, demo_a, beta=0.5).mean()
+    torch.testing.assert_close(mixed, 0.7 * rl + 0.3 * bc)
+    assert m["losses/bc"] == pytest.approx(float(bc.detach()))
+
+
+@pytest.mark.parametrize("form", ["log_likelihood", "mse", "beta_nll"])
 def test_bc_pulls_policy_to_demo_actions(form):
     agent = make_agent(lr=1e-3, bc_form=form)
     batch = make_batch(n_demo=8)
@@ -210,6 +257,8 @@ def test_config_validation():
         AgentConfig(backward_temperature=2.0, max_temperature=1.0)
     with pytest.raises(ValueError, match="bc_form"):
         AgentConfig(bc_form="kl")
+    with pytest.raises(ValueError, match="bc_beta"):
+        AgentConfig(bc_beta=1.5)
     with pytest.raises(ValueError, match="tau"):
         AgentConfig(tau=0)
     with pytest.raises(ValueError, match="batch_size"):
