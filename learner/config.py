@@ -33,8 +33,8 @@ from learner.discriminators import DiscriminatorConfig
 from learner.networks import NetworkConfig
 from learner.replay import ReplayConfig
 from learner.trainer import ScheduleConfig
-from protocol.messages import WIRE_DTYPES
 from protocol.session import DEFAULT_SWITCH_INTERVAL, SessionSettings
+from protocol.tensors import WIRE_DTYPES
 
 logger = logging.getLogger(__name__)
 

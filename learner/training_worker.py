@@ -4,9 +4,9 @@ service's event loop never waits on torch.
 It drains ingested batches, runs the updates owed (credit = UTD × steps after the seed phase;
 ``realtime`` interleaves ingest and updates and reports the achieved UTD, ``lockstep``
 finishes every owed update before ingesting more), reports ``trained_through`` per session
-(every update owed for the steps below it is done), publishes finite actor copies, and
-checkpoints every ``checkpoint_every`` updates and on stop. Publication and the seed phase:
-see :mod:`learner.service`.
+(every update owed for the steps below it is done), publishes finite actor copies (when:
+:mod:`learner.publication`), and checkpoints every ``checkpoint_every`` updates and on stop.
+Publication and the seed phase: see :mod:`learner.service`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from learner.config import LearnerConfig
 from learner.errors import ServiceError
 from learner.journal import IngestJournal
 from learner.metrics import Metrics
+from learner.publication import Publication
 from learner.trainer import MedalTrainer
-from protocol.messages import AGENTS, BACKWARD, FORWARD, TransitionBatch, Weights, weights_in_dtype
+from protocol.messages import BACKWARD, FORWARD, TransitionBatch, Weights
 from protocol.reliability import ReceiveTracker
 
 logger = logging.getLogger(__name__)
@@ -64,24 +65,19 @@ class TrainingWorker:
         self.position = position
         self.ckpt_positions = ckpt_positions
         self.metrics = metrics
-        self._publish_cb, self._trained_cb, self._ended_cb = publish, trained, ended
+        self._trained_cb, self._ended_cb = trained, ended
+        self._publication = Publication(trainer, cfg, publish)
         self._inbox: queue.Queue[WorkItem] = queue.Queue()
         self._stop = threading.Event()
         self._paused = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._main, name="learner-training", daemon=True)
-        self._published = [-1, -1]
-        """Per agent: the version last published, or withheld as non-finite (-1: none yet)."""
-        self._sent = [-1, -1]
-        """Per agent: the version last really published (-1: none yet; the status figure)."""
         self._trained: dict[str, int] = {}
         self._last_ckpt = self._last_log = sum(trainer.updates)
         self.disk_bytes = directory_bytes(self.run_dir)
         """Bytes under the run directory, measured at start and after every checkpoint."""
         self._latest_metrics: dict[str, float] = {}
         self._rate: deque[tuple[float, int]] = deque(maxlen=64)
-        self.weights_withheld = 0
-        """Publications skipped because the actor held non-finite tensors."""
         self.error: BaseException | None = None
         """The exception that ended the thread, if any."""
         self.figures: dict[str, Any] = {}
@@ -127,7 +123,7 @@ class TrainingWorker:
     def _main(self) -> None:
         try:
             torch.set_num_threads(self.cfg.service.torch_threads)
-            self._publish_first()  # past the seed phase already (a resumed run, or seed_frames = 0)
+            self._publication.first()  # past the seed phase already (a resumed run, or seed_frames = 0)
             while not self._stop.is_set():
                 self._iteration()
             self._drain(block=False)
@@ -153,7 +149,7 @@ class TrainingWorker:
         if not owed:
             self._settle()  # what the drain brought in owed nothing (the seed phase): report it now
         else:
-            self._publish_first()
+            self._publication.first()
         self._update_figures()
         if self.metrics.progress(self.progress_figures()):
             self.metrics.write(self.trainer.env_steps, {"charts/utd": self.figures["utd"],
@@ -162,7 +158,7 @@ class TrainingWorker:
     def _settle(self) -> None:
         """Publishes the first weights once the seed phase is over, then reports
         ``trained_through`` when no update is owed (a pause holds it)."""
-        self._publish_first()
+        self._publication.first()
         if not self._owed_any():
             self._report_trained()
 
@@ -218,36 +214,9 @@ class TrainingWorker:
             self._last_log = sum(t.updates)
             self.metrics.write(t.env_steps, self._latest_metrics)
             self._latest_metrics = {}
-        for a in (FORWARD, BACKWARD):
-            if t.updates[a] - max(self._published[a], 0) >= self.cfg.service.publish_every:
-                self._publish(a)
+        self._publication.due()
         if sum(t.updates) - self._last_ckpt >= self.cfg.service.checkpoint_every:
             self.checkpoint()
-
-    def _publish_first(self) -> None:
-        """Ends the runtimes' random actions once the seed phase is over: publishes each agent
-        that has published nothing yet — after the update the iteration owed, and before
-        ``trained_through`` reports the boundary's steps trained, so a lock-step runtime (at
-        most a window ahead of ``trained_through``) has them on their way before it may go
-        further. An agent that has not acted since the seed phase goes out untrained
-        (version 0): it acts with it, as the paper's agents act with their policies once the
-        seed frames are over."""
-        if self.trainer.seed_phase:
-            return
-        for a in (FORWARD, BACKWARD):
-            if self._published[a] < 0:
-                self._publish(a)
-
-    def _publish(self, agent: int) -> None:
-        tensors = self.trainer.publishable_weights(agent)
-        version = self.trainer.updates[agent]
-        if tensors is None:
-            self.weights_withheld += 1
-            self._published[agent] = max(self._published[agent], version)  # retry after publish_every more
-            return
-        tensors = weights_in_dtype(tensors, self.cfg.service.weights_dtype)
-        self._publish_cb(Weights.create(agent=AGENTS[agent], version=version, tensors=tensors))
-        self._published[agent] = self._sent[agent] = version
 
     def _report_trained(self) -> None:
         changed = {sid: v for sid, v in self.ingested.items() if self._trained.get(sid) != v}
@@ -301,10 +270,10 @@ class TrainingWorker:
             self.figures = {
                 "env_steps": t.env_steps, "updates": sum(t.updates),
                 "utd": sum(t.updates) / post_seed if post_seed else 0.0, "updates_per_s": ups,
-                "weights_version_forward": self._sent[FORWARD],
-                "weights_version_backward": self._sent[BACKWARD],
+                "weights_version_forward": self._publication.sent[FORWARD],
+                "weights_version_backward": self._publication.sent[BACKWARD],
                 "seed_phase": t.seed_phase, "skipped_nonfinite": t.skipped_nonfinite,
-                "weights_withheld": self.weights_withheld, "trained_position": self.position,
+                "weights_withheld": self._publication.withheld, "trained_position": self.position,
                 "paused": self._paused.is_set(), "mode": self.mode, "updates_owed": self._owed_count(),
             }
 

@@ -15,10 +15,11 @@ from protocol.errors import (
 from protocol.keys import CurveClientKeys, CurveServerKeys, client_keys, server_keys
 from protocol.messages import (
     PROTOCOL_VERSION, Ack, Command, Heartbeat, Hello, LoopStats, Message, Status, TransitionBatch, Weights,
-    Welcome, messages_equal, weights_sha256,
+    Welcome, messages_equal,
 )
 from protocol.reliability import ReceiveTracker
 from protocol.spaces import ArraySpec
+from protocol.tensors import weights_sha256
 
 logger = logging.getLogger(__name__)
 

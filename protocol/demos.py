@@ -11,113 +11,30 @@ episode contributes one row per observation *including its final one*, so an epi
 * ``is_first[i]`` / ``is_last[i]`` — observation ``i`` starts / ends its episode.
 
 Files are ``.npz`` archives written atomically and read with ``allow_pickle=False``: no
-object arrays, the metadata travels as a JSON string. This module imports only numpy and
-the standard library (``protocol`` imports no other project package).
+object arrays, the metadata travels as a JSON string (:class:`DemoMeta`, defined with
+:class:`DemoFormatError` in :mod:`protocol.demo_meta`; import both from here, as every reader
+and writer of demos does). This module imports only numpy, the standard library and
+``protocol`` (which imports no other project package).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import json
 import logging
 import os
 import zipfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from protocol.atomic import atomic_file
+from protocol.demo_meta import DemoFormatError, DemoMeta
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-"""Version written into every file; :func:`load_demos` refuses any other."""
-
-_DIRECTIONS = ("forward", "backward")
-_OBS_MODES = ("state", "pixels")
 _PER_STEP_KEYS = ("actions", "rewards", "terminals", "is_first", "is_last")
-
-MetaValue = str | int | float | bool
-"""A value allowed in :attr:`DemoMeta.notes` (JSON scalars)."""
-
-
-class DemoFormatError(ValueError):
-    """A demo file or a :class:`Demos` value breaks the format; the message names the key."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class DemoMeta:
-    """What a demo set is about: stored as JSON under the ``meta`` key."""
-
-    task: str
-    """Task name (``tabletop``, ``door``, ``peg``, ``cube``, or a real-robot task name)."""
-    direction: str
-    """``forward`` (do the task) or ``backward`` (undo it)."""
-    obs_mode: str
-    """``state`` (one ``state`` vector) or ``pixels`` (camera images + ``proprio``)."""
-    cameras: tuple[str, ...] = ()
-    """Image keys of ``observations`` in pixel mode, in observation order; empty in state mode."""
-    image_size: int | None = None
-    """Side of the square images in pixel mode; ``None`` in state mode."""
-    source: str = "unknown"
-    """Where the demos come from: ``expert``, ``earl``, ``teleop``, ... (free text)."""
-    created: str = ""
-    """ISO-8601 UTC creation time; filled in with the current time when empty."""
-    version: int = FORMAT_VERSION
-    """Format version of the file."""
-    notes: dict[str, MetaValue] = field(default_factory=dict)
-    """Free JSON scalars (seed, noise, the original file, ...)."""
-
-    def __post_init__(self) -> None:
-        if not self.task:
-            raise DemoFormatError("meta.task: must be a non-empty string")
-        if self.direction not in _DIRECTIONS:
-            raise DemoFormatError(f"meta.direction: must be one of {_DIRECTIONS}, got {self.direction!r}")
-        if self.obs_mode not in _OBS_MODES:
-            raise DemoFormatError(f"meta.obs_mode: must be one of {_OBS_MODES}, got {self.obs_mode!r}")
-        if self.version != FORMAT_VERSION:
-            raise DemoFormatError(f"meta.version: this code reads version {FORMAT_VERSION}, got {self.version}")
-        object.__setattr__(self, "cameras", tuple(str(c) for c in self.cameras))
-        if self.obs_mode == "pixels":
-            if not self.cameras:
-                raise DemoFormatError("meta.cameras: pixel demos need at least one camera")
-            if self.image_size is None or self.image_size <= 0:
-                raise DemoFormatError(f"meta.image_size: pixel demos need a positive size, got {self.image_size}")
-        if not self.created:
-            now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-            object.__setattr__(self, "created", now)
-        for key, value in self.notes.items():
-            if not isinstance(value, (str, int, float, bool)):
-                raise DemoFormatError(f"meta.notes[{key!r}]: must be a JSON scalar, got {type(value).__name__}")
-
-    def to_json(self) -> str:
-        """Returns the metadata as a JSON object string."""
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "DemoMeta":
-        """Parses :meth:`to_json` output.
-
-        Raises:
-            DemoFormatError: for invalid JSON, unknown or missing fields, or bad values.
-        """
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DemoFormatError(f"meta: not valid JSON ({e})") from e
-        if not isinstance(raw, dict):
-            raise DemoFormatError("meta: must be a JSON object")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise DemoFormatError(f"meta: unknown fields {sorted(unknown)}")
-        try:
-            return cls(**{**raw, "cameras": tuple(raw.get("cameras", ()))})
-        except TypeError as e:
-            raise DemoFormatError(f"meta: {e}") from e
 
 
 @dataclass(frozen=True, kw_only=True)

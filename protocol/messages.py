@@ -5,13 +5,15 @@ Each message checks its own invariants in ``__post_init__`` and raises
 is a valid message whether it was built locally or decoded from a peer. Messages holding
 arrays compare by identity (``eq=False``); use :func:`messages_equal` to compare contents.
 Arrays decoded from the wire are read-only views of the received frames.
+
+What is not a message lives beside it: the weights checksum and wire dtypes in
+:mod:`protocol.tensors`, the value checks of recorded steps in :mod:`protocol.value_checks`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -21,13 +23,22 @@ import numpy as np
 
 from protocol.errors import ChecksumError, ProtocolError
 from protocol.spaces import ArraySpec, Space
+from protocol.tensors import weights_in_dtype, weights_sha256
+from protocol.value_checks import batch_value_error, observation_value_error
 
 logger = logging.getLogger(__name__)
 
+# Re-exported while runtime/, its tests and the drills import them from here; new code imports
+# them from protocol.tensors and protocol.value_checks.
+__all__ = [
+    "AGENTS", "BACKWARD", "COMMAND_KINDS", "FORWARD", "INT64_MAX", "INT64_MIN", "MAX_SEQ", "MESSAGE_TYPES",
+    "PROTOCOL_VERSION", "Ack", "Agent", "Command", "Heartbeat", "Hello", "LoopStats", "Message", "Scalar", "Status",
+    "TransitionBatch", "Weights", "Welcome", "batch_value_error", "is_int", "messages_equal",
+    "observation_value_error", "saturate", "weights_in_dtype", "weights_sha256",
+]
+
 #: The protocol version every message carries; a different one is a ProtocolError.
 PROTOCOL_VERSION = 1
-
-
 
 
 class Agent(enum.IntEnum):
@@ -61,10 +72,6 @@ _MAX_SEQ = MAX_SEQ
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 """The range of an int in a ``status`` detail: a counter past it saturates (docs/protocol.md)."""
-
-ACTION_LOW, ACTION_HIGH = -1.0, 1.0
-"""Every action element lies in ``[-1, 1]`` (the protocol's action space; the learner refuses
-a batch with an action outside it, see :func:`batch_value_error`)."""
 
 Scalar = Union[None, bool, int, float, str]
 
@@ -155,7 +162,8 @@ class TransitionBatch:
     observations: dict[str, np.ndarray]
     """Observation name → ``(B, ...)`` array."""
     actions: np.ndarray
-    """``float32 (B, A)``; values finite and in ``[-1, 1]`` (checked at ingest: :func:`batch_value_error`)."""
+    """``float32 (B, A)``; values finite and in ``[-1, 1]`` (checked at ingest:
+    :func:`~protocol.value_checks.batch_value_error`)."""
     agents: np.ndarray
     """``uint8 (B,)``: 0 forward, 1 backward."""
     timestamps: np.ndarray
@@ -214,51 +222,6 @@ class TransitionBatch:
             is_first=self.is_first[k:], is_last=self.is_last[k:])
 
 
-def batch_value_error(batch: TransitionBatch) -> str:
-    """Returns why ``batch``'s values may not be trained on, or "" when they may.
-
-    The structure (dtypes, shapes, seqs) is the decoder's business; this checks the values,
-    as the learner does at ingest before it acks (docs/protocol.md, "Refused batches"):
-    every float observation finite, every action finite and inside ``[-1, 1]``, every
-    timestamp finite. The reason names the field, the first bad step's seq and the value.
-    Allocation-free beyond numpy's reductions; ~µs per state batch.
-    """
-    def first_bad(mask: np.ndarray) -> int:
-        return int(np.argwhere(mask)[0][0])
-
-    for name in sorted(batch.observations):
-        arr = batch.observations[name]
-        if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
-            row = first_bad(~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1))
-            bad = arr[row][~np.isfinite(arr[row])].ravel()[0]
-            return (f"transitions.observations.{name}: non-finite value {bad!s} at seq {batch.first_seq + row} "
-                    f"(steps {batch.first_seq}..{batch.end_seq - 1})")
-    actions = batch.actions
-    if actions.size:
-        finite = np.isfinite(actions)
-        inside = finite & (actions >= ACTION_LOW) & (actions <= ACTION_HIGH)
-        if not inside.all():
-            row = first_bad(~inside.all(axis=1))
-            bad = actions[row][~inside[row]][0]
-            what = "outside [-1, 1]" if np.isfinite(bad) else "non-finite"
-            return (f"transitions.actions: {what} value {bad!s} at seq {batch.first_seq + row} "
-                    f"(steps {batch.first_seq}..{batch.end_seq - 1})")
-    if not np.isfinite(batch.timestamps).all():
-        row = first_bad(~np.isfinite(batch.timestamps))
-        return (f"transitions.timestamps: non-finite value {batch.timestamps[row]} at seq {batch.first_seq + row} "
-                f"(steps {batch.first_seq}..{batch.end_seq - 1})")
-    return ""
-
-
-def observation_value_error(observation: dict[str, np.ndarray]) -> str:
-    """Returns why one step's observation may not be recorded (a non-finite float), or ""."""
-    for name, arr in observation.items():
-        arr = np.asarray(arr)
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            return f"observation {name}: non-finite value {arr[~np.isfinite(arr)].ravel()[0]}"
-    return ""
-
-
 @dataclass(frozen=True, kw_only=True)
 class Ack:
     """learner → runtime: cumulative ack; every seq < ``seq`` is durably ingested."""
@@ -274,52 +237,6 @@ class Ack:
     def __post_init__(self) -> None:
         _check_seq(self.seq, "ack.seq")
         _check_seq(self.trained_through, "ack.trained_through")
-
-
-def weights_sha256(tensors: dict[str, np.ndarray]) -> str:
-    """Returns the hex SHA-256 of ``tensors``, independent of dict order.
-
-    For each name in sorted (code point) order the hash absorbs: the UTF-8 name, a 0 byte,
-    the dtype name, a 0 byte, the shape as decimal dims joined by ``,``, a 0 byte, the data
-    length as 8-byte little-endian, then the raw little-endian C-order bytes.
-    Does not block beyond hashing (≈ 2 ms per 5 MB).
-    """
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        arr = np.asarray(tensors[name])
-        arr = arr if arr.flags.c_contiguous else arr.copy(order="C")  # ascontiguousarray would make 0-d 1-d
-        if arr.dtype.byteorder == ">":
-            arr = arr.astype(arr.dtype.newbyteorder("<"))
-        data = memoryview(arr).cast("B") if arr.ndim and arr.size else arr.tobytes()
-        h.update(name.encode() + b"\0" + arr.dtype.name.encode() + b"\0"
-                 + ",".join(str(d) for d in arr.shape).encode() + b"\0"
-                 + len(data).to_bytes(8, "little"))
-        h.update(data)
-    return h.hexdigest()
-
-
-WIRE_DTYPES: tuple[str, ...] = ("float16", "float32")
-"""Dtypes a publisher may send float weight tensors in (a receiver accepts either)."""
-
-_FLOAT16_MAX = float(np.finfo(np.float16).max)
-
-
-def weights_in_dtype(tensors: dict[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
-    """Returns ``tensors`` with every float32 array cast to ``dtype`` (one of :data:`WIRE_DTYPES`).
-
-    An array with a value float16 cannot hold (|x| > 65504, or non-finite) stays float32, so
-    the cast never turns a finite weight into inf. Other dtypes pass through unchanged.
-    Raises ValueError for an unknown ``dtype``.
-    """
-    if dtype not in WIRE_DTYPES:
-        raise ValueError(f"weights dtype must be one of {WIRE_DTYPES}, got {dtype!r}")
-    if dtype == "float32":
-        return dict(tensors)
-    out: dict[str, np.ndarray] = {}
-    for name, array in tensors.items():
-        fits = array.dtype == np.float32 and (array.size == 0 or float(np.abs(array).max()) <= _FLOAT16_MAX)
-        out[name] = array.astype(np.float16) if fits else array
-    return out
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

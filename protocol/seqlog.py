@@ -94,7 +94,11 @@ def _crc(seq: int, count: int, payload: bytes | memoryview) -> int:
 
 
 class SeqLog:
-    """The on-disk log; open with :meth:`open`. See the module docstring."""
+    """Size: the sorted record index, the segment list and the active file are one state —
+    append, release and the cap's drops change all three under one lock, recovery builds them
+    together — and split into classes, that state and its lock would be shared between them.
+
+    The on-disk log; open with :meth:`open`. See the module docstring."""
 
     def __init__(self, config: SeqLogConfig) -> None:
         """Use :meth:`open`; this only stores state."""

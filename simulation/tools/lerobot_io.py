@@ -28,7 +28,8 @@ import numpy as np
 from learner.journal import IngestJournal, JournalConfig, JournalError
 from protocol.demos import DemoMeta, Demos, load_demos, save_demos
 from protocol.lerobot import DEFAULT_VCODEC, LeRobotFeatureError, export_lerobot, import_lerobot
-from protocol.messages import AGENTS, TransitionBatch, batch_value_error
+from protocol.messages import AGENTS, TransitionBatch
+from protocol.value_checks import batch_value_error
 from simulation.cli import at_least
 from simulation.registry import TASKS
 from simulation.tasks import task_class, task_info

@@ -102,7 +102,7 @@ def test_a_failing_handler_or_reply_does_not_end_the_service(tmp_path: Path, dem
         ctx = zmq.asyncio.Context()
         try:
             rt = Runtime(ctx, service.endpoints["uplink"])
-            real = service.check_hello
+            real = service.admission.check_hello
             calls = {"n": 0}
 
             def explode(hello):
@@ -111,10 +111,10 @@ def test_a_failing_handler_or_reply_does_not_end_the_service(tmp_path: Path, dem
                     raise RuntimeError("boom")
                 return real(hello)
 
-            monkeypatch.setattr(service, "check_hello", explode)
+            monkeypatch.setattr(service.admission, "check_hello", explode)
             rt.send(make_hello("s1"))  # its handling raises: logged, counted, no welcome
             assert (await rt.hello(make_hello("s1"))).accepted
-            service.lost_steps = 2**64 + 5  # a counter past what msgpack encodes: saturates
+            service.admission.lost_steps = 2**64 + 5  # a counter past what msgpack encodes: saturates
             d = (await status(service)).detail
             assert d["handler_errors"] == 1 and d["lost_steps"] == 2**63 - 1
             real_detail = service.status_detail

@@ -242,7 +242,7 @@ def test_weights_verification_is_remembered_and_never_encoded() -> None:
 
 @given(st.lists(st.floats(width=32, allow_nan=True, allow_infinity=True), min_size=1, max_size=64))
 def test_float16_weights_never_turn_a_finite_value_infinite(values) -> None:
-    from protocol.messages import weights_in_dtype
+    from protocol.tensors import weights_in_dtype
 
     array = np.asarray(values, np.float32)
     wire = weights_in_dtype({"w": array, "steps": np.arange(3, dtype=np.int64)}, "float16")
@@ -257,7 +257,7 @@ def test_float16_weights_never_turn_a_finite_value_infinite(values) -> None:
 
 
 def test_weights_dtype_float32_is_exact_and_unknown_dtypes_are_refused() -> None:
-    from protocol.messages import weights_in_dtype
+    from protocol.tensors import weights_in_dtype
 
     w = {"a": np.linspace(-1, 1, 5, dtype=np.float32)}
     assert weights_in_dtype(w, "float32")["a"] is w["a"]

@@ -14,8 +14,9 @@ import zmq.asyncio
 
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
-from protocol.messages import MAX_SEQ, Command, Status, batch_value_error, observation_value_error
+from protocol.messages import MAX_SEQ, Command, Status
 from protocol.transport import ControlServer, ControlServerConfig
+from protocol.value_checks import batch_value_error, observation_value_error
 from tests.protocol.strategies import small_batch
 
 
