@@ -9,7 +9,9 @@ so the setpoint is clamped to the current pose plus or minus an error clip (as S
 controller clips the pose error): the spring force can never exceed stiffness × clip.
 
 The gripper (``libfranka.Gripper``) is slow (a grasp blocks for up to a second), so its
-commands run in a worker thread that keeps only the latest request.
+commands run in a worker thread that keeps only the latest request
+(:mod:`hardware.franka_gripper`). The setpoint maths is :mod:`hardware.franka_motion`; loading
+panda-py and the declaration of every member used is :mod:`hardware.franka_sdk`.
 
 Nothing here ever calls ``PandaContext.ok()`` or another GIL-holding sleep: this module is
 driven from an asyncio loop.
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import importlib
 import logging
 import threading
 import time
@@ -27,7 +28,9 @@ from types import ModuleType
 
 import numpy as np
 
+from hardware.franka_gripper import GripperWorker, gripper_target
 from hardware.franka_motion import FrankaConfig, compute_setpoint
+from hardware.franka_sdk import import_panda_py
 from hardware.interfaces import (
     ArraySpec,
     DeviceAlreadyConnectedError,
@@ -41,150 +44,14 @@ from hardware.interfaces import (
 
 logger = logging.getLogger(__name__)
 
-ApiCall = tuple[int, tuple[str, ...]]
-"""How the adapter calls a library member: (number of positional arguments, keyword names)."""
-
-PANDA_PY_API: dict[str, tuple[ApiCall, ...]] = {
-    # name -> every call shape this module uses; () for an attribute read (no call).
-    "panda_py.Panda": ((1, ()),),
-    "panda_py.Panda.start_controller": ((1, ()),),
-    "panda_py.Panda.stop_controller": ((0, ()),),
-    "panda_py.Panda.is_moving": ((0, ()),),
-    "panda_py.Panda.raise_error": ((0, ()),),
-    "panda_py.Panda.recover": ((0, ()),),
-    "panda_py.Panda.get_state": ((0, ()),),
-    "panda_py.Panda.get_position": ((0, ()),),
-    "panda_py.Panda.get_orientation": ((0, ()),),
-    "panda_py.Panda.get_robot": ((0, ()),),
-    "panda_py.Panda.move_to_joint_position": ((1, ("speed_factor",)),),
-    "panda_py.controllers.CartesianImpedance": ((0, ("impedance", "damping_ratio", "nullspace_stiffness", "filter_coeff")),),
-    "panda_py.controllers.CartesianImpedance.set_control": ((2, ()),),
-    "panda_py.libfranka.Gripper": ((1, ()),),
-    "panda_py.libfranka.Gripper.move": ((2, ()),),
-    "panda_py.libfranka.Gripper.grasp": ((3, ("epsilon_inner", "epsilon_outer")),),
-    "panda_py.libfranka.Gripper.read_once": ((0, ()),),
-    "panda_py.libfranka.GripperState.width": (),
-    "panda_py.libfranka.GripperState.max_width": (),
-    "panda_py.libfranka.Robot.stop": ((0, ()),),
-    "panda_py.libfranka.RobotState.robot_mode": (),
-    "panda_py.libfranka.RobotState.last_motion_errors": (),
-}
-"""Every panda-py member this module touches: the single source the conformance test checks
-against the installed package and the fakes (and against this module's own AST)."""
-
-PANDA_PY_HANDLES: dict[str, str] = {
-    "lib": "panda_py",
-    "lib.controllers": "panda_py.controllers",
-    "lib.libfranka": "panda_py.libfranka",
-    "panda": "panda_py.Panda",
-    "self._panda": "panda_py.Panda",
-    "controller": "panda_py.controllers.CartesianImpedance",
-    "gripper": "panda_py.libfranka.Gripper",
-    "gripper_state": "panda_py.libfranka.GripperState",
-    "robot": "panda_py.libfranka.Robot",
-    "state": "panda_py.libfranka.RobotState",
-}
-"""Local names this module binds to panda-py objects (the AST check resolves through them)."""
-
-# --------------------------------------------------------------------------- gripper worker
-class GripperWorker:
-    """Runs gripper commands in a thread, keeping only the latest request.
-
-    ``request`` never blocks; ``width`` is the opening measured after the last command.
-    """
-
-    def __init__(self, gripper: object, config: FrankaConfig, *, max_width: float, width: float) -> None:
-        self._gripper = gripper
-        self._config = config
-        self._max_width = max_width
-        self._cond = threading.Condition()
-        self._pending: bool | None = None
-        self._closing = False
-        self._width = width
-        self.commands_done = 0
-        """Gripper commands executed (superseded requests are not counted)."""
-        self.failures = 0
-        """Gripper commands that raised."""
-        self._thread = threading.Thread(target=self._run, name="franka-gripper", daemon=True)
-
-    @property
-    def width(self) -> float:
-        """Returns the finger opening (m) measured after the last command. Non-blocking."""
-        return self._width
-
-    def start(self) -> None:
-        """Starts the worker thread."""
-        self._thread.start()
-
-    def request(self, close: bool) -> None:
-        """Asks for the gripper to close (grasp) or open; replaces any request not yet started.
-
-        Non-blocking.
-        """
-        with self._cond:
-            self._pending = close
-            self._cond.notify()
-
-    def cancel_pending(self) -> None:
-        """Drops a request that has not started (a running command finishes). Non-blocking."""
-        with self._cond:
-            self._pending = None
-
-    def close(self, timeout: float = 2.0) -> None:
-        """Stops the worker; waits up to ``timeout`` s for a running command to finish."""
-        with self._cond:
-            self._closing = True
-            self._pending = None
-            self._cond.notify()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._pending is None and not self._closing:
-                    self._cond.wait(timeout=0.5)
-                if self._closing:
-                    return
-                close, self._pending = self._pending, None
-            self._execute(bool(close))
-
-    def _execute(self, close: bool) -> None:
-        gripper = self._gripper
-        cfg = self._config
-        try:
-            if close:
-                # width 0 with a wide outer epsilon: "grasp whatever is between the fingers".
-                gripper.grasp(0.0, cfg.gripper_speed, cfg.gripper_force,
-                              epsilon_inner=0.005, epsilon_outer=self._max_width)
-            else:
-                gripper.move(self._max_width, cfg.gripper_speed)
-            gripper_state = gripper.read_once()
-            self._width = float(gripper_state.width)
-            self.commands_done += 1
-        except RuntimeError as e:
-            self.failures += 1
-            logger.warning("franka gripper: %s command failed: %s", "grasp" if close else "open", e)
-
-
-# --------------------------------------------------------------------------- robot
-def import_panda_py() -> ModuleType:
-    """Returns the ``panda_py`` module with its ``controllers`` and ``libfranka`` submodules.
-
-    Raises:
-        HardwareError: when panda-py is not installed (``pip install 'resetfree[robot]'``).
-    """
-    try:
-        lib = importlib.import_module("panda_py")
-        importlib.import_module("panda_py.controllers")
-        importlib.import_module("panda_py.libfranka")
-    except ImportError as e:
-        raise HardwareError("panda-py is not installed: pip install 'resetfree[robot]'") from e
-    return lib
-
 
 class FrankaRobot(Robot):
     """A Franka arm under Cartesian impedance control, driven by delta actions.
+
+    Size: one arm's connection, per-tick control, reflex recovery and blocking motions
+    (``home``/``resume``/``stop``) share one lock and one halted/failed state, which is what keeps
+    ``send_action``, a recovery thread and ``home()`` from interleaving; the gripper thread,
+    the setpoint maths and the panda-py seam are modules of their own.
 
     Action ``(dx, dy, dz, dyaw, gripper)`` in ``[-1, 1]``; proprio ``(x, y, z, width)``.
     ``library`` replaces the ``panda_py`` module (tests pass a fake with the same API).
@@ -375,13 +242,7 @@ class FrankaRobot(Robot):
 
     def _command_gripper(self, value: float) -> float:
         """Queues open/close when ``value`` crosses the threshold; returns the applied value."""
-        threshold = self.config.gripper_threshold
-        if value > threshold:
-            want_closed: bool | None = True
-        elif value < -threshold:
-            want_closed = False
-        else:
-            want_closed = None
+        want_closed = gripper_target(value, self.config.gripper_threshold)
         if want_closed is not None and want_closed != self._gripper_closed and self._gripper:
             self._gripper_closed = want_closed
             self._gripper.request(want_closed)

@@ -9,6 +9,8 @@ when the sink cannot take data, and whenever the shield's watchdog fires; e-stop
 
 Recording follows RLDS (:mod:`runtime.recording`): a segment ends at a pause, a hold
 without observation, an e-stop, go-home, an environment reset, a goal draw or shutdown.
+Reading the devices is :mod:`runtime.sensors`; a simulated robot's resets and goal draws
+between ticks are :mod:`runtime.sim_events`.
 """
 
 from __future__ import annotations
@@ -22,15 +24,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hardware.interfaces import Camera, Frame, HardwareError, Robot, RobotState, SimulatedRobot, StaleFrameError
-from protocol.messages import AGENTS, FORWARD, LoopStats, observation_value_error
+from hardware.interfaces import Camera, HardwareError, Robot
+from protocol.messages import AGENTS, LoopStats, observation_value_error
 from runtime.clock import Clock, Tick
 from runtime.errors import OutboxError, PolicyError
 from runtime.lateness import LateTickProbe
 from runtime.policy_slot import PolicySlot
 from runtime.recording import BatchBuilder, StepSink
 from runtime.schedule import AgentSchedule
+from runtime.sensors import observation_of, read_sensors
 from runtime.shield import SENSOR_HOLD_REASONS, Shield, ShieldResult
+from runtime.sim_events import SimEvents
 from runtime.stats import RuntimeStats
 
 logger = logging.getLogger(__name__)
@@ -94,16 +98,14 @@ class LoopConfig:
             raise ValueError(f"env_reset_every: must be positive or None, got {self.env_reset_every}")
 
 
-@dataclass
-class _TickReading:
-    now: float
-    frames: dict[str, Frame]
-    ages: dict[str, float]
-    state: RobotState | None
-
-
 class ControlLoop:
-    """Runs the robot at the clock's rate; see the module docstring."""
+    """Runs the robot at the clock's rate; see the module docstring.
+
+    Size: the tick, the operator's commands (pause, e-stop, go-home, agent switch) and the
+    statistics share one hold state, one recording segment and one set of counters, all on the
+    event loop; reading the devices (:mod:`runtime.sensors`) and a simulated robot's resets and
+    goal draws (:mod:`runtime.sim_events`) are modules of their own.
+    """
 
     def __init__(
         self,
@@ -123,14 +125,14 @@ class ControlLoop:
         once, on a fresh grid. Raises ValueError when ``config`` asks for environment resets or
         goal draws and ``robot`` is not a :class:`~hardware.interfaces.SimulatedRobot`."""
         self.config = config or LoopConfig()
-        if (self.config.env_reset_every is not None or self.config.draw_goal_each_turn) \
-                and not isinstance(robot, SimulatedRobot):
-            raise ValueError(f"loop: environment resets and goal draws need a simulated robot; {robot.name} "
-                             f"({type(robot).__name__}) is not one")
         self.robot, self.cameras, self.policy = robot, list(cameras), policy
         self.shield, self.schedule, self.clock, self.sink = shield, schedule, clock, sink
         self._gate = gate
         self._builder = BatchBuilder()
+        self.sim_events = SimEvents(robot=robot, schedule=schedule, clock=clock, end_segment=self._builder.end_segment,
+                                    reset_every=self.config.env_reset_every,
+                                    draw_goal_each_turn=self.config.draw_goal_each_turn)
+        """Environment resets and goal draws between ticks (simulated robots only)."""
         self._paused = False
         self._estopped = False
         self._homing = False
@@ -139,12 +141,6 @@ class ControlLoop:
         self.held_ticks = 0
         self.send_errors = 0
         self.last_result: ShieldResult | None = None
-        self._steps_since_reset = 0
-        self.env_resets = 0
-        """Scheduled environment resets done (simulation)."""
-        self.goals_drawn = 0
-        """Goals drawn at the end of forward turns (simulated multi-goal tasks)."""
-        self._goal_drawn_at = -1  # schedule.switches when the last goal was drawn: once per turn
         self._last_stats_log = time.monotonic()
         self._last_observation: dict[str, np.ndarray] | None = None
         """The newest complete observation (the policy's cache warm-up input)."""
@@ -225,10 +221,10 @@ class ControlLoop:
                 if tick.late:
                     self.lateness.late(tick.lateness)
                 self.tick(tick)
-                if self._reset_due():
-                    await self._reset_environment()
-                if self._goal_due():
-                    await self._draw_goal()
+                if self.sim_events.reset_due():
+                    await self.sim_events.reset_environment(self.steps)
+                if self.sim_events.goal_due():
+                    await self.sim_events.draw_goal()
                 self._maybe_log_stats()
                 self.lateness.mark()
         finally:
@@ -255,12 +251,13 @@ class ControlLoop:
     def tick(self, tick: Tick) -> None:
         """One control step (public for tests and benchmarks). Never blocks; never raises for
         device, policy or sink trouble (they are logged, counted and the robot is held)."""
-        reading = self._read_sensors()                                  # 1. observe
+        reading = read_sensors(self.robot, self.cameras,                # 1. observe
+                               self.config.max_frame_age_s)
         if self._estopped or self._homing:
             self._builder.end_segment()
             return
         hold_reason = self._hold_reason()
-        observation = self._observation(reading)
+        observation = observation_of(reading, self.cameras)
         if observation is not None and observation_value_error(observation):
             # a NaN/inf sensor reading is a watchdog event (a hold), never a recorded step
             observation, hold_reason = None, hold_reason or "observation_invalid"
@@ -280,44 +277,17 @@ class ControlLoop:
             timestamp = reading.state.timestamp if reading.state is not None else reading.now
             self._builder.add(observation, applied, agent, timestamp)   # 6. record
             self.steps += 1
-            self._steps_since_reset += 1
+            self.sim_events.step_recorded()
         else:
             self._builder.end_segment()
         self._flush(force=False)                                        # 7. flush
 
     # ------------------------------------------------------------------ tick steps
-    def _read_sensors(self) -> _TickReading:
-        now = time.monotonic()
-        frames: dict[str, Frame] = {}
-        ages: dict[str, float] = {}
-        for camera in self.cameras:
-            try:
-                frame = camera.read_latest(self.config.max_frame_age_s)
-            except (StaleFrameError, HardwareError) as e:
-                logger.debug("loop: camera %s gave no frame: %s", camera.name, e)
-                ages[camera.name] = math.inf
-                continue
-            frames[camera.name] = frame
-            ages[camera.name] = now - frame.timestamp
-        try:
-            state: RobotState | None = self.robot.read_state()
-        except HardwareError as e:
-            logger.debug("loop: no robot state: %s", e)
-            state = None
-        return _TickReading(now=now, frames=frames, ages=ages, state=state)
-
     def _hold_reason(self) -> str | None:
         if self._paused:
             return "paused"
         self._blocked = self.config.record and self.sink is not None and not self.sink.accepting
         return "sink_blocked" if self._blocked else None
-
-    def _observation(self, reading: _TickReading) -> dict[str, np.ndarray] | None:
-        if reading.state is None or len(reading.frames) != len(self.cameras):
-            return None
-        observation = {name: frame.image for name, frame in reading.frames.items()}
-        observation.update(reading.state.arrays)
-        return observation
 
     def _decide(self, observation: dict[str, np.ndarray] | None) -> tuple[int, np.ndarray | None]:
         if observation is None:
@@ -368,32 +338,6 @@ class ControlLoop:
             # period ago: tick at once on a fresh grid (waiting another period after a
             # lock-step wait for the learner only idled both processes).
             self.clock.rebase(due_now=True)
-
-    def _reset_due(self) -> bool:
-        every = self.config.env_reset_every
-        return every is not None and self._steps_since_reset >= every
-
-    async def _reset_environment(self) -> None:
-        assert isinstance(self.robot, SimulatedRobot)  # checked in __init__
-        self._steps_since_reset = 0
-        self._builder.end_segment()
-        await asyncio.to_thread(self.robot.reset_environment)
-        self.env_resets += 1
-        self.clock.rebase()
-        logger.info("loop: environment reset after %d steps", self.steps)
-
-    def _goal_due(self) -> bool:
-        schedule = self.schedule
-        return (self.config.draw_goal_each_turn and schedule.agent == FORWARD and schedule.turn_complete
-                and self._goal_drawn_at != schedule.switches)
-
-    async def _draw_goal(self) -> None:
-        assert isinstance(self.robot, SimulatedRobot)  # checked in __init__
-        self._goal_drawn_at = self.schedule.switches
-        self._builder.end_segment()  # the next step, at the new goal, starts a segment
-        await asyncio.to_thread(self.robot.draw_goal)
-        self.goals_drawn += 1
-        self.clock.rebase()
 
     @property
     def next_step_seq(self) -> int:

@@ -20,7 +20,8 @@ gap rule in docs/protocol.md.
 
 Threads: the public methods run on the event loop and never touch the disk. Disk writes
 (encoding included) go to one writer thread through a bounded queue; disk reads for replay
-go to a reader thread (awaited by the sender coroutine, never by the tick). When the writer
+go to a reader thread (awaited by the sender coroutine, never by the tick). Both threads and
+the record codec are :mod:`runtime.spill_io`; this module keeps the bookkeeping. When the writer
 queue is full or the spill log is full under its ``hold`` policy, :attr:`Outbox.accepting`
 turns False and the loop stops recording and holds the robot; nothing is dropped silently.
 """
@@ -30,41 +31,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import queue
-import threading
-import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from protocol.codec import decode, encode
-from protocol.errors import ProtocolError
 from protocol.messages import TransitionBatch
 from runtime.errors import OutboxError, SpillError
-from runtime.isolation import lower_thread_priority
 from runtime.spill import SpillLog
+from runtime.spill_io import SpillIO, decode_batch, encode_batch
 
 logger = logging.getLogger(__name__)
-
-
-def encode_batch(batch: TransitionBatch) -> bytes:
-    """Returns ``batch`` as one self-contained msgpack frame (the spill log's record payload).
-
-    Raises ProtocolError for an unencodable batch. CPU-bound (a memory copy).
-    """
-    return bytes(encode(batch, single_frame=True)[0])
-
-
-def decode_batch(payload: bytes) -> TransitionBatch:
-    """Returns the batch :func:`encode_batch` produced. Raises SpillError when it is not one."""
-    try:
-        msg = decode([payload])
-    except ProtocolError as e:
-        raise SpillError(f"spilled record does not decode: {e}") from e
-    if not isinstance(msg, TransitionBatch):
-        raise SpillError(f"spilled record is a {msg.TYPE}, not transitions")
-    return msg
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,7 +95,14 @@ class OutgoingBatch:
 
 
 class Outbox:
-    """See the module docstring. Create, :meth:`start` on the event loop, :meth:`close` at the end."""
+    """See the module docstring. Create, :meth:`start` on the event loop, :meth:`close` at the end.
+
+    Size: one seq-ordered record of every unacked batch (in memory, being written, written,
+    lost) that the producer, the sender, acks, rewinds and the writer's callbacks all update on
+    the event loop; its invariants (sendable only once written and in seq order, a memory copy
+    dropped only once on disk) hold in one place. The disk threads and codec are
+    :mod:`runtime.spill_io`.
+    """
 
     def __init__(self, spill: SpillLog, config: OutboxConfig | None = None,
                  encode: Callable[[TransitionBatch], bytes] = encode_batch,
@@ -128,7 +111,9 @@ class Outbox:
         single-frame form by default); ``encode`` runs in the writer thread."""
         self.config = config or OutboxConfig()
         self.spill = spill
-        self._encode, self._decode = encode, decode
+        self._disk: SpillIO[_Entry] = SpillIO(
+            spill, writer_queue=self.config.writer_queue, persist_interval_s=self.config.persist_interval_s,
+            encode=encode, decode=decode, on_written=self._on_written, on_released=self._on_released)
         self._entries: deque[_Entry] = deque(
             _Entry(seq, count, 0, None, written=True) for seq, count in spill.records())
         self._unsent: deque[_Entry] = deque(self._entries)
@@ -140,11 +125,6 @@ class Outbox:
         self._connected = False
         self._spill_full = False
         self._closed = False
-        self._jobs: queue.Queue[tuple[str, object]] = queue.Queue(self.config.writer_queue)
-        self._writer: threading.Thread | None = None
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-read",
-                                          initializer=lower_thread_priority)
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self.generation = 0
         """Incremented by every :meth:`rewind`."""
@@ -156,9 +136,7 @@ class Outbox:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Starts the writer thread; call from the event loop."""
-        self._loop = asyncio.get_running_loop()
-        self._writer = threading.Thread(target=self._write_loop, name="outbox-writer", daemon=True)
-        self._writer.start()
+        self._disk.start()
 
     def close(self, timeout: float = 10.0) -> None:
         """Finishes queued disk writes, persists the next *written* seq and closes the spill log.
@@ -168,15 +146,7 @@ class Outbox:
         if self._closed:
             return
         self._closed = True
-        if self._writer is not None:
-            try:
-                self._jobs.put(("stop", None), timeout=timeout)
-            except queue.Full:
-                logger.error("outbox: writer backlog still full after %.1f s", timeout)
-            self._writer.join(timeout)
-            if self._writer.is_alive():
-                logger.error("outbox: writer thread did not finish within %.1f s", timeout)
-        self._reader.shutdown(wait=True, cancel_futures=True)
+        self._disk.close(timeout)
         unwritten = sum(e.count for e in self._unwritten if not e.written)
         if unwritten:
             logger.error("outbox: %d steps were never written to disk (spill full); their seqs "
@@ -202,7 +172,7 @@ class Outbox:
     @property
     def accepting(self) -> bool:
         """Whether :meth:`put_steps` will take another batch (False: the loop must hold)."""
-        return not (self._closed or self._spill_full or self._jobs.full())
+        return not (self._closed or self._spill_full or self._disk.backlog_full)
 
     @property
     def depth(self) -> int:
@@ -295,8 +265,7 @@ class Outbox:
             generation, batch = self.generation, entry.batch
             if batch is None:
                 try:
-                    loop = asyncio.get_running_loop()
-                    batch = await loop.run_in_executor(self._reader, self._read, entry.first_seq)
+                    batch = await self._disk.read(entry.first_seq)
                 except SpillError as e:
                     if entry.end <= self._acked:
                         continue  # acked and released while reading
@@ -317,8 +286,7 @@ class Outbox:
                 if not entry.written:
                     continue
                 try:
-                    batch = await asyncio.get_running_loop().run_in_executor(self._reader, self._read,
-                                                                             entry.first_seq)
+                    batch = await self._disk.read(entry.first_seq)
                 except SpillError as e:
                     logger.error("outbox: steps %d..%d unreadable for the quarantine: %s", entry.first_seq,
                                  entry.end - 1, e)
@@ -346,7 +314,7 @@ class Outbox:
             if entry.batch is not None:
                 self._drop_batch(entry)
         if released:
-            self._submit(("release", self._acked - 1))
+            self._disk.release_through(self._acked - 1)
 
     def rewind(self, resume_seq: int) -> None:
         """After a (re)connect: everything below ``resume_seq`` is acked, everything from it
@@ -359,67 +327,13 @@ class Outbox:
         self._unsent = deque(e for e in self._entries if e.end > resume_seq and e.written and not e.lost)
         self._wake.set()
 
-    # ------------------------------------------------------------------ writer thread
-    def _read(self, seq: int) -> TransitionBatch:
-        return self._decode(self.spill.read(seq))
-
+    # ------------------------------------------------------------------ writer jobs
     def _submit_write(self, entry: _Entry) -> bool:
         entry.writing = True
-        if self._submit(("append", entry)):
+        if self._disk.append(entry):
             return True
         entry.writing = False
         return False
-
-    def _submit(self, job: tuple[str, object]) -> bool:
-        try:
-            self._jobs.put_nowait(job)
-        except queue.Full:
-            logger.error("outbox: disk writer backlog full (%d jobs); holding", self.config.writer_queue)
-            return False
-        return True
-
-    def _write_loop(self) -> None:
-        lower_thread_priority()  # disk writes must never hold the loop's core
-        last_persist = time.monotonic()
-        while True:
-            try:
-                kind, item = self._jobs.get(timeout=self.config.persist_interval_s)
-            except queue.Empty:
-                kind, item = "idle", None
-            if kind == "stop":
-                return
-            try:
-                if kind == "append":
-                    self._write(item)  # type: ignore[arg-type]
-                elif kind == "release":
-                    # persist the numbering before the segments that prove it disappear
-                    self.spill.set_next_seq(self.spill.next_seq)
-                    self.spill.release_through(item)  # type: ignore[arg-type]
-                    self._call_loop(self._on_released)
-                elif time.monotonic() - last_persist >= self.config.persist_interval_s:
-                    self.spill.set_next_seq(self.spill.next_seq)
-                    last_persist = time.monotonic()
-            except SpillError as e:
-                logger.error("outbox: disk job %s failed: %s", kind, e)
-
-    def _write(self, entry: _Entry) -> None:
-        batch = entry.batch
-        if batch is None:  # cannot happen: a batch is only dropped after it is written
-            logger.error("outbox: batch %d has no payload to write", entry.first_seq)
-            return
-        try:
-            self.spill.append(entry.first_seq, self._encode(batch), entry.count)
-        except SpillError as e:
-            self._call_loop(self._on_written, entry, e)
-            return
-        self._call_loop(self._on_written, entry, None)
-
-    def _call_loop(self, callback: Callable[..., None], *args: object) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            try:
-                self._loop.call_soon_threadsafe(callback, *args)
-            except RuntimeError:  # the loop closed between the check and the call
-                logger.debug("outbox: event loop closed; dropping a writer notification")
 
     # ------------------------------------------------------------------ loop callbacks
     def _on_written(self, entry: _Entry, error: SpillError | None) -> None:

@@ -16,7 +16,9 @@ warm-up before each tick. Float32 tensors may arrive as float16
 
 The weights object is ``protocol.messages.Weights`` or anything with ``agent`` (``"forward"``/
 ``"backward"`` or 0/1), ``version: int``, ``tensors: dict[str, np.ndarray]`` and ``sha256: str``.
-The checksum is ``protocol.messages.weights_sha256`` (re-exported here).
+The checksum is ``protocol.messages.weights_sha256`` (re-exported here). The checks of a blob
+and the copy into a module are :mod:`runtime.policy_weights`; this module owns the modules
+(building, tracing, the spare pool), the swap and inference.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import asyncio
 import logging
 import threading
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,10 +37,11 @@ import torch
 from torch import nn
 
 from learner.networks import native_bf16
-from protocol.messages import AGENTS, Weights, weights_sha256
+from protocol.messages import AGENTS, weights_sha256
 from protocol.spaces import ObsSpec
 from runtime.errors import PolicyError, WeightsRejected
 from runtime.isolation import lower_thread_priority
+from runtime.policy_weights import layout_of, load_tensors, verify_weights
 from runtime.schedule import agent_index
 from runtime.stats import Ring
 
@@ -50,12 +52,6 @@ __all__ = ["CONV_DTYPES", "PROJECTION_DTYPES", "OfferResult", "PolicySlot", "Pol
 
 CONV_DTYPES = ("auto", "float32", "bfloat16")
 PROJECTION_DTYPES = ("float32", "float16")
-FLOAT16_MAX = float(np.finfo(np.float16).max)
-_FLOAT16_EXPONENT = np.uint16(0x7C00)
-
-# Blobs decoded from ZeroMQ frames are read-only arrays; the slot only ever *reads* them (copies
-# them into its own modules), which is what torch's one-time "not writable" warning is about.
-warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
 
 def resolve_conv_dtype(name: str) -> torch.dtype:
@@ -165,7 +161,7 @@ class PolicySlot:
         self._rng = np.random.default_rng(self.config.seed)
         self._example = None if example is None else _batch(example)
         template = build()
-        self._layout = {name: (tuple(t.shape), _wire_dtype(t)) for name, t in template.state_dict().items()}
+        self._layout = layout_of(template)
         self._active: dict[int, _Active] = {}
         # Spare modules, shared by both agents (one architecture). With an example, all three
         # a steady state needs (two active, one loading) are built and traced now, so no swap
@@ -265,29 +261,18 @@ class PolicySlot:
 
     def _prepare(self, weights: Any) -> tuple[int, int, _Policy]:
         """Verifies and loads into a spare module (worker thread). Raises WeightsRejected."""
-        agent, version, tensors = self._verify(weights)
+        agent, version, tensors = verify_weights(weights, self._layout, current=self.version,
+                                                 max_blob_bytes=self.config.max_blob_bytes)
         with self._lock:
             policy = self._spares.pop() if self._spares else None
         if policy is None:
             policy = self._compiled(self._build())
         module = policy.module
-        # One pass per tensor, straight from the (read-only) received arrays into the spare's
-        # own storage, converting where the slot holds another dtype (bf16 encoder). The names
-        # and shapes were checked against the layout, so this cannot half-load.
-        targets = module.state_dict()
         try:
-            with torch.no_grad():
-                for name, array in tensors.items():
-                    target = targets[name]
-                    if target.dtype == torch.float16 and array.dtype != np.float16 and _beyond_float16(array):
-                        raise WeightsRejected(f"tensors[{name!r}]: values beyond float16's range "
-                                              f"(±{FLOAT16_MAX:g}); run the runtime with --projection-dtype float32")
-                    target.copy_(torch.from_numpy(array))
-        except (RuntimeError, ValueError, TypeError, WeightsRejected) as e:
+            load_tensors(module, tensors)
+        except WeightsRejected:
             self._recycle(policy)  # a spare: half-loaded is harmless, the next blob overwrites it
-            if isinstance(e, WeightsRejected):
-                raise
-            raise WeightsRejected(f"loading the tensors failed: {e}") from e
+            raise
         module.eval()
         if self._example is not None:
             try:
@@ -312,39 +297,6 @@ class PolicySlot:
             logger.warning("policy: tracing failed, running the module eagerly: %s", e)
             return _Policy(module=module, run=module)
         return _Policy(module=module, run=traced)
-
-    def _verify(self, weights: Any) -> tuple[int, int, dict[str, np.ndarray]]:
-        try:
-            agent = agent_index(getattr(weights, "agent"))
-            version = getattr(weights, "version")
-            tensors = getattr(weights, "tensors")
-            checksum = getattr(weights, "sha256")
-        except (AttributeError, ValueError) as e:
-            raise WeightsRejected(f"not a weights blob: {e}") from e
-        if not isinstance(version, (int, np.integer)) or isinstance(version, bool) or version < 0:
-            raise WeightsRejected(f"version: expected a non-negative int, got {version!r}")
-        current = self.version(agent)
-        if current is not None and version <= current:
-            raise WeightsRejected(f"version {version} is not newer than active {current}")
-        if not isinstance(tensors, Mapping) or set(tensors) != set(self._layout):
-            names = set(tensors) if isinstance(tensors, Mapping) else set()
-            raise WeightsRejected(f"tensor names differ: missing {sorted(set(self._layout) - names)[:5]}, "
-                                  f"unexpected {sorted(names - set(self._layout))[:5]}")
-        total = 0
-        for name, (shape, dtype) in self._layout.items():
-            array = tensors[name]
-            if not isinstance(array, np.ndarray) or array.shape != shape or not _dtype_fits(array.dtype, dtype):
-                got = (array.shape, array.dtype) if isinstance(array, np.ndarray) else type(array).__name__
-                raise WeightsRejected(f"tensors[{name!r}]: expected {shape} {dtype}, got {got}")
-            total += array.nbytes
-            if total > self.config.max_blob_bytes:
-                raise WeightsRejected(f"blob exceeds max_blob_bytes={self.config.max_blob_bytes}")
-            if array.dtype.kind == "f" and not _all_finite(array):
-                raise WeightsRejected(f"tensors[{name!r}]: non-finite values")
-        already_checked = isinstance(weights, Weights) and weights.verified  # by the subscriber
-        if not isinstance(checksum, str) or (not already_checked and weights_sha256(tensors) != checksum):
-            raise WeightsRejected("sha256 mismatch")
-        return agent, int(version), dict(tensors)
 
     def _install(self, agent: int, version: int, policy: _Policy) -> None:
         current = self.version(agent)
@@ -435,42 +387,6 @@ class PolicySlot:
         if self.config.explore:
             mu = mu + np.exp(log_std) * self._rng.standard_normal(mu.shape)
         return np.tanh(mu).astype(np.float32)
-
-
-def _wire_dtype(tensor: torch.Tensor) -> np.dtype:
-    """The dtype a tensor travels in: its own, except the slot's bf16/fp16 copies of learner
-    tensors, which are published as float32 (or float16, see :func:`_dtype_fits`)."""
-    dtype = torch.float32 if tensor.dtype in (torch.bfloat16, torch.float16) else tensor.dtype
-    return torch.empty(0, dtype=dtype).numpy().dtype
-
-
-def _dtype_fits(got: np.dtype, expected: np.dtype) -> bool:
-    """Whether a received tensor of ``got`` loads into a slot tensor published as ``expected``
-    (float32 tensors may travel as float16: ``service.weights_dtype``)."""
-    return got == expected or (expected == np.float32 and got == np.float16)
-
-
-def _beyond_float16(array: np.ndarray) -> bool:
-    """Whether a (finite) array holds a value float16 cannot represent (it would load as inf)."""
-    return array.size > 0 and float(np.max(np.abs(array))) > FLOAT16_MAX
-
-
-def _all_finite(array: np.ndarray) -> bool:
-    """Whether every element is finite, in one vectorised pass without a float temporary.
-
-    float16 (the learner's default wire dtype): no value has an all-ones exponent (inf and
-    NaN are exactly those), read from the bits. NumPy has no SIMD float16 arithmetic here:
-    summing the 78,400×50 projection took 8.7 ms and ``np.isfinite`` 6.8 ms, the bit test
-    1.1 ms (AVX2 EPYC). Other floats: a finite sum proves it (NaN and ±inf propagate); a
-    non-finite sum (a bad value, or an overflow of huge finite ones) is settled element-wise.
-    """
-    if array.dtype == np.float16 and array.dtype.isnative:
-        bits = array.view(np.uint16) if array.flags.c_contiguous else np.ascontiguousarray(array).view(np.uint16)
-        return not bool(np.any((bits & _FLOAT16_EXPONENT) == _FLOAT16_EXPONENT))
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(array.sum()):
-            return True
-    return bool(np.isfinite(array).all())
 
 
 def _batch(observation: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:

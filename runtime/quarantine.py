@@ -8,7 +8,7 @@ reason, skip those seqs and ack past them. The runtime's answer is :class:`Quara
 * it logs the refusal at ERROR (rate-limited) with the learner's reason;
 * it copies the refused steps out of the outbox (memory, or the spill log read in the
   outbox's reader thread) into ``SPILL_DIR/quarantine/<first_seq:020d>.batch`` — one
-  self-contained msgpack frame, readable with :func:`runtime.outbox.decode_batch` — and
+  self-contained msgpack frame, readable with :func:`runtime.spill_io.decode_batch` — and
   appends a line to ``SPILL_DIR/quarantine/refused.jsonl`` (time, session, seqs, reason,
   file); past ``max_bytes`` of batch files only the line is written (``dropped_files``);
 * it counts ``refused_batches`` / ``refused_steps`` (runtime status).
@@ -32,7 +32,8 @@ from protocol.atomic import write_bytes_atomic
 from protocol.messages import Status
 from protocol.transport import refused_range
 from protocol.transport.common import worth_logging
-from runtime.outbox import Outbox, encode_batch
+from runtime.outbox import Outbox
+from runtime.spill_io import encode_batch
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,12 @@
 """The SDK members the adapters use exist, with compatible signatures, in the installed
 libraries and in our fakes; and each adapter's declared list covers what its code touches.
 
-Each adapter module declares ``<LIB>_API`` (dotted name → call shapes it uses) and
-``<LIB>_HANDLES`` (local expression → the library object it holds). Those constants are
-the single source: the AST check below fails when the code touches a member through a
-handle that the constant does not list, or calls it with a shape it does not declare.
+Each adapter declares ``<LIB>_API`` (dotted name → call shapes it uses) and
+``<LIB>_HANDLES`` (local expression → the library object it holds), in its module or, for the
+Franka adapter, whose code spans ``hardware.franka`` and ``hardware.franka_gripper``, in
+``hardware.franka_sdk`` (``PANDA_PY_MODULES``). Those constants are the single source: the
+AST check below, over every module of the adapter, fails when the code touches a member
+through a handle that the constant does not list, or calls it with a shape it does not declare.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from types import ModuleType
 
 import pytest
 
-from hardware import franka, realsense, spacemouse
+from hardware import franka_sdk, realsense, spacemouse
 
 Param = tuple[str, bool, bool]  # name, has a default, is *args/**kwargs
-CASES = [
-    (franka, franka.PANDA_PY_API, franka.PANDA_PY_HANDLES, "panda_py"),
-    (realsense, realsense.PYREALSENSE2_API, realsense.PYREALSENSE2_HANDLES, "pyrealsense2"),
-    (spacemouse, spacemouse.PYSPACEMOUSE_API, spacemouse.PYSPACEMOUSE_HANDLES, "pyspacemouse"),
+CASES = [  # (the adapter's modules, its API constant, its handles, the library)
+    (tuple(importlib.import_module(m) for m in franka_sdk.PANDA_PY_MODULES),
+     franka_sdk.PANDA_PY_API, franka_sdk.PANDA_PY_HANDLES, "panda_py"),
+    ((realsense,), realsense.PYREALSENSE2_API, realsense.PYREALSENSE2_HANDLES, "pyrealsense2"),
+    ((spacemouse,), spacemouse.PYSPACEMOUSE_API, spacemouse.PYSPACEMOUSE_HANDLES, "pyspacemouse"),
 ]
 IDS = [case[3] for case in CASES]
 
@@ -150,8 +153,8 @@ def check_library(root: ModuleType, api: dict[str, tuple]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- tests
-@pytest.mark.parametrize("module,api,handles,lib", CASES, ids=IDS)
-def test_installed_library_has_what_the_adapter_uses(module, api, handles, lib) -> None:
+@pytest.mark.parametrize("modules,api,handles,lib", CASES, ids=IDS)
+def test_installed_library_has_what_the_adapter_uses(modules, api, handles, lib) -> None:
     try:
         root = importlib.import_module(lib)
     except ImportError as e:  # pyrealsense2 also fails here when libusb is missing
@@ -159,18 +162,19 @@ def test_installed_library_has_what_the_adapter_uses(module, api, handles, lib) 
     assert check_library(root, api) == []
 
 
-@pytest.mark.parametrize("module,api,handles,lib", CASES, ids=IDS)
-def test_fake_has_what_the_adapter_uses(module, api, handles, lib) -> None:
+@pytest.mark.parametrize("modules,api,handles,lib", CASES, ids=IDS)
+def test_fake_has_what_the_adapter_uses(modules, api, handles, lib) -> None:
     fake = importlib.import_module(f"tests.hardware.fakes.{lib}")
     assert check_library(fake, api) == []
 
 
-@pytest.mark.parametrize("module,api,handles,lib", CASES, ids=IDS)
-def test_declared_api_covers_the_code(module, api, handles, lib) -> None:
-    tree = ast.parse(Path(module.__file__).read_text())
+@pytest.mark.parametrize("modules,api,handles,lib", CASES, ids=IDS)
+def test_declared_api_covers_the_code(modules, api, handles, lib) -> None:
+    trees = [ast.parse(Path(module.__file__).read_text()) for module in modules]  # alive: ``calls`` keys on id()
+    nodes = [node for tree in trees for node in ast.walk(tree)]
     used: dict[str, set[tuple[int, tuple[str, ...]]]] = {}
-    calls = {id(node.func): node for node in ast.walk(tree) if isinstance(node, ast.Call)}
-    for node in ast.walk(tree):
+    calls = {id(node.func): node for node in nodes if isinstance(node, ast.Call)}
+    for node in nodes:
         if not isinstance(node, ast.Attribute):
             continue
         base = ast.unparse(node.value)

@@ -18,7 +18,7 @@ from protocol.errors import SequenceGap
 from protocol.messages import Ack, Command, TransitionBatch, Weights, batch_value_error
 from protocol.transport import ControlClient, ControlClientConfig, batch_refusal
 from runtime.daemon import EXIT_OK
-from runtime.outbox import decode_batch
+from runtime.spill_io import decode_batch
 from tests.runtime.fakes import ACTION_DIM, FakeRobot
 from tests.runtime.test_daemon import OBS_SPEC, ScriptedLearner, make_daemon, until
 

@@ -200,7 +200,7 @@ def test_a_goal_is_drawn_when_each_forward_turn_ends_and_cuts_the_segment() -> N
     loop = asyncio.run(body())
     assert loop.held_ticks == 0 and loop.steps == len(robot.actions)
     # forward 0-9, backward 10-19, forward 20-29, ...: a draw after steps 10, 30, 50, ...
-    assert len(robot.draws_at) >= 3 and loop.goals_drawn == len(robot.draws_at)
+    assert len(robot.draws_at) >= 3 and loop.sim_events.goals_drawn == len(robot.draws_at)
     assert robot.draws_at == [10 + 20 * k for k in range(len(robot.draws_at))]
     is_first, agents = sink.column("is_first"), sink.column("agents")
     assert np.flatnonzero(is_first).tolist() == [0, *[d for d in robot.draws_at if d < len(is_first)]]

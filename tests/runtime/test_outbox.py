@@ -215,8 +215,8 @@ def test_crash_loses_only_unwritten_steps_and_reuses_their_seqs(tmp_path: Path) 
         await until(lambda: outbox.unwritten_steps == 0)
         learner = Learner()
         await drain(outbox, learner, 1)  # seqs 0..3 acked
-        outbox._jobs.put(("stop", None))  # the writer dies first (the process is being killed)
-        outbox._writer.join(5)  # type: ignore[union-attr]
+        outbox._disk._jobs.put(("stop", None))  # the writer dies first (the process is being killed)
+        outbox._disk._writer.join(5)  # type: ignore[union-attr]
         outbox.put_steps(steps(outbox, 4, 99.0))  # seqs 12..15 sit in the writer queue: lost
         assert outbox.unwritten_steps == 4
         outbox.spill._file.flush()  # the OS keeps what was written, even without close()

@@ -13,7 +13,8 @@ from hypothesis.extra.numpy import array_shapes, arrays
 from hypothesis.strategies import floats
 
 from runtime.errors import PolicyError
-from runtime.policy_slot import PolicySlot, _all_finite, weights_sha256
+from runtime.policy_slot import PolicySlot, weights_sha256
+from runtime.policy_weights import all_finite
 from tests.runtime.fakes import ACTION_DIM, TinyPolicy, make_weights
 
 torch.set_num_threads(1)
@@ -99,15 +100,15 @@ def test_bad_blobs_are_rejected_and_the_current_policy_stays(kind: str) -> None:
 @settings(max_examples=200, deadline=None)
 @given(arrays(np.float16, array_shapes(max_dims=3, max_side=40), elements=floats(width=16, allow_nan=True)))
 def test_the_float16_finiteness_test_agrees_with_numpy(array: np.ndarray) -> None:
-    assert _all_finite(array) == bool(np.isfinite(array).all())
-    assert _all_finite(array.T) == bool(np.isfinite(array).all())  # not C-contiguous
+    assert all_finite(array) == bool(np.isfinite(array).all())
+    assert all_finite(array.T) == bool(np.isfinite(array).all())  # not C-contiguous
 
 
 def test_the_float16_finiteness_test_at_the_edges_of_the_format() -> None:
     edges = np.array([65504, -65504, 32768, 6e-8, -0.0, 0.0, 1.0], np.float16)  # largest, subnormal, zeros
-    assert _all_finite(edges)
+    assert all_finite(edges)
     for bad in (np.inf, -np.inf, np.nan):
-        assert not _all_finite(np.append(edges, np.float16(bad)))
+        assert not all_finite(np.append(edges, np.float16(bad)))
 
 
 def test_newer_versions_swap_and_the_old_module_is_reused() -> None:
