@@ -1,9 +1,10 @@
 """A simulated task behind the ``hardware.interfaces`` contracts, so the runtime drives a
 MuJoCo twin exactly as it drives a Franka.
 
-One worker thread owns the environment (MuJoCo's offscreen GL context belongs to the
-thread that created it): it builds, resets, steps and renders, and publishes an immutable
-snapshot (robot state + one frame per image) after every step. Two pacings:
+One worker thread (:class:`simulation.sim_worker.SimWorker`) owns the environment (MuJoCo's
+offscreen GL context belongs to the thread that created it): it builds, resets, steps and
+renders, and publishes an immutable snapshot (robot state + one frame per image) after every
+step. Two pacings:
 
 * ``realtime`` — the worker runs its own clock at ``hz`` on absolute deadlines. Each tick
   it applies the newest action sent since the last tick (older unsent ones are dropped and
@@ -22,11 +23,8 @@ The pixel observation's images (the task's cameras plus extras such as tabletop'
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import queue
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -36,7 +34,8 @@ import numpy as np
 from hardware.interfaces import (ArraySpec, Camera, CameraStatus, DeviceAlreadyConnectedError,
                                  DeviceFailedError, DeviceNotConnectedError, Frame, HardwareError, RobotState,
                                  SimulatedRobot, StaleFrameError, Workspace)
-from simulation.tasks import make, task_class
+from simulation.sim_worker import Call, SimWorker, Snapshot
+from simulation.tasks import task_class
 from simulation.tasks.base import ObsMode, TaskEnv, TaskInfo
 
 logger = logging.getLogger(__name__)
@@ -82,26 +81,6 @@ class SimRobotConfig:
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
 
 
-@dataclass(frozen=True)
-class _Snapshot:
-    """What the worker publishes after each step (replaced whole, never mutated)."""
-
-    state: RobotState
-    frames: dict[str, Frame]
-    success: bool
-    step: int
-
-
-@dataclass
-class _Call:
-    """A request to the worker; ``done`` is set when it has run."""
-
-    kind: Literal["action", "reset", "goal", "stop", "halt"]
-    payload: Any = None
-    done: threading.Event = field(default_factory=threading.Event)
-    error: BaseException | None = None
-
-
 class SimRobot(SimulatedRobot):
     """A simulated task as a :class:`hardware.interfaces.Robot` (see the module docstring).
 
@@ -116,20 +95,8 @@ class SimRobot(SimulatedRobot):
         self.name = f"sim-{task}"
         self._info: TaskInfo = task_class(task).info
         self._image_names = self._expected_image_names()
-        self._calls: queue.Queue[_Call] = queue.Queue()
-        self._pending: _Call | None = None  # newest unapplied action (realtime)
-        self._pending_lock = threading.Lock()
-        self._new_frame = threading.Condition()
-        self._snapshot: _Snapshot | None = None
-        self._thread: threading.Thread | None = None
-        self._failure: BaseException | None = None
+        self._worker = SimWorker(self.config, self.name, self._image_names)
         self._cameras: dict[str, SimCamera] = {n: SimCamera(self, n) for n in self._image_names}
-        self.steps = 0
-        """Environment steps taken since ``connect()``."""
-        self.resets = 0
-        """Environment resets requested since ``connect()`` (``home`` and ``reset_environment``)."""
-        self.dropped_actions = 0
-        """Realtime actions replaced by a newer one before the worker applied them."""
         self.clipped_actions = 0
         """Actions with an element outside ``[-1, 1]`` or not finite (clipped / zeroed)."""
 
@@ -156,8 +123,23 @@ class SimRobot(SimulatedRobot):
     @property
     def last_success(self) -> bool:
         """Whether the task was solved at the newest published step (``False`` before connect)."""
-        snapshot = self._snapshot
+        snapshot = self._worker.snapshot
         return bool(snapshot and snapshot.success)
+
+    @property
+    def steps(self) -> int:
+        """Environment steps taken since ``connect()``."""
+        return self._worker.steps
+
+    @property
+    def resets(self) -> int:
+        """Environment resets requested since ``connect()`` (``home`` and ``reset_environment``)."""
+        return self._worker.resets
+
+    @property
+    def dropped_actions(self) -> int:
+        """Realtime actions replaced by a newer one before the worker applied them."""
+        return self._worker.dropped_actions
 
     # ------------------------------------------------------------------ lifecycle
     def connect(self) -> None:
@@ -170,35 +152,23 @@ class SimRobot(SimulatedRobot):
         """
         if self.is_connected:
             raise DeviceAlreadyConnectedError(f"{self.name} is already connected")
-        self._failure, self._snapshot = None, None
-        self._calls = queue.Queue()
-        self.steps = self.resets = self.dropped_actions = self.clipped_actions = 0
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._worker, args=(ready,), name=self.name, daemon=True)
-        self._thread.start()
+        self.clipped_actions = 0
+        ready = self._worker.start()
         if not ready.wait(self.config.connect_timeout_s):
             self.disconnect()
             raise DeviceFailedError(f"{self.name}: environment not ready after {self.config.connect_timeout_s} s")
-        if self._failure is not None:
-            failure = self._failure
+        if self._worker.failure is not None:
+            failure = self._worker.failure
             self.disconnect()
             raise DeviceFailedError(f"{self.name}: could not start: {failure}") from failure
 
     def disconnect(self) -> None:
         """Stops the worker and closes the environment. Idempotent; never raises."""
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        self._calls.put(_Call("halt"))
-        thread.join(timeout=self.config.call_timeout_s)
-        if thread.is_alive():
-            logger.error("%s: worker did not stop within %.0f s", self.name, self.config.call_timeout_s)
-        with self._new_frame:
-            self._new_frame.notify_all()
+        self._worker.halt()
 
     @property
     def is_connected(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._worker.alive
 
     # ------------------------------------------------------------------ per tick
     def read_state(self) -> RobotState:
@@ -222,14 +192,11 @@ class SimRobot(SimulatedRobot):
         """
         self._require_snapshot()
         applied = self._sanitise(action)
-        call = _Call("action", applied)
+        call = Call("action", applied)
         if self.config.pacing == "lockstep":
-            self._call(call)
+            self._worker.call(call)
         else:
-            with self._pending_lock:
-                if self._pending is not None:
-                    self.dropped_actions += 1
-                self._pending = call
+            self._worker.offer(call)
         return applied
 
     # ------------------------------------------------------------------ occasional
@@ -242,7 +209,7 @@ class SimRobot(SimulatedRobot):
             DeviceFailedError: when the simulation raised or did not answer in time.
         """
         self._require_snapshot()
-        self._call(_Call("reset", dict(options or {"init": "initial"})))
+        self._worker.call(Call("reset", dict(options or {"init": "initial"})))
 
     def draw_goal(self) -> None:
         """Draws the task's goal anew without moving the scene (``TaskEnv.draw_goal``: tabletop's
@@ -254,7 +221,7 @@ class SimRobot(SimulatedRobot):
             DeviceFailedError: when the simulation raised or did not answer in time.
         """
         self._require_snapshot()
-        self._call(_Call("goal", None))
+        self._worker.call(Call("goal", None))
 
     def home(self) -> None:
         """Resets the task to its initial-state distribution (the twin's home). Blocks."""
@@ -262,8 +229,7 @@ class SimRobot(SimulatedRobot):
 
     def stop(self) -> None:
         """Drops any action not yet applied, so the twin holds still. Never raises."""
-        with self._pending_lock:
-            self._pending = None
+        self._worker.drop_pending()
 
     # ------------------------------------------------------------------ camera support
     def _latest_frame(self, name: str) -> Frame:
@@ -271,7 +237,7 @@ class SimRobot(SimulatedRobot):
 
     def _wait_frame(self, name: str, after_index: int, timeout: float) -> Frame:
         deadline = time.monotonic() + timeout
-        with self._new_frame:
+        with self._worker.new_frame:
             while True:
                 frame = self._require_snapshot().frames[name]
                 if frame.index > after_index:
@@ -279,7 +245,7 @@ class SimRobot(SimulatedRobot):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError(f"{self.name}/{name}: no new frame within {timeout} s")
-                self._new_frame.wait(remaining)
+                self._worker.new_frame.wait(remaining)
 
     # ------------------------------------------------------------------ internals
     def _expected_image_names(self) -> tuple[str, ...]:
@@ -291,10 +257,11 @@ class SimRobot(SimulatedRobot):
         extra = cls._task_extra_image_names(cls.__new__(cls))
         return cameras + tuple(extra)
 
-    def _require_snapshot(self) -> _Snapshot:
-        if self._failure is not None:
-            raise DeviceFailedError(f"{self.name}: simulation failed: {self._failure}") from self._failure
-        snapshot = self._snapshot
+    def _require_snapshot(self) -> Snapshot:
+        failure = self._worker.failure
+        if failure is not None:
+            raise DeviceFailedError(f"{self.name}: simulation failed: {failure}") from failure
+        snapshot = self._worker.snapshot
         if not self.is_connected or snapshot is None:
             raise DeviceNotConnectedError(f"{self.name} is not connected")
         return snapshot
@@ -308,112 +275,6 @@ class SimRobot(SimulatedRobot):
             self.clipped_actions += 1
             logger.debug("%s: clipped action %s to %s", self.name, array, applied)
         return applied
-
-    def _call(self, call: _Call) -> None:
-        self._calls.put(call)
-        if not call.done.wait(self.config.call_timeout_s):
-            raise DeviceFailedError(f"{self.name}: worker did not answer {call.kind!r} "
-                                    f"within {self.config.call_timeout_s} s")
-        if call.error is not None:
-            raise DeviceFailedError(f"{self.name}: {call.kind} failed: {call.error}") from call.error
-
-    def _worker(self, ready: threading.Event) -> None:
-        env: TaskEnv | None = None
-        try:
-            env = make(self.config.task, obs=self.config.obs, image_size=self.config.image_size,
-                       **self.config.env_kwargs)
-            observation, info = env.reset(seed=self.config.seed, options={"init": "initial"})
-            self._publish(env, observation, bool(info.get("success", False)))
-            ready.set()
-            if self.config.pacing == "realtime":
-                self._run_realtime(env)
-            else:
-                self._run_lockstep(env)
-        except Exception as e:  # the worker must report, not vanish: callers get DeviceFailedError
-            logger.exception("%s: simulation worker failed", self.name)
-            self._failure = e
-        finally:
-            ready.set()
-            if env is not None:
-                env.close()
-            with self._new_frame:
-                self._new_frame.notify_all()
-
-    def _run_lockstep(self, env: TaskEnv) -> None:
-        while True:
-            call = self._calls.get()
-            if call.kind == "halt":
-                return
-            self._execute(env, call)
-
-    def _run_realtime(self, env: TaskEnv) -> None:
-        period = 1.0 / self.config.hz
-        deadline = time.monotonic() + period
-        while True:
-            # serve resets (and halt) as they come, until this tick's deadline
-            try:
-                call = self._calls.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                call = None
-            if call is not None:
-                if call.kind == "halt":
-                    return
-                self._execute(env, call)
-                continue
-            with self._pending_lock:
-                action, self._pending = self._pending, None
-            if action is not None:
-                self._execute(env, action)
-            else:
-                self._restamp()
-            deadline += period
-            if deadline < time.monotonic():  # overrun: skip missed ticks instead of bursting
-                deadline = time.monotonic() + period
-
-    def _execute(self, env: TaskEnv, call: _Call) -> None:
-        try:
-            if call.kind == "action":
-                observation, _, _, _, info = env.step(call.payload)
-                self.steps += 1
-            elif call.kind == "goal":
-                observation, info = env.draw_goal()
-            else:
-                observation, info = env.reset(options=call.payload)
-                self.resets += 1
-            self._publish(env, observation, bool(info.get("success", False)))
-        except Exception as e:  # handed to the caller of this call (and raised again for the worker)
-            call.error = e
-            raise
-        finally:
-            call.done.set()
-
-    def _publish(self, env: TaskEnv, observation: Any, success: bool) -> None:
-        now = time.monotonic()
-        previous = self._snapshot
-        if isinstance(observation, dict):
-            arrays = {"proprio": np.asarray(observation["proprio"], dtype=np.float32)}
-            frames = {name: Frame(image=observation[name], timestamp=now,
-                                  index=(previous.frames[name].index + 1) if previous else 0)
-                      for name in self._image_names}
-        else:
-            arrays, frames = {"state": np.asarray(observation, dtype=np.float32)}, {}
-        state = RobotState(timestamp=now, ee_position=_ee_position(env, arrays), gripper=_gripper(env, arrays),
-                           arrays=arrays)
-        with self._new_frame:
-            self._snapshot = _Snapshot(state=state, frames=frames, success=success,
-                                       step=self.steps)
-            self._new_frame.notify_all()
-
-    def _restamp(self) -> None:
-        previous = self._snapshot
-        if previous is None:
-            return
-        now = time.monotonic()
-        frames = {n: Frame(image=f.image, timestamp=now, index=f.index + 1) for n, f in previous.frames.items()}
-        with self._new_frame:
-            self._snapshot = dataclasses.replace(previous, frames=frames,
-                                                 state=dataclasses.replace(previous.state, timestamp=now))
-            self._new_frame.notify_all()
 
 
 def task_workspace(cls: type[TaskEnv]) -> Workspace:
@@ -432,27 +293,6 @@ def task_workspace(cls: type[TaskEnv]) -> Workspace:
             if low is not None and high is not None and np.size(low) == 3 and np.size(high) == 3:
                 return Workspace(low=tuple(map(float, np.ravel(low))), high=tuple(map(float, np.ravel(high))))
     return DEFAULT_WORKSPACE
-
-
-def _ee_position(env: TaskEnv, arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """The task's end-effector position: ``ee_position()``, ``ee_pos()`` or ``hand_pos()`` when the task
-    has one, else the first three proprio/state entries (zero-padded)."""
-    for method in ("ee_position", "ee_pos", "hand_pos"):
-        getter = getattr(env, method, None)
-        if callable(getter):
-            return np.asarray(getter(), dtype=np.float64).reshape(3).copy()
-    vector = np.asarray(env._task_proprio(), dtype=np.float64)
-    return np.pad(vector[:3], (0, max(0, 3 - vector[:3].size)))
-
-
-def _gripper(env: TaskEnv, arrays: dict[str, np.ndarray]) -> float:
-    """The task's gripper reading: ``gripper_opening()``/``gripper_width()``, else proprio[3] (or 0)."""
-    for method in ("gripper_opening", "gripper_width"):
-        getter = getattr(env, method, None)
-        if callable(getter):
-            return float(getter())
-    vector = np.asarray(env._task_proprio(), dtype=np.float64)
-    return float(vector[3]) if vector.size > 3 else 0.0
 
 
 class SimCamera(Camera):
@@ -476,7 +316,7 @@ class SimCamera(Camera):
 
     @property
     def status(self) -> CameraStatus:
-        if self._robot._failure is not None:
+        if self._robot._worker.failure is not None:
             return CameraStatus.FAILED
         return CameraStatus.STREAMING if self._streaming and self._robot.is_connected else CameraStatus.CLOSED
 

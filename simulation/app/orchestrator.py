@@ -45,7 +45,7 @@ from simulation.app.live_eval import LiveEvaluation
 from protocol.atomic import write_text_atomic
 from simulation.app.processes import (ChildProcess, StatusPoller, child_env, pick_endpoint, read_endpoints,
                                   wait_for_endpoints)
-from simulation.app.progress import ProgressDisplay, Snapshot
+from simulation.app.progress import ProgressDisplay, Snapshot, StallWatch
 from simulation.app.run_commands import (EVAL_SEED, bc_command, has_checkpoint, learner_command, runtime_command,
                                      runtime_spill_dir, steps_per_runtime)
 from simulation.app.run_setup import (RESUMED_FIELDS, TASKS, UNBOUNDED_STEPS, OrchestratorError, RunSpec, config_toml,
@@ -96,7 +96,13 @@ class RunOutcome:
 
 
 class Orchestrator:
-    """Runs one ``resetfree-sim`` run (see the module docstring). Use :meth:`run` once."""
+    """Runs one ``resetfree-sim`` run (see the module docstring). Use :meth:`run` once.
+
+    Size: one responsibility, the run's lifecycle (start, supervise, shut down in order), whose
+    steps all share the children, their statuses and the interrupt; the run directory, the
+    command lines, the processes, the evaluation, the BC child and the progress line already
+    live in modules of their own.
+    """
 
     def __init__(self, spec: RunSpec, display: ProgressDisplay | None = None) -> None:
         self.spec = resumed_spec(spec) if spec.resume else spec
@@ -111,7 +117,7 @@ class Orchestrator:
         self._pollers: dict[str, StatusPoller] = {}
         self._interrupted = False
         self._started = time.monotonic()
-        self._stall: tuple[int, float, bool] = (-1, time.monotonic(), False)
+        self._stall = StallWatch(self.display, self.spec.stall_warn_s)
 
     # ------------------------------------------------------------------ public
     def interrupt(self) -> None:
@@ -242,19 +248,7 @@ class Orchestrator:
 
     def _check_stall(self) -> None:
         """Reports (once per stall) when the env steps have not moved for ``stall_warn_s``."""
-        steps = int(self.learner_detail.get("env_steps", 0) or 0)
-        now = time.monotonic()
-        if steps != self._stall[0]:
-            self._stall = (steps, now, False)
-            return
-        if not self._stall[2] and now - self._stall[1] > self.spec.stall_warn_s:
-            self._stall = (steps, self._stall[1], True)
-            first = self.runtime_details[0] if self.runtime_details else {}
-            self.display.message(
-                f"warning: no env steps for {now - self._stall[1]:.0f} s at {steps:,}: learner trained_position "
-                f"{self.learner_detail.get('trained_position')}, seed_phase {self.learner_detail.get('seed_phase')}; "
-                f"runtime0 acked_seq {first.get('acked_seq')}, trained_through {first.get('trained_through')}, "
-                f"next_seq {first.get('next_seq')} (lock-step waits for trained_through >= next_seq - window)")
+        self._stall.check(self.learner_detail, self.runtime_details)
 
     def _check_children(self) -> str | None:
         for child in [c for c in (self.learner, *self.runtimes) if c is not None]:

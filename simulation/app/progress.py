@@ -1,8 +1,9 @@
 """Console progress of a ``resetfree-sim`` run: one line every couple of seconds, or one
-refreshing status line on a terminal.
+refreshing status line on a terminal, and a warning when the run stalls.
 
 The display only formats what the orchestrator hands it (:class:`Snapshot`); rates are
 computed here from consecutive snapshots, so the orchestrator keeps no timing state.
+:class:`StallWatch` tells on the display, once per stall, when the env steps stop moving.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import dataclasses
 import logging
 import sys
 import time
-from typing import Literal, TextIO
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, TextIO
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +107,33 @@ class ProgressDisplay:
             self.stream.write("\n")
             self.stream.flush()
             self._width = 0
+
+
+class StallWatch:
+    """Reports on a :class:`ProgressDisplay`, once per stall, when the learner's env steps have
+    not moved for ``warn_after_s`` seconds, with the lock-step figures that tell why."""
+
+    def __init__(self, display: ProgressDisplay, warn_after_s: float) -> None:
+        self.display = display
+        self.warn_after_s = warn_after_s
+        self._stall: tuple[int, float, bool] = (-1, time.monotonic(), False)
+        """(env steps last seen, since when, whether this stall was reported)."""
+
+    def check(self, learner: Mapping[str, Any], runtimes: Sequence[Mapping[str, Any]]) -> None:
+        """Looks at the learner's and the runtimes' newest status; warns when the steps stalled."""
+        steps = int(learner.get("env_steps", 0) or 0)
+        now = time.monotonic()
+        if steps != self._stall[0]:
+            self._stall = (steps, now, False)
+            return
+        if not self._stall[2] and now - self._stall[1] > self.warn_after_s:
+            self._stall = (steps, self._stall[1], True)
+            first = runtimes[0] if runtimes else {}
+            self.display.message(
+                f"warning: no env steps for {now - self._stall[1]:.0f} s at {steps:,}: learner trained_position "
+                f"{learner.get('trained_position')}, seed_phase {learner.get('seed_phase')}; "
+                f"runtime0 acked_seq {first.get('acked_seq')}, trained_through {first.get('trained_through')}, "
+                f"next_seq {first.get('next_seq')} (lock-step waits for trained_through >= next_seq - window)")
 
 
 LINE_WIDTH = 120

@@ -17,16 +17,17 @@ once: its replay count ``env_steps`` above its unique count), ``loop_overruns``,
 (unexpected exits, non-zero exit codes after SIGTERM, tracebacks in the logs),
 ``malformed_rejected`` (counted by the receivers), plus details. Targets: generated ==
 ingested, 0 duplicates, 0 overruns, 0 crashes, every malformed frame rejected.
+
+The drill's settings, demos and the processes' command lines are
+:mod:`simulation.drills.fault_config`, its counts :mod:`simulation.drills.fault_report`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import logging
-import math
 import shutil
 import signal
 import sys
@@ -42,129 +43,27 @@ from protocol.messages import Command
 from protocol.session import SessionSettings
 from protocol.transport import ControlClient, ControlClientConfig
 from simulation.cli import doc_help
+from simulation.drills.fault_config import SMALL_LEARNER, DrillConfig, learner_argv, runtime_argv, write_demos
+from simulation.drills.fault_report import DrillResult, generated_steps
 from simulation.drills.journal_audit import audit_journal
-from simulation.drills.malformed import MalformedGenerator, send_malformed, state_spaces
+from simulation.drills.malformed import MalformedGenerator, burst_plan, send_malformed
 from simulation.drills.partition_proxy import PartitionProxy, ProxyConfig
 from simulation.app.processes import (
-    ChildProcess, FaultDrillError, StatusPoller, count_tracebacks, pick_endpoint, python_module, status_int, tcp_port,
+    ChildProcess, FaultDrillError, StatusPoller, count_tracebacks, pick_endpoint, status_int, tcp_port,
     wait_for_endpoints,
 )
 
 logger = logging.getLogger(__name__)
 
-#: A learner small enough to train at the drill's pace on one CPU thread.
-SMALL_LEARNER: tuple[str, ...] = (
-    "network.hidden_dim=64", "network.num_critics=2", "agent.batch_size=32", "replay.batch_size=32",
-    "replay.demo_per_batch=4", "schedule.seed_frames=200", "vice.batch_size=32", "vice.hidden_dim=32",
-    "medal.batch_size=32", "medal.hidden_dim=32", "service.publish_every=50", "service.checkpoint_every=200",
-    "service.progress_every_s=2.0",
-)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DrillConfig:
-    """What the drill does and how long it may take."""
-
-    kills: int = 5
-    """Learner SIGKILLs (each followed by a restart with ``--resume``)."""
-    partition_s: float = 30.0
-    """Seconds the proxy cuts the runtime off the learner (0: no partition)."""
-    malformed: int = 10_000
-    """Malformed frames sent, over all receiving sockets."""
-    hz: float = 50.0
-    """Runtime control rate."""
-    seconds: float = 60.0
-    """Seconds of running around the faults (spread between them)."""
-    task: str = "tabletop"
-    """Simulated task (state observations)."""
-    seed: int = 0
-    """Seed of the processes, the fault timing and the malformed frames."""
-    work_dir: Path | None = None
-    """Where run dir, spill dir, demos and logs go (None: a temporary directory, removed after)."""
-    learner_sets: tuple[str, ...] = SMALL_LEARNER
-    """``--set`` overrides for the learner."""
-    demo_episodes: int = 2
-    """Expert demo episodes per direction."""
-    start_timeout_s: float = 120.0
-    """Seconds a process has to come up (write its endpoints, answer status)."""
-    drain_timeout_s: float = 90.0
-    """Seconds the learner has to acknowledge everything after the runtime pauses."""
-    stop_timeout_s: float = 60.0
-    """Seconds a process has to exit after SIGTERM."""
-    runtime_args: tuple[str, ...] = ("--priority", "fifo", "--gc", "freeze")
-    """Extra runtime flags (isolation: the drill measures overruns on a busy machine)."""
-    learner_module: str = "learner"
-    """Module run as the learner."""
-    runtime_module: str = "runtime"
-    """Module run as the runtime."""
-
-    def __post_init__(self) -> None:
-        for name in ("kills", "malformed", "demo_episodes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"DrillConfig.{name} must be an int >= 0, got {value!r}")
-        for name in ("partition_s", "seconds"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"DrillConfig.{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("hz", "start_timeout_s", "drain_timeout_s", "stop_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"DrillConfig.{name} must be > 0, got {getattr(self, name)!r}")
-        if self.demo_episodes < 1:
-            raise ValueError("DrillConfig.demo_episodes must be >= 1")
-
-
-@dataclasses.dataclass
-class DrillResult:
-    """The drill's counts (the JSON line)."""
-
-    transitions_generated: int = 0
-    transitions_ingested: int = 0
-    duplicates: int = 0
-    loop_overruns: int = 0
-    crashes: int = 0
-    malformed_rejected: int = 0
-    malformed_sent: int = 0
-    malformed_sent_by_socket: dict[str, int] = dataclasses.field(default_factory=dict)
-    malformed_rejected_by_process: dict[str, int | None] = dataclasses.field(default_factory=dict)
-    duplicates_dropped: int = 0
-    learner_kills: int = 0
-    learner_restarts: int = 0
-    partition_s: float = 0.0
-    proxy_connections: int = 0
-    runtime_acked_seq: int = 0
-    lost_steps: int = 0
-    jitter_p99_ms: float = 0.0
-    journal_steps: int = 0
-    journal_duplicates: int = 0
-    journal_gaps: int = 0
-    crash_notes: list[str] = dataclasses.field(default_factory=list)
-    wall_s: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """Returns whether every target holds."""
-        return (self.transitions_generated == self.transitions_ingested and self.transitions_generated > 0
-                and self.duplicates == 0 and self.loop_overruns == 0 and self.crashes == 0
-                and self.journal_gaps == 0 and self.malformed_rejected >= self.malformed_reportable)
-
-    @property
-    def malformed_reportable(self) -> int:
-        """Returns the malformed frames sent to sockets whose process reports a rejection count."""
-        return sum(n for name, n in self.malformed_sent_by_socket.items()
-                   if self.malformed_rejected_by_process.get(name.split("_")[0]) is not None)
-
-    def to_json(self) -> dict[str, Any]:
-        """Returns the result as JSON builtins, with ``ok``."""
-        return {**dataclasses.asdict(self), "malformed_reportable": self.malformed_reportable, "ok": self.ok}
-
-
-def _generated(runtime: dict[str, object] | None) -> int:
-    """Returns the steps the runtime's session has numbered (``next_seq``; ``steps`` if absent)."""
-    return status_int(runtime, "next_seq") if "next_seq" in (runtime or {}) else status_int(runtime, "steps")
-
-
 class FaultDrill:
-    """One drill run: ``await FaultDrill(config, work_dir).run()``."""
+    """One drill run: ``await FaultDrill(config, work_dir).run()``.
+
+    Size: one responsibility, a run against two processes (start, watch, fault, drain, stop),
+    whose every phase shares the children, their endpoints and pollers and the crash/restart
+    accounting; its settings and command lines (:mod:`simulation.drills.fault_config`), its
+    counts (:mod:`simulation.drills.fault_report`) and its frames (:mod:`simulation.drills.malformed`)
+    already live apart.
+    """
 
     def __init__(self, config: DrillConfig, work_dir: Path) -> None:
         self.config = config
@@ -187,35 +86,14 @@ class FaultDrill:
     # ---------------------------------------------------------------- set-up
     def prepare_demos(self) -> Path:
         """Writes forward and backward expert demos; returns their directory (blocks)."""
-        from protocol.demos import save_demos
-        from simulation.tools.demos_cli import generate
-
         out = self.work / "demos"
-        out.mkdir(parents=True, exist_ok=True)
-        for direction in ("forward", "backward"):
-            demos = generate(self.config.task, direction, episodes=self.config.demo_episodes, obs="state",
-                             seed=self.config.seed)
-            save_demos(out / f"{self.config.task}_{direction}.npz", demos)
-            state = demos.observations["state"]
-            self.spaces = state_spaces(int(state.shape[1]), int(demos.actions.shape[1]))
+        self.spaces = write_demos(self.config, out)
         return out
-
-    def learner_argv(self, demos: Path, *, resume: bool) -> list[str]:
-        """Returns the learner's command line (first start: every port 0; restarts: the same ports)."""
-        eps = self.learner_endpoints
-        binds = [pick_endpoint(eps, "uplink"), pick_endpoint(eps, "weights"), pick_endpoint(eps, "control")] \
-            if resume else ["tcp://127.0.0.1:0"] * 3
-        argv = [*python_module(self.config.learner_module), "--profile", "sim", "--demos", str(demos),
-                "--bind", binds[0], "--weights-bind", binds[1], "--control-bind", binds[2], "--mode", "realtime",
-                "--device", "cpu", "--threads", "1", "--seed", str(self.config.seed), "--log-level", "INFO"]
-        for item in self.config.learner_sets:
-            argv += ["--set", item]
-        return argv + (["--resume", str(self.run_dir)] if resume else ["--run-dir", str(self.run_dir)])
 
     async def start_learner(self, demos: Path, *, resume: bool) -> None:
         """Starts (or restarts) the learner and waits until it answers status."""
         (self.run_dir / "endpoints.json").unlink(missing_ok=True)
-        self.learner.start(self.learner_argv(demos, resume=resume))
+        self.learner.start(learner_argv(self.config, self.run_dir, demos, self.learner_endpoints, resume=resume))
         found = await wait_for_endpoints(self.run_dir / "endpoints.json", self.learner, self.config.start_timeout_s)
         if not resume:
             self.learner_endpoints = found
@@ -224,13 +102,8 @@ class FaultDrill:
 
     async def start_runtime(self, uplink: str) -> None:
         """Starts the runtime against ``uplink`` (the proxy) and waits until it answers status."""
-        argv = [*python_module(self.config.runtime_module), "--robot", f"sim:{self.config.task}", "--learner", uplink,
-                "--obs", "state", "--hz", f"{self.config.hz:g}", "--spill-dir", str(self.spill_dir),
-                "--control-bind", "tcp://127.0.0.1:0", "--seed", str(self.config.seed),
-                "--switch-every", str(SessionSettings().switch_interval), "--log-level", "INFO",
-                *self.config.runtime_args]
         (self.spill_dir / "endpoints.json").unlink(missing_ok=True)
-        self.runtime.start(argv)
+        self.runtime.start(runtime_argv(self.config, uplink, self.spill_dir))
         found = await wait_for_endpoints(self.spill_dir / "endpoints.json", self.runtime, self.config.start_timeout_s)
         self.runtime_control = pick_endpoint(found, "control")
         self.runtime_status = StatusPoller(self.runtime_control)
@@ -321,30 +194,19 @@ class FaultDrill:
             return
         gen = MalformedGenerator(spaces=self.spaces, session_id=f"drill-{int(self.rng.integers(1 << 30))}",
                                  seed=int(self.rng.integers(1 << 30)))
-        uplink_n = count // 2
-        session_n = uplink_n // 2
-        control_n = (count - uplink_n) // 2
-        uplink = pick_endpoint(self.learner_endpoints, "uplink")
-        # The session opens with an out-of-protocol type while it is still accepted.
-        session = [gen.make("wrong_type", "uplink"), *gen.stream(session_n - 1, "uplink")] if session_n else []
-        plan = [
-            ("learner_uplink", uplink, list(gen.stream(uplink_n - session_n, "uplink")), None, 4),
-            ("learner_uplink", uplink, session, gen.hello(SessionSettings().config_hash()), 1),
-            ("learner_control", pick_endpoint(self.learner_endpoints, "control"),
-             list(gen.stream(control_n, "control")), None, 2),
-            ("runtime_control", self.runtime_control, list(gen.stream(count - uplink_n - control_n, "control")),
-             None, 2),
-        ]
+        plan = burst_plan(gen, count, learner_uplink=pick_endpoint(self.learner_endpoints, "uplink"),
+                          learner_control=pick_endpoint(self.learner_endpoints, "control"),
+                          runtime_control=self.runtime_control, config_hash=SessionSettings().config_hash())
         before = self._learner_malformed()
         to_learner = 0
-        for name, endpoint, frames, hello, peers in plan:
-            if not frames:
+        for part in plan:
+            if not part.frames:
                 continue
-            report = await send_malformed(endpoint, frames, hello=hello, peers=peers)
+            report = await send_malformed(part.endpoint, part.frames, hello=part.hello, peers=part.peers)
             by_socket = self.result.malformed_sent_by_socket
-            by_socket[name] = by_socket.get(name, 0) + report.sent
+            by_socket[part.socket] = by_socket.get(part.socket, 0) + report.sent
             self.result.malformed_sent += report.sent
-            to_learner += report.sent if name.startswith("learner") else 0
+            to_learner += report.sent if part.socket.startswith("learner") else 0
         # Wait until the learner's count reaches what it was sent or stops moving (it may not count all).
         deadline, last, still = time.monotonic() + 10.0, -1, 0
         while self._learner_malformed() - before < to_learner and time.monotonic() < deadline and still < 4:
@@ -376,7 +238,7 @@ class FaultDrill:
             ln = await self.learner_status.poll(timeout=2.0)
             if rt is None or ln is None:
                 continue
-            done = _generated(rt) == status_int(rt, "acked_seq") == status_int(ln, "transitions_ingested")
+            done = generated_steps(rt) == status_int(rt, "acked_seq") == status_int(ln, "transitions_ingested")
             steady = steady + 1 if done and status_int(rt, "queue_depth") == 0 else 0
             if steady >= 3:
                 break
@@ -387,33 +249,12 @@ class FaultDrill:
     def read_counts(self) -> None:
         """Fills the result from the last statuses of both sides."""
         assert self.runtime_status is not None and self.learner_status is not None
-        rt, ln = self.runtime_status.last, self.learner_status.last
-        r = self.result
-        r.transitions_generated = _generated(rt)
-        r.runtime_acked_seq = status_int(rt, "acked_seq")
-        r.loop_overruns = max(r.loop_overruns, status_int(rt, "overruns"))
-        jitter = rt.get("jitter_p99_ms")
-        r.jitter_p99_ms = float(jitter) if isinstance(jitter, (int, float)) else math.nan
-        r.transitions_ingested = status_int(ln, "transitions_ingested")
-        r.duplicates_dropped = status_int(ln, "duplicates_dropped")
-        r.lost_steps = status_int(ln, "lost_steps") + status_int(rt, "lost_steps")
-        # A step the learner counted into its replay twice shows as env_steps above the unique count.
-        r.duplicates = max(0, status_int(ln, "env_steps") - r.transitions_ingested)
-        runtime_rejected = status_int(rt, "malformed_rejected") if "malformed_rejected" in rt else None
-        # Each process reports one count for all its sockets (None: the runtime reports none).
-        r.malformed_rejected_by_process = {"learner": self._learner_malformed(), "runtime": runtime_rejected}
-        r.malformed_rejected = self._learner_malformed() + (runtime_rejected or 0)
+        self.result.read_statuses(self.runtime_status.last, self.learner_status.last, self._learner_malformed())
 
     def audit(self) -> None:
         """Checks the learner's journal step by step (after the learner stopped)."""
-        if not (self.run_dir / "journal").is_dir():
-            return
-        found = audit_journal(self.run_dir)
-        r = self.result
-        r.journal_steps = found.steps
-        r.journal_duplicates = found.duplicates
-        r.journal_gaps = sum(found.gaps.values()) + found.position_errors
-        r.duplicates = max(r.duplicates, found.duplicates)
+        if (self.run_dir / "journal").is_dir():
+            self.result.read_audit(audit_journal(self.run_dir))
 
     async def stop(self) -> None:
         """SIGTERMs the runtime, then the learner; a non-zero exit or a traceback counts as a crash."""

@@ -42,15 +42,12 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import zmq
 import zmq.asyncio
 
 from protocol.codec import encode
 from protocol.errors import ProtocolError
-from protocol.messages import Command, Heartbeat, Weights
+from protocol.messages import Command, Weights
 from protocol.session import SessionSettings
 from simulation.app.processes import (
     ChildProcess, ProcessError, StatusPoller, count_tracebacks, pick_endpoint, python_module, status_int,
@@ -60,6 +57,8 @@ from simulation.cli import doc_help
 from simulation.drills.hostile_peers import (
     NET_CONFIG, POINT_ACT, POINT_DIM, FakeLearner, HostileGenerator, LegitRuntime, write_point_demos,
 )
+from simulation.drills.hostile_report import SHARES, Channel, HostileResult
+from simulation.drills.hostile_senders import HostileSenders
 from simulation.drills.malformed import state_spaces
 
 logger = logging.getLogger(__name__)
@@ -74,16 +73,13 @@ LEARNER_SETS: tuple[str, ...] = (
 )
 """A learner small enough to keep up with the legitimate stream on a busy CPU."""
 
-SHARES = {"learner_uplink": 0.5, "learner_control": 0.15, "runtime_control": 0.15, "runtime_weights": 0.2}
-"""How the hostile messages are split between the channels."""
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class HostileConfig:
     """What the fuzz sends and how long it may take."""
 
     messages: int = 100_000
-    """Hostile messages over all channels (split by :data:`SHARES`)."""
+    """Hostile messages over all channels (split by :data:`simulation.drills.hostile_report.SHARES`)."""
     seed: int = 0
     """Seed of every generated message."""
     task: str = "door"
@@ -107,58 +103,6 @@ class HostileConfig:
                 raise ValueError(f"HostileConfig.{name} must be > 0, got {getattr(self, name)!r}")
 
 
-@dataclasses.dataclass
-class Channel:
-    """One channel's count: what was sent to it and what its process says it did with it."""
-
-    sent: int = 0
-    hostile: int = 0
-    received: int = 0
-    accepted: int = 0
-    rejected: int = 0
-    by_reason: dict[str, int] = dataclasses.field(default_factory=dict)
-    by_kind: dict[str, int] = dataclasses.field(default_factory=dict)
-
-    @property
-    def closes(self) -> bool:
-        """Whether every message sent was received and classified."""
-        return self.sent == self.received == self.accepted + self.rejected
-
-
-@dataclasses.dataclass
-class HostileResult:
-    """The fuzz's figures (the JSON line)."""
-
-    sent: int = 0
-    channels: dict[str, Channel] = dataclasses.field(default_factory=dict)
-    legit_steps: int = 0
-    legit_acked: int = 0
-    runtime_acked_seq: int = 0
-    runtime_steps: int = 0
-    runtime_state: str = ""
-    exits: dict[str, int | None] = dataclasses.field(default_factory=dict)
-    alive_at_end: dict[str, bool] = dataclasses.field(default_factory=dict)
-    tracebacks: int = 0
-    notes: list[str] = dataclasses.field(default_factory=list)
-    send_s: float = 0.0
-    wall_s: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """Returns whether every target holds."""
-        return (all(c.closes for c in self.channels.values()) and len(self.channels) == len(SHARES)
-                and all(self.alive_at_end.values()) and self.exits and all(v == 0 for v in self.exits.values())
-                and self.tracebacks == 0 and self.legit_steps > 0 and self.legit_acked == self.legit_steps
-                and self.runtime_acked_seq > 0 and self.runtime_state == "running")
-
-    def to_json(self) -> dict[str, Any]:
-        """Returns the result as JSON builtins, with ``ok`` and each channel's ``closes``."""
-        out = dataclasses.asdict(self)
-        for name, channel in self.channels.items():
-            out["channels"][name]["closes"] = channel.closes
-        return {**out, "ok": self.ok}
-
-
 # ============================================================================ the run
 class HostileBench:
     """One fuzz run: ``await HostileBench(config, work_dir).run()``."""
@@ -179,10 +123,8 @@ class HostileBench:
         spaces = state_spaces(POINT_DIM, POINT_ACT)
         self.gen = HostileGenerator(spaces=spaces, config_hash=SessionSettings().config_hash(), seed=config.seed)
         self.legit: LegitRuntime | None = None
-        self.good: dict[str, np.ndarray] = {}
         self.fake_task: asyncio.Task[None] | None = None
-        self._kept: list[zmq.asyncio.Socket] = []
-        self.weights_version = 1
+        self.senders = HostileSenders(self.ctx, self.gen, self.fake, self.result.channels)
 
     # ---------------------------------------------------------------- processes
     async def start(self) -> None:
@@ -223,94 +165,6 @@ class HostileBench:
                 return detail
         raise ProcessError(f"{which} does not answer status")
 
-    # ---------------------------------------------------------------- senders
-    async def _dealer(self, endpoint: str) -> zmq.asyncio.Socket:
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.linger = 0
-        sock.connect(endpoint)
-        return sock
-
-    def keep(self, socks: list[zmq.asyncio.Socket]) -> None:
-        """Keeps a hostile socket open until the end: a closed socket drops what it still
-        queues (the receiver reads at its own pace), and "sent" must mean delivered."""
-        self._kept.extend(socks)
-
-    def _count(self, channel: str, kind: str) -> None:
-        c = self.result.channels[channel]
-        c.hostile += 1
-        c.by_kind[kind] = c.by_kind.get(kind, 0) + 1
-
-    async def learner_uplink(self, count: int) -> None:
-        """Half from strangers, half from session peers, on the learner's uplink at once."""
-        endpoint = pick_endpoint(self.learner_eps, "uplink")
-        await asyncio.gather(self._strangers(endpoint, count - count // 2), self._sessions(endpoint, count // 2))
-
-    async def _strangers(self, endpoint: str, count: int) -> None:
-        socks = [await self._dealer(endpoint) for _ in range(4)]
-        try:
-            for i in range(count):
-                kind, frames = self.gen.stranger(i)
-                await socks[i % len(socks)].send_multipart(frames)
-                self._count("learner_uplink", kind)
-                if i % 256 == 0:
-                    await asyncio.sleep(0)
-            await asyncio.sleep(0.5)  # let ZeroMQ push everything out before the sockets close
-        finally:
-            self.keep(socks)
-
-    async def _sessions(self, endpoint: str, count: int, per_peer: int = 500) -> None:
-        """Peers that say hello (accepted), then send batches whose values may not be trained
-        on at the right seqs (refused, acked past) and a heartbeat every tenth (accepted)."""
-        sent = 0
-        while sent < count:
-            sock = await self._dealer(endpoint)
-            try:
-                sid = self.gen.fresh_session("s")
-                await sock.send_multipart(encode(self.gen.hello_for(sid, 0, 0)))
-                self._count("learner_uplink", "session_hello")
-                sent += 1
-                seq = 0
-                for j in range(min(per_peer, count - sent)):
-                    if j % 10 == 9:
-                        kind, frames = "session_heartbeat", encode(
-                            Heartbeat(session_id=sid, role="runtime", sent_at=time.time(), stats=None))
-                    else:
-                        kind, frames = self.gen.poisoned(sid, seq, j)
-                        seq += 4
-                    await sock.send_multipart(frames)
-                    self._count("learner_uplink", kind)
-                    sent += 1
-                    if j % 128 == 0:
-                        await asyncio.sleep(0)
-                await asyncio.sleep(0.2)
-            finally:
-                self.keep([sock])
-
-    async def control(self, channel: str, endpoint: str, count: int) -> None:
-        socks = [await self._dealer(endpoint) for _ in range(2)]
-        try:
-            for i in range(count):
-                kind, frames = self.gen.control(i)
-                await socks[i % 2].send_multipart(frames)
-                self._count(channel, kind)
-                if i % 256 == 0:
-                    await asyncio.sleep(0)
-            await asyncio.sleep(0.5)
-        finally:
-            self.keep(socks)
-
-    async def runtime_weights(self, count: int) -> None:
-        version = self.weights_version
-        for i in range(count):
-            if i % 50 == 49:
-                version += 1
-            kind, frames = self.gen.weights(i, self.good, version)
-            await self.fake.publish(frames)
-            self._count("runtime_weights", kind)
-            if i % 64 == 0:
-                await asyncio.sleep(0.001)  # the runtime reads at its pace; the PUB queue holds the rest
-        self.weights_version = version
-
     # ---------------------------------------------------------------- phases
     async def warm_up(self) -> None:
         """Waits for both processes, says the legitimate hello, and connects the runtime's
@@ -322,8 +176,8 @@ class HostileBench:
 
         info = task_class(self.config.task).info
         actor = build_actor({"state": ((info.state_dim,), "float32")}, info.action_dim, NET_CONFIG)
-        self.good = good = {k: v.detach().numpy().copy() for k, v in actor.state_dict().items()}
-        self.weights_version = 1
+        self.senders.good = good = {k: v.detach().numpy().copy() for k, v in actor.state_dict().items()}
+        self.senders.weights_version = 1
         detail = await self.status("runtime")
         deadline = time.monotonic() + self.config.start_timeout_s
         while status_int(detail, "weights_version_forward") != 1:
@@ -362,10 +216,11 @@ class HostileBench:
             counts["learner_uplink"] += total - sum(counts.values())
             sent_at = time.monotonic()
             await asyncio.gather(
-                self.learner_uplink(counts["learner_uplink"]),
-                self.control("learner_control", pick_endpoint(self.learner_eps, "control"), counts["learner_control"]),
-                self.control("runtime_control", self.runtime_control, counts["runtime_control"]),
-                self.runtime_weights(counts["runtime_weights"]))
+                self.senders.learner_uplink(pick_endpoint(self.learner_eps, "uplink"), counts["learner_uplink"]),
+                self.senders.control("learner_control", pick_endpoint(self.learner_eps, "control"),
+                                     counts["learner_control"]),
+                self.senders.control("runtime_control", self.runtime_control, counts["runtime_control"]),
+                self.senders.runtime_weights(counts["runtime_weights"]))
             r.send_s = round(time.monotonic() - sent_at, 1)
             await asyncio.sleep(1.0)  # the legitimate stream goes on after the attack
             stop_legit.set()
@@ -403,7 +258,7 @@ class HostileBench:
             c["learner_control"].sent = c["learner_control"].hostile + self.polls["learner"] - polls0["learner"]
             c["runtime_control"].sent = c["runtime_control"].hostile + self.polls["runtime"] - polls0["runtime"]
             c["runtime_weights"].sent = c["runtime_weights"].hostile
-            self.read_counts(ln, rt, base_l, base_r)
+            r.read_counts(ln, rt, base_l, base_r)
             done = all(ch.closes for ch in c.values()) and self.legit.acked >= self.legit.next_seq
             if done or time.monotonic() > deadline:
                 break
@@ -424,36 +279,6 @@ class HostileBench:
         except ProtocolError:
             return ""
         return status.state
-
-    def read_counts(self, ln: dict, rt: dict, base_l: dict, base_r: dict) -> None:
-        c = self.result.channels
-
-        def delta(now: dict, base: dict, key: str) -> int:
-            return status_int(now, key) - status_int(base, key)
-
-        up = c["learner_uplink"]
-        up.received = delta(ln, base_l, "uplink_received")
-        up.accepted = delta(ln, base_l, "uplink_accepted")
-        up.rejected = delta(ln, base_l, "uplink_rejected")
-        up.by_reason = {k: delta(ln, base_l, k) for k in ("uplink_malformed", "uplink_stale", "refused_sessions",
-                                                          "refused_batches", "gaps", "journal_errors",
-                                                          "handler_errors", "duplicates_dropped")}
-        for name, now, base in (("learner_control", ln, base_l), ("runtime_control", rt, base_r)):
-            ch = c[name]
-            ch.accepted = delta(now, base, "control_accepted")
-            ch.rejected = delta(now, base, "control_malformed")
-            ch.received = ch.accepted + ch.rejected
-            ch.by_reason = {"malformed": ch.rejected, "failed_replies": delta(now, base, "failed_replies")}
-        w = c["runtime_weights"]
-        w.received = delta(rt, base_r, "weights_received")
-        w.accepted = delta(rt, base_r, "weights_accepted")
-        reasons = {"malformed": delta(rt, base_r, "weights_malformed"),
-                   "checksum_failures": delta(rt, base_r, "weights_checksum_failures"),
-                   "policy_rejected": delta(rt, base_r, "weights_policy_rejected"),
-                   "superseded": delta(rt, base_r, "weights_superseded"),
-                   "stale": delta(rt, base_r, "weights_stale")}
-        w.by_reason = reasons
-        w.rejected = sum(reasons.values())
 
     async def stop(self) -> None:
         r = self.result

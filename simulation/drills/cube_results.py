@@ -1,27 +1,27 @@
-"""The results of ``resetfree-bench cube-ood`` (:mod:`simulation.drills.cube_experiment`): what the
-out directory holds, gathered into ``results.json``, ``results.md`` (split × method × seed,
-means, the paper's numbers, interventions) and ``ood_vs_steps.png``."""
+"""The results of ``resetfree-bench cube-ood`` (:mod:`simulation.drills.cube_experiment`): how a
+policy is scored on both splits (:func:`evaluate_source`, the record every ``eval.json`` and
+``evals/step-<N>.json`` holds), and what the out directory holds, gathered into
+``results.json``, ``results.md`` (split × method × seed, means, the paper's numbers,
+interventions) and ``ood_vs_steps.png``."""
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from protocol.atomic import write_json_atomic, write_text_atomic
+from simulation.drills.cube_config import TASK, CubeExperimentConfig, ExperimentError
 
-if TYPE_CHECKING:
-    from simulation.drills.cube_experiment import CubeExperimentConfig
+logger = logging.getLogger(__name__)
 
 SPLITS = ("id", "ood")
 PAPER = {"id": {"bc": 1.0, "practised": 1.0}, "ood": {"bc": 0.20, "practised": 0.75}}
 """MEDAL++ (Sharma et al. 2023), real Franka, 20 trials per cell, after ~300k steps."""
-
-
-class ExperimentError(ValueError):
-    """A bad ``--out`` directory or flag, or an output that must not be overwritten."""
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -32,6 +32,25 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise ExperimentError(f"{path}: unreadable ({e}); delete it to redo that step") from e
+
+
+def evaluate_source(source: Any, cfg: CubeExperimentConfig) -> dict[str, Any]:
+    """Evaluates a :class:`simulation.tools.policies.PolicySource` on both splits (``cfg.trials``
+    episodes each, the shared starts); returns ``{split: EvalResult dict}``. Blocks."""
+    from simulation.evaluation import evaluate
+    from simulation.app.run_commands import EVAL_SEED
+
+    policy = source.build()
+
+    def act(observation: Any) -> np.ndarray:
+        return policy(observation if isinstance(observation, Mapping) else {"state": observation})
+
+    results = {}
+    for split in SPLITS:
+        result = evaluate(act, TASK, episodes=cfg.trials, obs=cfg.obs, seed=EVAL_SEED, split=split)
+        results[split] = {"success_rate": result.success_rate, "successes": result.successes,
+                          "first_success": result.first_success, "wall_s": round(result.wall_s, 3)}
+    return results
 
 
 def collect(cfg: CubeExperimentConfig) -> dict[str, Any]:

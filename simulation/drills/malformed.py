@@ -4,7 +4,8 @@
 truncated messages, wrong message types, oversize declarations, wrong shapes, valid msgpack
 with bad fields, and (for a session that declared its spaces) batches with wrong dtypes.
 Each frame is checked against :func:`protocol.codec.decode` when generated, so the drill can
-never send a valid command (an ``estop``) by accident. :func:`send_malformed` sends them.
+never send a valid command (an ``estop``) by accident. :func:`send_malformed` sends them;
+:func:`burst_plan` splits one of the fault drill's bursts over the sockets it targets.
 """
 
 from __future__ import annotations
@@ -260,6 +261,40 @@ async def send_malformed(endpoint: str, frames: Sequence[MalformedFrame], *, hel
             sock.close(linger=0)
         ctx.term()
     return report
+
+
+@dataclasses.dataclass(frozen=True)
+class BurstPart:
+    """The frames of a burst that go to one socket (:func:`burst_plan`)."""
+
+    socket: str
+    """``learner_uplink``, ``learner_control`` or ``runtime_control``."""
+    endpoint: str
+    frames: list[MalformedFrame]
+    hello: Hello | None
+    """The hello each peer says first (a session peer), or None (strangers)."""
+    peers: int
+    """DEALER sockets the frames are sent from (round robin)."""
+
+
+def burst_plan(gen: MalformedGenerator, count: int, *, learner_uplink: str, learner_control: str,
+               runtime_control: str, config_hash: str) -> list[BurstPart]:
+    """Splits a burst of ``count`` frames over every socket that receives from strangers: half to
+    the learner's uplink (a quarter from strangers, a quarter from a session that said hello
+    with ``config_hash`` first), a quarter to each control socket. Returns the parts in that
+    order (a part may be empty)."""
+    uplink_n = count // 2
+    session_n = uplink_n // 2
+    control_n = (count - uplink_n) // 2
+    # The session opens with an out-of-protocol type while it is still accepted.
+    session = [gen.make("wrong_type", "uplink"), *gen.stream(session_n - 1, "uplink")] if session_n else []
+    return [
+        BurstPart("learner_uplink", learner_uplink, list(gen.stream(uplink_n - session_n, "uplink")), None, 4),
+        BurstPart("learner_uplink", learner_uplink, session, gen.hello(config_hash), 1),
+        BurstPart("learner_control", learner_control, list(gen.stream(control_n, "control")), None, 2),
+        BurstPart("runtime_control", runtime_control, list(gen.stream(count - uplink_n - control_n, "control")),
+                  None, 2),
+    ]
 
 
 async def _say_hello(sock: zmq.asyncio.Socket, hello: Hello) -> bool:

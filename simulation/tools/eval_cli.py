@@ -39,7 +39,7 @@ from protocol.demos import DemoFormatError, load_demos
 from runtime.shield import Shield
 from simulation.cli import doc_help
 from simulation.tools.policies import Policy, PolicyLoadError, PolicySource, arrays_obs_spec, read_policy, train_bc_policy
-from simulation.tools.record import Printer, Rig, RigConfig, Ticker, build_rig, parse_camera
+from simulation.tools.rig import Printer, Rig, RigConfig, Ticker, build_rig, parse_camera
 from simulation.tasks import task_info
 from simulation.tasks.base import SimulationError
 

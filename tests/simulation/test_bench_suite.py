@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from simulation.drills import bench_suite
-from simulation.drills.bench_suite import SuiteSpec, collect, markdown_table, pending, run_one, seed_score, write_results
+from simulation.drills.bench_suite import SuiteSpec, pending, run_one
+from simulation.drills.suite_results import collect, markdown_table, seed_score, write_results
 
 torch.set_num_threads(1)
 

@@ -13,6 +13,7 @@ import pytest
 
 from learner.journal import IngestJournal, JournalConfig
 from protocol.messages import TransitionBatch
+from simulation.drills import cube_config, cube_practice
 from simulation.drills import cube_experiment as ce
 from simulation.drills.cube_interventions import (BACKWARD, FORWARD, TurnEnd, TwinReplay, backward_turn_ends,
                                            count_interventions, in_reach, journal_interventions, state_cube)
@@ -164,16 +165,16 @@ def test_practice_resumes_from_its_run_dir(tmp_path: Path) -> None:
     """A practice run stopped at 200 steps continues to 350 in the same run directory: the
     learner resumes its checkpoint and the journal continues."""
     args = ce.parser().parse_args(_argv(tmp_path, steps=200))
-    cfg = ce.CubeExperimentConfig(out=tmp_path, seeds=(0,), steps=200, eval_every=100, trials=1, demos=4,
-                                  bc_steps=20, overrides=tuple(args.overrides), display_every=30.0)
-    ce.prepare_out(cfg)
+    cfg = cube_config.CubeExperimentConfig(out=tmp_path, seeds=(0,), steps=200, eval_every=100, trials=1, demos=4,
+                                           bc_steps=20, overrides=tuple(args.overrides), display_every=30.0)
+    cube_config.prepare_out(cfg)
     ce.make_demos(cfg)
-    assert ce.run_practice(cfg, 0) == "finished"
-    assert ce.practised_steps(cfg.practice_dir(0)) == 200
+    assert cube_practice.run_practice(cfg, 0) == "finished"
+    assert cube_practice.practised_steps(cfg.practice_dir(0)) == 200
     longer = dataclasses.replace(cfg, steps=350)
-    assert ce.run_practice(longer, 0) == "finished"
+    assert cube_practice.run_practice(longer, 0) == "finished"
     run_dir = cfg.practice_dir(0)
-    assert ce.practised_steps(run_dir) == 350
+    assert cube_practice.practised_steps(run_dir) == 350
     assert "--resume" in (run_dir / "logs" / "learner.log").read_text()
     assert journal_interventions(run_dir, obs="state", seed=0).turns >= 1
     assert (run_dir / "evals" / "step-00000200.json").is_file() and (run_dir / "evals" / "step-00000350.json").is_file()

@@ -21,7 +21,7 @@ from protocol.demos import save_demos
 from simulation.tools.demos_cli import generate
 from simulation.tools.eval_cli import EvalConfig, main, run_trials
 from simulation.tools.policies import PolicyLoadError, read_policy, save_bc_policy
-from simulation.tools.record import Rig, RigConfig, build_rig
+from simulation.tools.rig import Rig, RigConfig, build_rig
 from tests.hardware.fakes import panda_py as fake_panda
 from tests.hardware.fakes import pyrealsense2 as fake_rs
 

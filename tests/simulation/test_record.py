@@ -16,7 +16,8 @@ from hardware.teleop import KeyboardTeleop
 from protocol.demos import load_demos
 from simulation.tools import record
 from simulation.tools.demos_cli import main
-from simulation.tools.record import RecordConfig, RecordError, Rig, RigConfig, Ticker, build_rig, parse_camera, record_demos
+from simulation.tools.record import RecordConfig, record_demos
+from simulation.tools.rig import RecordError, Rig, RigConfig, Ticker, build_rig, parse_camera
 
 SEED = 24
 """The cube starts within a few millimetres of the centre, square to the fingers (checked)."""

@@ -37,7 +37,8 @@ from runtime.robots import shield_config
 from runtime.shield import Shield, ShieldResult
 from simulation.tools.demos_cli import import_earl
 from simulation.experts import get_expert
-from simulation.sim_robot import SimRobot, _ee_position
+from simulation.sim_robot import SimRobot
+from simulation.sim_worker import _ee_position
 from simulation.tasks import make, task_info
 from simulation.tasks.base import TaskEnv
 

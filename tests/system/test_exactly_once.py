@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from learner import checkpoint
-from simulation.drills.bench_faults import SMALL_LEARNER, DrillConfig, FaultDrill
+from simulation.drills.bench_faults import FaultDrill
+from simulation.drills.fault_config import SMALL_LEARNER, DrillConfig
 from simulation.drills.journal_audit import audit_journal
 
 _PROCESSES = all(importlib.util.find_spec(m) is not None for m in ("learner.__main__", "runtime.__main__"))

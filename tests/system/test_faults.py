@@ -18,7 +18,8 @@ from protocol.codec import Limits, decode
 from protocol.errors import ProtocolError
 from protocol.messages import Command, Heartbeat, Hello, Status, TransitionBatch, Welcome
 from protocol.transport import ControlServer, ControlServerConfig, UplinkServer, UplinkServerConfig
-from simulation.drills.bench_faults import DrillConfig, _parser, config_from_args, run_drill
+from simulation.drills.bench_faults import _parser, config_from_args, run_drill
+from simulation.drills.fault_config import DrillConfig
 from simulation.drills.malformed import KINDS, TARGETS, MalformedGenerator, send_malformed, state_spaces
 from simulation.drills.partition_proxy import PartitionProxy, ProxyConfig
 from simulation.app.processes import ChildProcess as Child

@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from simulation.drills.bench_hostile import SHARES, HostileConfig, run_hostile
+from simulation.drills.bench_hostile import HostileConfig, run_hostile
+from simulation.drills.hostile_report import SHARES
 
 
 def test_two_thousand_hostile_messages_are_all_counted_and_nothing_dies(tmp_path: Path) -> None:

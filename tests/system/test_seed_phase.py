@@ -28,7 +28,7 @@ from learner.journal import IngestJournal, JournalConfig
 from protocol.codec import decode
 from protocol.demos import save_demos
 from protocol.messages import AGENTS, Weights
-from simulation.drills.bench_faults import SMALL_LEARNER
+from simulation.drills.fault_config import SMALL_LEARNER
 from simulation.app.processes import ChildProcess, StatusPoller, pick_endpoint, python_module, wait_for_endpoints
 
 _PROCESSES = all(importlib.util.find_spec(m) is not None for m in ("learner.__main__", "runtime.__main__"))

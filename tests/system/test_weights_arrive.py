@@ -29,7 +29,7 @@ import pytest
 
 from protocol import keys as curve_keys
 from protocol.demos import save_demos
-from simulation.drills.bench_faults import SMALL_LEARNER
+from simulation.drills.fault_config import SMALL_LEARNER
 from simulation.app.processes import ChildProcess, python_module
 
 _PROCESSES = all(importlib.util.find_spec(m) is not None for m in ("learner.__main__", "runtime.__main__"))
