@@ -23,8 +23,7 @@ import numpy as np
 
 from protocol.errors import ChecksumError, ProtocolError
 from protocol.spaces import ArraySpec, Space
-from protocol.tensors import weights_in_dtype, weights_sha256
-from protocol.value_checks import batch_value_error, observation_value_error
+from protocol.tensors import weights_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +32,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "AGENTS", "BACKWARD", "COMMAND_KINDS", "FORWARD", "INT64_MAX", "INT64_MIN", "MAX_SEQ", "MESSAGE_TYPES",
     "PROTOCOL_VERSION", "Ack", "Agent", "Command", "Heartbeat", "Hello", "LoopStats", "Message", "Scalar", "Status",
-    "TransitionBatch", "Weights", "Welcome", "batch_value_error", "is_int", "messages_equal",
-    "observation_value_error", "saturate", "weights_in_dtype", "weights_sha256",
+    "TransitionBatch", "Weights", "Welcome", "is_int", "messages_equal", "saturate",
 ]
 
 #: The protocol version every message carries; a different one is a ProtocolError.

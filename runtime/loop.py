@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from hardware.interfaces import Camera, HardwareError, Robot
-from protocol.messages import AGENTS, LoopStats, observation_value_error
+from protocol.messages import AGENTS, LoopStats
+from protocol.value_checks import observation_value_error
 from runtime.clock import Clock, Tick
 from runtime.errors import OutboxError, PolicyError
 from runtime.lateness import LateTickProbe

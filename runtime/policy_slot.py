@@ -12,11 +12,11 @@ Inference speed (``PolicySlotConfig``): the conv trunk in bfloat16 where the CPU
 bf16 (the image projection optionally in float16), each module run through a TorchScript
 trace of itself that shares its parameters, and :meth:`prefetch` for the loop's cache
 warm-up before each tick. Float32 tensors may arrive as float16
-(``protocol.messages.weights_in_dtype``).
+(``protocol.tensors.weights_in_dtype``).
 
 The weights object is ``protocol.messages.Weights`` or anything with ``agent`` (``"forward"``/
 ``"backward"`` or 0/1), ``version: int``, ``tensors: dict[str, np.ndarray]`` and ``sha256: str``.
-The checksum is ``protocol.messages.weights_sha256`` (re-exported here). The checks of a blob
+The checksum is ``protocol.tensors.weights_sha256`` (re-exported here). The checks of a blob
 and the copy into a module are :mod:`runtime.policy_weights`; this module owns the modules
 (building, tracing, the spare pool), the swap and inference.
 """
@@ -37,7 +37,8 @@ import torch
 from torch import nn
 
 from learner.networks import native_bf16
-from protocol.messages import AGENTS, weights_sha256
+from protocol.messages import AGENTS
+from protocol.tensors import weights_sha256
 from protocol.spaces import ObsSpec
 from runtime.errors import PolicyError, WeightsRejected
 from runtime.isolation import lower_thread_priority

@@ -3,7 +3,7 @@
 :func:`verify_weights` checks a blob against a policy's tensor layout (:func:`layout_of`):
 agent known, version strictly newer than the active one, tensor names, shapes and dtypes equal
 to the module's ``state_dict`` (float32 tensors may travel as float16,
-``protocol.messages.weights_in_dtype``), within the size limit, all finite, checksum correct.
+``protocol.tensors.weights_in_dtype``), within the size limit, all finite, checksum correct.
 :func:`load_tensors` then copies the tensors into a module's own storage. Both run in the
 :class:`~runtime.policy_slot.PolicySlot`'s worker thread, never on the event loop, and raise
 :class:`~runtime.errors.WeightsRejected` for a bad blob.
@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from protocol.messages import Weights, weights_sha256
+from protocol.messages import Weights
+from protocol.tensors import weights_sha256
 from runtime.errors import WeightsRejected
 from runtime.schedule import agent_index
 

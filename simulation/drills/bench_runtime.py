@@ -32,7 +32,8 @@ import numpy as np
 from learner.networks import NetworkConfig, build_actor
 from learner.placement import parse_cpus
 from protocol.errors import PeerTimeout, SequenceGap
-from protocol.messages import Ack, Hello, TransitionBatch, Weights, Welcome, weights_in_dtype
+from protocol.messages import Ack, Hello, TransitionBatch, Weights, Welcome
+from protocol.tensors import weights_in_dtype
 from protocol.reliability import ReceiveTracker
 from protocol.session import SessionSettings
 from protocol.spaces import obs_spec_of

@@ -15,7 +15,8 @@ import torch
 from hardware.interfaces import RobotState
 from protocol.codec import encode
 from protocol.errors import SequenceGap
-from protocol.messages import Ack, Command, TransitionBatch, Weights, batch_value_error
+from protocol.messages import Ack, Command, TransitionBatch, Weights
+from protocol.value_checks import batch_value_error
 from protocol.transport import ControlClient, ControlClientConfig, batch_refusal
 from runtime.daemon import EXIT_OK
 from runtime.spill_io import decode_batch

@@ -145,7 +145,8 @@ def test_checksum_is_order_independent_and_content_sensitive() -> None:
 
 
 def test_float16_weights_load_into_a_float32_policy() -> None:
-    from protocol.messages import Weights, weights_in_dtype
+    from protocol.messages import Weights
+    from protocol.tensors import weights_in_dtype
 
     exact = make_weights("forward", 1, seed=4)
     half = weights_in_dtype(exact.tensors, "float16")
@@ -258,7 +259,8 @@ def _pixel_actor_blob(spec, net, seed=0):
 
 def test_float16_projection_acts_like_float32_from_float32_and_float16_blobs() -> None:
     from learner.networks import NetworkConfig
-    from protocol.messages import Weights, weights_in_dtype
+    from protocol.messages import Weights
+    from protocol.tensors import weights_in_dtype
     from runtime.policy_slot import PolicySlotConfig
 
     spec = {"wrist": ((3, 84, 84), "uint8"), "proprio": ((4,), "float32")}
