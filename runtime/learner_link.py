@@ -147,7 +147,7 @@ class LearnerLink:
                 if not self.connected:
                     await self.client.connected.wait()  # the reconnect's welcome rewinds (a new generation)
                 else:
-                    await asyncio.sleep(0.005)  # at the socket's high-water mark: room comes as it drains
+                    await self.client.writable()  # at the socket's high-water mark: room comes as it drains
 
     async def inbox_loop(self, on_command: Callable[[Command], Awaitable[Status]]) -> None:
         """Handles what the learner sends: acks, a reconnect's welcome, commands (answered with
@@ -221,8 +221,7 @@ class LearnerLink:
         """Waits (up to ``ack_wait_s``) until every written step is acked; logs what is left."""
         try:
             async with asyncio.timeout(self.config.ack_wait_s):
-                while self.outbox.acked_seq < self.outbox.next_seq:
-                    await asyncio.sleep(0.02)
+                await self.outbox.wait_all_acked()
             logger.info("runtime: %d steps done, all acked", self.outbox.next_seq)
         except TimeoutError:
             logger.warning("runtime: %d steps not acked within %.1f s; they stay in the spill log",

@@ -126,6 +126,7 @@ class Outbox:
         self._spill_full = False
         self._closed = False
         self._wake = asyncio.Event()
+        self._ack_progress = asyncio.Event()  # set by every ack that moves acked_seq
         self.generation = 0
         """Incremented by every :meth:`rewind`."""
         self.lost_steps = 0
@@ -307,6 +308,7 @@ class Outbox:
         if next_seq <= self._acked:
             return
         self._acked = min(next_seq, self._next_seq)
+        self._ack_progress.set()
         released = False
         while self._entries and self._entries[0].end <= self._acked:
             entry = self._entries.popleft()
@@ -315,6 +317,13 @@ class Outbox:
                 self._drop_batch(entry)
         if released:
             self._disk.release_through(self._acked - 1)
+
+    async def wait_all_acked(self) -> None:
+        """Returns once every written step is acked (``acked_seq == next_seq``); callers set the
+        deadline (``asyncio.timeout``). Woken by each ack, never polls."""
+        while self._acked < self._next_seq:
+            self._ack_progress.clear()
+            await self._ack_progress.wait()
 
     def rewind(self, resume_seq: int) -> None:
         """After a (re)connect: everything below ``resume_seq`` is acked, everything from it

@@ -96,6 +96,8 @@ class UplinkClient:
         """The current connection state."""
         self.connected = asyncio.Event()
         """Set while CONNECTED."""
+        self._not_connected = asyncio.Event()
+        self._not_connected.set()
         self.welcome: Welcome | None = None
         """The latest Welcome."""
         self.malformed_count = 0
@@ -110,8 +112,10 @@ class UplinkClient:
         changed, self.state = state != self.state, state
         if state == ConnectionState.CONNECTED:
             self.connected.set()
+            self._not_connected.clear()
         else:
             self.connected.clear()
+            self._not_connected.set()
         if changed and self._on_state is not None:
             self._on_state(state)
 
@@ -178,6 +182,25 @@ class UplinkClient:
         if self.state != ConnectionState.CONNECTED or self._sock is None:
             return False
         return _send_nowait(self._sock, encode(msg))
+
+    async def writable(self) -> None:
+        """Returns once the socket can take another message (below its high-water mark) or the
+        connection changed (disconnected, reconnected: a send then says which). Awaits the
+        socket's POLLOUT readiness; never polls on a timer."""
+        sock = self._sock
+        if self.state != ConnectionState.CONNECTED or sock is None:
+            return
+        poll = asyncio.ensure_future(sock.poll(flags=zmq.POLLOUT))
+        gone = asyncio.ensure_future(self._not_connected.wait())
+        try:
+            await asyncio.wait({poll, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (poll, gone):
+                if not task.done():
+                    task.cancel()
+            if poll.done() and not poll.cancelled() and poll.exception() is not None:
+                # the socket closed under the poll (a reconnect): the next send says so
+                logger.debug("uplink client: writable poll ended: %s", poll.exception())
 
     async def recv(self, timeout: float | None = None) -> Message | None:
         """Returns the next message from the learner (ack, welcome, command, heartbeat), or

@@ -183,6 +183,48 @@ def test_send_returns_false_at_the_hwm_without_blocking() -> None:
     run(body)
 
 
+def test_writable_waits_at_the_hwm_until_the_learner_drains() -> None:
+    async def body() -> None:
+        server = UplinkServer(UplinkServerConfig(rcvhwm=1))
+        endpoint = await server.start()
+        client = UplinkClient(UplinkClientConfig(endpoint=endpoint, sndhwm=1), hello())
+        try:
+            async with asyncio.TaskGroup() as tg:
+                t = tg.create_task(learner_loop(server, []))
+                await client.connect()
+                t.cancel()  # the learner stops reading
+            await asyncio.wait_for(client.writable(), 1.0)  # room: returns at once
+            big = small_batch(b=64, pixels=84)
+            for _ in range(500):  # fill the pipe and the TCP buffers behind it until room stops coming
+                while client.send(big):
+                    pass
+                waiter = asyncio.ensure_future(client.writable())
+                await asyncio.sleep(0.3)
+                if not waiter.done():
+                    break
+            assert not waiter.done()  # full, nobody reading: it waits (no timer ends it)
+            async with asyncio.TaskGroup() as tg:
+                reader = tg.create_task(learner_loop(server, []))
+                await asyncio.wait_for(waiter, 5.0)  # the learner reads: room again
+                reader.cancel()
+            assert client.connected.is_set()  # room came, not a disconnect
+            assert client.send(big)
+        finally:
+            client.close()
+            server.close()
+    run(body)
+
+
+def test_writable_returns_when_not_connected() -> None:
+    async def body() -> None:
+        client = UplinkClient(UplinkClientConfig(endpoint="tcp://127.0.0.1:1"), hello())
+        try:
+            await asyncio.wait_for(client.writable(), 0.5)
+        finally:
+            client.close()
+    run(body)
+
+
 def test_dead_learner_is_detected_and_client_reconnects() -> None:
     async def body() -> None:
         server = UplinkServer(UplinkServerConfig(heartbeat_interval_s=0.1))

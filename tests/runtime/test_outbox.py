@@ -96,6 +96,27 @@ def test_disconnect_spills_and_replay_is_in_order_and_exactly_once(tmp_path: Pat
     run(body)
 
 
+def test_wait_all_acked_wakes_on_the_ack_that_completes_it(tmp_path: Path) -> None:
+    async def body() -> None:
+        outbox = open_outbox(tmp_path)
+        outbox.start()
+        try:
+            outbox.set_connected(True)
+            for i in range(3):
+                outbox.put_steps(steps(outbox, 3, float(i)))
+            waiter = asyncio.ensure_future(outbox.wait_all_acked())
+            await asyncio.sleep(0.05)
+            outbox.on_ack(6)  # not all: still waiting
+            await asyncio.sleep(0.05)
+            assert not waiter.done()
+            outbox.on_ack(9)
+            await asyncio.wait_for(waiter, 1.0)
+            await asyncio.wait_for(outbox.wait_all_acked(), 0.1)  # nothing unacked: returns at once
+        finally:
+            outbox.close()
+    run(body)
+
+
 def test_memory_bound_spills_new_batches_and_sends_them_in_order(tmp_path: Path) -> None:
     async def body() -> None:
         outbox = open_outbox(tmp_path, max_memory_batches=2)
