@@ -31,6 +31,9 @@ from runtime.quarantine import Quarantine
 
 logger = logging.getLogger(__name__)
 
+_LOCKSTEP_LOG_S = 10.0
+"""Lock-step: seconds between "still waiting for the learner" lines while the learner is behind."""
+
 
 class LearnerRefused(RuntimeFault):
     """The learner answered the hello with ``accepted=False``; the message holds its reason."""
@@ -119,17 +122,16 @@ class LearnerLink:
     async def await_learner(self, target: int) -> None:
         """Lock-step: returns once the learner has trained through ``target`` and no weights
         blob is being verified."""
-        waited = time.monotonic()
+        log_at = time.monotonic() + _LOCKSTEP_LOG_S
         while self.trained_through < target or self._swapping:
             self._progress.clear()
-            try:
-                async with asyncio.timeout(1.0):
+            try:  # woken by progress; the deadline is only the next "still waiting" line
+                async with asyncio.timeout(max(0.0, log_at - time.monotonic())):
                     await self._progress.wait()
             except TimeoutError:
-                if time.monotonic() - waited > 10.0:
-                    logger.info("runtime: lock-step: waiting for the learner (trained through %d, need %d)",
-                                self.trained_through, target)
-                    waited = time.monotonic()
+                logger.info("runtime: lock-step: waiting for the learner (trained through %d, need %d)",
+                            self.trained_through, target)
+                log_at = time.monotonic() + _LOCKSTEP_LOG_S
 
     async def send_loop(self) -> None:
         """Sends written batches in seq order; a rewind makes a batch in hand stale. Runs until
