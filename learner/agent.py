@@ -18,19 +18,20 @@ import contextlib
 import copy
 import ctypes
 import ctypes.util
-import dataclasses
 import logging
 import math
 from collections.abc import Iterator, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from learner.agent_config import AgentConfig  # re-exported: callers import it from here
 from learner.augment import RandomShift
 from learner.batch import Batch
-from learner.networks import Actor, CriticEnsemble, Encoder, NetworkConfig, PolicyNetwork, is_image, native_bf16, uses_state_trunk
+from learner.critic import CriticEnsemble
+from learner.networks import Actor, Encoder, NetworkConfig, PolicyNetwork, is_image, native_bf16, uses_state_trunk
 from protocol.spaces import ObsSpec
 
 logger = logging.getLogger(__name__)
@@ -63,112 +64,6 @@ def tune_cpu_allocator() -> bool:
     return ok
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class AgentConfig:
-    """REDQ/DrQ-v2 optimisation settings (paper Table 1 defaults)."""
-
-    lr: float = 3e-4
-    """Adam learning rate of encoder, critics, actor (and temperature)."""
-    gamma: float = 0.99
-    """Discount factor γ."""
-    tau: float = 0.005
-    """Polyak rate of the target critics."""
-    batch_size: int = 256
-    """Transitions per update (agent + demo rows)."""
-    update_to_data: int = 1
-    """Critic updates per environment step (REDQ's G; paper: 1)."""
-    forward_temperature: float = 0.0
-    """The forward agent's entropy bonus α at start (paper and the authors' code: 0, no bonus)."""
-    forward_learn_temperature: bool = False
-    """Tune the forward agent's α towards its target entropy (needs α > 0)."""
-    forward_target_entropy: float = -1.0
-    """The forward agent's target entropy per action dimension (SAC: −1, i.e. −|A|)."""
-    backward_temperature: float = 1.0
-    """The backward agent's α at start (the authors' code: 1.0)."""
-    backward_learn_temperature: bool = True
-    """Tune the backward agent's α (the authors' code: ``train_alpha: true``)."""
-    backward_target_entropy: float = 0.5
-    """The backward agent's target entropy per action dimension (the authors' ``auto_large``:
-    +|A|/2, a broad policy that undoes the task in many ways)."""
-    max_temperature: float = 1.0
-    """Cap of a learnt α. Uncapped, α follows the critic's scale: a backward α that reached
-    10.8 with Q at 9.5k drove the policy to uniform noise (docs/learning.md)."""
-    stddev_clip: float | None = 0.3
-    """Clip of the pre-tanh exploration noise in target and actor-update samples (DrQ-v2).
-
-    Used only while the agent's entropy bonus is off (its temperature is 0). With α > 0 a
-    clipped sample hides the std from the Q term (a clipped noise has no gradient), so the
-    entropy term alone acts on it and drives the std to ``log_std_max`` (practice turns into
-    uniform random actions); SAC's unclipped sample is used instead."""
-    augment_pad: int = 4
-    """Random-shift padding in pixels (DrQ-v2: 4)."""
-    encoder_bf16: bool = True
-    """Run the encoder under bfloat16 autocast in updates (fp32 master weights) where the device
-    computes bf16 natively (``learner.networks.native_bf16``: CUDA, AMX / AVX512-BF16 CPUs);
-    elsewhere it runs in float32, since emulated bf16 is ~6x slower. False: float32 always."""
-    critic_grad_clip: float | None = None
-    """Max global grad norm of encoder + critics; None disables clipping."""
-    bc_form: Literal["log_likelihood", "mse", "beta_nll"] = "log_likelihood"
-    """The BC regulariser, ``(1 − λ)·L_RL + λ·L_BC`` on a separate batch of demo transitions.
-    ``log_likelihood`` (the authors' code): ``L_BC = −log π(a_d|s_d)``; it pulls the mean and
-    shrinks the std where the demos act. ``mse``: ``L_BC = ‖tanh μ(s_d) − a_d‖²``, the deployed
-    mean action's error (the BC baseline's loss). Measured on tabletop (docs/learning.md): the
-    log-likelihood settles with σ at its maximum on the 6% of demo rows that release the mug
-    (saturated ±1 grasp labels), so the mean never learns to let go; the squared error does.
-    ``beta_nll``: the log-likelihood with each dimension's term weighted by ``sg(σ^(2β))``
-    (Seitzer et al. 2022, β-NLL, ``bc_beta``): it holds the std up as the log-likelihood does, its
-    pull on the mean scales as ``1/σ^(2−2β)`` (β = 0: the log-likelihood's ``1/σ²``, β = 1: the
-    squared error of the pre-tanh mean), and a row with a large σ no longer stops the mean from
-    learning (offline on tabletop, β = 0.5: 1.00 at 10k steps, where the log-likelihood gives 0.00)."""
-    bc_beta: float = 0.5
-    """β of the ``beta_nll`` BC form, in [0, 1]."""
-    q_scale: float | None = None
-    """TD3+BC's normalisation of the actor's Q term: ``q_scale / mean|Q|`` (batch, no grad)
-    multiplies ``α log π − Q``, so the BC term keeps its weight as |Q| grows (TD3+BC: 2.5).
-    None: the plain ``α log π − Q`` (paper)."""
-
-    def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ValueError(f"AgentConfig.lr must be > 0, got {self.lr}")
-        if not 0 <= self.gamma <= 1:
-            raise ValueError(f"AgentConfig.gamma must be in [0, 1], got {self.gamma}")
-        if not 0 < self.tau <= 1:
-            raise ValueError(f"AgentConfig.tau must be in (0, 1], got {self.tau}")
-        for name in ("batch_size", "update_to_data"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"AgentConfig.{name} must be a positive int, got {value!r}")
-        for role in ("forward", "backward"):
-            init = getattr(self, f"{role}_temperature")
-            if not 0 <= init <= self.max_temperature:
-                raise ValueError(f"AgentConfig.{role}_temperature must be in [0, max_temperature], got {init}")
-            if getattr(self, f"{role}_learn_temperature") and init <= 0:
-                raise ValueError(f"AgentConfig.{role}_temperature must be > 0 when {role}_learn_temperature")
-        if not self.max_temperature > 0:
-            raise ValueError(f"AgentConfig.max_temperature must be > 0, got {self.max_temperature}")
-
-        if self.stddev_clip is not None and self.stddev_clip <= 0:
-            raise ValueError(f"AgentConfig.stddev_clip must be > 0 or None, got {self.stddev_clip}")
-        if self.augment_pad < 0:
-            raise ValueError(f"AgentConfig.augment_pad must be >= 0, got {self.augment_pad}")
-        if self.critic_grad_clip is not None and self.critic_grad_clip <= 0:
-            raise ValueError("AgentConfig.critic_grad_clip must be > 0 or None")
-        if self.bc_form not in ("log_likelihood", "mse", "beta_nll"):
-            raise ValueError(f"AgentConfig.bc_form must be log_likelihood, mse or beta_nll, got {self.bc_form!r}")
-        if not 0 <= self.bc_beta <= 1:
-            raise ValueError(f"AgentConfig.bc_beta must be in [0, 1], got {self.bc_beta}")
-        if self.q_scale is not None and not self.q_scale > 0:
-            raise ValueError(f"AgentConfig.q_scale must be > 0 or None, got {self.q_scale}")
-
-    def temperature(self, role: str) -> tuple[float, bool, float]:
-        """Returns ``(initial α, learnt, target entropy per action dim)`` of agent ``role``
-        (``forward`` or ``backward``); ValueError for another role."""
-        if role not in ("forward", "backward"):
-            raise ValueError(f"role must be 'forward' or 'backward', got {role!r}")
-        return (getattr(self, f"{role}_temperature"), getattr(self, f"{role}_learn_temperature"),
-                getattr(self, f"{role}_target_entropy"))
-
-
 @contextlib.contextmanager
 def _frozen(module: nn.Module) -> Iterator[None]:
     """Turns off parameter gradients of ``module`` for the block (saves their weight grads)."""
@@ -184,6 +79,11 @@ def _frozen(module: nn.Module) -> Iterator[None]:
 
 class RedqAgent:
     """REDQ actor-critic on a DrQ-v2 encoder; owns its networks and optimisers.
+
+    Size: one responsibility, REDQ's update (critic, actor, temperature, target critics) on
+    networks and optimisers that every step uses and :meth:`state_dict` saves together; its
+    config (:mod:`learner.agent_config`) and networks (:mod:`learner.networks`,
+    :mod:`learner.critic`) are modules of their own.
 
     ``encoder`` may be passed in to share one (e.g. with a discriminator); the agent then
     trains it with its critic loss like its own. ``role`` (``forward``/``backward``) picks the

@@ -32,7 +32,7 @@ from learner.agent import AgentConfig
 from learner.discriminators import DiscriminatorConfig
 from learner.networks import NetworkConfig
 from learner.replay import ReplayConfig
-from learner.trainer import ScheduleConfig
+from learner.schedule import ScheduleConfig
 from protocol.session import DEFAULT_SWITCH_INTERVAL, SessionSettings
 from protocol.tensors import WIRE_DTYPES
 

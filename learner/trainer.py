@@ -11,101 +11,37 @@ seed frames). Everything that makes the next update what it is — networks, opt
 discriminators, counters, RNG states (torch, numpy, python) and, optionally, replay — is in
 `state_dict()`, so a restored trainer makes bit-for-bit the update an uninterrupted one
 would (on CPU).
+
+The schedule it follows (seed frames, the BC weight's decay, VICE's positives) is
+`learner.schedule.ScheduleConfig`; what it takes from the demos (demo buffers, VICE positive
+rows, the discriminators' input statistics) is built by `learner.demo_inputs`.
 """
 
 import copy
 import logging
 import random
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from learner.agent import AgentConfig, RedqAgent
+from learner.agent import RedqAgent
+from learner.agent_config import AgentConfig
+from learner.demo_inputs import DemoData, demo_buffer, demo_states, vice_positive_rows
 from learner.discriminators import Discriminator, DiscriminatorConfig
 from learner.errors import DiscriminatorError, TrainerError
 from learner.networks import NetworkConfig
-from protocol.spaces import ObsSpec
 from learner.replay import ReplayBuffer, ReplayConfig, sample_mixed
-from learner.rewards import VICE_REWARD_FORMS, medal_reward, vice_reward
+from learner.rewards import medal_reward, vice_reward
+from learner.schedule import ScheduleConfig
 from protocol.messages import BACKWARD, FORWARD, TransitionBatch
+from protocol.spaces import ObsSpec
 
 logger = logging.getLogger(__name__)
 
 _SEED = 2
 """Stream state: the stream's last step was a seed-phase step (stored in both buffers)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class ScheduleConfig:
-    """When things train: seed frames, BC decay, VICE positives, reward form, safety nets."""
-
-    seed_frames: int = 10_000
-    """Environment steps of uniform random actions before any update (paper: 10k sim, 2k robot);
-    they go into both agents' buffers, as in the authors' code."""
-    bc_weight_start: float = 1.0
-    """BC weight λ until `bc_decay_start` (paper robot and the authors' code: 1.0)."""
-    bc_weight_end: float = 0.0
-    """BC weight after the decay (paper robot: 0; the authors' sim code: 0.1)."""
-    bc_weight_end_backward: float | None = None
-    """The backward agent's λ after the decay when it has a BC term; None: `bc_weight_end`
-    (the authors' Franka config ends it at 0.25, the forward agent's at 0.1)."""
-    bc_decay_start: int = 0
-    """Environment step at which λ starts to decay (the authors' sim code: 10k, the end of their seed frames)."""
-    bc_decay_steps: int = 10_000
-    """Environment steps over which λ decays linearly to `bc_weight_end` (paper robot: the first
-    10k; the authors' sim code: 40k, from 10k to 50k)."""
-    bc_agents: tuple[int, ...] = (FORWARD, BACKWARD)
-    """Agents with the BC term (the authors' sim code: forward only)."""
-    bc_batch_size: int = 256
-    """Demo transitions in the separate BC batch of the `log_likelihood` form (the authors: a full batch)."""
-    backward_demos: Literal["both", "backward"] = "both"
-    """What the backward agent's demo buffer holds: `both` forward and backward demos (the
-    authors' code), or `backward` demos only."""
-    goal_frames: int = 10
-    """H_goal: VICE positives are the last `goal_frames` observations of each forward demo episode."""
-    vice_positives: Literal["auto", "last_frames", "reward"] = "last_frames"
-    """`last_frames` (the paper): the last `goal_frames` frames of every forward demo; `reward`:
-    observations reached with reward ≥ 1 (the authors' code; one frame per EARL door demo);
-    `auto`: `reward` when demos carry such rewards, else last frames."""
-    vice_reward_form: str = "neg_log_one_minus_d"
-    """Forward reward: `log_d` = log σ(D) or `neg_log_one_minus_d` = −log(1 − σ(D)) (paper)."""
-    snapshot_every: int = 1000
-    """Agent updates between in-memory snapshots restored after a non-finite update."""
-
-    def __post_init__(self) -> None:
-        for name in ("seed_frames",):
-            if getattr(self, name) < 0:
-                raise ValueError(f"ScheduleConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if not isinstance(self.bc_decay_start, int) or self.bc_decay_start < 0:
-            raise ValueError(f"ScheduleConfig.bc_decay_start must be an int >= 0, got {self.bc_decay_start!r}")
-        if self.backward_demos not in ("both", "backward"):
-            raise ValueError(f"ScheduleConfig.backward_demos must be both or backward, got {self.backward_demos!r}")
-        for name in ("bc_decay_steps", "goal_frames", "snapshot_every", "bc_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ScheduleConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("bc_weight_start", "bc_weight_end", "bc_weight_end_backward"):
-            if (getattr(self, name) or 0.0) < 0:
-                raise ValueError(f"ScheduleConfig.{name} must be >= 0, got {getattr(self, name)}")
-        object.__setattr__(self, "bc_agents", tuple(self.bc_agents))
-        if not set(self.bc_agents) <= {FORWARD, BACKWARD}:
-            raise ValueError(f"ScheduleConfig.bc_agents must be within (0, 1), got {self.bc_agents}")
-        if self.vice_positives not in ("auto", "last_frames", "reward"):
-            raise ValueError(f"ScheduleConfig.vice_positives unknown: {self.vice_positives!r}")
-        if self.vice_reward_form not in VICE_REWARD_FORMS:
-            raise ValueError(f"ScheduleConfig.vice_reward_form must be one of {VICE_REWARD_FORMS}")
-
-    def bc_weight(self, env_step: int, agent: int = FORWARD) -> float:
-        """Returns ``agent``'s λ at environment step `env_step`: `bc_weight_start` until
-        `bc_decay_start`, then linear to its end value (`bc_weight_end`, or for the backward
-        agent `bc_weight_end_backward` when set) over `bc_decay_steps` (the authors' `linear_offset`)."""
-        end = self.bc_weight_end
-        if agent == BACKWARD and self.bc_weight_end_backward is not None:
-            end = self.bc_weight_end_backward
-        frac = min(max(env_step - self.bc_decay_start, 0) / self.bc_decay_steps, 1.0)
-        return self.bc_weight_start + (end - self.bc_weight_start) * frac
 
 
 class TrainerSections(Protocol):
@@ -119,36 +55,13 @@ class TrainerSections(Protocol):
     schedule: ScheduleConfig
 
 
-class DemoData(Protocol):
-    """Demo arrays in the project's RLDS layout (`protocol.demos.Demos` satisfies it)."""
-
-    observations: Mapping[str, np.ndarray]
-    actions: np.ndarray
-    rewards: np.ndarray
-    is_first: np.ndarray
-    is_last: np.ndarray
-
-
-def vice_positive_rows(demos: DemoData, goal_frames: int, mode: str) -> np.ndarray:
-    """Returns demo rows used as VICE positives (goal observations).
-
-    `reward` mode: rows i+1 where `rewards[i] ≥ 1` and row i is not last (the observation
-    the rewarded action reached); `last_frames`: the last `goal_frames` rows of each episode;
-    `auto`: `reward` when any such row exists, else `last_frames`.
-    """
-    rewards = np.asarray(demos.rewards, dtype=np.float64)
-    is_last = np.asarray(demos.is_last, dtype=bool)
-    reached = np.flatnonzero((rewards[:-1] >= 1.0) & ~is_last[:-1]) + 1
-    if mode == "reward" or (mode == "auto" and len(reached)):
-        return reached
-    ends = np.flatnonzero(is_last)
-    starts = np.flatnonzero(np.asarray(demos.is_first, dtype=bool))
-    rows = [np.arange(max(s, e - goal_frames + 1), e + 1) for s, e in zip(starts, ends)]
-    return np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-
-
 class MedalTrainer:
     """Owns both agents, their buffers and both discriminators; not thread-safe.
+
+    Size: one responsibility, the MEDAL++ step (ingest → discriminator rounds → agent updates),
+    whose parts share one state — step counters, update credit, stream state, the discriminator
+    schedule, the RNGs — that `state_dict()` must capture whole for a bit-for-bit resume; its
+    schedule config and its demo inputs are modules of their own.
 
     `ingest*` and `train_step` block for their work (a `train_step` for at most one update per
     agent plus one round per due discriminator). Agents: 0 forward, 1 backward.
@@ -180,8 +93,9 @@ class MedalTrainer:
         # The backward agent's demos: forward and backward ones (the authors' code), or its own.
         backward_demos = [d for d in (demos if self.sched.backward_demos == "both" else (demos[BACKWARD],))
                           if d is not None]
-        self.demo_buffers: list[ReplayBuffer | None] = [self._demo_buffer([demos[FORWARD]], gamma),
-                                                        self._demo_buffer(backward_demos, gamma)]
+        self.demo_buffers: list[ReplayBuffer | None] = [
+            demo_buffer([demos[FORWARD]], self.obs_spec, action_dim, gamma),
+            demo_buffer(backward_demos, self.obs_spec, action_dim, gamma)]
         fwd = demos[FORWARD]
         rows = vice_positive_rows(fwd, self.sched.goal_frames, self.sched.vice_positives)
         if len(rows) == 0:
@@ -192,7 +106,7 @@ class MedalTrainer:
         self.vice = Discriminator(obs_spec, config.vice, self.device, shared_encoder=self._vice_encoder(), name="vice")
         self.medal = Discriminator(obs_spec, config.medal, self.device, name="medal")
         # Both discriminators standardise vector keys by every demo state they can see.
-        stats = _demo_states(demos, self.obs_spec)
+        stats = demo_states(demos, self.obs_spec)
         self.vice.set_input_stats(stats)
         self.medal.set_input_stats(stats)
         self.env_steps = 0
@@ -205,20 +119,6 @@ class MedalTrainer:
         self._streams: dict[int, tuple[int, bool]] = {}  # stream -> (last agent, its last step open)
         self._snapshots: list[dict[str, Any]] = [copy.deepcopy(a.state_dict()) for a in self.agents]
         logger.info("MEDAL++ trainer: VICE positives %d, MEDAL positives %d", len(rows), len(fwd.actions))
-
-    def _demo_buffer(self, sets: list[DemoData], gamma: float) -> ReplayBuffer | None:
-        """One buffer holding every demo set of `sets` (None when there is none)."""
-        if not sets:
-            return None
-        n = sum(len(d.actions) for d in sets)
-        buf = ReplayBuffer(self.obs_spec, self.action_dim, max(n, 2), discount=gamma)
-        for demos in sets:
-            obs = {k: np.asarray(demos.observations[k]) for k in self.obs_spec}
-            buf.add_steps(obs, np.asarray(demos.actions, np.float32), np.asarray(demos.is_first, bool),
-                          np.asarray(demos.is_last, bool))
-        if buf.num_transitions() == 0:
-            raise TrainerError("a demo set has no transition")
-        return buf
 
     def _vice_encoder(self) -> Any:
         cfg, enc = self.config.vice, self.agents[FORWARD].encoder
@@ -485,16 +385,6 @@ class MedalTrainer:
         for i, buf in enumerate(self.replay):
             prefix = f"agent{i}/"
             buf.load_state_dict({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
-
-
-def _demo_states(demos: tuple[DemoData | None, DemoData | None], obs_spec: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Returns the vector-key observations of all demos (forward and backward), stacked."""
-    out: dict[str, torch.Tensor] = {}
-    for k in obs_spec:
-        parts = [np.asarray(d.observations[k], dtype=np.float32) for d in demos if d is not None]
-        if parts and parts[0].ndim == 2:
-            out[k] = torch.from_numpy(np.concatenate(parts))
-    return out
 
 
 def _finite(t: torch.Tensor) -> bool:

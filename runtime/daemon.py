@@ -77,9 +77,11 @@ class _Shutdown(Exception):
 class RuntimeDaemon:
     """See the module docstring. ``exit_code = await RuntimeDaemon(...).run()``.
 
-    The daemon assembles and supervises; the learner connection is :class:`LearnerLink`'s and
-    the status fields :mod:`runtime.status`'s. What is left (~250 lines) stays one class: the
-    start-up order, the task group, the stop events and the clean-up share one state."""
+    Size: one responsibility, assembling and supervising the process, whose start-up order, task
+    group, stop events, control commands and clean-up all share one state (the devices, outbox,
+    policy slot, loop and link it builds and tears down in order); the learner connection is
+    :class:`LearnerLink`'s, the status fields :mod:`runtime.status`'s and the settings
+    :mod:`runtime.daemon_config`'s."""
 
     def __init__(self, config: DaemonConfig, robot: Robot, cameras: list[Camera], facts: RobotFacts) -> None:
         self.config = config

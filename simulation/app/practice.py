@@ -14,14 +14,15 @@ forward demos by the same protocol, the bar the practice run has to clear (issue
 Wall-clock budgets count training only (environment steps + updates); evaluation time is
 reported beside it, so a curve's minutes mean the same on a busy and on an idle machine
 only up to CPU contention — the CLI in ``scripts/config_search.py`` runs one at a time.
+
+The curve (:class:`EvalPoint`, :class:`PracticeResult`, ``curve.jsonl``) and the turn
+statistics each point carries are :mod:`simulation.app.practice_curve`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,9 +36,11 @@ from learner.bc import BCConfig, train_bc_from_demos
 from learner.config import LearnerConfig, profile
 from learner.networks import NetworkConfig, build_actor
 from learner.trainer import MedalTrainer
-from protocol.atomic import write_text_atomic
 from protocol.demos import Demos, concatenate, load_demos
 from protocol.messages import BACKWARD, FORWARD
+# EvalPoint and PracticeResult are practice()'s types: callers import them from here too.
+from simulation.app.practice_curve import (EvalPoint, PracticeResult, TurnTally, append_curve, diagnostics,
+                                          read_curve, write_curve)
 from simulation.earl_import import BUNDLED_DEMOS
 from simulation.evaluation import EvalResult, evaluate
 from simulation.nonepisodic import NonEpisodic
@@ -47,8 +50,6 @@ from simulation.tools.demos_cli import generate
 
 logger = logging.getLogger(__name__)
 
-"""EARL's own state demonstrations, shipped with the package (``<task>_{forward,backward}.npz``
-in the project's demo format; their source and licence: ``NOTICE.md`` beside them)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -105,58 +106,6 @@ class PracticeConfig:
         if self.reset_every is not None:
             return self.reset_every or None
         return task_info(self.task).scheduled_reset_interval(self.reset_schedule)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class EvalPoint:
-    """One point of a learning curve."""
-
-    env_steps: int
-    """Environment steps so far."""
-    updates: int
-    """Agent updates so far (both agents)."""
-    train_minutes: float
-    """Training wall clock so far (evaluation excluded)."""
-    success_rate: float
-    """Deployed-policy success of the forward agent (mean action)."""
-    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
-    """The latest value of each trainer metric (``forward/values/q_mean``, ``vice/loss``…)."""
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class PracticeResult:
-    """The outcome of :func:`practice`."""
-
-    curve: list[EvalPoint]
-    """Every evaluation, in order (the last one is at the end of the run)."""
-    env_steps: int
-    """Environment steps taken."""
-    updates: int
-    """Agent updates done (both agents)."""
-    train_minutes: float
-    """Training wall clock (evaluation excluded)."""
-    eval_minutes: float
-    """Wall clock spent evaluating."""
-    env_resets: int
-    """Scheduled environment resets during the run."""
-    forward_successes: int
-    """Steps of the practice stream itself on which the task counted as solved."""
-
-    @property
-    def final_success(self) -> float:
-        """Success rate at the last evaluation (0.0 when none ran)."""
-        return self.curve[-1].success_rate if self.curve else 0.0
-
-    @property
-    def best_success(self) -> float:
-        """Best success rate over the curve (0.0 when none ran)."""
-        return max((p.success_rate for p in self.curve), default=0.0)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Returns the result as JSON-ready builtins."""
-        out = dataclasses.asdict(self)
-        out.update(final_success=self.final_success, best_success=self.best_success)
-        return out
 
 
 def practice_config(task: str, *, seed: int = 0, overrides: Sequence[str] = ()) -> LearnerConfig:
@@ -253,10 +202,6 @@ def practice(config: LearnerConfig, task: str | PracticeConfig, demos: tuple[Dem
         env.close()
 
 
-CURVE_FILE = "curve.jsonl"
-"""A practice run's evaluations, one JSON object (:class:`EvalPoint`) per line."""
-
-
 class _PracticeRun:
     """The practice loop with its bookkeeping: act, step, ingest, train what is owed,
     evaluate on schedule, checkpoint."""
@@ -267,7 +212,7 @@ class _PracticeRun:
         self.on_eval, self.should_stop = on_eval, should_stop
         self.curve: list[EvalPoint] = []
         self.train_s = 0.0
-        self.turns = _TurnTally()
+        self.turns = TurnTally()
         self.multi_goal = len(task_info(pcfg.task).state_goals) > 1
         if pcfg.run_dir is not None:
             self._resume(Path(pcfg.run_dir))
@@ -282,7 +227,7 @@ class _PracticeRun:
         steps = self.trainer.env_steps
         # Points past the checkpoint (written just before a crash) are measured again.
         self.curve = [p for p in read_curve(run_dir) if p.env_steps <= steps]
-        _write_curve(run_dir, self.curve)
+        write_curve(run_dir, self.curve)
         self.train_s = float(ckpt.counters.get("train_s", self.curve[-1].train_minutes * 60 if self.curve else 0.0))
         logger.info("practice %s: resumed from %s at %d steps (%d evaluations so far)", self.pcfg.task, ckpt.path,
                     steps, len(self.curve))
@@ -357,9 +302,9 @@ class _PracticeRun:
         point = _evaluate_point(self.trainer, self.pcfg, steps_done, self.train_s, {**latest, **self.turns.pop()})
         self.curve.append(point)
         logger.info("practice %s: %d steps, %d updates, %.1f min: success %.2f%s", self.pcfg.task, point.env_steps,
-                    point.updates, point.train_minutes, point.success_rate, _diagnostics(point.metrics))
+                    point.updates, point.train_minutes, point.success_rate, diagnostics(point.metrics))
         if self.pcfg.run_dir is not None:
-            _append_curve(Path(self.pcfg.run_dir), point)  # before the checkpoint: see _resume
+            append_curve(Path(self.pcfg.run_dir), point)  # before the checkpoint: see _resume
             self._checkpoint()
         if self.on_eval is not None:
             self.on_eval(point)
@@ -371,76 +316,6 @@ class _PracticeRun:
         checkpoint.save_checkpoint(self.pcfg.run_dir, updates=t.env_steps, state=t.state_dict(),
                                    config=self.config.to_dict(), counters={**t.counters(), "train_s": self.train_s},
                                    replay=t.replay_state(), keep=2)
-
-
-class _TurnTally:
-    """Each agent's turns since the last evaluation: in how many the agent's goal was reached
-    at some step (the task solved, as EARL counts success; backward: the scene back in its
-    initial configuration), and of the turns that started away from that goal, in how many it
-    was reached — for the backward agent, the resets the practice stream got without a human.
-    Seed-phase turns (random actions) count."""
-
-    def __init__(self) -> None:
-        self._clear()
-
-    def _clear(self) -> None:
-        self.turns, self.reached, self.away, self.away_reached = [0, 0], [0, 0], [0, 0], [0, 0]
-
-    def add(self, agent: int, started_at_goal: bool, reached: bool) -> None:
-        self.turns[agent] += 1
-        self.reached[agent] += int(reached)
-        if not started_at_goal:
-            self.away[agent] += 1
-            self.away_reached[agent] += int(reached)
-
-    def pop(self) -> dict[str, float]:
-        """Returns, per agent (``forward``/``backward``), ``practice/<agent>_turns`` and
-        ``…_turns_started_away`` (counts) and the fractions ``…_turns_reached`` and
-        ``…_turns_away_reached`` (each absent when its count is 0) since the last call, and
-        starts counting again."""
-        out: dict[str, float] = {}
-        for agent, name in ((FORWARD, "forward"), (BACKWARD, "backward")):
-            key = f"practice/{name}_turns"
-            out[key], out[f"{key}_started_away"] = float(self.turns[agent]), float(self.away[agent])
-            if self.turns[agent]:
-                out[f"{key}_reached"] = self.reached[agent] / self.turns[agent]
-            if self.away[agent]:
-                out[f"{key}_away_reached"] = self.away_reached[agent] / self.away[agent]
-        self._clear()
-        return out
-
-
-_DIAGNOSTICS = (("practice/backward_turns_away_reached", "resets"), ("forward/values/q_mean", "Qf"), ("forward/q/bound", "bound"), ("backward/values/q_mean", "Qb"),
-                ("backward/q/bound", "bound"), ("forward/charts/entropy", "Hf"), ("backward/charts/alpha", "αb"),
-                ("vice/logits_pos", "vice+"), ("vice/logits_neg", "vice-"))
-
-
-def _diagnostics(metrics: dict[str, float]) -> str:
-    """The quantities that reveal a diverging or collapsing run, rounded for a log line."""
-    parts = [f"{label} {metrics[key]:.3g}" for key, label in _DIAGNOSTICS if key in metrics]
-    return f" ({', '.join(parts)})" if parts else ""
-
-
-def read_curve(run_dir: Path) -> list[EvalPoint]:
-    """Returns the evaluations a practice run wrote to ``run_dir`` (``curve.jsonl``), in order."""
-    path = Path(run_dir) / CURVE_FILE
-    if not path.is_file():
-        return []
-    return [EvalPoint(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _append_curve(run_dir: Path, point: EvalPoint) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / CURVE_FILE, "a") as f:
-        f.write(json.dumps(dataclasses.asdict(point), sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _write_curve(run_dir: Path, points: list[EvalPoint]) -> None:
-
-    write_text_atomic(run_dir / CURVE_FILE,
-                      "".join(json.dumps(dataclasses.asdict(p), sort_keys=True) + "\n" for p in points))
 
 
 def _ingest(trainer: MedalTrainer, agent: int, state: np.ndarray, action: np.ndarray, first: bool,

@@ -40,9 +40,9 @@ LAST_EVALS = 3
 
 
 def read_curve(run_dir: Path) -> list[dict[str, Any]]:
-    """Returns the evaluations a run wrote (``curve.jsonl``, :func:`simulation.app.practice.read_curve`)
+    """Returns the evaluations a run wrote (``curve.jsonl``, :func:`simulation.app.practice_curve.read_curve`)
     as dicts, in order; [] when none."""
-    from simulation.app.practice import read_curve as read_points
+    from simulation.app.practice_curve import read_curve as read_points
 
     return [dataclasses.asdict(p) for p in read_points(run_dir)]
 

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from learner.critic import CriticEnsemble
 from learner.networks import (
-    Actor, CriticEnsemble, Encoder, NetworkConfig, build_actor,
+    Actor, Encoder, NetworkConfig, build_actor,
 )
 
 torch.set_num_threads(1)

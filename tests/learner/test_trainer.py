@@ -11,11 +11,13 @@ import torch
 
 from learner import checkpoint
 from learner.agent import AgentConfig
+from learner.demo_inputs import vice_positive_rows
 from learner.discriminators import DiscriminatorConfig
 from learner.errors import TrainerError
 from learner.networks import NetworkConfig
 from learner.replay import ReplayConfig
-from learner.trainer import MedalTrainer, ScheduleConfig, vice_positive_rows
+from learner.schedule import ScheduleConfig
+from learner.trainer import MedalTrainer
 from protocol.messages import BACKWARD, FORWARD
 
 torch.set_num_threads(1)

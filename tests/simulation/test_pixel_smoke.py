@@ -34,9 +34,9 @@ import pytest
 import torch
 
 from learner.bc import BCConfig, train_bc
+from learner.demo_inputs import vice_positive_rows
 from learner.discriminators import Discriminator, DiscriminatorConfig
 from learner.networks import NetworkConfig, build_actor
-from learner.trainer import vice_positive_rows
 from protocol.demos import Demos
 from simulation.tools.demos_cli import import_earl
 from simulation.evaluation import evaluate

@@ -211,9 +211,9 @@ def test_shipped_demo_states_end_with_a_goal_the_twin_shows(task: str) -> None:
 
 def test_turn_tally_counts_resets_only_from_turns_that_started_away() -> None:
     from protocol.messages import BACKWARD
-    from simulation.app.practice import _TurnTally
+    from simulation.app.practice_curve import TurnTally
 
-    tally = _TurnTally()
+    tally = TurnTally()
     tally.add(BACKWARD, True, True)  # already in the initial configuration: not a reset
     tally.add(BACKWARD, False, True)  # brought back: a reset without a human
     tally.add(BACKWARD, False, False)  # left away: a human would have had to step in
