@@ -2,10 +2,11 @@
 
 :class:`LearnerLink` owns the uplink client and the weights subscribers: the first hello
 (retried until a learner answers), the sender (outbox → uplink in seq order, only what is on
-disk), the inbox (acks → ``Outbox.on_ack``, a reconnect's welcome → ``Outbox.rewind``,
-learner commands, refused batches → quarantine), the weights subscriber (→
-``PolicySlot.offer``, resubscribing when a welcome names a new endpoint), and lock-step's wait
-for the learner's ``trained_through``. Everything runs on the daemon's event loop.
+disk, each batch as the spill record it was written as), the inbox (acks →
+``Outbox.on_ack``, a reconnect's welcome → ``Outbox.rewind``, learner commands, refused
+batches → quarantine), the weights subscriber (→ ``PolicySlot.offer``, resubscribing when a
+welcome names a new endpoint), and lock-step's wait for the learner's ``trained_through``.
+Everything runs on the daemon's event loop.
 """
 
 from __future__ import annotations
@@ -134,8 +135,9 @@ class LearnerLink:
                 log_at = time.monotonic() + _LOCKSTEP_LOG_S
 
     async def send_loop(self) -> None:
-        """Sends written batches in seq order; a rewind makes a batch in hand stale. Runs until
-        cancelled: it waits on the outbox for a batch and on the client for a connection."""
+        """Sends written batches in seq order, each as the frame the writer thread encoded (no
+        encoding on the loop); a rewind makes a batch in hand stale. Runs until cancelled: it
+        waits on the outbox for a batch and on the client for a connection."""
         lost = self.outbox.lost_steps
         while True:
             out = await self.outbox.next_batch()
@@ -145,7 +147,7 @@ class LearnerLink:
                 lost = self.outbox.lost_steps
                 if self.outbox.head_lost:
                     self.client.reconnect()
-            while out.generation == self.outbox.generation and not self.client.send(out.batch):
+            while out.generation == self.outbox.generation and not self.client.send_encoded(out.frames):
                 if not self.connected:
                     await self.client.connected.wait()  # the reconnect's welcome rewinds (a new generation)
                 else:

@@ -3,12 +3,15 @@
 The loop builds each :class:`~protocol.messages.TransitionBatch` numbered from
 :attr:`Outbox.next_seq` (continuing the numbering persisted by the
 :class:`~runtime.spill.SpillLog`). Every batch is written to the spill log by the writer
-thread as soon as it is recorded (write-through); memory is the fast path for sending and
-keeps the batch until it is acked, unless the uplink is down or memory is over its bound,
-in which case the written batch's memory copy is dropped and it is read back from disk
-when sent. :meth:`Outbox.on_ack` releases acked batches (and their disk segments);
-after a reconnect :meth:`Outbox.rewind` (with the learner's ``resume_seq``) replays every
-unacked batch in seq order.
+thread as soon as it is recorded (write-through). The spill record is the batch's wire message
+(:func:`runtime.spill_io.encode_batch`, the protocol's single frame): a batch is encoded once,
+in the writer thread, and the bytes written are the bytes sent. Memory is the fast path for
+sending and keeps that record, in place of the batch, until it is acked, unless the uplink is
+down or memory is over its bound; then the memory copy is dropped and the record is read back
+from disk when sent — sent as read, after a cheap check (:func:`runtime.spill_io.check_record`),
+not decoded and re-encoded. :meth:`Outbox.on_ack` releases acked batches (and their disk
+segments); after a reconnect :meth:`Outbox.rewind` (with the learner's ``resume_seq``) replays
+every unacked batch in seq order.
 
 A batch becomes sendable only once it is on disk, and the spill log's ``next_seq`` only
 counts records actually written. So a runtime killed with SIGKILL loses only what still
@@ -18,12 +21,14 @@ Steps the spill log itself loses (``drop_oldest`` policy, a corrupt record) are 
 with an ERROR and counted in :attr:`Outbox.lost_steps`; the learner learns of them by the
 gap rule in docs/protocol.md.
 
-Threads: the public methods run on the event loop and never touch the disk. Disk writes
-(encoding included) go to one writer thread through a bounded queue; disk reads for replay
-go to a reader thread (awaited by the sender coroutine, never by the tick). Both threads and
-the record codec are :mod:`runtime.spill_io`; this module keeps the bookkeeping. When the writer
-queue is full or the spill log is full under its ``hold`` policy, :attr:`Outbox.accepting`
-turns False and the loop stops recording and holds the robot; nothing is dropped silently.
+Threads: the public methods run on the event loop; they never touch the disk, encode or
+decode. Disk writes (encoding included) go to one writer thread through a bounded queue;
+disk reads for replay go to a reader thread (awaited by the sender coroutine, never by the
+tick), as does every decode (the quarantine's copies; a batch over one frame's limit, sent
+multipart). Both threads and the record codec are :mod:`runtime.spill_io`; this module keeps
+the bookkeeping. When the writer queue is full or the spill log is full under its ``hold``
+policy, :attr:`Outbox.accepting` turns False and the loop stops recording and holds the
+robot; nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -32,13 +37,14 @@ import asyncio
 import dataclasses
 import logging
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from protocol.codec import Limits
 from protocol.messages import TransitionBatch
+from protocol.wire_fields import Buffer
 from runtime.errors import OutboxError, SpillError
 from runtime.spill import SpillLog
-from runtime.spill_io import SpillIO, decode_batch, encode_batch
+from runtime.spill_io import SpillIO
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +61,12 @@ class OutboxConfig:
     """Disk jobs that may wait for the writer thread; when full the outbox stops accepting."""
     persist_interval_s: float = 0.5
     """How often the idle writer persists the spill log's next seq to ``state.json``."""
+    max_frame_bytes: int = Limits().max_frame_bytes
+    """Largest batch sent as its one-frame record (the learner's frame limit, also its socket's
+    ``ZMQ_MAXMSGSIZE``); a bigger one is sent multipart, encoded in the reader thread."""
 
     def __post_init__(self) -> None:
-        for name in ("max_memory_bytes", "max_memory_batches", "writer_queue"):
+        for name in ("max_memory_bytes", "max_memory_batches", "writer_queue", "max_frame_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
         if not self.persist_interval_s > 0:
@@ -69,7 +78,11 @@ class _Entry:
     first_seq: int
     count: int
     size: int
+    """Array bytes of the batch (what the memory bound counts, as a batch or as its record)."""
     batch: TransitionBatch | None
+    """The batch until it is written (the writer encodes it), then None."""
+    record: bytes | None = None
+    """Once written and while kept in memory: the spill record, i.e. the wire message."""
     written: bool = False
     writing: bool = False
     lost: bool = False
@@ -78,6 +91,10 @@ class _Entry:
     @property
     def end(self) -> int:
         return self.first_seq + self.count
+
+    @property
+    def held(self) -> bool:
+        return self.batch is not None or self.record is not None
 
 
 @dataclass(frozen=True)
@@ -88,8 +105,9 @@ class OutgoingBatch:
     """First seq of the batch."""
     count: int
     """Steps in the batch."""
-    batch: TransitionBatch
-    """The batch itself (arrays may be read-only views of a spilled record)."""
+    frames: list[Buffer]
+    """The encoded ``transitions`` message to send as it is: one frame, the batch's spill record
+    (multipart only past :attr:`OutboxConfig.max_frame_bytes`)."""
     generation: int
     """:attr:`Outbox.generation` when it was taken; a later rewind makes it stale."""
 
@@ -104,16 +122,12 @@ class Outbox:
     :mod:`runtime.spill_io`.
     """
 
-    def __init__(self, spill: SpillLog, config: OutboxConfig | None = None,
-                 encode: Callable[[TransitionBatch], bytes] = encode_batch,
-                 decode: Callable[[bytes], TransitionBatch] = decode_batch) -> None:
-        """``encode``/``decode`` turn a batch into a spill record and back (the protocol's
-        single-frame form by default); ``encode`` runs in the writer thread."""
+    def __init__(self, spill: SpillLog, config: OutboxConfig | None = None) -> None:
         self.config = config or OutboxConfig()
         self.spill = spill
         self._disk: SpillIO[_Entry] = SpillIO(
             spill, writer_queue=self.config.writer_queue, persist_interval_s=self.config.persist_interval_s,
-            encode=encode, decode=decode, on_written=self._on_written, on_released=self._on_released)
+            on_written=self._on_written, on_released=self._on_released)
         self._entries: deque[_Entry] = deque(
             _Entry(seq, count, 0, None, written=True) for seq, count in spill.records())
         self._unsent: deque[_Entry] = deque(self._entries)
@@ -223,7 +237,7 @@ class Outbox:
         self._connected = connected
         if not connected:
             for entry in self._entries:
-                if entry.written and entry.batch is not None:
+                if entry.written and entry.held:
                     self._drop_batch(entry)
 
     # ------------------------------------------------------------------ producer side
@@ -252,7 +266,8 @@ class Outbox:
     async def next_batch(self) -> OutgoingBatch:
         """Waits for the next written batch to send (in seq order) and returns it.
 
-        Batches whose memory copy was dropped are read in the reader thread. Waits without a
+        Batches whose memory copy was dropped are read (and checked) in the reader thread; a
+        batch in memory is handed over as its record, with no work on the loop. Waits without a
         deadline: the caller sets one (``asyncio.timeout``). Batches whose spilled record is
         lost are skipped with an ERROR (counted in :attr:`lost_steps`).
         """
@@ -263,10 +278,13 @@ class Outbox:
             entry = self._unsent.popleft()
             if entry.end <= self._acked:
                 continue
-            generation, batch = self.generation, entry.batch
-            if batch is None:
+            generation, record = self.generation, entry.record
+            if record is not None and len(record) <= self.config.max_frame_bytes:
+                frames: list[Buffer] = [record]
+            else:
                 try:
-                    batch = await self._disk.read(entry.first_seq)
+                    frames = await self._disk.frames(entry.first_seq, entry.count, record,
+                                                     self.config.max_frame_bytes)
                 except SpillError as e:
                     if entry.end <= self._acked:
                         continue  # acked and released while reading
@@ -274,12 +292,12 @@ class Outbox:
                     entry.lost = True
                     logger.error("outbox: steps %d..%d lost: %s", entry.first_seq, entry.end - 1, e)
                     continue
-            return OutgoingBatch(entry.first_seq, entry.count, batch, generation)
+            return OutgoingBatch(entry.first_seq, entry.count, frames, generation)
 
     async def steps_in(self, first_seq: int, end_seq: int) -> list[TransitionBatch]:
         """Returns the unacked steps with seqs in ``[first_seq, end_seq)`` as batches (trimmed
-        to the range), reading spilled ones in the reader thread; steps no longer held (acked,
-        lost, never written) are left out. For the quarantine of a refused batch."""
+        to the range), read and decoded in the reader thread (unless still unwritten); steps no
+        longer held (acked, lost, never written) are left out. For the quarantine of a refused batch."""
         out: list[TransitionBatch] = []
         for entry in [e for e in self._entries if e.first_seq < end_seq and e.end > first_seq and not e.lost]:
             batch = entry.batch
@@ -287,7 +305,7 @@ class Outbox:
                 if not entry.written:
                     continue
                 try:
-                    batch = await self._disk.read(entry.first_seq)
+                    batch = await self._disk.read(entry.first_seq, entry.record)
                 except SpillError as e:
                     logger.error("outbox: steps %d..%d unreadable for the quarantine: %s", entry.first_seq,
                                  entry.end - 1, e)
@@ -313,7 +331,7 @@ class Outbox:
         while self._entries and self._entries[0].end <= self._acked:
             entry = self._entries.popleft()
             released |= entry.written or entry.writing
-            if entry.batch is not None:
+            if entry.held:
                 self._drop_batch(entry)
         if released:
             self._disk.release_through(self._acked - 1)
@@ -345,7 +363,7 @@ class Outbox:
         return False
 
     # ------------------------------------------------------------------ loop callbacks
-    def _on_written(self, entry: _Entry, error: SpillError | None) -> None:
+    def _on_written(self, entry: _Entry, record: bytes | None, error: SpillError | None) -> None:
         entry.writing = False
         if error is not None:
             if not self._spill_full:
@@ -360,8 +378,11 @@ class Outbox:
                 self._unsent.append(ready)
         over = (self._memory_bytes > self.config.max_memory_bytes
                 or self._memory_batches > self.config.max_memory_batches)
-        if entry.batch is not None and (over or not self._connected):
-            self._drop_batch(entry)
+        if entry.batch is not None:  # still held (not acked meanwhile): keep the record, not both
+            if over or not self._connected:
+                self._drop_batch(entry)
+            else:
+                entry.batch, entry.record = None, record
         self._wake.set()
 
     def _on_released(self) -> None:
@@ -373,6 +394,6 @@ class Outbox:
                     break
 
     def _drop_batch(self, entry: _Entry) -> None:
-        entry.batch = None
+        entry.batch = entry.record = None
         self._memory_bytes -= entry.size
         self._memory_batches -= 1

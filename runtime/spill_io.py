@@ -1,14 +1,17 @@
 """The outbox's disk side: the spill-record codec and the two threads that touch the spill log.
 
 :func:`encode_batch` / :func:`decode_batch` turn a :class:`~protocol.messages.TransitionBatch`
-into one spill record and back. :class:`SpillIO` owns the *writer thread*, fed through a bounded
-job queue (append a batch, release acked records, persist the next seq when idle), and the
-*reader thread* that reads spilled batches back for replay.
+into one spill record and back. The record is the protocol's single-frame form of the batch
+(docs/protocol.md, "Framing"), so it is also the wire message: a batch is encoded once, in the
+writer thread, and the runtime sends the bytes it wrote. :func:`check_record` is the cheap
+check a record read back passes before it is sent as read. :class:`SpillIO` owns the *writer
+thread*, fed through a bounded job queue (append a batch, release acked records, persist the
+next seq when idle), and the *reader thread* that reads spilled batches back for replay.
 
-Threads: neither touches the event loop's state. The writer reports every append and release
-back to the event loop (``call_soon_threadsafe``), where :class:`runtime.outbox.Outbox` keeps
-the bookkeeping of what is written, sendable and acked; reads are awaited by the sender
-coroutine (and the quarantine), never by the tick.
+Threads: neither touches the event loop's state. The writer reports every append (with the
+record it wrote) and release back to the event loop (``call_soon_threadsafe``), where
+:class:`runtime.outbox.Outbox` keeps the bookkeeping of what is written, sendable and acked;
+reads are awaited by the sender coroutine (and the quarantine), never by the tick.
 """
 
 from __future__ import annotations
@@ -22,18 +25,24 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, Protocol, TypeVar
 
-from protocol.codec import decode, encode
+import msgpack
+
+from protocol.codec import Limits, decode, encode
 from protocol.errors import ProtocolError
-from protocol.messages import TransitionBatch
+from protocol.messages import PROTOCOL_VERSION, TransitionBatch
+from protocol.wire_fields import FIELDS, Buffer
 from runtime.errors import SpillError
 from runtime.isolation import lower_thread_priority
 from runtime.spill import SpillLog
 
 logger = logging.getLogger(__name__)
 
+_LIMITS = Limits()
+
 
 def encode_batch(batch: TransitionBatch) -> bytes:
-    """Returns ``batch`` as one self-contained msgpack frame (the spill log's record payload).
+    """Returns ``batch`` as one self-contained msgpack frame (the spill log's record payload and
+    the single-frame wire message).
 
     Raises ProtocolError for an unencodable batch. CPU-bound (a memory copy).
     """
@@ -41,14 +50,46 @@ def encode_batch(batch: TransitionBatch) -> bytes:
 
 
 def decode_batch(payload: bytes) -> TransitionBatch:
-    """Returns the batch :func:`encode_batch` produced. Raises SpillError when it is not one."""
+    """Returns the batch :func:`encode_batch` produced. Raises SpillError when it is not one.
+
+    The frame limits grow to the record's size (a record is CRC'd and the runtime's own, and a
+    batch too big for one wire frame is still a valid record); every other limit is the default.
+    """
+    size = len(payload)
+    limits = Limits(max_frame_bytes=max(size, _LIMITS.max_frame_bytes),
+                    max_message_bytes=max(size, _LIMITS.max_message_bytes))
     try:
-        msg = decode([payload])
+        msg = decode([payload], limits=limits)
     except ProtocolError as e:
         raise SpillError(f"spilled record does not decode: {e}") from e
     if not isinstance(msg, TransitionBatch):
         raise SpillError(f"spilled record is a {msg.TYPE}, not transitions")
     return msg
+
+
+def record_prefix(session_id: str, first_seq: int) -> bytes:
+    """Returns the bytes :func:`encode_batch` starts the record of ``session_id``'s batch at
+    ``first_seq`` with: the map's header, ``type``, ``version``, ``session_id`` and ``first_seq``
+    in :func:`protocol.codec.encode`'s order (tests/runtime/test_outbox.py pins it)."""
+    pack = msgpack.Packer(use_bin_type=True).pack
+    header = msgpack.Packer().pack_map_header(2 + len(FIELDS[TransitionBatch]))
+    return b"".join([header, pack("type"), pack(TransitionBatch.TYPE), pack("version"), pack(PROTOCOL_VERSION),
+                     pack("session_id"), pack(session_id), pack("first_seq"), pack(first_seq)])
+
+
+def check_record(payload: bytes, session_id: str, first_seq: int, count: int) -> None:
+    """Raises SpillError unless ``payload`` is the record of ``session_id``'s ``count``-step batch
+    at ``first_seq``, the cheap way: the seq log's CRC vouches for the bytes, and a record that
+    starts as :func:`encode_batch` starts it (:func:`record_prefix`: message type, protocol
+    version, session, seq) is that function's output. Anything else — another field order from
+    an older writer, another session's or protocol version's record — is decoded in full and
+    must hold exactly that batch."""
+    if payload.startswith(record_prefix(session_id, first_seq)):
+        return
+    batch = decode_batch(payload)
+    if (batch.session_id, batch.first_seq, batch.size) != (session_id, first_seq, count):
+        raise SpillError(f"spilled record at seq {first_seq} holds session {batch.session_id!r} seqs "
+                         f"{batch.first_seq}+{batch.size}, not this session's {count} steps")
 
 
 class PendingBatch(Protocol):
@@ -65,17 +106,16 @@ EntryT = TypeVar("EntryT", bound=PendingBatch)
 class SpillIO(Generic[EntryT]):
     """The writer and reader threads of one spill log; see the module docstring.
 
-    ``on_written(entry, error)`` (error None on success) and ``on_released()`` are called on
-    the event loop that called :meth:`start`.
+    ``on_written(entry, record, error)`` (the record written, :func:`encode_batch`'s bytes, and
+    error None on success; record None and the error on failure) and ``on_released()`` are
+    called on the event loop that called :meth:`start`.
     """
 
     def __init__(self, spill: SpillLog, *, writer_queue: int, persist_interval_s: float,
-                 encode: Callable[[TransitionBatch], bytes], decode: Callable[[bytes], TransitionBatch],
-                 on_written: Callable[[EntryT, SpillError | None], None],
+                 on_written: Callable[[EntryT, bytes | None, SpillError | None], None],
                  on_released: Callable[[], None]) -> None:
-        """``encode`` runs in the writer thread, ``decode`` in the reader thread. Starts nothing."""
+        """Starts nothing."""
         self.spill = spill
-        self._encode, self._decode = encode, decode
         self._on_written, self._on_released = on_written, on_released
         self._persist_interval_s = persist_interval_s
         self._jobs: queue.Queue[tuple[str, object]] = queue.Queue(writer_queue)
@@ -120,16 +160,34 @@ class SpillIO(Generic[EntryT]):
         queue is full. Non-blocking; ``on_released`` follows."""
         return self._submit(("release", seq))
 
-    async def read(self, seq: int) -> TransitionBatch:
-        """Returns the spilled batch starting at ``seq``, read in the reader thread.
+    async def read(self, seq: int, record: bytes | None = None) -> TransitionBatch:
+        """Returns the spilled batch starting at ``seq`` (or the one ``record`` holds, a record
+        still in memory), read and decoded in the reader thread.
 
         Raises SpillError when its record is gone or unreadable.
         """
-        return await asyncio.get_running_loop().run_in_executor(self._reader, self._read, seq)
+        return await asyncio.get_running_loop().run_in_executor(self._reader, self._read, seq, record)
+
+    async def frames(self, seq: int, count: int, record: bytes | None, max_frame_bytes: int) -> list[Buffer]:
+        """Returns the frames that send the ``count``-step batch at ``seq``, made in the reader
+        thread: its record as it was written — ``record``, or read back from the spill log and
+        passed through :func:`check_record` — or, for a record over ``max_frame_bytes``, the
+        batch decoded and encoded multipart (its arrays in frames of their own).
+
+        Raises SpillError when the record is gone, unreadable or not this session's batch.
+        """
+        return await asyncio.get_running_loop().run_in_executor(
+            self._reader, self._frames, seq, count, record, max_frame_bytes)
 
     # ------------------------------------------------------------------ threads
-    def _read(self, seq: int) -> TransitionBatch:
-        return self._decode(self.spill.read(seq))
+    def _read(self, seq: int, record: bytes | None) -> TransitionBatch:
+        return decode_batch(self.spill.read(seq) if record is None else record)
+
+    def _frames(self, seq: int, count: int, record: bytes | None, max_frame_bytes: int) -> list[Buffer]:
+        if record is None:
+            record = self.spill.read(seq)
+            check_record(record, self.spill.session_id, seq, count)
+        return [record] if len(record) <= max_frame_bytes else encode(decode_batch(record))
 
     def _submit(self, job: tuple[str, object]) -> bool:
         try:
@@ -168,12 +226,13 @@ class SpillIO(Generic[EntryT]):
         if batch is None:  # cannot happen: a batch is only dropped after it is written
             logger.error("outbox: batch %d has no payload to write", entry.first_seq)
             return
+        record = encode_batch(batch)
         try:
-            self.spill.append(entry.first_seq, self._encode(batch), entry.count)
+            self.spill.append(entry.first_seq, record, entry.count)
         except SpillError as e:
-            self._call_loop(self._on_written, entry, e)
+            self._call_loop(self._on_written, entry, None, e)
             return
-        self._call_loop(self._on_written, entry, None)
+        self._call_loop(self._on_written, entry, record, None)
 
     def _call_loop(self, callback: Callable[..., None], *args: object) -> None:
         if self._loop is not None and not self._loop.is_closed():

@@ -1,7 +1,7 @@
 """The uplink channel, the learner's end: a ROUTER (:class:`UplinkServer`) that each runtime's
 DEALER (:class:`~protocol.transport.uplink_client.UplinkClient`) connects to, and the statuses
-both ends share. Frames are exactly :func:`protocol.codec.encode`'s (the ROUTER adds/strips
-the peer identity)."""
+both ends share. Frames are exactly :func:`protocol.codec.encode`'s, in either form (a runtime
+sends each batch as one frame, its spill record; the ROUTER adds/strips the peer identity)."""
 
 from __future__ import annotations
 

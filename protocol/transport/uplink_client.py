@@ -10,12 +10,13 @@ import enum
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import zmq
 import zmq.asyncio
 
 from protocol.codec import Limits, decode, encode
+from protocol.wire_fields import Buffer
 from protocol.errors import HandshakeError, PeerTimeout, ProtocolError, TransportClosed
 from protocol.keys import CurveClientKeys
 from protocol.messages import Heartbeat, Hello, LoopStats, Message, Status, Welcome
@@ -179,9 +180,13 @@ class UplinkClient:
 
     def send(self, msg: Message) -> bool:
         """Queues ``msg`` without blocking; returns False when not connected or at the HWM."""
+        return self.state == ConnectionState.CONNECTED and self.send_encoded(encode(msg))
+
+    def send_encoded(self, frames: Sequence[Buffer]) -> bool:
+        """:meth:`send` for a message encoded already (e.g. a spill record): sent unchecked, uncopied."""
         if self.state != ConnectionState.CONNECTED or self._sock is None:
             return False
-        return _send_nowait(self._sock, encode(msg))
+        return _send_nowait(self._sock, frames)
 
     async def writable(self) -> None:
         """Returns once the socket can take another message (below its high-water mark) or the

@@ -141,6 +141,25 @@ def test_array_violations() -> None:
         decode(_pack({**h, "is_first": bools}))
 
 
+def test_a_single_frame_batch_meets_the_same_limits_and_its_frame_limit_bounds_it_whole() -> None:
+    """A runtime sends each batch as one frame (its spill record): every limit applies as to the
+    multipart form, except that ``max_frame_bytes`` bounds the whole message (docs/protocol.md)."""
+    batch = small_batch(pixels=84)  # 4 images of 21 KiB: each its own frame when multipart
+    multipart, single = encode(batch), encode(batch, single_frame=True)
+    assert len(multipart) == 2 and len(single) == 1
+    assert messages_equal(decode(single), batch) and messages_equal(decode(multipart), batch)
+    for limits, match in ((Limits(max_total_elements=1000), "max_total_elements"),
+                          (Limits(max_array_elements=1000), "max_array_elements"),
+                          (Limits(max_message_bytes=50_000), "max_message_bytes")):
+        for frames in (multipart, single):
+            with pytest.raises(ProtocolError, match=match):
+                decode(frames, limits=limits)
+    biggest_frame = max(len(f) for f in multipart)
+    decode(multipart, limits=Limits(max_frame_bytes=biggest_frame))
+    with pytest.raises(ProtocolError, match="max_frame_bytes"):
+        decode(single, limits=Limits(max_frame_bytes=biggest_frame))
+
+
 def test_limits_are_enforced() -> None:
     frames = encode(small_batch(pixels=84))
     with pytest.raises(ProtocolError, match="max_frame_bytes"):

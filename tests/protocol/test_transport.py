@@ -130,6 +130,39 @@ def test_malformed_and_out_of_protocol_frames_are_counted_not_raised() -> None:
     run(body)
 
 
+def test_a_single_frame_batch_arrives_identical_and_is_checked_like_a_multipart_one() -> None:
+    """The runtime sends each batch as its spill record, ``encode(batch, single_frame=True)``:
+    the learner gets the identical batch, and the declared spaces and the limits refuse a
+    single-frame batch exactly when they refuse the same batch multipart."""
+    from protocol.codec import encode
+    from protocol.messages import messages_equal
+
+    def single(batch: TransitionBatch) -> list[bytes]:
+        return [bytes(encode(batch, single_frame=True)[0])]
+
+    async def body() -> None:
+        # small_batch holds 213 elements a step: the limit passes 100 steps and refuses 200
+        async with uplink(UplinkServerConfig(limits=Limits(max_total_elements=30_000))) as (server, client, got):
+            await client.connect()
+            sent = small_batch(first_seq=0, b=100)  # 19 KiB of images: out of band when multipart
+            assert len(single(sent)) == 1 and len(encode(sent)) == 2
+            assert client.send_encoded(single(sent))
+            good = small_batch(first_seq=100)
+            wrong_space = TransitionBatch(**{**good.__dict__, "actions": np.zeros((4, 6), np.float32)})
+            too_many = small_batch(first_seq=100, b=200)
+            for bad in (wrong_space, too_many):
+                for frames in (encode(bad), single(bad)):
+                    assert client.send_encoded(frames)
+            assert client.send_encoded(single(good))
+            for _ in range(200):
+                if len(got) == 2 and server.malformed_count == 4:
+                    break
+                await asyncio.sleep(0.01)
+            assert server.malformed_count == 4 and len(got) == 2  # both forms of both bad batches refused
+            assert messages_equal(got[0], sent) and messages_equal(got[1], good)
+    run(body)
+
+
 def test_refused_hello_raises() -> None:
     async def body() -> None:
         server = UplinkServer(UplinkServerConfig())

@@ -8,11 +8,13 @@ import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from runtime.errors import OutboxError
+from protocol.codec import decode
 from protocol.messages import TransitionBatch
 from runtime.outbox import Outbox, OutboxConfig
 from runtime.spill import SpillConfig, SpillLog
@@ -46,7 +48,9 @@ async def drain(outbox: Outbox, learner: Learner, batches: int, ack: bool = True
     for _ in range(batches):
         async with asyncio.timeout(5):
             out = await outbox.next_batch()
-        learner.receive(out.first_seq, out.count, out.batch)
+        batch = decode(out.frames)  # the wire message, as a learner decodes it
+        assert isinstance(batch, TransitionBatch)
+        learner.receive(out.first_seq, out.count, batch)
         if ack:
             outbox.on_ack(learner.expected)
 
@@ -294,3 +298,176 @@ def test_an_unreadable_head_record_is_lost_loudly_and_excluded_from_oldest_seq(t
         finally:
             outbox.close()
     run(body)
+
+
+# ---------------------------------------------------------------- the record is the wire message
+
+def _forbidden(*args: object, **kwargs: object) -> None:
+    raise AssertionError("a batch was encoded or decoded on its way from the spill log to the socket")
+
+
+def test_the_record_written_is_the_message_sent_and_a_spilled_one_goes_as_read(tmp_path: Path, monkeypatch) -> None:
+    """A batch is encoded once, by the writer thread: the sender (``LearnerLink.send_loop``)
+    sends the bytes the spill log holds, from memory or read back from disk, with no encoder or
+    decoder called on the way from disk to socket — and the learner gets the identical batch."""
+    import runtime.spill_io
+    import protocol.transport.uplink_client
+    from protocol.messages import Hello, messages_equal
+    from protocol.spaces import ArraySpec
+    from protocol.transport import UplinkServer, UplinkServerConfig
+    from runtime.learner_link import LearnerLink
+    from runtime.quarantine import Quarantine
+    from tests.protocol.test_transport import learner_loop
+
+    async def body() -> None:
+        server = UplinkServer(UplinkServerConfig())
+        endpoint = await server.start()
+        outbox = open_outbox(tmp_path / "spill")
+        outbox.start()
+        spec = ArraySpec(dtype="float32", shape=(2,))
+        hello = Hello(session_id=outbox.session_id, robot="sim", task="t", observation_space={"proprio": spec},
+                      action_space=spec, config_hash="h", next_seq=0, oldest_seq=0)
+        link_config = SimpleNamespace(learner=endpoint, keys_dir=None, hello_timeout_s=5.0, peer_timeout_s=5.0,
+                                      connect_retry_s=0.1)  # the settings LearnerLink reads
+        link = LearnerLink(link_config, outbox, Quarantine(tmp_path / "quarantine"),  # type: ignore[arg-type]
+                           hello=lambda: hello, stats=lambda: None)
+        sent_frames: list[list[object]] = []
+        send_encoded = link.client.send_encoded
+        link.client.send_encoded = lambda frames: sent_frames.append(list(frames)) or send_encoded(frames)
+        got: list[TransitionBatch] = []
+        learner = asyncio.ensure_future(learner_loop(server, got))
+        sent: list[TransitionBatch] = []
+
+        async def put_and_send(count: int) -> None:
+            for i in range(count):
+                sent.append(steps(outbox, 3, float(len(sent))))
+                outbox.put_steps(sent[-1])
+            await until(lambda: outbox.unwritten_steps == 0)
+            if not outbox._connected:
+                assert outbox.memory_bytes == 0  # a disconnect dropped the memory copies: all on disk
+                for module in (runtime.spill_io, protocol.transport.uplink_client):
+                    monkeypatch.setattr(module, "encode", _forbidden)  # the writer is done encoding
+                monkeypatch.setattr(runtime.spill_io, "decode", _forbidden)
+                outbox.set_connected(True)
+            sender = asyncio.ensure_future(link.send_loop())
+            await until(lambda: len(got) == len(sent))
+            sender.cancel()
+
+        try:
+            await link.connect()  # the hello is encoded here, before the send path is watched
+            await put_and_send(2)  # sent from memory
+            outbox.set_connected(False)
+            await put_and_send(2)  # read back from disk
+            assert sent_frames == [[outbox.spill.read(seq)] for seq in (0, 3, 6, 9)]  # the bytes written
+            assert all(messages_equal(a, b) for a, b in zip(got, sent, strict=True)) and outbox.lost_steps == 0
+        finally:
+            learner.cancel()
+            link.close()
+            server.close()
+            outbox.close()
+    run(body)
+
+
+def test_a_batch_over_one_frames_limit_goes_multipart_from_memory_and_from_disk(tmp_path: Path) -> None:
+    from protocol.codec import OUT_OF_BAND_BYTES
+    from protocol.messages import messages_equal
+
+    async def body() -> None:
+        outbox = open_outbox(tmp_path, max_frame_bytes=20_000)
+        outbox.start()
+        n = OUT_OF_BAND_BYTES // 8 + 1  # proprio, actions (n, 2) float32 and timestamps: out of band
+        try:
+            outbox.set_connected(True)
+            sent = []
+            for i, size in enumerate((2, n, n)):
+                if i == 2:
+                    await until(lambda: outbox.unwritten_steps == 0)
+                    outbox.set_connected(False)  # the third is written with no memory copy
+                sent.append(steps(outbox, size, float(i)))
+                outbox.put_steps(sent[-1])
+            await until(lambda: outbox.unwritten_steps == 0 and outbox.memory_bytes == 0)
+            outbox.set_connected(True)
+            outbox.rewind(0)
+            outs = []
+            for _ in sent:
+                async with asyncio.timeout(5):
+                    outs.append(await outbox.next_batch())
+            assert [len(o.frames) for o in outs] == [1, 4, 4]  # header + proprio, actions, timestamps
+            assert all(messages_equal(decode(o.frames), b) for o, b in zip(outs, sent))
+        finally:
+            outbox.close()
+    run(body)
+
+
+def test_the_quarantine_gets_the_refused_steps_decoded_from_memory_or_disk(tmp_path: Path) -> None:
+    async def body() -> None:
+        outbox = open_outbox(tmp_path)
+        outbox.start()
+        try:
+            outbox.set_connected(True)
+            sent = []
+            for i in range(3):
+                sent.append(steps(outbox, 3, float(i)))
+                outbox.put_steps(sent[-1])
+            await until(lambda: outbox.unwritten_steps == 0)
+            expected = np.concatenate([b.actions for b in sent])[1:8]
+            for connected in (True, False):  # the records in memory, then only on disk
+                outbox.set_connected(connected)
+                got = await outbox.steps_in(1, 8)
+                assert [(b.first_seq, b.end_seq) for b in got] == [(1, 3), (3, 6), (6, 8)]
+                assert np.array_equal(np.concatenate([b.actions for b in got]), expected)
+            assert outbox.memory_bytes == 0
+        finally:
+            outbox.close()
+    run(body)
+
+
+def test_a_spilled_record_of_another_session_is_lost_loudly_never_sent(tmp_path: Path) -> None:
+    """A state file lost with its records kept gives a new session over the old one's records:
+    they must not go out under the new session's hello (the learner would drop them as another
+    session's, and the stream would stall)."""
+    from runtime.spill_io import encode_batch
+
+    async def body() -> None:
+        spill = SpillLog.open(SpillConfig(directory=tmp_path, segment_bytes=2000, max_bytes=1_000_000))
+        stray = dataclasses.replace(steps(Outbox(spill), 3, 0.0), session_id="another")
+        spill.append(0, encode_batch(stray), 3)
+        outbox = Outbox(spill)
+        outbox.start()
+        try:
+            outbox.put_steps(steps(outbox, 3, 1.0))
+            await until(lambda: outbox.unwritten_steps == 0)
+            outbox.set_connected(True)
+            outbox.rewind(0)
+            async with asyncio.timeout(5):
+                out = await outbox.next_batch()
+            assert out.first_seq == 3 and outbox.lost_steps == 3 and outbox.head_lost
+        finally:
+            outbox.close()
+    run(body)
+
+
+def test_check_record_knows_encode_batchs_records_and_decodes_any_other_layout() -> None:
+    import msgpack
+
+    from runtime.errors import SpillError
+    from runtime.spill_io import check_record, encode_batch, record_prefix
+
+    for session, seq in (("s", 0), ("a" * 40, 127), ("é", 128), ("x", 2**32), ("x", 2**53 - 2)):
+        batch = TransitionBatch(session_id=session, first_seq=seq, observations={"p": np.zeros((2, 2), np.float32)},
+                                actions=np.zeros((2, 2), np.float32), agents=np.zeros(2, np.uint8),
+                                timestamps=np.zeros(2), is_first=np.zeros(2, bool), is_last=np.zeros(2, bool))
+        record = encode_batch(batch)
+        assert record.startswith(record_prefix(session, seq))
+        check_record(record, session, seq, 2)
+        reordered = msgpack.packb(dict(reversed(msgpack.unpackb(record, raw=False).items())), use_bin_type=True)
+        assert not reordered.startswith(record_prefix(session, seq))
+        check_record(reordered, session, seq, 2)  # an older writer's field order: decoded, accepted
+        for args in ((session + "!", seq, 2), (session, seq + 1, 2), (session, seq, 3)):
+            with pytest.raises(SpillError):
+                check_record(reordered, *args)
+        for other in ((session + "!", seq), (session, seq + 1)):
+            with pytest.raises(SpillError):
+                check_record(record, *other, 2)
+        with pytest.raises(SpillError):
+            check_record(record[: len(record) // 2] + b"\x00", "other", seq, 2)
