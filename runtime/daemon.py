@@ -42,7 +42,6 @@ import logging
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from hardware.interfaces import Camera, CameraStatus, HardwareError, Robot
@@ -52,11 +51,13 @@ from protocol.messages import AGENTS, Command, Hello, LoopStats, Status
 from protocol.transport import ControlServer, ControlServerConfig, start_zero_copy_collector
 from runtime.clock import Clock
 from protocol.spaces import obs_spec_of
-from runtime.daemon_config import DaemonConfig, clock_settings, observation_spaces, shield_settings
+from runtime.config import RuntimeConfig
+from runtime.daemon_config import (clock_settings, loop_settings, observation_spaces, policy_settings,
+                                    shield_settings)
 from runtime.isolation import collect_young, lower_other_threads, lower_thread_priority, ordinary_priority, settle_gc
 from runtime.learner_link import LearnerLink, LearnerRefused
-from runtime.loop import ControlLoop, LoopConfig
-from runtime.outbox import Outbox, OutboxConfig
+from runtime.loop import ControlLoop
+from runtime.outbox import Outbox
 from runtime.policy_slot import PolicySlot
 from runtime.quarantine import Quarantine
 from runtime.robots import RobotFacts
@@ -83,7 +84,7 @@ class RuntimeDaemon:
     :class:`LearnerLink`'s, the status fields :mod:`runtime.status`'s and the settings
     :mod:`runtime.daemon_config`'s."""
 
-    def __init__(self, config: DaemonConfig, robot: Robot, cameras: list[Camera], facts: RobotFacts) -> None:
+    def __init__(self, config: RuntimeConfig, robot: Robot, cameras: list[Camera], facts: RobotFacts) -> None:
         self.config = config
         self.robot, self.cameras, self.facts = robot, list(cameras), facts
         self.outbox: Outbox | None = None
@@ -97,7 +98,7 @@ class RuntimeDaemon:
         self._finished = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
         self._ticks_since_gc = 0
-        self.quarantine = Quarantine(Path(config.spill_dir) / "quarantine")
+        self.quarantine = Quarantine(config.spill_dir / "quarantine")
         """Batches the learner refused (``runtime.quarantine``)."""
 
     @property
@@ -153,15 +154,16 @@ class RuntimeDaemon:
     # ------------------------------------------------------------------ start-up
     async def _start(self) -> None:
         spill = await asyncio.to_thread(SpillLog.open, SpillConfig(directory=self.config.spill_dir))
-        self.outbox = Outbox(spill, OutboxConfig())
+        self.outbox = Outbox(spill, self.config.outbox)
         self.outbox.start()
         await asyncio.to_thread(self._connect_devices)
-        self.link = LearnerLink(self.config, self.outbox, self.quarantine, hello=self._hello, stats=self._loop_stats)
+        self.link = LearnerLink(self.config.link, self.outbox, self.quarantine, hello=self._hello,
+                                stats=self._loop_stats)
         welcome = await self.link.connect()
         obs_spec = obs_spec_of(self._space)
         with ordinary_priority():  # ~1 s of CPU: not as real-time work (see ordinary_priority)
             self.policy = PolicySlot.for_actor(obs_spec, self.robot.action_spec.shape[0], welcome.net_config,
-                                               self.config.policy)
+                                               policy_settings(self.config))
         self.outbox.rewind(welcome.resume_seq)
         self.loop = self._build_loop()
 
@@ -183,15 +185,11 @@ class RuntimeDaemon:
     def _build_loop(self) -> ControlLoop:
         assert self.outbox is not None and self.policy is not None
         spec = self.robot.action_spec
-        schedule = AgentSchedule(AgentScheduleConfig(switch_every=self.config.switch_every, seed=self.config.seed),
-                                 spec.low_array(), spec.high_array())
+        turns = AgentScheduleConfig(switch_every=self.config.loop.switch_every, seed=self.config.seed)
+        schedule = AgentSchedule(turns, spec.low_array(), spec.high_array())
         limits = shield_settings(self.config, self.robot, self.facts)
         shield = Shield(limits)
-        loop_config = LoopConfig(max_frame_age_s=limits.max_frame_age_s, batch_steps=self.config.batch_steps,
-                                 env_reset_every=self.facts.reset_interval,
-                                 draw_goal_each_turn=self.facts.goal_per_turn,
-                                 prefetch_lead_s=self.config.prefetch_lead_s,
-                                 prefetch_passes=self.config.prefetch_passes, lockstep=self.config.lockstep)
+        loop_config = loop_settings(self.config, limits, self.facts)
         return ControlLoop(robot=self.robot, cameras=self.cameras, policy=self.policy, shield=shield,
                            schedule=schedule, clock=Clock(clock_settings(self.config)), sink=self.outbox,
                            config=loop_config, gate=self._gate)
@@ -199,9 +197,9 @@ class RuntimeDaemon:
     # ------------------------------------------------------------------ running
     async def _serve(self) -> None:
         assert self.link is not None and self.loop is not None and self.policy is not None
-        control = ControlServer(ControlServerConfig(endpoint=self.config.control_bind, role="runtime",
-                                                    keys=server_keys(self.config.keys_dir, "runtime")
-                                                    if self.config.keys_dir else None), self._on_command)
+        control = ControlServer(ControlServerConfig(endpoint=self.config.process.control_bind, role="runtime",
+                                                    keys=server_keys(self.config.link.keys_dir, "runtime")
+                                                    if self.config.link.keys_dir else None), self._on_command)
         self.control = control
         self.control_endpoint = await control.start()
         self._write_endpoints()
@@ -231,20 +229,20 @@ class RuntimeDaemon:
         assert self.loop is not None
         if self.config.isolation.gc_mode == "manual":
             self._ticks_since_gc += 1
-            if self._ticks_since_gc >= self.config.gc_every_ticks:
+            if self._ticks_since_gc >= self.config.isolation.gc_every_ticks:
                 self._ticks_since_gc = 0
                 collect_young()
-        if self.config.max_steps is not None and self.loop.steps >= self.config.max_steps:
+        if self.config.loop.max_steps is not None and self.loop.steps >= self.config.loop.max_steps:
             self._finished.set()
             await asyncio.Event().wait()  # the supervisor cancels the loop
-        if self.config.lockstep:
+        if self.config.loop.lockstep:
             await self._await_learner()
 
     async def _await_learner(self) -> None:
         """Lock-step: returns once the learner has trained through ``next step − lag`` (so the
         loop never runs more than ``lag`` steps ahead of it) and no weights blob is being verified."""
         assert self.loop is not None and self.link is not None
-        await self.link.await_learner(self.loop.next_step_seq - self.config.lag)
+        await self.link.await_learner(self.loop.next_step_seq - self.config.loop.lag)
 
     async def _supervise(self, loop_task: asyncio.Task[None]) -> None:
         """Waits for a stop signal or ``--max-steps``; logs a status line meanwhile."""
@@ -253,7 +251,7 @@ class RuntimeDaemon:
         try:
             while not any(f.done() for f in ends):
                 # wakes for the first of: a stop, --max-steps, the loop ending, or the next log line
-                await asyncio.wait(ends, timeout=self.config.status_log_interval_s,
+                await asyncio.wait(ends, timeout=self.config.process.status_log_interval_s,
                                    return_when=asyncio.FIRST_COMPLETED)
                 if not any(f.done() for f in ends):
                     logger.info("runtime: %s", status_line(self._status_detail()))
@@ -315,8 +313,8 @@ class RuntimeDaemon:
         return status_detail(self.loop, self.outbox, self.policy, self.link, self.control, self.quarantine)
 
     def _write_endpoints(self) -> None:
-        path = Path(self.config.spill_dir) / "endpoints.json"
-        write_json_atomic(path, {"control": self.control_endpoint, "learner": self.config.learner, "pid": os.getpid()})
+        path = self.config.spill_dir / "endpoints.json"
+        write_json_atomic(path, {"control": self.control_endpoint, "learner": self.config.link.learner, "pid": os.getpid()})
         logger.info("runtime: control server at %s (written to %s)", self.control_endpoint, path)
 
     # ------------------------------------------------------------------ shutdown

@@ -27,14 +27,18 @@ class IsolationConfig:
 
     cpu: int | None = None
     """Pin the process (and the threads it starts later) to this CPU; None: no pinning."""
-    priority: str = "nice"
+    priority: str = "fifo"
     """``none``; ``nice`` (raise priority with ``os.nice(-10)``); ``fifo`` (``SCHED_FIFO``,
-    falling back to ``nice``). Needs privileges; without them it is logged and skipped."""
+    falling back to ``nice``). Needs privileges; without them it is logged and skipped.
+    Measured on 2 cores with a learner training: fifo gives 0 overruns at 10 and 50 Hz where
+    nice gives hundreds."""
     fifo_priority: int = 10
     """SCHED_FIFO priority when ``priority == "fifo"``."""
     gc_mode: str = "freeze"
     """``default``; ``freeze`` (``gc.freeze()`` after start-up, so collections skip the start-up
     heap); ``manual`` (freeze, ``gc.disable()``, and :func:`collect_young` between ticks)."""
+    gc_every_ticks: int = 50
+    """``gc_mode == "manual"``: collect generation 0 after every this many ticks."""
     torch_threads: int = 1
     """Intra-op threads for inference (one: no pool wake-ups on the tick)."""
     cpu_latency_us: int | None = 0
@@ -69,6 +73,8 @@ class IsolationConfig:
             raise ValueError(f"fifo_priority: must be in [1, 99], got {self.fifo_priority}")
         if self.gc_mode not in GC_MODES:
             raise ValueError(f"gc_mode: must be one of {GC_MODES}, got {self.gc_mode!r}")
+        if self.gc_every_ticks < 1:
+            raise ValueError(f"gc_every_ticks: must be positive, got {self.gc_every_ticks}")
         if self.torch_threads < 1:
             raise ValueError(f"torch_threads: must be positive, got {self.torch_threads}")
         if self.cpu_latency_us is not None and not 0 <= self.cpu_latency_us <= 2_000_000_000:

@@ -24,7 +24,7 @@ from protocol.transport import (
     BATCH_REFUSED, ConnectionState, HandshakeRefused, UplinkClient, UplinkClientConfig, WeightsSubscriber,
     WeightsSubscriberConfig, weights_limits,
 )
-from runtime.daemon_config import DaemonConfig
+from runtime.config import LinkConfig
 from runtime.errors import RuntimeFault
 from runtime.outbox import Outbox
 from runtime.policy_slot import PolicySlot
@@ -62,7 +62,7 @@ def reachable_endpoint(advertised: str, learner: str) -> str:
 class LearnerLink:
     """See the module docstring. Built once the outbox is open; :meth:`connect` first."""
 
-    def __init__(self, config: DaemonConfig, outbox: Outbox, quarantine: Quarantine, *,
+    def __init__(self, config: LinkConfig, outbox: Outbox, quarantine: Quarantine, *,
                  hello: Callable[[], Hello], stats: Callable[[], LoopStats | None]) -> None:
         self.config, self.outbox, self.quarantine = config, outbox, quarantine
         keys = client_keys(config.keys_dir) if config.keys_dir else None

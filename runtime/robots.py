@@ -84,6 +84,58 @@ RESET_SCHEDULES = ("paper", "earl")
 """``--reset-schedule`` values: ``paper`` (the task's ``reset_interval``, the default) or
 ``earl`` (its ``earl_reset_interval``)."""
 
+OBS_MODES = ("state", "pixels")
+"""``--obs`` values: a simulated robot's observation mode."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RobotConfig:
+    """Which robot the runtime drives and how it is set up: the ``[robot]`` table of the runtime's
+    config (``runtime.config``). What the robot *is* (its scale, its limits) is not configured:
+    its kind declares it (:class:`RobotFacts`)."""
+
+    spec: str = "sim:tabletop"
+    """``sim:TASK`` (tabletop, door, peg, cube) or ``franka``: a kind of :data:`runtime.robot_kinds.ROBOTS`
+    (checked against it at start-up)."""
+    obs: str = RobotSetup.obs
+    """Simulated robot: ``state`` or ``pixels``."""
+    task: str | None = None
+    """Task name sent to the learner (a real robot; a simulated one's is its ``spec``'s)."""
+    franka_host: str = RobotSetup.franka_host
+    """Franka: the control box's address."""
+    cameras: tuple[str, ...] = ()
+    """Franka: one ``NAME=SERIAL`` per RealSense camera."""
+    reset_every: int | None = None
+    """Simulated robot: recorded steps between environment resets, over ``reset_schedule``
+    (0: never; None: the schedule's). A real robot is never reset."""
+    reset_schedule: str | None = None
+    """Simulated robot: the task's reset schedule when ``reset_every`` is None: ``paper`` (None
+    means it: every 10,000 steps for tabletop, door and peg, as MEDAL++; cube never) or ``earl``
+    (EARL's own: door and tabletop 200,000, peg 100,000)."""
+
+    def __post_init__(self) -> None:
+        if not self.spec:
+            raise ValueError("spec: must name a robot ('sim:TASK' or 'franka')")
+        if self.obs not in OBS_MODES:
+            raise ValueError(f"obs: must be one of {OBS_MODES}, got {self.obs!r}")
+        try:
+            parse_cameras(list(self.cameras))
+        except RobotSpecError as e:
+            raise ValueError(f"cameras: {e}") from e
+        if self.reset_schedule is not None and self.reset_schedule not in RESET_SCHEDULES:
+            raise ValueError(f"reset_schedule: must be one of {RESET_SCHEDULES} or None, got {self.reset_schedule!r}")
+        if self.reset_every is not None and self.reset_schedule is not None:
+            raise RobotSpecError("reset_every: give reset_every (--reset-every) or reset_schedule "
+                                 "(--reset-schedule), not both")
+        if self.reset_every is not None and self.reset_every < 0:
+            raise RobotSpecError(f"reset_every: must be >= 0 (0: never), got {self.reset_every}")
+
+    def setup(self, *, hz: float, seed: int | None, lockstep: bool) -> RobotSetup:
+        """Returns what the robot kind's ``build`` needs, with the loop's rate and pacing and the
+        run's seed."""
+        return RobotSetup(hz=float(hz), obs=self.obs, seed=seed, lockstep=lockstep, franka_host=self.franka_host,
+                          cameras=tuple(parse_cameras(list(self.cameras))))
+
 Builder = Callable[[str | None, RobotSetup], tuple[Robot, list[Camera]]]
 """``(task, setup) -> (robot, cameras)``: builds, does not connect."""
 FactsOf = Callable[[str | None, Robot, str | None, str], RobotFacts]

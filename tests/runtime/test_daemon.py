@@ -21,7 +21,7 @@ from protocol.transport import (ControlClient, ControlClientConfig, UplinkServer
                                 WeightsPublisher, WeightsPublisherConfig)
 from runtime.isolation import IsolationConfig
 from runtime.daemon import EXIT_OK, EXIT_REFUSED, RuntimeDaemon
-from runtime.daemon_config import DaemonConfig
+from runtime.config import LinkConfig, LoopSettings, ProcessConfig, RuntimeConfig
 from runtime.robots import RobotFacts
 from tests.runtime.fakes import ACTION_DIM, FakeRobot
 
@@ -117,12 +117,18 @@ class ScriptedLearner:
 OBS_SPEC = {"proprio": ((4,), "float32")}
 
 
-def make_daemon(tmp_path: Path, learner: str, robot: FakeRobot, **overrides) -> RuntimeDaemon:
-    cfg = dict(robot="sim:fake", learner=learner, spill_dir=tmp_path / "spill", control_bind="tcp://127.0.0.1:0",
-               hz=50.0, batch_steps=8, hello_timeout_s=1.0, connect_retry_s=0.2, peer_timeout_s=1.5,
-               ack_wait_s=5.0, isolation=IsolationConfig(priority="none", gc_mode="freeze"))
-    cfg.update(overrides)
-    return RuntimeDaemon(DaemonConfig(**cfg), robot, [], FACTS)
+def loopback_config(tmp_path: Path, learner: str, **loop) -> RuntimeConfig:
+    """The tests' runtime config: loopback on random ports, short timeouts, no real-time levers;
+    ``loop`` sets ``[loop]`` keys (50 Hz and batches of 8 unless given)."""
+    return RuntimeConfig(process=ProcessConfig(spill_dir=tmp_path / "spill", control_bind="tcp://127.0.0.1:0"),
+                         link=LinkConfig(learner=learner, hello_timeout_s=1.0, connect_retry_s=0.2, peer_timeout_s=1.5,
+                                         ack_wait_s=5.0),
+                         loop=LoopSettings(**{"hz": 50.0, "batch_steps": 8, **loop}),
+                         isolation=IsolationConfig(priority="none", gc_mode="freeze"))
+
+
+def make_daemon(tmp_path: Path, learner: str, robot: FakeRobot, **loop) -> RuntimeDaemon:
+    return RuntimeDaemon(loopback_config(tmp_path, learner, **loop), robot, [], FACTS)
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -306,8 +312,8 @@ def test_shield_times_out_sensors_except_for_a_simulated_robot_in_lockstep(tmp_p
     from runtime.robots import LOCKSTEP_SENSOR_AGE_S
 
     robot = FakeRobot()
-    realtime = DaemonConfig(robot="sim:fake", spill_dir=tmp_path, hz=50.0)
-    lockstep = dataclasses.replace(realtime, lockstep=True)
+    realtime = RuntimeConfig(loop=LoopSettings(hz=50.0))
+    lockstep = realtime.with_overrides(["loop.lockstep=true"])
     own = shield_settings(realtime, robot, FACTS)
     assert own.hold_on_deadline_miss and own.max_state_age_s < 0.2 and own.max_frame_age_s < 0.2
     relaxed = shield_settings(lockstep, robot, FACTS)
@@ -371,11 +377,9 @@ def test_lockstep_runs_at_most_lag_steps_ahead_of_trained_through(tmp_path: Path
     async def body() -> None:
         learner = TrainingLearner(step_s=0.01)  # 10 ms a step; the loop ticks at 500 Hz (2 ms)
         endpoint = await learner.start()
-        cfg = dict(robot="sim:fake", learner=endpoint, spill_dir=tmp_path / "spill", control_bind="tcp://127.0.0.1:0",
-                   hz=500.0, batch_steps=8, lockstep=True, lockstep_lag=lag, max_steps=96, hello_timeout_s=1.0,
-                   connect_retry_s=0.2, peer_timeout_s=1.5, ack_wait_s=5.0,
-                   isolation=IsolationConfig(priority="none", gc_mode="freeze"))
-        daemon = Recording(DaemonConfig(**cfg), FrozenRobot(), [], FACTS)
+        config = loopback_config(tmp_path, endpoint, hz=500.0, batch_steps=8, lockstep=True, lockstep_lag=lag,
+                             max_steps=96)
+        daemon = Recording(config, FrozenRobot(), [], FACTS)
         async with asyncio.TaskGroup() as tg:
             learner_task = tg.create_task(learner.run())
             code = await daemon.run()
@@ -383,7 +387,7 @@ def test_lockstep_runs_at_most_lag_steps_ahead_of_trained_through(tmp_path: Path
         assert code == EXIT_OK
         assert learner.received == {seq: 1 for seq in range(96)}
         limit = 16 if lag is None else lag  # default: two batches of 8
-        assert daemon.config.lag == limit
+        assert daemon.config.loop.lag == limit
         assert max(daemon.leads) <= limit, max(daemon.leads)
         assert max(daemon.leads) == limit  # it ran ahead as far as allowed while the learner trained
 
@@ -393,11 +397,13 @@ def test_lockstep_runs_at_most_lag_steps_ahead_of_trained_through(tmp_path: Path
 def test_lockstep_lag_defaults_to_two_batches_and_is_at_least_one() -> None:
     from runtime.daemon_config import LOCKSTEP_LAG_BATCHES, clock_settings
 
-    config = DaemonConfig(robot="sim:fake", spill_dir=Path("/nonexistent"), batch_steps=16, lockstep=True)
-    assert LOCKSTEP_LAG_BATCHES == 2 and config.lag == 32
-    assert dataclasses.replace(config, lockstep_lag=16).lag == 16
+    config = RuntimeConfig(loop=LoopSettings(batch_steps=16, lockstep=True))
+    assert LOCKSTEP_LAG_BATCHES == 2 and config.loop.lag == 32
+    assert dataclasses.replace(config.loop, lockstep_lag=16).lag == 16
     with pytest.raises(ValueError, match="lockstep_lag"):
-        DaemonConfig(robot="sim:fake", spill_dir=Path("/nonexistent"), batch_steps=16, lockstep_lag=15)
+        LoopSettings(batch_steps=16, lockstep_lag=15)
+    with pytest.raises(ValueError, match="loop.lockstep_lag"):  # named by its key when set in a layer
+        config.with_overrides(["loop.lockstep_lag=15"])
     # lock-step waits on the learner, not on sub-ms tick precision: the clock sleeps, never spins
-    assert clock_settings(config).spin_margin_s == 0.0 and clock_settings(config).rate_hz == config.hz
-    assert clock_settings(dataclasses.replace(config, lockstep=False)).spin_margin_s > 0
+    assert clock_settings(config).spin_margin_s == 0.0 and clock_settings(config).rate_hz == config.loop.hz
+    assert clock_settings(config.with_overrides(["loop.lockstep=false"])).spin_margin_s > 0

@@ -113,14 +113,14 @@ def test_the_kernel_holds_the_requested_wake_up_latency() -> None:
 
 
 def test_the_cli_takes_a_latency_or_off() -> None:
-    from runtime.__main__ import daemon_config, parse_args
+    from runtime.__main__ import runtime_config
 
     base = ["--robot", "sim:cube", "--learner", "tcp://127.0.0.1:1"]
-    assert daemon_config(parse_args(base)).isolation.cpu_latency_us == 0
-    assert daemon_config(parse_args(base + ["--cpu-latency-us", "off"])).isolation.cpu_latency_us is None
-    assert daemon_config(parse_args(base + ["--cpu-latency-us", "50"])).isolation.cpu_latency_us == 50
+    assert runtime_config(base).isolation.cpu_latency_us == 0
+    assert runtime_config(base + ["--cpu-latency-us", "off"]).isolation.cpu_latency_us is None
+    assert runtime_config(base + ["--cpu-latency-us", "50"]).isolation.cpu_latency_us == 50
     with pytest.raises(SystemExit):
-        parse_args(base + ["--cpu-latency-us", "-3"])
+        runtime_config(base + ["--cpu-latency-us", "-3"])
 
 
 def test_keep_heap_stops_malloc_from_unmapping_freed_blocks() -> None:

@@ -8,7 +8,6 @@ import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -315,6 +314,7 @@ def test_the_record_written_is_the_message_sent_and_a_spilled_one_goes_as_read(t
     from protocol.messages import Hello, messages_equal
     from protocol.spaces import ArraySpec
     from protocol.transport import UplinkServer, UplinkServerConfig
+    from runtime.config import LinkConfig
     from runtime.learner_link import LearnerLink
     from runtime.quarantine import Quarantine
     from tests.protocol.test_transport import learner_loop
@@ -327,9 +327,8 @@ def test_the_record_written_is_the_message_sent_and_a_spilled_one_goes_as_read(t
         spec = ArraySpec(dtype="float32", shape=(2,))
         hello = Hello(session_id=outbox.session_id, robot="sim", task="t", observation_space={"proprio": spec},
                       action_space=spec, config_hash="h", next_seq=0, oldest_seq=0)
-        link_config = SimpleNamespace(learner=endpoint, keys_dir=None, hello_timeout_s=5.0, peer_timeout_s=5.0,
-                                      connect_retry_s=0.1)  # the settings LearnerLink reads
-        link = LearnerLink(link_config, outbox, Quarantine(tmp_path / "quarantine"),  # type: ignore[arg-type]
+        link_config = LinkConfig(learner=endpoint, connect_retry_s=0.1)
+        link = LearnerLink(link_config, outbox, Quarantine(tmp_path / "quarantine"),
                            hello=lambda: hello, stats=lambda: None)
         sent_frames: list[list[object]] = []
         send_encoded = link.client.send_encoded

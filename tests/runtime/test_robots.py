@@ -14,7 +14,7 @@ import pytest
 from hardware.franka import FrankaConfig, FrankaRobot
 from hardware.interfaces import ArraySpec
 from hardware.interfaces import Camera, Robot
-from runtime.__main__ import build_parser, check_reset_flags, main, parse_args, resolve_facts
+from runtime.__main__ import build_parser, check_reset_flags, main, resolve_facts, runtime_config
 from runtime.robot_kinds import ROBOTS
 from runtime.robots import RobotFacts, RobotKind, RobotKinds, RobotSetup, RobotSpecError, shield_config
 from tests.runtime.fakes import FakeRobot
@@ -64,10 +64,10 @@ def test_shield_config_gripper_rule_and_rate_limits() -> None:
 
 def test_reset_flags_apply_to_simulated_robots_only() -> None:
     with pytest.raises(RobotSpecError, match="simulated"):
-        check_reset_flags(parse_args(["--robot", "franka", "--reset-schedule", "earl"]))
+        check_reset_flags(runtime_config(["--robot", "franka", "--reset-schedule", "earl"]))
     with pytest.raises(RobotSpecError, match="simulated"):
-        check_reset_flags(parse_args(["--robot", "franka", "--reset-every", "100"]))
-    args = parse_args(["--robot", "franka", "--camera", "wrist=1"])
+        check_reset_flags(runtime_config(["--robot", "franka", "--reset-every", "100"]))
+    args = runtime_config(["--robot", "franka", "--camera", "wrist=1"])
     check_reset_flags(args)
     robot = FrankaRobot(FrankaConfig(hostname="franka.local"))
     facts, source = resolve_facts(args, robot)

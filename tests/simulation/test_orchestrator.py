@@ -147,9 +147,9 @@ def test_commands_follow_the_contract(tmp_path: Path) -> None:
         assert runtime[runtime.index(flag) + 1] == value
     assert "--lockstep" in runtime and runtime[runtime.index("--spill-dir") + 1].endswith("robot2")
     assert runtime[runtime.index("--reset-every") + 1] == "10000"  # the paper's schedule, always explicit
-    from runtime.__main__ import daemon_config, parse_args
+    from runtime.__main__ import runtime_config
 
-    config = daemon_config(parse_args(runtime[3:]))  # the real runtime takes every flag
+    config = runtime_config(runtime[3:])  # the real runtime takes every flag
     assert config.isolation.priority == "none" and config.isolation.cpu_latency_us is None  # lock-step: no RT levers
     tabletop = runtime_command(dataclasses.replace(spec, task="tabletop"), 0, "tcp://127.0.0.1:4000",
                                max_steps=50, switch_every=200)

@@ -3,12 +3,12 @@ EARL's own one flag away, ``--reset-every N`` over both, and the run directory s
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pytest
 
+from runtime.config import RuntimeConfig
 from simulation.app.__main__ import build_parser, reset_text, spec_from_args
 from simulation.app.orchestrator import RunSpec, resumed_spec
 from simulation.app.practice import PracticeConfig
@@ -117,10 +117,10 @@ def test_resetfree_sim_flags(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- resetfree-runtime
-def _runtime_args(*argv: str) -> argparse.Namespace:
-    from runtime.__main__ import parse_args
+def _runtime_args(*argv: str) -> RuntimeConfig:
+    from runtime.__main__ import runtime_config
 
-    return parse_args(["--robot", "sim:door", *argv])
+    return runtime_config(["--robot", "sim:door", *argv])
 
 
 @pytest.mark.parametrize("argv, interval, source", [
@@ -132,7 +132,7 @@ def test_runtime_flags_pick_the_interval(argv: tuple[str, ...], interval: int | 
     from runtime.robot_kinds import ROBOTS
 
     args = _runtime_args(*argv)
-    robot, _ = ROBOTS.build(args.robot, robot_setup(args))  # built, not connected
+    robot, _ = ROBOTS.build(args.robot.spec, robot_setup(args))  # built, not connected
     facts, where = resolve_facts(args, robot)
     assert (facts.reset_interval, where) == (interval, source)
     assert facts.position_scale == 0.01  # the door's declared move_scale
