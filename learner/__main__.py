@@ -60,10 +60,11 @@ def resolve_config(args: argparse.Namespace) -> tuple[LearnerConfig, Path]:
     if run_dir is None:
         run_dir = Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     saved = Path(run_dir) / "config.json"
+    # profile (or the resumed run's config) -> file -> the flags below -> --set, applied last
     if args.resume is not None and saved.is_file() and args.profile is None and args.config is None:
-        cfg = LearnerConfig.from_dict(json.loads(saved.read_text())["config"]).with_overrides(args.overrides)
+        cfg = LearnerConfig.from_dict(json.loads(saved.read_text())["config"])
     else:
-        cfg = config_from_args(args)
+        cfg = config_from_args(argparse.Namespace(**{**vars(args), "overrides": []}))
     sets = [f"service.run_dir={json.dumps(str(run_dir))}"]
     for flag, key in (("bind", "uplink"), ("weights_bind", "weights"), ("control_bind", "control"),
                       ("mode", "mode"), ("device", "device")):
@@ -75,7 +76,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[LearnerConfig, Path]:
         sets.append(f"service.cpus={json.dumps(list(parse_cpus(args.cpus)))}")
     if args.seed is not None:
         sets.append(f"seed={args.seed}")
-    return cfg.with_overrides(sets), Path(run_dir)
+    return cfg.with_overrides([*sets, *args.overrides]), Path(run_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

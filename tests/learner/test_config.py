@@ -120,6 +120,18 @@ def test_learner_cpus_from_the_command_line_and_validated(tmp_path):
         profile("sim").with_overrides(["service.cpus=[-1]"])
 
 
+def test_learner_set_is_applied_after_the_flags(tmp_path):
+    # --help: "--set ... applied last"; a flag sets its key unless --set names the same key
+    from learner.__main__ import build_parser
+    from learner.__main__ import resolve_config as resolve_learner_config
+
+    argv = ["--demos", str(tmp_path), "--run-dir", str(tmp_path), "--seed", "1", "--threads", "2"]
+    cfg, _ = resolve_learner_config(build_parser().parse_args(argv))
+    assert cfg.seed == 1 and cfg.service.torch_threads == 2
+    cfg, _ = resolve_learner_config(build_parser().parse_args([*argv, "--set", "seed=5"]))
+    assert cfg.seed == 5 and cfg.service.torch_threads == 2
+
+
 def test_cpu_lists_parse_or_name_the_bad_list():
     from learner.placement import parse_cpus
 
