@@ -16,23 +16,18 @@ import dataclasses
 import hashlib
 import json
 import logging
-import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - 3.10
-    import tomli as tomllib
-
 from learner.agent import AgentConfig
 from learner.discriminators import DiscriminatorConfig
 from learner.networks import NetworkConfig
 from learner.replay import ReplayConfig
 from learner.schedule import ScheduleConfig
+from protocol.config_layers import load_toml, override_layer
 from protocol.session import DEFAULT_SWITCH_INTERVAL, SessionSettings
 from protocol.tensors import WIRE_DTYPES
 
@@ -215,31 +210,13 @@ class LearnerConfig:
 
         Raises ValueError on unknown keys or bad values, OSError when unreadable.
         """
-        with open(path, "rb") as f:
-            try:
-                data = tomllib.load(f)
-            except tomllib.TOMLDecodeError as e:
-                raise ValueError(f"{path}: invalid TOML: {e}") from e
-        return cls.from_dict(data, base=base)
+        return cls.from_dict(load_toml(path), base=base)
 
     def with_overrides(self, overrides: Sequence[str]) -> LearnerConfig:
         """Returns a copy with ``section.field=value`` overrides applied (values in TOML syntax,
-        bare words taken as strings). Raises ValueError naming a malformed or unknown key."""
-        patch: dict[str, Any] = {}
-        for item in overrides:
-            key, sep, raw = item.partition("=")
-            key = key.strip()
-            if not sep or not key:
-                raise ValueError(f"override {item!r} is not KEY=VALUE")
-            value = _parse_value(raw.strip())
-            parts = key.split(".")
-            if len(parts) == 1 and key in ("profile", "seed"):
-                patch[key] = value
-            elif len(parts) == 2 and parts[0] in SECTIONS:
-                patch.setdefault(parts[0], {})[parts[1]] = value
-            else:
-                raise ValueError(f"unknown config key {key!r}")
-        return LearnerConfig.from_dict(patch, base=self)
+        bare words taken as strings; ``protocol.config_layers.override_layer``). Raises
+        ValueError naming a malformed or unknown key."""
+        return LearnerConfig.from_dict(override_layer(overrides, self), base=self)
 
     def session_settings(self) -> SessionSettings:
         """Returns the runtime-shared settings in the wire's form (``protocol.session``)."""
@@ -315,14 +292,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return [_jsonable(v) for v in value]
     return value
-
-
-def _parse_value(raw: str) -> Any:
-    """TOML literal (``1e-4``, ``true``, ``["wrist"]``, ``"x"``); a bare word is a string."""
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
 
 
 def _replace_section(name: str, cls: type, current: Any, patch: Mapping[str, Any]) -> Any:

@@ -17,7 +17,8 @@ Unknown keys and bad values raise ValueError naming the key (``loop.hz``); a sec
 ValueError subclass is kept.
 
 The runtime's config (``runtime.config``) is built this way; the learner's (``learner.config``)
-follows the same rules with helpers of its own.
+reads its files and ``--set`` overrides with :func:`load_toml` and :func:`override_layer` and
+coerces values with helpers of its own.
 """
 
 from __future__ import annotations
