@@ -205,7 +205,7 @@ class Admission:
         for pos, batch in journal.records_from(journal.start):
             sid = batch.session_id
             if sid in ends and batch.first_seq != ends[sid]:
-                self._streams.pop(sid)  # a hole the gap rule skipped: start a new stream
+                self._streams.pop(sid, None)  # a hole the gap rule skipped: start a new stream
             ends[sid] = batch.end_seq
             why = batch_value_error(batch)
             if why:  # a journal written before ingest checked values: its bad records stay out of training

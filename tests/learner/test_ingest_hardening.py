@@ -239,3 +239,37 @@ def test_an_old_journals_bad_records_are_skipped_at_start_up(tmp_path: Path, dem
     d = asyncio.run(scenario())
     assert d["journal_refused_steps"] == 8 and d["skipped_nonfinite"] == 0
     assert d["env_steps"] == 24  # 8 + 8 replayed, 8 new
+
+
+def test_an_old_journals_bad_record_followed_by_a_hole_is_skipped_at_start_up(tmp_path: Path, demos) -> None:
+    """A bad record, then a seq hole in the same session (the gap rule skipped it when the
+    journal was written): start-up skips the bad record and starts a new stream after the hole
+    instead of failing on a stream the bad record already closed."""
+    journal = IngestJournal.open(JournalConfig(directory=tmp_path / "run" / "journal", retention_steps=1 << 40))
+    try:
+        for position, batch in ((0, make_batch("s1", 0, 8)), (8, poisoned("nan_action", "s1", 8)),
+                                (16, make_batch("s1", 24, 8))):
+            journal.append(position, batch)
+    finally:
+        journal.close()
+
+    async def scenario() -> dict:
+        service = LearnerService(tiny_config(), demos, run_dir=tmp_path / "run", resume=True)
+        task = await started(service)
+        ctx = zmq.asyncio.Context()
+        try:
+            rt = Runtime(ctx, service.endpoints["uplink"])
+            welcome = await rt.hello(make_hello("s1", next_seq=32, oldest_seq=32))
+            assert welcome.accepted and welcome.resume_seq == 32, welcome
+            rt.send(make_batch("s1", 32, 8))
+            await rt.ack_at_least(40, trained=40)
+            detail = (await status(service)).detail
+            rt.close()
+        finally:
+            await stop(service, task)
+            ctx.destroy(linger=0)
+        return detail
+
+    d = asyncio.run(scenario())
+    assert d["journal_refused_steps"] == 8
+    assert d["env_steps"] == 24  # the two good records either side of the hole, replayed, and 8 new
