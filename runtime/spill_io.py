@@ -226,7 +226,12 @@ class SpillIO(Generic[EntryT]):
         if batch is None:  # cannot happen: a batch is only dropped after it is written
             logger.error("outbox: batch %d has no payload to write", entry.first_seq)
             return
-        record = encode_batch(batch)
+        try:
+            record = encode_batch(batch)
+        except ProtocolError as e:  # cannot happen for a validated batch; never end the writer thread
+            self._call_loop(self._on_written, entry, None,
+                            SpillError(f"batch at seq {entry.first_seq} cannot be encoded: {e}"))
+            return
         try:
             self.spill.append(entry.first_seq, record, entry.count)
         except SpillError as e:

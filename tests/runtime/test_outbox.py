@@ -171,6 +171,36 @@ def test_restart_resends_spilled_batches_and_continues_numbering(tmp_path: Path)
     assert SpillLog.open(SpillConfig(directory=tmp_path)).session_id == session
 
 
+def test_an_unencodable_batch_stops_recording_and_the_writer_lives(tmp_path: Path, monkeypatch) -> None:
+    import runtime.spill_io
+    from protocol.errors import ProtocolError
+
+    real = runtime.spill_io.encode_batch
+    calls = {"n": 0}
+
+    def encode_once_bad(batch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ProtocolError("unencodable (injected)")
+        return real(batch)
+
+    monkeypatch.setattr(runtime.spill_io, "encode_batch", encode_once_bad)
+
+    async def body() -> None:
+        outbox = open_outbox(tmp_path)
+        outbox.start()
+        try:
+            outbox.put_steps(steps(outbox, 3, 0.0))
+            outbox.put_steps(steps(outbox, 3, 1.0))  # its encode fails
+            await until(lambda: not outbox.accepting)  # recording stops, the batch stays in memory
+            assert outbox.unwritten_steps == 3 and outbox.written_batches == 1
+            await asyncio.sleep(0.1)
+            assert outbox._disk._writer.is_alive()  # the writer thread survived the failed encode
+        finally:
+            outbox.close()
+    run(body)
+
+
 def test_spill_full_stops_accepting_without_losing_the_batch(tmp_path: Path) -> None:
     async def body() -> None:
         spill = SpillLog.open(SpillConfig(directory=tmp_path, segment_bytes=500, max_bytes=1000))
