@@ -16,8 +16,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from learner.discriminators import DiscriminatorConfig
 from learner.networks import NetworkConfig
 from learner.replay import ReplayConfig
 from learner.schedule import ScheduleConfig
-from protocol.config_layers import load_toml, override_layer
+from protocol.config_layers import load_toml, overlay, override_layer
 from protocol.session import DEFAULT_SWITCH_INTERVAL, SessionSettings
 from protocol.tensors import WIRE_DTYPES
 
@@ -190,19 +188,9 @@ class LearnerConfig:
 
         Sections may be partial. Raises ValueError naming an unknown key or a bad value.
         """
-        unknown = sorted(set(data) - {"profile", "seed", *SECTIONS})
-        if unknown:
-            raise ValueError(f"unknown config key(s): {unknown}")
         if base is None or ("profile" in data and data["profile"] != base.profile):
             base = profile(str(data.get("profile", base.profile if base else "sim")))
-        kwargs: dict[str, Any] = {"profile": base.profile, "seed": data.get("seed", base.seed)}
-        for name, section_cls in SECTIONS.items():
-            current = getattr(base, name)
-            patch = data.get(name, {})
-            if not isinstance(patch, Mapping):
-                raise ValueError(f"config section {name!r} must be a table, got {type(patch).__name__}")
-            kwargs[name] = _replace_section(name, section_cls, current, patch)
-        return cls(**kwargs)
+        return overlay(base, {k: v for k, v in data.items() if k != "profile"})
 
     @classmethod
     def from_toml(cls, path: str | Path, *, base: LearnerConfig | None = None) -> LearnerConfig:
@@ -294,37 +282,3 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _replace_section(name: str, cls: type, current: Any, patch: Mapping[str, Any]) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(patch) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown config key(s) in [{name}]: {[f'{name}.{k}' for k in unknown]}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {k: _coerce(f"{name}.{k}", hints[k], v) for k, v in patch.items()}
-    try:
-        return dataclasses.replace(current, **kwargs)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"[{name}]: {e}") from e
-
-
-def _coerce(key: str, hint: Any, value: Any) -> Any:
-    """Converts TOML values to the field's type: lists → tuples, ints → floats, "none" → None."""
-    args = typing.get_args(hint)
-    origin = typing.get_origin(hint)
-    optional = origin in (typing.Union, types.UnionType) and type(None) in args
-    if optional and (value is None or (isinstance(value, str) and value.lower() == "none")):
-        return None
-    inner = [a for a in args if a is not type(None)] if optional else [hint]
-    target = inner[0] if len(inner) == 1 else hint
-    t_origin = typing.get_origin(target)
-    if t_origin is tuple or target is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{key} must be a list, got {value!r}")
-        return tuple(value)
-    if target is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if target in (int, float, bool, str) and not isinstance(value, target):
-        raise ValueError(f"{key} must be {target.__name__}, got {value!r}")
-    if target is int and isinstance(value, bool):
-        raise ValueError(f"{key} must be int, got {value!r}")
-    return value
