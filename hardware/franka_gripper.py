@@ -84,7 +84,7 @@ class GripperWorker:
         while True:
             with self._cond:
                 while self._pending is None and not self._closing:
-                    self._cond.wait(timeout=0.5)
+                    self._cond.wait()  # submit() and close() notify
                 if self._closing:
                     return
                 close, self._pending = self._pending, None

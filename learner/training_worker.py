@@ -67,7 +67,8 @@ class TrainingWorker:
         self.metrics = metrics
         self._trained_cb, self._ended_cb = trained, ended
         self._publication = Publication(trainer, cfg, publish)
-        self._inbox: queue.Queue[WorkItem] = queue.Queue()
+        self._inbox: queue.Queue[WorkItem | None] = queue.Queue()
+        """Committed batches; None wakes a waiting thread to re-read ``_stop``/``_paused``."""
         self._stop = threading.Event()
         self._paused = threading.Event()
         self._lock = threading.Lock()
@@ -96,6 +97,7 @@ class TrainingWorker:
     def pause(self, paused: bool) -> None:
         """Stops (True) or restarts (False) updates; ingest continues. Thread-safe."""
         (self._paused.set if paused else self._paused.clear)()
+        self._inbox.put(None)  # wake the thread if it waits for data
 
     @property
     def paused(self) -> bool:
@@ -110,6 +112,7 @@ class TrainingWorker:
         """Stops the thread after ingesting what is queued and writing a checkpoint; blocks
         up to ``timeout`` s. Raises ServiceError when the thread does not end in time."""
         self._stop.set()
+        self._inbox.put(None)  # wake the thread if it waits for data
         if self._thread.is_alive():
             self._thread.join(timeout)
             if self._thread.is_alive():
@@ -179,7 +182,7 @@ class TrainingWorker:
 
     def _drain(self, *, block: bool) -> None:
         try:
-            item = self._inbox.get(timeout=0.05) if block else self._inbox.get_nowait()
+            item = self._inbox.get() if block else self._inbox.get_nowait()
         except queue.Empty:
             return
         items = [item]
@@ -189,7 +192,8 @@ class TrainingWorker:
             except queue.Empty:
                 break
         for it in items:
-            self.ingest(it)
+            if it is not None:
+                self.ingest(it)
 
     def ingest(self, item: WorkItem) -> None:
         """Feeds one committed batch to the trainer (training thread, or before it starts)."""

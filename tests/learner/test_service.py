@@ -440,6 +440,7 @@ def test_a_training_thread_that_dies_ends_the_service_with_its_error(tmp_path: P
             raise RuntimeError("out of memory (simulated)")
 
         worker._iteration = fail  # type: ignore[method-assign]  # from its next iteration on
+        worker.pause(False)  # a command wakes the thread, which waits for data without a timeout
         with pytest.raises(ServiceError, match=r"training failed: out of memory \(simulated\)"):
             async with asyncio.timeout(20):
                 await task
