@@ -204,6 +204,12 @@ class SimulatedRobot(Robot):
     def last_success(self) -> bool:
         """Whether the task was solved at the newest step."""
 
+    @property
+    @abc.abstractmethod
+    def scene_lost(self) -> bool:
+        """Whether, at the newest step, the scene is where reset-free practice cannot go on
+        without a person (the task's operator rule; always False for a task without one)."""
+
 
 # --------------------------------------------------------------------------- camera
 class CameraStatus(enum.Enum):

@@ -42,6 +42,9 @@ def check_reset_flags(config: RuntimeConfig) -> None:
     if (robot.reset_every is not None or robot.reset_schedule is not None) and not ROBOTS.simulated(robot.spec):
         raise RobotSpecError(f"--reset-every/--reset-schedule (robot.reset_every/reset_schedule) apply to "
                              f"simulated robots; {robot.spec} is never reset")
+    if robot.operator and not ROBOTS.simulated(robot.spec):
+        raise RobotSpecError(f"--operator (robot.operator) emulates a person for a simulated robot; {robot.spec} "
+                             "has a real one")
 
 
 def resolve_facts(config: RuntimeConfig, robot: Robot) -> tuple[RobotFacts, str]:
@@ -52,6 +55,8 @@ def resolve_facts(config: RuntimeConfig, robot: Robot) -> tuple[RobotFacts, str]
     settings = config.robot
     schedule = settings.reset_schedule or "paper"
     facts = ROBOTS.facts(settings.spec, robot, settings.task, reset_schedule=schedule)
+    if settings.operator:
+        facts = dataclasses.replace(facts, operator=True)  # RobotSpecError when the task declares no rule
     if settings.reset_every is not None:
         return dataclasses.replace(facts, reset_interval=settings.reset_every or None), "flag"
     return facts, schedule if ROBOTS.simulated(settings.spec) else "never"
@@ -70,6 +75,9 @@ async def _run(config: RuntimeConfig) -> int:
                     f"{facts.reset_interval} steps" if facts.reset_interval else "never", source)
         if facts.goal_per_turn:
             logger.info("runtime: a new goal at the end of every forward turn (%s has several)", facts.task)
+        if facts.operator:
+            logger.info("runtime: an emulated operator resets the scene when a backward turn ends with %s",
+                        facts.operator_rule)
     daemon = RuntimeDaemon(config, robot, cameras, facts)
     install_signal_handlers(daemon)
     return await daemon.run()

@@ -46,6 +46,7 @@ def loop_settings(config: RuntimeConfig, limits: ShieldConfig, facts: RobotFacts
     loop = config.loop
     return LoopConfig(max_frame_age_s=limits.max_frame_age_s, batch_steps=loop.batch_steps,
                       env_reset_every=facts.reset_interval, draw_goal_each_turn=facts.goal_per_turn,
+                      operator_resets=facts.operator,
                       prefetch_lead_s=loop.prefetch_lead_s, prefetch_passes=loop.prefetch_passes,
                       lockstep=loop.lockstep)
 

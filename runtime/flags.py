@@ -115,6 +115,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--reset-schedule", "robot.reset_schedule", "simulation: the task's reset schedule when --reset-every is "
          "not given: paper (the default: every 10000 steps for tabletop, door and peg, as MEDAL++; cube never) or "
          "earl (EARL's own: door and tabletop 200000, peg 100000)", {"choices": RESET_SCHEDULES}),
+    Flag("--operator", "robot.operator", "simulation: emulate the person who puts the scene back when a backward "
+         "turn ends where practice cannot go on (the task's rule; cube: the cube out of reach), counting each "
+         "intervention", {"action": "store_true"}),
     Flag("--max-steps", "loop.max_steps", "stop cleanly after N steps (waits for acks)", {"type": int}),
     Flag("--ack-wait", "link.ack_wait_s", "--max-steps: seconds to wait for final acks", {"type": float}),
     Flag("--batch-steps", "loop.batch_steps", "steps per uplink batch", {"type": int}),

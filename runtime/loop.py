@@ -59,6 +59,10 @@ class LoopConfig:
     """Simulated multi-goal tasks only: call ``robot.draw_goal()`` when a forward turn ends, as
     MEDAL's loop draws a goal at every switch to the backward agent. The segment ends there, so
     the turn's last step becomes its closing frame (as at a reset)."""
+    operator_resets: bool = False
+    """Simulated robots only: when a backward turn ends and ``robot.scene_lost``, reset the
+    environment as the person watching a reset-free run would, and count it as an intervention
+    (``sim_events.interventions``). The segment ends there, as at a scheduled reset."""
     record: bool = True
     """Record steps to the sink (False: evaluation runs)."""
     prefetch_lead_s: float = 0.010
@@ -132,7 +136,8 @@ class ControlLoop:
         self._builder = BatchBuilder()
         self.sim_events = SimEvents(robot=robot, schedule=schedule, clock=clock, end_segment=self._builder.end_segment,
                                     reset_every=self.config.env_reset_every,
-                                    draw_goal_each_turn=self.config.draw_goal_each_turn)
+                                    draw_goal_each_turn=self.config.draw_goal_each_turn,
+                                    operator_resets=self.config.operator_resets)
         """Environment resets and goal draws between ticks (simulated robots only)."""
         self._paused = False
         self._estopped = False
@@ -226,6 +231,8 @@ class ControlLoop:
                     await self.sim_events.reset_environment(self.steps)
                 if self.sim_events.goal_due():
                     await self.sim_events.draw_goal()
+                if self.sim_events.intervention_due():
+                    await self.sim_events.intervene(self.steps)
                 self._maybe_log_stats()
                 self.lateness.mark()
         finally:

@@ -49,7 +49,7 @@ def _sim_facts(task: str | None, robot: Robot, name: str | None, reset_schedule:
         raise RobotSpecError(f"--robot sim:{task}: {e}") from e
     return RobotFacts(kind="sim", task=str(task), position_scale=float(info.move_scale),
                       reset_interval=info.scheduled_reset_interval(reset_schedule),  # type: ignore[arg-type]
-                      goal_per_turn=len(info.state_goals) > 1)
+                      goal_per_turn=len(info.state_goals) > 1, operator_rule=info.operator_rule)
 
 
 def _build_franka(task: str | None, setup: RobotSetup) -> tuple[Robot, list[Camera]]:

@@ -41,12 +41,20 @@ class RobotFacts:
     goal_per_turn: bool = False
     """Draw a new goal at the end of every forward turn (a simulated task with several goals:
     tabletop; MEDAL's loop)."""
+    operator_rule: str | None = None
+    """Simulated task: when a person must put the scene back, in words (``TaskInfo.operator_rule``);
+    None when the task declares no rule (and for a real robot)."""
+    operator: bool = False
+    """Emulate that person (``RobotConfig.operator``; needs ``operator_rule``)."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.position_scale) and self.position_scale > 0):
             raise ValueError(f"position_scale: must be positive, got {self.position_scale}")
         if self.reset_interval is not None and self.reset_interval < 1:
             raise ValueError(f"reset_interval: must be positive or None, got {self.reset_interval}")
+        if self.operator and self.operator_rule is None:
+            raise RobotSpecError(f"operator (--operator): {self.kind} robot {self.task!r} declares no rule for when a "
+                                 "person must put its scene back (only simulated tasks that declare one: cube)")
 
 
 def parse_cameras(values: list[str] | None) -> list[tuple[str, str]]:
@@ -112,6 +120,11 @@ class RobotConfig:
     """Simulated robot: the task's reset schedule when ``reset_every`` is None: ``paper`` (None
     means it: every 10,000 steps for tabletop, door and peg, as MEDAL++; cube never) or ``earl``
     (EARL's own: door and tabletop 200,000, peg 100,000)."""
+    operator: bool = False
+    """Simulated robot: emulate the person who watches a reset-free run and puts the scene back
+    when a backward turn ends where practice cannot go on (the task's operator rule: cube's is
+    the cube out of the hand's reach). Each time, the environment is reset and the loop counts
+    an intervention. A real robot has a real person."""
 
     def __post_init__(self) -> None:
         if not self.spec:

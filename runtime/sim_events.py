@@ -1,11 +1,16 @@
-"""What a simulated robot does between ticks: scheduled environment resets and goal draws.
+"""What a simulated robot does between ticks: scheduled environment resets, goal draws, and an
+emulated operator's resets.
 
 :class:`SimEvents` resets the environment every ``LoopConfig.env_reset_every`` recorded steps
 (the paper's schedule for the EARL tasks) and, for multi-goal tasks, draws a new goal when a
 forward turn ends (``LoopConfig.draw_goal_each_turn``, as MEDAL's loop draws one at every switch
-to the backward agent). Each event ends the recording segment, runs the simulator's blocking
+to the backward agent), and, with ``LoopConfig.operator_resets``, resets the environment when a
+backward turn ends with the scene lost (``robot.scene_lost``: the task's operator rule, e.g. the
+cube out of the hand's reach), as the person watching a reset-free run would, counting each such
+intervention. Each event ends the recording segment, runs the simulator's blocking
 call in a worker thread while :class:`runtime.loop.ControlLoop` awaits it between two ticks, and
-starts the clock's grid afresh. A real robot has neither (``go_home`` is an operator command).
+starts the clock's grid afresh. A real robot has none of them (``go_home`` is an operator command,
+and a real person steps in).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import logging
 from collections.abc import Callable
 
 from hardware.interfaces import Robot, SimulatedRobot
-from protocol.messages import FORWARD
+from protocol.messages import BACKWARD, FORWARD
 from runtime.clock import Clock
 from runtime.schedule import AgentSchedule
 
@@ -26,12 +31,13 @@ class SimEvents:
     """The environment resets and goal draws of one control loop; see the module docstring."""
 
     def __init__(self, *, robot: Robot, schedule: AgentSchedule, clock: Clock, end_segment: Callable[[], None],
-                 reset_every: int | None, draw_goal_each_turn: bool) -> None:
-        """``end_segment`` ends the loop's recording segment. Raises ValueError when resets or
-        goal draws are asked for and ``robot`` is not a :class:`~hardware.interfaces.SimulatedRobot`."""
-        if (reset_every is not None or draw_goal_each_turn) and not isinstance(robot, SimulatedRobot):
-            raise ValueError(f"loop: environment resets and goal draws need a simulated robot; {robot.name} "
-                             f"({type(robot).__name__}) is not one")
+                 reset_every: int | None, draw_goal_each_turn: bool, operator_resets: bool = False) -> None:
+        """``end_segment`` ends the loop's recording segment. Raises ValueError when resets, goal
+        draws or operator resets are asked for and ``robot`` is not a
+        :class:`~hardware.interfaces.SimulatedRobot`."""
+        if (reset_every is not None or draw_goal_each_turn or operator_resets) and not isinstance(robot, SimulatedRobot):
+            raise ValueError(f"loop: environment resets, goal draws and operator resets need a simulated robot; "
+                             f"{robot.name} ({type(robot).__name__}) is not one")
         self.robot, self.schedule, self.clock = robot, schedule, clock
         self._end_segment = end_segment
         self._reset_every = reset_every
@@ -42,6 +48,10 @@ class SimEvents:
         self.goals_drawn = 0
         """Goals drawn at the end of forward turns (simulated multi-goal tasks)."""
         self._goal_drawn_at = -1  # schedule.switches when the last goal was drawn: once per turn
+        self._operator_resets = operator_resets
+        self._checked_at = -1  # schedule.switches when the operator last looked: once per backward turn
+        self.interventions = 0
+        """Operator resets done: backward turns that ended with the scene lost (simulation)."""
 
     def step_recorded(self) -> None:
         """Counts one recorded step toward the next environment reset. Non-blocking."""
@@ -77,3 +87,26 @@ class SimEvents:
         await asyncio.to_thread(self.robot.draw_goal)
         self.goals_drawn += 1
         self.clock.rebase()
+
+    def intervention_due(self) -> bool:
+        """Whether a backward turn just ended, so that the emulated operator looks at the scene."""
+        schedule = self.schedule
+        return (self._operator_resets and schedule.agent == BACKWARD and schedule.turn_complete
+                and self._checked_at != schedule.switches)
+
+    async def intervene(self, steps: int) -> bool:
+        """Looks at the scene as the person watching the run would at the end of a backward turn:
+        when it is lost (``robot.scene_lost``), resets the environment (in a thread) and counts an
+        intervention. Returns whether it did. ``steps``: the loop's recorded steps, for the log."""
+        assert isinstance(self.robot, SimulatedRobot)  # checked in __init__
+        self._checked_at = self.schedule.switches
+        if not self.robot.scene_lost:
+            return False
+        self._end_segment()
+        await asyncio.to_thread(self.robot.reset_environment)
+        self.interventions += 1
+        self._steps_since_reset = 0
+        self.clock.rebase()
+        logger.info("loop: the backward turn ended with the scene lost; emulated operator reset it "
+                    "(intervention %d, after %d steps)", self.interventions, steps)
+        return True

@@ -40,6 +40,7 @@ def status_detail(loop: ControlLoop, outbox: Outbox, policy: PolicySlot, link: L
         acked_seq=outbox.acked_seq, next_seq=outbox.next_seq, oldest_seq=outbox.oldest_seq,
         unwritten_steps=outbox.unwritten_steps, lost_steps=outbox.lost_steps,
         weights_version=-1 if version is None else version, env_resets=loop.sim_events.env_resets,
+        interventions=loop.sim_events.interventions,
         session_id=outbox.session_id,
         weights_rejected=policy.rejected + weights["malformed"] + weights["checksum_failures"],
         weights_accepted=policy.accepted,

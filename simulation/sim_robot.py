@@ -127,6 +127,13 @@ class SimRobot(SimulatedRobot):
         return bool(snapshot and snapshot.success)
 
     @property
+    def scene_lost(self) -> bool:
+        """Whether the task's operator rule held at the newest published step (``TaskEnv.scene_lost``;
+        ``False`` before connect and for a task that declares no rule)."""
+        snapshot = self._worker.snapshot
+        return bool(snapshot and snapshot.lost)
+
+    @property
     def steps(self) -> int:
         """Environment steps taken since ``connect()``."""
         return self._worker.steps

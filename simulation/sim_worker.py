@@ -38,6 +38,8 @@ class Snapshot:
     frames: dict[str, Frame]
     success: bool
     step: int
+    lost: bool
+    """The task's operator rule holds (``TaskEnv.scene_lost``; False for a task without one)."""
 
 
 @dataclass
@@ -217,7 +219,8 @@ class SimWorker:
         state = RobotState(timestamp=now, ee_position=_ee_position(env, arrays), gripper=_gripper(env, arrays),
                            arrays=arrays)
         with self.new_frame:
-            self.snapshot = Snapshot(state=state, frames=frames, success=success, step=self.steps)
+            self.snapshot = Snapshot(state=state, frames=frames, success=success, step=self.steps,
+                                     lost=env.info.operator_rule is not None and env.scene_lost())
             self.new_frame.notify_all()
 
     def _restamp(self) -> None:

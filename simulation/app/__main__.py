@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the task's reset schedule: paper (default: every 10000 steps for tabletop, door "
                              "and peg, as MEDAL++; cube never) or earl (EARL's own: door and tabletop 200000, "
                              "peg 100000). The one used is recorded in RUN_DIR/run.json")
+    parser.add_argument("--operator", action="store_true",
+                        help="emulate the person who puts the scene back when a backward turn ends where practice "
+                             "cannot go on (cube: the cube out of the hand's reach); each is counted as an "
+                             "intervention (RUN_DIR/logs/runtime*.log, and the final line's interventions)")
     parser.add_argument("--minutes", type=positive_float, default=None, help="stop cleanly after this many minutes")
     parser.add_argument("--hz", type=positive_float, default=1000.0,
                         help="runtime control rate cap; in lock-step the learner sets the pace (default 1000, "
@@ -98,7 +102,7 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
                    eval_every=args.eval_every, eval_episodes=args.eval_episodes, video=not args.no_video,
                    bc_steps=args.bc_steps, bc_seeds=args.bc_seeds,
                    max_wall_s=args.minutes * 60 if args.minutes else None, hz=args.hz, reset_every=args.reset_every,
-                   reset_schedule=args.reset_schedule, device=args.device, learner_threads=args.learner_threads,
+                   reset_schedule=args.reset_schedule, operator=args.operator, device=args.device, learner_threads=args.learner_threads,
                    log_level=args.log_level.upper())
 
 

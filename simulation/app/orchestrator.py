@@ -86,7 +86,9 @@ class RunOutcome:
     bc_success_seeds: list[float] | None
     """Each BC seed's success rate, None when not computed."""
     resets: int
-    """Environment resets the runtimes reported (sum over runtimes)."""
+    """Environment resets the runtimes reported (sum over runtimes; operator resets not included)."""
+    interventions: int
+    """Emulated operator resets the runtimes reported (``RunSpec.operator``; sum over runtimes)."""
     exit_codes: dict[str, int | None]
     """Child name → exit code."""
 
@@ -341,7 +343,8 @@ class Orchestrator:
             success_final=records[-1].success_rate if records else None,
             success_best=max(r.success_rate for r in records) if records else None,
             bc_success=self.bc.success, bc_success_seeds=self.bc.success_seeds,
-            resets=sum(int(d.get("env_resets", 0) or 0) for d in self.runtime_details), exit_codes=codes)
+            resets=sum(int(d.get("env_resets", 0) or 0) for d in self.runtime_details),
+            interventions=sum(int(d.get("interventions", 0) or 0) for d in self.runtime_details), exit_codes=codes)
 
     def snapshot(self) -> Snapshot:
         """Returns what the progress display shows now."""

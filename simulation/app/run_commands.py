@@ -49,6 +49,7 @@ def runtime_command(spec: RunSpec, index: int, uplink: str, *, max_steps: int, s
             "--priority", "none", "--cpu-latency-us", "off"]
     # always explicit (0: never), so the runtime's own default never decides a run's schedule
     argv += ["--reset-every", str(reset_interval(spec) or 0)]
+    argv += ["--operator"] if spec.operator else []
     return argv + (["--hz", f"{spec.hz:g}"] if spec.hz is not None else [])
 
 

@@ -84,6 +84,10 @@ class RunSpec:
     """The task's reset schedule when ``reset_every`` is None: ``paper`` (MEDAL++: every 10k
     steps for tabletop, door and peg; cube never) or ``earl`` (EARL's own: door and tabletop
     200k, peg 100k)."""
+    operator: bool = False
+    """Each runtime emulates the person watching a reset-free run (``resetfree-runtime
+    --operator``): when a backward turn ends with the scene lost (the task's operator rule; only
+    cube declares one) the environment is reset and counted as an intervention."""
     hz: float | None = 1000.0
     """Control rate of the runtimes (None: the runtime's default, 10 Hz). In lock-step the
     learner sets the pace; the rate only caps it, so the default (the runtime's highest) lets
@@ -126,6 +130,9 @@ class RunSpec:
             raise ValueError(f"RunSpec.reset_every must be a non-negative int or None, got {self.reset_every!r}")
         if self.reset_schedule not in RESET_SCHEDULES:
             raise ValueError(f"RunSpec.reset_schedule must be one of {RESET_SCHEDULES}, got {self.reset_schedule!r}")
+        if self.operator and task_info(self.task).operator_rule is None:
+            raise ValueError(f"RunSpec.operator: task {self.task} declares no rule for when a person must put its "
+                             "scene back (cube does)")
         for name in ("max_wall_s", "hz"):
             value = getattr(self, name)
             if value is not None and not value > 0:

@@ -146,6 +146,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--demos", type=at_least(1), default=50, help="forward and backward demos (default 50)")
     p.add_argument("--bc-steps", type=at_least(1), default=10_000, help="BC gradient steps (default 10000)")
     p.add_argument("--bc-batch-size", type=at_least(1), default=256, help="demo transitions per BC step (default 256)")
+    p.add_argument("--no-operator", dest="operator", action="store_false",
+                   help="no emulated operator: a cube the backward agent leaves out of reach stays there (the "
+                        "default emulates the person of the paper's runs, who put it back, and counts each time)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="learner override over the robot profile (repeatable; recorded, must match on rerun)")
     p.add_argument("--device", default="auto", help="learner torch device: auto, cpu, cuda (default auto)")
@@ -165,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = CubeExperimentConfig(out=args.out, seeds=tuple(args.seeds), steps=args.steps,
                                    eval_every=args.eval_every, trials=args.trials, obs=args.obs, demos=args.demos,
                                    bc_steps=args.bc_steps, bc_batch_size=args.bc_batch_size, overrides=tuple(args.overrides), device=args.device,
+                                   operator=args.operator,
                                    display_every=args.display_every)
         results, reason = run_experiment(cfg)
     except (ExperimentError, SimulationError, LearnerError, ValueError, OSError) as e:

@@ -29,7 +29,7 @@ def run_spec(cfg: CubeExperimentConfig, seed: int, *, resume: bool) -> Any:
     return RunSpec(run_dir=cfg.practice_dir(seed), task=TASK, obs=cfg.obs, steps=cfg.steps, robots=1, seed=seed,
                    resume=resume, profile="robot", overrides=cfg.run_overrides(), demos=cfg.out / "demos",
                    eval_every=cfg.eval_every, eval_episodes=min(10, cfg.trials), video=False, bc=False,
-                   reset_every=0, device=cfg.device, display_every=cfg.display_every)
+                   reset_every=0, operator=cfg.operator, device=cfg.device, display_every=cfg.display_every)
 
 
 def checkpoint_steps(path: Path) -> int:
@@ -125,6 +125,13 @@ def evaluate_snapshots(cfg: CubeExperimentConfig, run_dir: Path) -> None:
                     100 * result["id"]["success_rate"], 100 * result["ood"]["success_rate"])
 
 
+def switch_interval(run_dir: Path) -> int:
+    """Returns the steps per agent turn of a practice run (its learner config's
+    ``switch.interval``, which the orchestrator gives the runtime). Raises OSError, ValueError
+    or KeyError when ``RUN_DIR/config.json`` is missing or lacks it."""
+    return int(json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["config"]["switch"]["interval"])
+
+
 def count_run_interventions(cfg: CubeExperimentConfig, seed: int) -> dict[str, Any] | None:
     """Counts seed ``seed``'s interventions into ``interventions.json`` (recounted when the
     journal grew); returns them, None when the run has no journal yet. Blocks."""
@@ -139,8 +146,9 @@ def count_run_interventions(cfg: CubeExperimentConfig, seed: int) -> dict[str, A
     if saved is not None and saved.get("env_steps") == steps:
         return saved
     try:
-        report = journal_interventions(run_dir, obs=cfg.obs, seed=seed).to_dict()
-    except InterventionError as e:
+        turn = switch_interval(run_dir) if cfg.operator else None
+        report = journal_interventions(run_dir, obs=cfg.obs, seed=seed, operator_turn=turn).to_dict()
+    except (InterventionError, OSError, ValueError, KeyError) as e:
         logger.error("interventions of seed %d not counted: %s", seed, e)
         return None
     write_json_atomic(path, {"env_steps": steps, **report})

@@ -83,7 +83,8 @@ def markdown(results: dict[str, Any]) -> str:
     seeds = [str(x) for x in s["seeds"]]
     lines = [f"# Cube grasp, ID vs OOD starts ({s['obs']} observations)", "",
              f"Success over {s['trials']} trials per cell; practised = the policy after {s['steps']:,} autonomous "
-             f"steps (robot profile, no environment reset); BC = {s['bc_steps']:,} steps on the same "
+             f"steps (robot profile, no scheduled environment reset{_operator_text(s)}); BC = {s['bc_steps']:,} "
+             f"steps on the same "
              f"{s['demos']} forward demos.{'' if results['complete'] else ' **Incomplete** (– not run yet).'}", "",
              "| split | method | " + " | ".join(f"seed {x}" for x in seeds) + " | mean | paper |",
              "|---|---|" + "---|" * len(seeds) + "---|---|"]
@@ -106,6 +107,12 @@ def markdown(results: dict[str, Any]) -> str:
     if first:
         lines += ["", f"Reachable: {first['region']}."]
     return "\n".join(lines) + "\n"
+
+
+def _operator_text(settings: dict[str, Any]) -> str:
+    if settings.get("operator"):
+        return "; an emulated operator reset the scene whenever a backward turn left the cube out of reach"
+    return "; nobody put a lost cube back"
 
 
 def _pct(value: float | None) -> str:

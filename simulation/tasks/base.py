@@ -79,6 +79,11 @@ class TaskInfo:
     tabletop one per mug goal). Empty when the state carries no goal (cube). Demos recorded
     for another goal (EARL's backward demos end with the backward goal) are relabelled to
     these before they train an agent (:func:`simulation.earl_import.relabel_goals`)."""
+    operator_rule: str | None
+    """When a person must put the scene back for reset-free practice to go on, in words
+    (:meth:`TaskEnv.scene_lost` decides it), or None when the task declares no such rule (the
+    EARL tasks: the paper resets them on a schedule instead). The runtime's emulated operator
+    (``--operator``) needs one."""
 
     def __post_init__(self) -> None:
         for field_name in ("eval_horizon", "state_dim", "proprio_dim", "action_dim"):
@@ -249,6 +254,17 @@ class TaskEnv(gym.Env[Any, np.ndarray], abc.ABC):
         if info is not None and len(info.state_goals) > 1 and cls._task_draw_goal is TaskEnv._task_draw_goal:
             raise TypeError(f"{cls.__name__}: task {info.name} declares {len(info.state_goals)} goals, "
                             "so it must define _task_draw_goal")
+        if info is not None and info.operator_rule is not None and cls.scene_lost is TaskEnv.scene_lost:
+            raise TypeError(f"{cls.__name__}: task {info.name} declares an operator rule, so it must define scene_lost")
+
+    def scene_lost(self) -> bool:
+        """Returns whether the scene is where reset-free practice cannot go on without a person
+        (the rule ``info.operator_rule`` states in words).
+
+        Raises:
+            SimulationError: for a task that declares no such rule (this default).
+        """
+        raise SimulationError(f"task {self.info.name} declares no rule for when a person must put its scene back")
 
     def _task_extra_images(self) -> dict[str, np.ndarray]:
         """Returns extra pixel-mode images (e.g. a goal image), ``uint8 (3, H, W)`` each."""

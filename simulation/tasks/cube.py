@@ -27,6 +27,7 @@ inside the ID box, the gripper open and lifted clear.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import mujoco
@@ -71,6 +72,22 @@ CLEARANCE = 0.08
 """Backward success: the EE at least this high above the resting cube's centre (m)."""
 OPEN_WIDTH = 0.06
 """Gripper width above which the gripper counts as open (backward success)."""
+REACH_LOW = tuple(float(v) for v in WORKSPACE_LOW[:2])
+"""Lowest x, y of a cube centre the forward agent can grasp from (the hand's workspace box:
+the pinch point can be brought over any such cube, at any yaw)."""
+REACH_HIGH = tuple(float(v) for v in WORKSPACE_HIGH[:2])
+"""Highest x, y of a cube centre the forward agent can grasp from."""
+REST_TOLERANCE = 0.005
+"""A cube centre within this of ``REST_Z`` rests on the table (as :meth:`backward_success`), m."""
+
+
+def in_reach(cube: Iterable[float]) -> bool:
+    """Returns whether a cube centre rests on the table (on a face: not held, not tipped onto an
+    edge, not fallen to the floor) inside the box the forward agent can grasp from: the cube
+    task's operator rule (:meth:`CubeGraspEnv.scene_lost` is its negation)."""
+    x, y, z = (float(v) for v in cube)
+    return (abs(z - REST_Z) <= REST_TOLERANCE and REACH_LOW[0] <= x <= REACH_HIGH[0]
+            and REACH_LOW[1] <= y <= REACH_HIGH[1])
 
 
 def yaw_quat(yaw: float) -> np.ndarray:
@@ -90,7 +107,10 @@ class CubeGraspEnv(TaskEnv):
     info = TaskInfo(name="cube", eval_horizon=100, reset_interval=None, earl_reset_interval=None,
                     move_scale=MOVE_SCALE,
                     success_threshold=LIFT_HEIGHT, cameras=("wrist", "third_person"),
-                    state_dim=12, proprio_dim=4, action_dim=5, state_goals=())
+                    state_dim=12, proprio_dim=4, action_dim=5, state_goals=(),
+                    operator_rule=(f"the cube not resting on the table (its centre more than {REST_TOLERANCE:g} m "
+                                   f"off {REST_Z:g} m) or its centre outside x, y in [{REACH_LOW[0]:g}, "
+                                   f"{REACH_HIGH[0]:g}] m (the hand's workspace box)"))
 
     # ------------------------------------------------------------------ task hooks
     def _task_build(self) -> tuple[mujoco.MjModel, mujoco.MjData]:
@@ -194,6 +214,10 @@ class CubeGraspEnv(TaskEnv):
     def forward_success(self) -> bool:
         """Returns whether the cube is lifted >= 5 cm in a closed grasp (the task's success)."""
         return bool(self.cube_pos()[2] >= REST_Z + LIFT_HEIGHT and self.grasped())
+
+    def scene_lost(self) -> bool:
+        """Returns whether the cube is out of the forward agent's reach (:func:`in_reach`)."""
+        return not in_reach(self.cube_pos())
 
     def backward_success(self) -> bool:
         """Returns whether the cube is back on the table in the ID box with the gripper

@@ -51,7 +51,8 @@ class DoorEnv(SawyerTaskEnv):
     info = TaskInfo(name="door", eval_horizon=300, reset_interval=PAPER_RESET_INTERVAL,
                     earl_reset_interval=200_000, move_scale=ACTION_SCALE,
                     success_threshold=SUCCESS_THRESHOLD, cameras=("doorview",),
-                    state_dim=14, proprio_dim=4, action_dim=4, state_goals=(tuple(GOAL.tolist()),))
+                    state_dim=14, proprio_dim=4, action_dim=4, state_goals=(tuple(GOAL.tolist()),),
+                    operator_rule=None)
 
     def _task_build(self) -> tuple[mujoco.MjModel, mujoco.MjData]:
         spec = load_sawyer_spec("sawyer_door_pull.xml")

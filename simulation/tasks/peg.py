@@ -55,7 +55,8 @@ class PegEnv(SawyerTaskEnv):
     info = TaskInfo(name="peg", eval_horizon=200, reset_interval=PAPER_RESET_INTERVAL,
                     earl_reset_interval=100_000, move_scale=ACTION_SCALE,
                     success_threshold=SUCCESS_THRESHOLD, cameras=("clearview",),
-                    state_dim=14, proprio_dim=4, action_dim=4, state_goals=(tuple(GOAL.tolist()),))
+                    state_dim=14, proprio_dim=4, action_dim=4, state_goals=(tuple(GOAL.tolist()),),
+                    operator_rule=None)
 
     def _task_build(self) -> tuple[mujoco.MjModel, mujoco.MjData]:
         spec = load_sawyer_spec("sawyer_peg_insertion_side.xml")

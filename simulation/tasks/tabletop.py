@@ -87,7 +87,8 @@ class TabletopEnv(TaskEnv):
                     earl_reset_interval=200_000, move_scale=MOVE_SCALE,
                     success_threshold=SUCCESS_THRESHOLD, cameras=("top",), state_dim=12,
                     proprio_dim=3, action_dim=3,
-                    state_goals=tuple(tuple(goal_vector(g).tolist()) for g in GOALS))
+                    state_goals=tuple(tuple(goal_vector(g).tolist()) for g in GOALS),
+                    operator_rule=None)
 
     def __init__(self, *, success: SuccessMode = "earl", **kwargs: Any) -> None:
         if success not in ("earl", "mug"):

@@ -94,9 +94,13 @@ class FakeSimRobot(FakeRobot, SimulatedRobot):
     def __init__(self) -> None:
         super().__init__()
         self.draws_at: list[int] = []
+        self.resets_at: list[int] = []
+        self.lost = False
+        """What ``scene_lost`` reports (a test sets it)."""
 
     def reset_environment(self, options: dict | None = None) -> None:
         self.resets += 1
+        self.resets_at.append(len(self.actions))
 
     def draw_goal(self) -> None:
         self.draws_at.append(len(self.actions))
@@ -104,6 +108,10 @@ class FakeSimRobot(FakeRobot, SimulatedRobot):
     @property
     def last_success(self) -> bool:
         return False
+
+    @property
+    def scene_lost(self) -> bool:
+        return self.lost
 
 
 class FakeCamera(Camera):

@@ -26,6 +26,7 @@ OLD_DEFAULTS = {
     "priority": "fifo", "cpu_latency_us": 0, "keep_heap": True, "gc": "freeze", "threads": 1,
     "conv_dtype": "auto", "projection_dtype": "float32", "no_explore": False, "prefetch_lead_ms": 10.0,
     "prefetch_passes": None, "log_level": "INFO",
+    "operator": False,  # added after the [runtime] table's time; an old table can set it too
 }
 
 #: one non-default command line per flag, and the value its key then holds
@@ -41,7 +42,7 @@ SAMPLES: dict[str, tuple[list[str], object]] = {
     "--cpu-latency-us": (["off"], None), "--keep-heap": ([], True), "--gc": (["manual"], "manual"),
     "--threads": (["2"], 2), "--conv-dtype": (["float32"], "float32"), "--projection-dtype": (["float16"], "float16"),
     "--no-explore": ([], False), "--prefetch-lead-ms": (["5"], 0.005), "--prefetch-passes": (["2"], 2),
-    "--log-level": (["DEBUG"], "DEBUG"),
+    "--log-level": (["DEBUG"], "DEBUG"), "--operator": ([], True),
 }
 
 

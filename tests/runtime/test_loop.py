@@ -288,3 +288,37 @@ def test_warm_up_passes_follow_the_period_unless_set() -> None:
     assert LoopConfig(prefetch_passes=2).passes_for(0.02) == 2
     with pytest.raises(ValueError, match="prefetch_passes"):
         LoopConfig(prefetch_passes=0)
+
+
+def test_the_emulated_operator_resets_a_lost_scene_when_a_backward_turn_ends() -> None:
+    """With ``operator_resets`` the loop looks at the scene once per backward turn end: lost, it
+    resets the environment (cutting the segment) and counts an intervention; in reach, or at
+    the end of a forward turn, it does nothing."""
+    for lost in (True, False):
+        robot = FakeSimRobot()
+        robot.lost = lost
+        sink = ListSink()
+
+        async def body() -> ControlLoop:
+            loop = build(robot, sink, rate_hz=200.0, switch_every=10, operator_resets=True)
+            await run_for(loop, 0.6)
+            loop.policy.close()
+            return loop
+
+        loop = asyncio.run(body())
+        if not lost:
+            assert robot.resets_at == [] and loop.sim_events.interventions == 0 and len(robot.actions) > 40
+            continue
+        # forward 0-9, backward 10-19 (then reset), forward 20-29, backward 30-39 (reset), ...
+        assert len(robot.resets_at) >= 2 and loop.sim_events.interventions == len(robot.resets_at)
+        assert robot.resets_at == [20 + 20 * k for k in range(len(robot.resets_at))]
+        is_first, is_last, agents = sink.column("is_first"), sink.column("is_last"), sink.column("agents")
+        starts = [r for r in robot.resets_at if r < len(is_first)]
+        assert np.flatnonzero(is_first).tolist() == [0, *starts]
+        assert np.all(agents[starts] == 0) and np.all(is_last[[s - 1 for s in starts]])  # closed by the turn's last step
+        assert np.all(agents[[s - 1 for s in starts]] == 1)
+
+
+def test_operator_resets_are_refused_for_a_robot_that_is_not_simulated() -> None:
+    with pytest.raises(ValueError, match="need a simulated robot"):
+        build(FakeRobot(), ListSink(), rate_hz=100.0, operator_resets=True)

@@ -17,7 +17,7 @@ from hardware.interfaces import Camera, Robot
 from runtime.__main__ import build_parser, check_reset_flags, main, resolve_facts, runtime_config
 from runtime.robot_kinds import ROBOTS
 from runtime.robots import RobotFacts, RobotKind, RobotKinds, RobotSetup, RobotSpecError, shield_config
-from tests.runtime.fakes import FakeRobot
+from tests.runtime.fakes import FakeRobot, FakeSimRobot
 
 robot_facts = ROBOTS.facts
 
@@ -73,6 +73,17 @@ def test_reset_flags_apply_to_simulated_robots_only() -> None:
     facts, source = resolve_facts(args, robot)
     assert (facts.reset_interval, source) == (None, "never")
     assert np.isclose(facts.position_scale, robot.config.max_translation_step)
+
+
+def test_the_emulated_operator_needs_a_simulated_task_with_an_operator_rule() -> None:
+    with pytest.raises(RobotSpecError, match="has a real one"):
+        check_reset_flags(runtime_config(["--robot", "franka", "--operator"]))
+    cube = runtime_config(["--robot", "sim:cube", "--operator"])
+    facts, _ = resolve_facts(cube, FakeSimRobot())  # a sim kind's facts come from its task
+    assert facts.operator and "out" in str(facts.operator_rule)
+    assert not resolve_facts(runtime_config(["--robot", "sim:cube"]), FakeSimRobot())[0].operator
+    with pytest.raises(RobotSpecError, match="declares no rule"):
+        resolve_facts(runtime_config(["--robot", "sim:door", "--operator"]), FakeSimRobot())
 
 
 def test_an_unknown_simulated_task_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

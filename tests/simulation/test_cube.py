@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
@@ -161,3 +163,34 @@ def test_experts_succeed(direction: str, split: str) -> None:
 @pytest.mark.parametrize(("direction", "split"), [("forward", "id"), ("forward", "ood"), ("backward", "id")])
 def test_experts_succeed_in_95_of_100(direction: str, split: str) -> None:
     assert _expert_successes(direction, episodes=100, noise=0.1, split=split) >= 95
+
+
+def test_scene_lost_is_the_cube_out_of_the_hands_reach(env: CubeGraspEnv) -> None:
+    """The operator rule: lost when the cube is held, off the table, or past the workspace box."""
+    from simulation.tasks.cube import in_reach
+
+    env.reset(seed=0)
+    assert not env.scene_lost() and in_reach(env.cube_pos())
+    env.reset(seed=0, options={"init": "goal"})  # held up in the grasp
+    assert env.scene_lost()
+    for _ in range(12):  # let go: it falls back onto the table, inside the box
+        env.step(np.array([0, 0, 0, 0, -1.0]))
+    assert not env.scene_lost()
+    state = env.get_state()
+    state["qpos"][env._cube_qpos:env._cube_qpos + 2] = (0.25, 0.0)  # pushed past the hand's reach
+    env.set_state(state)
+    assert env.scene_lost() and env.info.operator_rule is not None
+
+
+def test_only_a_task_with_an_operator_rule_can_say_its_scene_is_lost() -> None:
+    from simulation.tasks.base import SimulationError, TaskEnv
+
+    door = make("door")
+    try:
+        assert door.info.operator_rule is None
+        with pytest.raises(SimulationError, match="declares no rule"):
+            door.scene_lost()
+    finally:
+        door.close()
+    with pytest.raises(TypeError, match="must define scene_lost"):
+        type("Ruled", (TaskEnv,), {"info": dataclasses.replace(CubeGraspEnv.info, name="ruled")})

@@ -197,3 +197,36 @@ def test_refuses_bad_out_dirs_and_flags(tmp_path: Path, capsys: pytest.CaptureFi
     with pytest.raises(SystemExit):
         ce.main(["--out", str(tmp_path / "x"), "--obs", "depth"])
     assert not (tmp_path / "x").exists()
+
+
+def test_with_the_emulated_operator_every_closed_backward_turn_is_an_intervention(tmp_path: Path) -> None:
+    """The operator resets the scene when a backward turn ends with the cube lost, which closes the
+    segment right after the turn's last step: every such closing is a failed turn and an
+    intervention (consecutive ones too), read from the journal's structure alone, so a pixel
+    journal counts the same; a turn cut short by a restart is not judged."""
+    segments = [_turn(FORWARD, IN) + _turn(BACKWARD, FAR),                                # lost: reset
+                _turn(FORWARD, IN) + _turn(BACKWARD, HELD),                               # lost again: reset
+                _turn(FORWARD, IN) + _turn(BACKWARD, IN) + _turn(FORWARD, IN) + _turn(BACKWARD, IN, 2),  # in reach; cut
+                _turn(FORWARD, IN) + _turn(BACKWARD, IN) + _turn(FORWARD, IN, 1)]         # in reach
+    journal = IngestJournal.open(JournalConfig(directory=tmp_path / "journal", retention_steps=10_000, fsync=False))
+    position = 0
+    for k, rows in enumerate(segments):
+        batch = _batch("s", position, rows, first=True, last=k < len(segments) - 1)
+        journal.append(position, batch)
+        position += batch.size
+    journal.close()
+    for obs in ("state", "pixels"):
+        report = journal_interventions(tmp_path, obs=obs, seed=0, operator_turn=3)
+        assert (report.turns, report.failed_turns, report.interventions) == (4, 2, 2), obs
+        assert report.first_failure == 5 and not report.out_of_reach_at_end and report.operator
+        assert report.source == ("state" if obs == "state" else "operator")
+    # without the operator's structure, the same journal judges only the in-segment turn ends
+    plain = journal_interventions(tmp_path, obs="state", seed=0)
+    assert (plain.turns, plain.failed_turns, plain.interventions) == (2, 0, 0)
+
+
+def test_a_turn_end_needs_a_cube_or_a_verdict() -> None:
+    assert TurnEnd(0, None, lost=True).failed() and not TurnEnd(0, None, lost=False).failed()
+    assert TurnEnd(0, FAR).failed() and not TurnEnd(0, IN).failed()
+    with pytest.raises(Exception, match="neither the cube nor a verdict"):
+        TurnEnd(3, None).failed()

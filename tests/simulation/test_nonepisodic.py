@@ -38,7 +38,7 @@ class ToyEnv(TaskEnv):
 
     info = TaskInfo(name="toy", eval_horizon=40, reset_interval=7, earl_reset_interval=11, move_scale=0.05,
                     success_threshold=0.1, cameras=("top", "side"), state_dim=4, proprio_dim=3, action_dim=2,
-                    state_goals=())
+                    state_goals=(), operator_rule=None)
     workspace = ((-1.0, -1.0, 0.0), (1.0, 1.0, 0.5))
 
     def _task_build(self) -> tuple[mujoco.MjModel, mujoco.MjData]:

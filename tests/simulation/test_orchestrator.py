@@ -160,6 +160,12 @@ def test_commands_follow_the_contract(tmp_path: Path) -> None:
     cube = runtime_command(dataclasses.replace(spec, task="cube"), 0, "tcp://127.0.0.1:4000",
                            max_steps=50, switch_every=200)
     assert cube[cube.index("--reset-every") + 1] == "0"  # never
+    assert "--operator" not in cube
+    operated = runtime_command(dataclasses.replace(spec, task="cube", operator=True), 0, "tcp://127.0.0.1:4000",
+                               max_steps=50, switch_every=200)
+    assert "--operator" in operated and runtime_config(operated[3:]).robot.operator
+    with pytest.raises(ValueError, match="declares no rule"):
+        dataclasses.replace(spec, operator=True)  # door
     demos = tmp_path / "demos"
     assert bc_command(spec, demos)[bc_command(spec, demos).index("--seeds") + 1] == "1"  # pixels: one BC seed
     state = dataclasses.replace(spec, obs="state")

@@ -35,7 +35,7 @@ def test_task_info_holds_both_schedules(task: str) -> None:
 def test_task_info_requires_and_validates_its_declarations() -> None:
     good = dict(name="t", eval_horizon=10, reset_interval=5, earl_reset_interval=None, move_scale=0.01,
                 success_threshold=0.1, cameras=("c",), state_dim=2, proprio_dim=2, action_dim=2,
-                state_goals=((1.0,),))
+                state_goals=((1.0,),), operator_rule=None)
     TaskInfo(**good)  # type: ignore[arg-type]
     for missing in ("move_scale", "earl_reset_interval", "reset_interval", "state_goals"):
         with pytest.raises(TypeError, match=missing):

@@ -181,3 +181,16 @@ def test_draw_goal_changes_only_the_goal_of_a_multi_goal_task() -> None:
         assert ROBOTS.facts("sim:tabletop", robot).goal_per_turn
     with SimRobot("door", pacing="lockstep", seed=2) as robot:
         assert not ROBOTS.facts("sim:door", robot).goal_per_turn
+
+
+def test_scene_lost_follows_the_tasks_operator_rule() -> None:
+    """``scene_lost`` reports the task's rule at the newest step (cube: out of the hand's reach);
+    a task without a rule is never lost."""
+    with SimRobot("cube", pacing="lockstep", seed=0) as robot:
+        assert not robot.scene_lost
+        robot.reset_environment({"init": "goal"})  # held up in the grasp
+        assert robot.scene_lost
+        robot.home()
+        assert not robot.scene_lost
+    with SimRobot("door", pacing="lockstep", seed=0) as robot:
+        assert not robot.scene_lost
