@@ -35,6 +35,7 @@ from runtime.loop import LoopConfig
 from runtime.outbox import OutboxConfig
 from runtime.policy_slot import PolicySlotConfig
 from runtime.robots import RobotConfig
+from runtime.spill import SpillConfig
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,11 @@ class ProcessConfig:
     (:attr:`RuntimeConfig.spill_dir`)."""
     control_bind: str = "tcp://127.0.0.1:5558"
     """Control server endpoint (port 0: a free port, written to ``SPILL_DIR/endpoints.json``)."""
+    spill_max_bytes: int = SpillConfig.max_bytes
+    """Disk cap of the spill log (all its segments): at the cap the loop holds the robot until
+    the learner acks, so nothing recorded is dropped; a WARNING at 80%. 8 GiB by default: with
+    two 84×84 cameras a step is about 42 KB, so at 10 Hz the log holds some 5.6 hours of steps
+    the learner has not acked (a state-only step is under 1 KB)."""
     status_log_interval_s: float = 10.0
     """Interval of the daemon's INFO status line."""
     log_level: str = "INFO"
@@ -136,6 +142,10 @@ class ProcessConfig:
     def __post_init__(self) -> None:
         if not self.control_bind:
             raise ValueError("control_bind: must be an endpoint, e.g. tcp://127.0.0.1:5558")
+        if (not isinstance(self.spill_max_bytes, int) or isinstance(self.spill_max_bytes, bool)
+                or self.spill_max_bytes < SpillConfig.segment_bytes):
+            raise ValueError(f"spill_max_bytes: must be an int of at least one segment ({SpillConfig.segment_bytes} "
+                             f"bytes), got {self.spill_max_bytes!r}")
         if not self.status_log_interval_s > 0:
             raise ValueError(f"status_log_interval_s: must be positive, got {self.status_log_interval_s}")
         if self.log_level.upper() not in LOG_LEVELS:

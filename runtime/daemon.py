@@ -153,7 +153,8 @@ class RuntimeDaemon:
 
     # ------------------------------------------------------------------ start-up
     async def _start(self) -> None:
-        spill = await asyncio.to_thread(SpillLog.open, SpillConfig(directory=self.config.spill_dir))
+        spill = await asyncio.to_thread(SpillLog.open, SpillConfig(directory=self.config.spill_dir,
+                                                                   max_bytes=self.config.process.spill_max_bytes))
         self.outbox = Outbox(spill, self.config.outbox)
         self.outbox.start()
         await asyncio.to_thread(self._connect_devices)

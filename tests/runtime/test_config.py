@@ -217,3 +217,10 @@ def test_the_documented_robot_file_loads(tmp_path: Path) -> None:
     config = runtime_config(["--config", str(path)])
     assert config.robot.spec == "franka" and len(config.robot.cameras) == 2
     assert config.link.learner == "tcp://10.0.0.20:5555" and config.link.keys_dir == Path("keys")
+
+
+def test_the_spill_cap_is_configurable_and_checked() -> None:
+    assert RuntimeConfig().process.spill_max_bytes == 8 * 2**30
+    assert runtime_config(["--set", "process.spill_max_bytes=1073741824"]).process.spill_max_bytes == 2**30
+    with pytest.raises(ValueError, match="spill_max_bytes"):
+        runtime_config(["--set", "process.spill_max_bytes=1000"])

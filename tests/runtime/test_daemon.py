@@ -23,6 +23,7 @@ from runtime.isolation import IsolationConfig
 from runtime.daemon import EXIT_OK, EXIT_REFUSED, RuntimeDaemon
 from runtime.config import LinkConfig, LoopSettings, ProcessConfig, RuntimeConfig
 from runtime.robots import RobotFacts
+from runtime.spill import SpillConfig
 from tests.runtime.fakes import ACTION_DIM, FakeRobot
 
 torch.set_num_threads(1)
@@ -224,7 +225,11 @@ def test_learner_gone_spills_and_everything_arrives_once_when_it_is_back(tmp_pat
         first = ScriptedLearner()
         endpoint = await first.start()
         robot = FakeRobot()
-        daemon = make_daemon(tmp_path, endpoint, robot, max_steps=200)
+        config = loopback_config(tmp_path, endpoint, max_steps=200)
+        cap = 3 * SpillConfig.segment_bytes  # [process] spill_max_bytes reaches the spill log
+        daemon = RuntimeDaemon(dataclasses.replace(config, process=dataclasses.replace(config.process,
+                                                                                       spill_max_bytes=cap)),
+                               robot, [], FACTS)
         async with asyncio.TaskGroup() as tg:
             first_task = tg.create_task(first.run())
             run = tg.create_task(daemon.run())
@@ -232,6 +237,7 @@ def test_learner_gone_spills_and_everything_arrives_once_when_it_is_back(tmp_pat
             first_task.cancel()  # the learner dies; its state lives on in its tracker (its "journal")
             await until(lambda: daemon.loop.steps >= 120)
             assert daemon.outbox.acked_seq < 120 and daemon.outbox.spilled_bytes > 0
+            assert daemon.outbox.spill.config.max_bytes == cap
             second = ScriptedLearner(uplink=endpoint)
             second.tracker, second.received = first.tracker, first.received
             await second.start()
