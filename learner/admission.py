@@ -130,9 +130,12 @@ class Admission:
         return oldest
 
     # ------------------------------------------------------------------ batches
-    async def admit(self, batch: TransitionBatch) -> Verdict:
+    async def admit(self, batch: TransitionBatch, *, frame: memoryview | bytes | None = None) -> Verdict:
         """Dedupes, checks, journals (awaiting a worker thread), commits and hands ``batch``'s
-        fresh steps to the training thread; returns what to answer the runtime."""
+        fresh steps to the training thread; returns what to answer the runtime. ``frame``: the
+        batch's single-frame encoding as it arrived (the runtime's spill record), journaled as
+        it is when the whole batch is fresh, so a batch is encoded once on its way from the
+        runtime's outbox to the replay; None, or a batch trimmed by the dedupe, is encoded here."""
         sid = batch.session_id
         try:
             fresh = self.tracker.admit(batch)
@@ -149,7 +152,10 @@ class Admission:
         assert self._journal is not None and self._worker is not None
         position = self.position
         try:
-            await asyncio.to_thread(self._journal.append, position, fresh)
+            if frame is not None and fresh is batch:
+                await asyncio.to_thread(self._journal.append_encoded, position, frame, fresh.size)
+            else:
+                await asyncio.to_thread(self._journal.append, position, fresh)
         except JournalError as e:
             self.journal_errors += 1
             self.tracker.rewind(sid)

@@ -111,9 +111,14 @@ class IngestJournal:
         Blocks on the disk. A record already at ``position`` is left as it is. Raises
         JournalFullError at the disk cap, JournalError when the write fails.
         """
-        frames = encode(batch, single_frame=True)
+        self.append_encoded(position, encode(batch, single_frame=True)[0], batch.size)
+
+    def append_encoded(self, position: int, frame: bytes | memoryview, size: int) -> None:
+        """As :meth:`append`, for a batch of ``size`` steps already encoded as one frame
+        (``protocol.codec.encode(batch, single_frame=True)``'s form: the frame a runtime sends,
+        which the caller has decoded and checked). Stored as it is; :meth:`records_from` decodes it."""
         try:
-            self._log.append(position, frames[0], count=batch.size)
+            self._log.append(position, frame, count=size)
         except SeqLogFullError as e:
             raise JournalFullError(str(e)) from e
         except SeqLogError as e:

@@ -64,10 +64,10 @@ class LearnerUplink:
     async def serve(self) -> None:
         """Handles every message the server delivers, in order, until cancelled."""
         while True:
-            peer, msg = await self.server.recv()
+            peer, msg, frame = await self.server.recv_framed()
             before = self._rejections()
             try:
-                await self._on_message(peer, msg)
+                await self._on_message(peer, msg, frame)
             except Exception as e:  # noqa: BLE001 — one peer's message must never end the service
                 self.handler_errors += 1
                 if worth_logging(self.handler_errors):
@@ -102,11 +102,11 @@ class LearnerUplink:
         return (self.refused_sessions, a.refused_batches, self.handler_errors, a.gaps, a.journal_errors,
                 self.server.malformed_count)
 
-    async def _on_message(self, peer: bytes, msg: Any) -> None:
+    async def _on_message(self, peer: bytes, msg: Any, frame: memoryview | None = None) -> None:
         if isinstance(msg, Hello):
             self._on_hello(peer, msg)
         elif isinstance(msg, TransitionBatch):
-            await self._on_batch(peer, msg)
+            await self._on_batch(peer, msg, frame)
         elif not isinstance(msg, Heartbeat):
             # Out of protocol on the uplink (docs/protocol.md): counted like any malformed frame.
             self.server.malformed_count += 1
@@ -136,8 +136,8 @@ class LearnerUplink:
         self.rejected_batches += 1
         self._refuse(peer, session, f"dropped: {why}")
 
-    async def _on_batch(self, peer: bytes, batch: TransitionBatch) -> None:
-        verdict = await self.admission.admit(batch)
+    async def _on_batch(self, peer: bytes, batch: TransitionBatch, frame: memoryview | None) -> None:
+        verdict = await self.admission.admit(batch, frame=frame)
         if verdict.refusal is not None:
             self.server.send(peer, verdict.refusal)
         if verdict.ack:

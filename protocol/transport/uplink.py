@@ -179,6 +179,14 @@ class UplinkServer:
         Malformed or out-of-protocol input is counted in ``malformed_count``, logged and
         skipped. Wrap in ``asyncio.timeout`` for a deadline. Raises TransportClosed if not started.
         """
+        peer, msg, _ = await self.recv_framed()
+        return peer, msg
+
+    async def recv_framed(self) -> tuple[bytes, Message, memoryview | None]:
+        """As :meth:`recv`, plus the message's encoding when it came as one frame (a runtime's
+        batch: its spill record): ``encode(msg, single_frame=True)``'s form, which a receiver
+        can store as it is instead of encoding the decoded message again; None when the
+        message came in several frames."""
         sock = self._socket()
         while True:
             frames = await sock.recv_multipart(copy=False)
@@ -195,7 +203,7 @@ class UplinkServer:
                 self._malformed(peer, str(e))
                 continue
             if self._admit(peer, msg):
-                return peer, msg
+                return peer, msg, (frames[1].buffer if len(frames) == 2 else None)
 
     def send(self, peer: bytes, msg: Message) -> bool:
         """Queues ``msg`` for ``peer`` without blocking; returns False if unroutable or at the HWM."""

@@ -273,3 +273,52 @@ def test_an_old_journals_bad_record_followed_by_a_hole_is_skipped_at_start_up(tm
     d = asyncio.run(scenario())
     assert d["journal_refused_steps"] == 8
     assert d["env_steps"] == 24  # the two good records either side of the hole, replayed, and 8 new
+
+
+def test_a_batch_sent_as_one_frame_is_journaled_as_that_frame(tmp_path: Path, demos) -> None:
+    """A runtime sends each batch as one frame (its spill record); the journal stores those bytes
+    as they arrived instead of encoding the decoded batch again. A batch the dedupe trims (part
+    resend) is encoded afresh, and every record reads back as the steps that were sent."""
+    import msgpack
+
+    from protocol.codec import encode
+
+    def reordered(batch) -> bytes:
+        """A valid one-frame encoding that differs from encode()'s: its map keys in reverse order."""
+        fields = msgpack.unpackb(bytes(encode(batch, single_frame=True)[0]), raw=False)
+        return msgpack.packb(dict(reversed(list(fields.items()))), use_bin_type=True)
+
+    sent = [make_batch("s1", 0, 8), make_batch("s1", 8, 8), make_batch("s1", 12, 8)]  # the third overlaps by 4
+    frames = [reordered(b) for b in sent]
+    assert frames[0] != bytes(encode(sent[0], single_frame=True)[0])
+
+    async def scenario() -> None:
+        service = LearnerService(tiny_config(), demos, run_dir=tmp_path / "run")
+        task = await started(service)
+        ctx = zmq.asyncio.Context()
+        try:
+            rt = Runtime(ctx, service.endpoints["uplink"])
+            assert (await rt.hello(make_hello("s1"))).accepted
+            for frame in frames:
+                rt.sock.send_multipart([frame])
+            await rt.ack_at_least(20)
+            rt.close()
+        finally:
+            await stop(service, task)
+            ctx.destroy(linger=0)
+
+    asyncio.run(scenario())
+    journal = IngestJournal.open(JournalConfig(directory=tmp_path / "run" / "journal", retention_steps=1 << 40),
+                                 read_only=True)
+    try:
+        raw = [(seq, count, bytes(payload)) for seq, count, payload in journal._log.iter_from(0)]
+        records = list(journal.records_from(0))
+    finally:
+        journal.close()
+    assert [(seq, count) for seq, count, _ in raw] == [(0, 8), (8, 8), (16, 4)]
+    assert raw[0][2] == frames[0] and raw[1][2] == frames[1]  # stored as received
+    assert raw[2][2] == bytes(encode(sent[2].tail(16), single_frame=True)[0])  # trimmed: encoded here
+    got = np.concatenate([b.observations["state"] for _, b in records])
+    want = np.concatenate([sent[0].observations["state"], sent[1].observations["state"],
+                           sent[2].observations["state"][4:]])
+    assert np.array_equal(got, want)
