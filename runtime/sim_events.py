@@ -28,10 +28,11 @@ logger = logging.getLogger(__name__)
 
 
 class SimEvents:
-    """The environment resets and goal draws of one control loop; see the module docstring."""
+    """The environment resets, goal draws and operator resets of one control loop; see the module
+    docstring."""
 
     def __init__(self, *, robot: Robot, schedule: AgentSchedule, clock: Clock, end_segment: Callable[[], None],
-                 reset_every: int | None, draw_goal_each_turn: bool, operator_resets: bool = False) -> None:
+                 reset_every: int | None, draw_goal_each_turn: bool, operator_resets: bool) -> None:
         """``end_segment`` ends the loop's recording segment. Raises ValueError when resets, goal
         draws or operator resets are asked for and ``robot`` is not a
         :class:`~hardware.interfaces.SimulatedRobot`."""

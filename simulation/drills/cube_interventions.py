@@ -22,8 +22,8 @@ With the runtime's emulated operator (``resetfree-runtime --operator``, ``RunSpe
 the twin does step in: at the end of every backward turn it applies the same rule and, when the
 cube is out of reach, resets the scene, which ends the segment. Then every failed turn is an
 intervention, and a failed turn is visible in the journal's structure alone: a segment that
-ends right after a complete backward turn (``turn_steps`` backward steps; its closing frame is
-the state the operator judged), followed by a forward turn. Such a count needs no cube position,
+ends right after a complete backward turn (``operator_turn`` backward steps, the last of them its
+closing frame, one action before the state the operator judged), followed by a forward turn. Such a count needs no cube position,
 so it is exact in pixel mode too, with no replay (a runtime stopped and resumed exactly at a
 backward turn's end would be miscounted as one intervention).
 
