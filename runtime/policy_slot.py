@@ -289,12 +289,14 @@ class PolicySlot:
         if not (self.config.trace and self._example is not None):
             return _Policy(module=module, run=module)
         try:
+            # Deprecated from torch 2.13 (a DeprecationWarning) yet still the cheapest call here
+            # (``trace``); a torch without it fails below and the policy runs eagerly.
             with torch.no_grad():
                 traced = torch.jit.trace(module, (self._example,), strict=False, check_trace=False)
             with torch.inference_mode():
                 for _ in range(3):  # TorchScript profiles the first calls, then optimises
                     traced(self._example)
-        except (RuntimeError, TypeError, ValueError) as e:
+        except (RuntimeError, TypeError, ValueError, AttributeError) as e:
             logger.warning("policy: tracing failed, running the module eagerly: %s", e)
             return _Policy(module=module, run=module)
         return _Policy(module=module, run=traced)

@@ -341,7 +341,7 @@ def test_q_scale_makes_the_actor_step_independent_of_the_q_magnitude():
                     p.mul_(factor)
             torch.manual_seed(3)
             loss, _ = agent.actor_loss(h, 0.0)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         assert losses[1] / losses[0] == pytest.approx(expected_ratio, rel=1e-4)
 
 

@@ -123,8 +123,18 @@ def test_a_callback_that_holds_the_loop_shows_as_busy_in_the_loop_stats():
     robot = FakeRobot()
     sink = ListSink()
 
+    reports = []
+
     async def body():
         loop = build(robot, sink, rate_hz=50.0)
+        probe_late = loop.lateness.late
+
+        def late(late_s):  # every report, not only the last: on a loaded machine later ticks can be late too
+            report = probe_late(late_s)
+            reports.append(report)
+            return report
+
+        loop.lateness.late = late
 
         async def hog():
             await asyncio.sleep(0.3)
@@ -140,7 +150,7 @@ def test_a_callback_that_holds_the_loop_shows_as_busy_in_the_loop_stats():
     detail = loop.stats().detail()
     assert loop.clock.overruns >= 1 and detail["late_busy"] >= 1
     assert sum(detail[f"late_{c}"] for c in LATE_CAUSES) == loop.clock.overruns
-    assert loop.lateness.last is not None and loop.lateness.last.cpu_ms >= 50
+    assert any(r is not None and r.cpu_ms >= 50 for r in reports), reports  # the hog's tick shows its CPU
 
 
 def test_the_log_line_names_the_other_threads(caplog):
