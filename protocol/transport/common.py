@@ -37,6 +37,15 @@ def _positive(obj: object, *names: str) -> None:
             raise ValueError(f"{type(obj).__name__}.{name} must be > 0, got {value!r}")
 
 
+def _buffer_size(obj: object, *names: str) -> None:
+    """A kernel socket buffer: a byte count, or -1 for the kernel's own autotuning."""
+    for name in names:
+        value = getattr(obj, name)
+        if not (value == -1 or value >= 4096):
+            raise ValueError(f"{type(obj).__name__}.{name} must be -1 (the kernel's autotuning) or at least 4096 "
+                             f"bytes, got {value!r}")
+
+
 def _worth_logging(count: int) -> bool:
     """Rate limit for per-frame warnings: the first 10, then every 1000th. A flood of junk
     must not turn into a flood of log writes on the event loop that also runs the robot."""

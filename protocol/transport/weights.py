@@ -19,7 +19,7 @@ from protocol.codec import Limits, decode, encode
 from protocol.errors import ChecksumError, ProtocolError, TransportClosed
 from protocol.keys import CurveClientKeys, CurveServerKeys
 from protocol.messages import Weights
-from protocol.transport.common import DEFAULT_ENDPOINT, _buffers, _positive, _send_nowait, _Sockets, _worth_logging
+from protocol.transport.common import DEFAULT_ENDPOINT, _buffer_size, _buffers, _positive, _send_nowait, _Sockets, _worth_logging
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,11 @@ class WeightsPublisherConfig:
     """Where to bind."""
     sndhwm: int = 2
     """Blobs queued per subscriber; more are dropped (the newest follows anyway)."""
+    sndbuf_bytes: int = 1 << 20
+    """The kernel's send buffer per connection (``SO_SNDBUF``; Linux doubles it). With the
+    subscriber's ``rcvbuf_bytes`` it caps how many superseded blobs can sit in flight: left to
+    the kernel's autotuning (``-1``), a loopback connection buffered seven 1 MB blobs, which a
+    slow runtime then received one after another before the newest."""
     republish_s: float = 2.0
     """``run()`` re-sends each agent's newest blob when nothing newer went out for this long,
     so a subscriber whose queue was full when the newest was published still gets it."""
@@ -75,6 +80,7 @@ class WeightsPublisherConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "sndhwm", "republish_s")
+        _buffer_size(self, "sndbuf_bytes")
 
 
 class WeightsPublisher:
@@ -91,6 +97,7 @@ class WeightsPublisher:
         self._zmq = _Sockets()
         sock = self._zmq.socket(zmq.PUB)
         sock.sndhwm = self.config.sndhwm
+        sock.sndbuf = self.config.sndbuf_bytes
         self._sock = sock
         endpoint = self._zmq.bind(sock, self.config.endpoint, self.config.keys)
         logger.info("weights publisher bound at %s", endpoint)
@@ -133,6 +140,9 @@ class WeightsSubscriberConfig:
     """The learner's weights endpoint (from the Welcome)."""
     rcvhwm: int = 2
     """Blobs queued before ZeroMQ stops reading."""
+    rcvbuf_bytes: int = 1 << 20
+    """The kernel's receive buffer (``SO_RCVBUF``; Linux doubles it); ``-1``: the kernel's
+    autotuning. See ``WeightsPublisherConfig.sndbuf_bytes``."""
     limits: Limits = Limits()
     """Decoder limits."""
     keys: CurveClientKeys | None = None
@@ -140,6 +150,7 @@ class WeightsSubscriberConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "rcvhwm")
+        _buffer_size(self, "rcvbuf_bytes")
 
 
 class WeightsSubscriber:
@@ -190,6 +201,7 @@ class WeightsSubscriber:
         self._zmq = _Sockets()
         sock = self._zmq.socket(zmq.SUB, limits=self.config.limits)
         sock.rcvhwm = self.config.rcvhwm
+        sock.rcvbuf = self.config.rcvbuf_bytes
         self._zmq.secure_client(sock, self.config.keys, self.config.endpoint, on_event=self._on_event)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         sock.connect(self.config.endpoint)
