@@ -230,6 +230,12 @@ class RedqAgent:
         self.reward_abs_max = max(self.reward_abs_max, float(reward.abs().max()))
         # Sum over members of each member's MSE: every critic regresses to the same target.
         loss = (q - target.unsqueeze(0)).pow(2).mean(dim=1).sum()
+        conservative = None
+        if self.cfg.conservative_weight > 0:
+            with torch.no_grad():
+                policy_action, _, _ = self.actor.sample(h.detach(), noise_clip=self.noise_clip)
+            conservative = (self.critic(h, policy_action) - q).mean(dim=1).sum()
+            loss = loss + self.cfg.conservative_weight * conservative
         self.critic_opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.critic_grad_clip is not None:
@@ -237,7 +243,8 @@ class RedqAgent:
                 [*self.encoder.parameters(), *self.critic.parameters()], self.cfg.critic_grad_clip
             )
         self.critic_opt.step()
-        return {
+        metrics = {} if conservative is None else {"losses/conservative": float(conservative.detach())}
+        return metrics | {
             "losses/critic": float(loss.detach()),
             "values/q_mean": float(q.detach().mean()),
             "values/target_mean": float(target.mean()),

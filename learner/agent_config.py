@@ -3,7 +3,7 @@
 :class:`AgentConfig`: learning rate, discount, Polyak rate, batch size, the update-to-data
 ratio, each role's entropy temperature (initial α, learnt or not, target entropy, the cap),
 the exploration-noise clip, augmentation, the encoder's bf16 autocast, the critic's gradient
-clip, the behaviour-cloning regulariser's form and the actor's Q scaling. :class:`learner.agent.RedqAgent` reads it
+clip, the behaviour-cloning regulariser's form, the actor's Q scaling and the critic's conservative term. :class:`learner.agent.RedqAgent` reads it
 (and re-exports it, so ``from learner.agent import AgentConfig`` keeps working).
 """
 
@@ -80,6 +80,14 @@ class AgentConfig:
     multiplies ``α log π − Q``, so the BC term keeps its weight as |Q| grows (TD3+BC: 2.5).
     None: the plain ``α log π − Q`` (paper)."""
 
+    conservative_weight: float = 0.0
+    """Weight ``c`` of a conservative term in the critic loss (CQL's, Kumar et al. 2020, with
+    the policy's own actions): ``c · Σ_i mean_B [Q_i(s, π(s)) − Q_i(s, a)]``, the actions of
+    the batch against the current policy's at the same states. It pushes down the critic's
+    preference for the policy's actions over those in the data, the bias measured on tabletop
+    (the critic rated the policy's action above the demo's at 93–98% of demo states, where the
+    task's truth favours it at ~20%; docs/learning.md). 0: off (paper)."""
+
     def __post_init__(self) -> None:
         if not self.lr > 0:
             raise ValueError(f"AgentConfig.lr must be > 0, got {self.lr}")
@@ -110,6 +118,8 @@ class AgentConfig:
             raise ValueError(f"AgentConfig.bc_form must be log_likelihood, mse or beta_nll, got {self.bc_form!r}")
         if not 0 <= self.bc_beta <= 1:
             raise ValueError(f"AgentConfig.bc_beta must be in [0, 1], got {self.bc_beta}")
+        if not self.conservative_weight >= 0:
+            raise ValueError(f"AgentConfig.conservative_weight must be >= 0, got {self.conservative_weight}")
         if self.q_scale is not None and not self.q_scale > 0:
             raise ValueError(f"AgentConfig.q_scale must be > 0 or None, got {self.q_scale}")
 

@@ -388,3 +388,25 @@ def test_state_mode_actor_and_critics_have_their_own_layernorm_trunk():
     policy.load_state_dict(agent.policy_state_dict())  # the runtime builds the same actor
     off = RedqAgent(spec, 2, AgentConfig(), NetworkConfig(hidden_dim=32, feature_dim=8, state_trunk=False), "cpu")
     assert off.critic.trunk is None
+
+
+def test_conservative_term_lowers_the_critics_preference_for_the_policys_actions():
+    # The same critic steps on the same batch with and without the term: with it, the
+    # critics rate the policy's action below the batch's; without it nothing separates them.
+    batch = make_batch(n_demo=3)
+    gaps = {}
+    for weight in (0.0, 1.0):
+        agent = make_agent(conservative_weight=weight)
+        h = torch.randn(8, agent.encoder.repr_dim, generator=torch.Generator().manual_seed(1))
+        for _ in range(200):
+            metrics = agent.update_critic(h, batch.action, torch.zeros(8), batch.discount, h)
+        assert ("losses/conservative" in metrics) == (weight > 0)
+        with torch.no_grad():
+            _, _, mean_action = agent.actor.sample(h)
+            gaps[weight] = float((agent.critic(h, mean_action) - agent.critic(h, batch.action)).mean())
+    assert gaps[1.0] < -0.2 and abs(gaps[0.0]) < 0.05, gaps
+
+
+def test_conservative_weight_must_not_be_negative():
+    with pytest.raises(ValueError, match="conservative_weight"):
+        AgentConfig(conservative_weight=-0.1)
