@@ -3,8 +3,9 @@
 :class:`AgentConfig`: learning rate, discount, Polyak rate, batch size, the update-to-data
 ratio, each role's entropy temperature (initial α, learnt or not, target entropy, the cap),
 the exploration-noise clip, augmentation, the encoder's bf16 autocast, the critic's gradient
-clip, the behaviour-cloning regulariser's form, the actor's Q scaling and the critic's conservative term. :class:`learner.agent.RedqAgent` reads it
-(and re-exports it, so ``from learner.agent import AgentConfig`` keeps working).
+clip, the behaviour-cloning regulariser's form, the actor's Q scaling and the critic's
+conservative term. :class:`learner.agent.RedqAgent` reads it (and re-exports it, so
+``from learner.agent import AgentConfig`` keeps working).
 """
 
 from __future__ import annotations

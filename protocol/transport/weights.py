@@ -19,7 +19,9 @@ from protocol.codec import Limits, decode, encode
 from protocol.errors import ChecksumError, ProtocolError, TransportClosed
 from protocol.keys import CurveClientKeys, CurveServerKeys
 from protocol.messages import Weights
-from protocol.transport.common import DEFAULT_ENDPOINT, _buffer_size, _buffers, _positive, _send_nowait, _Sockets, _worth_logging
+from protocol.transport.common import (
+    DEFAULT_ENDPOINT, _buffer_size, _buffers, _positive, _send_nowait, _Sockets, _worth_logging,
+)
 
 logger = logging.getLogger(__name__)
 
