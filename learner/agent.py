@@ -32,6 +32,7 @@ from learner.augment import RandomShift
 from learner.batch import Batch
 from learner.critic import CriticEnsemble
 from learner.networks import Actor, Encoder, NetworkConfig, PolicyNetwork, is_image, native_bf16, uses_state_trunk
+from learner.proposal import choose, load_proposal
 from protocol.spaces import ObsSpec
 
 logger = logging.getLogger(__name__)
@@ -135,6 +136,11 @@ class RedqAgent:
         self.target_entropy = target_per_dim * float(action_dim)
         self.reward_abs_max = 0.0
         """Largest |reward| seen in an update: ``q/bound`` is this over ``1 − γ``."""
+        self.proposal: PolicyNetwork | None = None
+        """The frozen BC policy whose action competes with the actor's (``AgentConfig.bc_proposal``;
+        :meth:`set_proposal`), or None."""
+        self._acted = [0, 0]  # [proposal chosen, actions taken] since the last update's metrics
+        self._target_chose: float | None = None  # the proposal's share of the last TD target's actions
 
     @property
     def alpha(self) -> Tensor:
@@ -163,10 +169,20 @@ class RedqAgent:
         if single:
             tensors = {k: v.unsqueeze(0) for k, v in tensors.items()}
         with torch.no_grad():
-            sampled, _, mean_action = self.actor.sample(self.encoder(tensors))
-        action = sampled if explore else mean_action
+            h = self.encoder(tensors)
+            sampled, _, mean_action = self.actor.sample(h)
+            action = sampled if explore else mean_action
+            if self.proposal is not None:
+                action, chose = choose(self.critic, self.proposal, h, tensors, action)
+                self._acted[0] += int(chose.sum())
+                self._acted[1] += int(chose.numel())
         out = action.float().cpu().numpy()
         return out[0] if single else out
+
+    def set_proposal(self, weights: Mapping[str, Tensor]) -> None:
+        """Sets the frozen BC policy (``build_actor`` tensors) whose action competes with the
+        actor's in :meth:`act` and in the TD target (:mod:`learner.proposal`)."""
+        self.proposal = load_proposal(weights, self.obs_spec, self.action_dim, self.net_cfg, self.device)
 
     def _is_single(self, obs: Mapping[str, np.ndarray]) -> bool:
         key = next(iter(self.obs_spec))
@@ -195,7 +211,11 @@ class RedqAgent:
             h = self.encoder(obs).float()
             with torch.no_grad():
                 h_next = self.encoder(next_obs).float()
-        metrics = self.update_critic(h, batch.action, reward, batch.discount, h_next)
+        metrics = self.update_critic(h, batch.action, reward, batch.discount, h_next,
+                                     next_obs=next_obs if self.proposal is not None else None)
+        if self.proposal is not None and self._acted[1]:
+            metrics["proposal/acted_fraction"] = self._acted[0] / self._acted[1]
+            self._acted = [0, 0]
         # 3. the actor sees detached features: it never trains the encoder (DrQ-v2)
         if update_actor:
             demo = None
@@ -209,22 +229,33 @@ class RedqAgent:
         metrics["charts/step"] = float(step)
         return metrics
 
-    def target_q(self, h_next: Tensor, reward: Tensor, discount: Tensor) -> tuple[Tensor, Tensor]:
-        """Returns ``(target (B,), members used)``: REDQ's min over a random critic subset."""
+    def target_q(self, h_next: Tensor, reward: Tensor, discount: Tensor,
+                 next_obs: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """Returns ``(target (B,), members used)``: REDQ's min over a random critic subset.
+
+        With a proposal (:meth:`set_proposal`) and ``next_obs``, the next action is the
+        actor's or the proposal's, whichever that subset's min rates higher (IBRL's bootstrap);
+        the entropy term is off then (``AgentConfig.bc_proposal`` needs α = 0)."""
         with torch.no_grad():
             action, log_prob, _ = self.actor.sample(h_next, noise_clip=self.noise_clip)
             members = torch.randperm(self.net_cfg.num_critics, device=self.device)[
                 : self.net_cfg.num_min_target
             ]
+            if self.proposal is not None and next_obs is not None:
+                action, chose = choose(self.critic_target, self.proposal, h_next, next_obs, action, members)
+                self._target_chose = float(chose.float().mean())
             q_next = self.critic_target(h_next, action, members).min(dim=0).values
             q_next = q_next - self.alpha * log_prob
             return reward + discount * q_next, members
 
     def update_critic(
-        self, h: Tensor, action: Tensor, reward: Tensor, discount: Tensor, h_next: Tensor
+        self, h: Tensor, action: Tensor, reward: Tensor, discount: Tensor, h_next: Tensor,
+        next_obs: Mapping[str, Tensor] | None = None,
     ) -> dict[str, float]:
-        """Critic (and encoder) step on every ensemble member; returns its metrics."""
-        target, _ = self.target_q(h_next, reward, discount)
+        """Critic (and encoder) step on every ensemble member; returns its metrics.
+        ``next_obs``: the raw next observations, for the proposal's bootstrap (:meth:`target_q`)."""
+        self._target_chose = None
+        target, _ = self.target_q(h_next, reward, discount, next_obs)
         q = self.critic(h, action)  # (E, B)
         self._q_data = q.detach().mean(dim=0)  # Q(s, a_data), for q/overestimation
         self.reward_abs_max = max(self.reward_abs_max, float(reward.abs().max()))
@@ -244,6 +275,8 @@ class RedqAgent:
             )
         self.critic_opt.step()
         metrics = {} if conservative is None else {"losses/conservative": float(conservative.detach())}
+        if self._target_chose is not None:
+            metrics["proposal/target_fraction"] = self._target_chose
         return metrics | {
             "losses/critic": float(loss.detach()),
             "values/q_mean": float(q.detach().mean()),
@@ -325,7 +358,8 @@ class RedqAgent:
         return {k: v.detach().to("cpu", copy=True) for k, v in self.policy.state_dict().items()}
 
     def state_dict(self) -> dict[str, Any]:
-        """Returns networks, target critics, optimisers and temperature (nested state dicts)."""
+        """Returns networks, target critics, optimisers, temperature and the proposal, if any
+        (nested state dicts)."""
         return {
             "encoder": self.encoder.state_dict(),
             "actor": self.actor.state_dict(),
@@ -336,7 +370,7 @@ class RedqAgent:
             "log_alpha": self.log_alpha.detach().clone(),
             "alpha_opt": self.alpha_opt.state_dict(),
             "reward_abs_max": torch.tensor(self.reward_abs_max, dtype=torch.float64),
-        }
+        } | ({} if self.proposal is None else {"proposal": self.proposal.state_dict()})
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Loads :meth:`state_dict` output in place; raises KeyError/RuntimeError on mismatch."""
@@ -352,6 +386,8 @@ class RedqAgent:
             self.log_alpha.copy_(torch.as_tensor(state["log_alpha"]))
         self.alpha_opt.load_state_dict(copy.deepcopy(state["alpha_opt"]))
         self.reward_abs_max = float(state["reward_abs_max"])
+        if "proposal" in state:
+            self.set_proposal(state["proposal"])
 
 
 def obs_to_tensors(obs: Mapping[str, np.ndarray], obs_spec: ObsSpec, device: torch.device) -> dict[str, Tensor]:

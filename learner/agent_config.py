@@ -3,8 +3,8 @@
 :class:`AgentConfig`: learning rate, discount, Polyak rate, batch size, the update-to-data
 ratio, each role's entropy temperature (initial α, learnt or not, target entropy, the cap),
 the exploration-noise clip, augmentation, the encoder's bf16 autocast, the critic's gradient
-clip, the behaviour-cloning regulariser's form, the actor's Q scaling and the critic's
-conservative term. :class:`learner.agent.RedqAgent` reads it (and re-exports it, so
+clip, the behaviour-cloning regulariser's form, the actor's Q scaling, the critic's
+conservative term and the forward agent's BC proposal. :class:`learner.agent.RedqAgent` reads it (and re-exports it, so
 ``from learner.agent import AgentConfig`` keeps working).
 """
 
@@ -89,6 +89,19 @@ class AgentConfig:
     (the critic rated the policy's action above the demo's at 93–98% of demo states, where the
     task's truth favours it at ~20%; docs/learning.md). 0: off (paper)."""
 
+    bc_proposal: bool = False
+    """The imitation proposal of IBRL (Hu et al. 2023), for the forward agent: a BC policy,
+    trained on the forward demos when practice starts (``bc_proposal_steps``, the BC baseline's
+    loss and network) and frozen, proposes an action beside the actor's. The agent acts with
+    the one its critics rate higher (the ensemble's minimum, pessimistic where the actor's
+    action is off the data) and bootstraps its TD target from the better of the two, so the
+    critic learns the value of falling back on BC. The deployed policy is the same choice with
+    the actor's mean action. A deviation from MEDAL++ (docs/learning.md); needs the forward
+    agent's entropy bonus off (``forward_temperature`` 0) and the in-process practice loop:
+    the runtime deploys the actor alone. False: off (paper)."""
+    bc_proposal_steps: int = 10_000
+    """Gradient steps of the proposal's BC training (the BC baseline's count)."""
+
     def __post_init__(self) -> None:
         if not self.lr > 0:
             raise ValueError(f"AgentConfig.lr must be > 0, got {self.lr}")
@@ -96,7 +109,7 @@ class AgentConfig:
             raise ValueError(f"AgentConfig.gamma must be in [0, 1], got {self.gamma}")
         if not 0 < self.tau <= 1:
             raise ValueError(f"AgentConfig.tau must be in (0, 1], got {self.tau}")
-        for name in ("batch_size", "update_to_data"):
+        for name in ("batch_size", "update_to_data", "bc_proposal_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"AgentConfig.{name} must be a positive int, got {value!r}")
@@ -121,6 +134,8 @@ class AgentConfig:
             raise ValueError(f"AgentConfig.bc_beta must be in [0, 1], got {self.bc_beta}")
         if not self.conservative_weight >= 0:
             raise ValueError(f"AgentConfig.conservative_weight must be >= 0, got {self.conservative_weight}")
+        if self.bc_proposal and self.forward_temperature > 0:
+            raise ValueError("AgentConfig.bc_proposal needs forward_temperature 0 (the proposal has no entropy term)")
         if self.q_scale is not None and not self.q_scale > 0:
             raise ValueError(f"AgentConfig.q_scale must be > 0 or None, got {self.q_scale}")
 

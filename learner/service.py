@@ -66,6 +66,9 @@ class LearnerService:
 
     def __init__(self, cfg: LearnerConfig, demos: DemoSet, *, run_dir: Path, resume: bool = False,
                  keys: CurveServerKeys | None = None) -> None:
+        if cfg.agent.bc_proposal:
+            raise ServiceError("agent.bc_proposal is for the in-process practice loop only: a runtime deploys the "
+                               "actor alone, without the BC proposal and the critics that choose between them")
         self.cfg, self.demos, self.run_dir, self.resume, self.keys = cfg, demos, Path(run_dir), resume, keys
         self.endpoints: dict[str, str] = {}
         """Bound endpoints (``uplink``, ``weights``, ``control``) once started."""

@@ -32,6 +32,7 @@ from learner.demo_inputs import DemoData, demo_buffer, demo_states, vice_positiv
 from learner.discriminators import Discriminator, DiscriminatorConfig
 from learner.errors import DiscriminatorError, TrainerError
 from learner.networks import NetworkConfig
+from learner.proposal import train_proposal
 from learner.replay import ReplayBuffer, ReplayConfig, sample_mixed
 from learner.rewards import medal_reward, vice_reward
 from learner.schedule import ScheduleConfig
@@ -109,6 +110,8 @@ class MedalTrainer:
         stats = demo_states(demos, self.obs_spec)
         self.vice.set_input_stats(stats)
         self.medal.set_input_stats(stats)
+        self.seed = seed
+        self._forward_demos = fwd  # the BC proposal's training set (AgentConfig.bc_proposal)
         self.env_steps = 0
         self.agent_steps = [0, 0]
         self.updates = [0, 0]
@@ -263,7 +266,11 @@ class MedalTrainer:
                     return metrics
                 metrics.update(done)
                 self.disc_next_at[idx] += disc.cfg.updates_every
-        # 2. agents
+        # 2. agents (the forward agent's BC proposal first, once, when it has none yet)
+        if self.config.agent.bc_proposal and self.agents[FORWARD].proposal is None:
+            self.agents[FORWARD].set_proposal(train_proposal(
+                self._forward_demos, self.obs_spec, self.config.network,
+                steps=self.config.agent.bc_proposal_steps, seed=self.seed, device=self.device))
         for a, name in ((FORWARD, "forward"), (BACKWARD, "backward")):
             if stop():
                 return metrics

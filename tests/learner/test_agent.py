@@ -410,3 +410,68 @@ def test_conservative_term_lowers_the_critics_preference_for_the_policys_actions
 def test_conservative_weight_must_not_be_negative():
     with pytest.raises(ValueError, match="conservative_weight"):
         AgentConfig(conservative_weight=-0.1)
+
+
+STATE = {"state": ((3,), "float32")}
+
+
+def make_state_agent(**kw):
+    torch.manual_seed(0)
+    agent = RedqAgent(STATE, A, AgentConfig(**kw), NET, "cpu")
+    torch.manual_seed(1)
+    proposal = build_actor(STATE, A, NET)  # an untrained policy: its action differs from the actor's
+    agent.set_proposal(proposal.state_dict())
+    return agent, proposal
+
+
+def test_proposal_acts_with_the_action_the_critics_rate_higher():
+    agent, proposal = make_state_agent(bc_proposal=True)
+    obs = torch.randn(64, 3, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        h = agent.encoder({"state": obs})
+        mine = torch.tanh(agent.actor(h)[0])
+        theirs = proposal({"state": obs})
+        q = [torch.stack([agent.critic.member(i, h, a) for i in range(NET.num_critics)]).min(0).values
+             for a in (mine, theirs)]
+    expected = torch.where((q[1] > q[0]).unsqueeze(-1), theirs, mine)
+    assert 0 < int((q[1] > q[0]).sum()) < 64  # both are chosen somewhere: the test can tell them apart
+    acted = agent.act({"state": obs.numpy()}, explore=False)
+    np.testing.assert_allclose(acted, expected.numpy(), atol=1e-5)
+    agent.update(make_batch(spec=STATE), torch.randn(8), bc_weight=0.0, step=0)
+    assert agent.act({"state": obs[0].numpy()}, explore=True).shape == (A,)
+
+
+def test_proposal_bootstraps_the_target_from_the_better_action():
+    agent, _ = make_state_agent(bc_proposal=True)
+    batch = make_batch(spec=STATE)
+    h_next = agent.encoder(batch.next_obs).detach()
+    reward = torch.randn(8)
+    torch.manual_seed(5)
+    plain, members = agent.target_q(h_next, reward, batch.discount)
+    torch.manual_seed(5)
+    boot, same = agent.target_q(h_next, reward, batch.discount, batch.next_obs)
+    assert torch.equal(members, same)
+    with torch.no_grad():
+        proposed = agent.proposal(batch.next_obs)
+        q_proposal = agent.critic_target(h_next, proposed, members).min(0).values
+    torch.testing.assert_close(boot, torch.maximum(plain, reward + batch.discount * q_proposal))
+    assert bool((boot > plain).any())
+
+
+def test_proposal_travels_in_the_agents_state():
+    agent, proposal = make_state_agent(bc_proposal=True)
+    state = agent.state_dict()
+    other = RedqAgent(STATE, A, agent.cfg, NET, "cpu")
+    assert other.proposal is None
+    other.load_state_dict(state)
+    obs = torch.randn(5, 3)
+    torch.testing.assert_close(other.proposal({"state": obs}), proposal({"state": obs}))
+    np.testing.assert_allclose(other.act({"state": obs.numpy()}, explore=False),
+                               agent.act({"state": obs.numpy()}, explore=False))
+
+
+def test_proposal_needs_the_forward_entropy_bonus_off():
+    with pytest.raises(ValueError, match="bc_proposal"):
+        AgentConfig(bc_proposal=True, forward_temperature=0.1)
+    with pytest.raises(ValueError, match="bc_proposal_steps"):
+        AgentConfig(bc_proposal_steps=0)

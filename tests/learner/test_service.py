@@ -542,3 +542,9 @@ def test_disk_use_is_measured_and_warned_above_the_cap(tmp_path: Path, demos, ca
                for r in caplog.records), [r.getMessage() for r in caplog.records]
     worker = service.worker
     assert worker is not None and worker.disk_bytes > 2**10 and "disk_gib" in worker.progress_figures()
+
+
+def test_the_pipeline_refuses_the_bc_proposal_it_cannot_deploy(tmp_path: Path, demos) -> None:
+    with pytest.raises(ServiceError, match="bc_proposal"):
+        LearnerService(tiny_config("agent.bc_proposal=true"), demos, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -419,3 +419,36 @@ def test_end_segment_in_the_seed_phase_closes_both_buffers() -> None:
         b = tr.replay[a].sample(300, np.random.default_rng(a))
         assert torch.equal(b.next_obs["state"][:, 0], b.obs["state"][:, 0] + 1)  # 2 -> 3, never 2 -> 20
         assert set(b.obs["state"][:, 0].tolist()) == {0, 1, 2, 20}
+
+
+def test_the_bc_proposal_is_trained_once_when_practice_starts_and_resumes_with_the_run(tmp_path: Path) -> None:
+    cfg = dataclasses.replace(make_config(seed_frames=10),
+                              agent=AgentConfig(batch_size=16, bc_proposal=True, bc_proposal_steps=300))
+    fwd = demos()[FORWARD]
+    a = MedalTrainer(cfg, SPEC, 2, demos(), seed=1)
+    a.ingest(0, *_random_steps(5, first=True))
+    assert a.train_step() == {} and a.agents[FORWARD].proposal is None  # still the seed phase
+    metrics: dict[str, float] = {}
+    for i in range(8):
+        a.ingest(i % 2, *_random_steps(5, seed=100 + i))
+        while max(a.credit) >= 1:
+            metrics.update(a.train_step())
+    proposal = a.agents[FORWARD].proposal
+    assert proposal is not None and a.agents[BACKWARD].proposal is None
+    assert 0.0 <= metrics["forward/proposal/target_fraction"] <= 1.0
+    # It clones the forward demos: its squared action error is a fraction of the zero action's.
+    rows = ~fwd.is_last
+    obs = {"state": torch.as_tensor(fwd.observations["state"][rows])}
+    act = torch.as_tensor(fwd.actions[rows])
+    with torch.no_grad():
+        err = float((proposal(obs) - act).pow(2).sum(-1).mean())
+    assert err < 0.2 * float(act.pow(2).sum(-1).mean()), err
+    # A resumed run keeps the proposal it was trained with (no second training) and updates identically.
+    _save(a, tmp_path / "run")
+    m_a = _run(a, 3, seed=200)  # before b exists: both trainers draw on torch's one global RNG
+    b = MedalTrainer(cfg, SPEC, 2, demos(), seed=99)
+    assert _restore(b, tmp_path / "run") is not None
+    assert b.agents[FORWARD].proposal is not None
+    for v, w in zip(proposal.state_dict().values(), b.agents[FORWARD].proposal.state_dict().values()):
+        assert torch.equal(v, w)
+    assert _run(b, 3, seed=200) == m_a
