@@ -78,6 +78,10 @@ def _frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+_ACTED_WINDOW = 1000
+"""Actions per ``proposal/acted_fraction`` figure (a lock-step loop acts once per update)."""
+
+
 class RedqAgent:
     """REDQ actor-critic on a DrQ-v2 encoder; owns its networks and optimisers.
 
@@ -139,7 +143,7 @@ class RedqAgent:
         self.proposal: PolicyNetwork | None = None
         """The frozen BC policy whose action competes with the actor's (``AgentConfig.bc_proposal``;
         :meth:`set_proposal`), or None."""
-        self._acted = [0, 0]  # [proposal chosen, actions taken] since the last update's metrics
+        self._acted = [0, 0]  # [proposal chosen, actions taken] since the last acted_fraction figure
         self._target_chose: float | None = None  # the proposal's share of the last TD target's actions
 
     @property
@@ -161,8 +165,9 @@ class RedqAgent:
     def act(self, obs: Mapping[str, np.ndarray], *, explore: bool) -> np.ndarray:
         """Returns an action in [-1, 1]: ``(A,)`` for one observation, ``(B, A)`` for a batch.
 
-        ``explore`` samples from the tanh-Gaussian; otherwise the mean action. Blocks for one
-        forward pass.
+        ``explore`` samples from the tanh-Gaussian; otherwise the mean action. With a proposal
+        (:meth:`set_proposal`) each row is that or the proposal's action, whichever the critics
+        rate higher. Blocks for one forward pass.
         """
         single = self._is_single(obs)
         tensors = obs_to_tensors(obs, self.obs_spec, self.device)
@@ -174,8 +179,9 @@ class RedqAgent:
             action = sampled if explore else mean_action
             if self.proposal is not None:
                 action, chose = choose(self.critic, self.proposal, h, tensors, action)
-                self._acted[0] += int(chose.sum())
-                self._acted[1] += int(chose.numel())
+                if explore:  # practice's actions, not an evaluation's
+                    self._acted[0] += int(chose.sum())
+                    self._acted[1] += int(chose.numel())
         out = action.float().cpu().numpy()
         return out[0] if single else out
 
@@ -213,7 +219,7 @@ class RedqAgent:
                 h_next = self.encoder(next_obs).float()
         metrics = self.update_critic(h, batch.action, reward, batch.discount, h_next,
                                      next_obs=next_obs if self.proposal is not None else None)
-        if self.proposal is not None and self._acted[1]:
+        if self.proposal is not None and self._acted[1] >= _ACTED_WINDOW:
             metrics["proposal/acted_fraction"] = self._acted[0] / self._acted[1]
             self._acted = [0, 0]
         # 3. the actor sees detached features: it never trains the encoder (DrQ-v2)

@@ -116,9 +116,11 @@ class TurnTally:
         return out
 
 
-_DIAGNOSTICS = (("practice/backward_turns_away_reached", "resets"), ("forward/values/q_mean", "Qf"), ("forward/q/bound", "bound"), ("backward/values/q_mean", "Qb"),
-                ("backward/q/bound", "bound"), ("forward/charts/entropy", "Hf"), ("backward/charts/alpha", "αb"),
-                ("vice/logits_pos", "vice+"), ("vice/logits_neg", "vice-"))
+_DIAGNOSTICS = (("practice/backward_turns_away_reached", "resets"), ("forward/values/q_mean", "Qf"),
+                ("forward/q/bound", "bound"), ("backward/values/q_mean", "Qb"), ("backward/q/bound", "bound"),
+                ("forward/charts/entropy", "Hf"), ("backward/charts/alpha", "αb"),
+                ("vice/logits_pos", "vice+"), ("vice/logits_neg", "vice-"),
+                ("forward/proposal/acted_fraction", "BC acted"), ("forward/proposal/target_fraction", "BC target"))
 
 
 def diagnostics(metrics: dict[str, float]) -> str:

@@ -437,8 +437,11 @@ def test_proposal_acts_with_the_action_the_critics_rate_higher():
     assert 0 < int((q[1] > q[0]).sum()) < 64  # both are chosen somewhere: the test can tell them apart
     acted = agent.act({"state": obs.numpy()}, explore=False)
     np.testing.assert_allclose(acted, expected.numpy(), atol=1e-5)
-    agent.update(make_batch(spec=STATE), torch.randn(8), bc_weight=0.0, step=0)
     assert agent.act({"state": obs[0].numpy()}, explore=True).shape == (A,)
+    assert "proposal/acted_fraction" not in agent.update(make_batch(spec=STATE), torch.randn(8), bc_weight=0.0, step=0)
+    agent.act({"state": np.random.default_rng(0).normal(size=(1000, 3)).astype(np.float32)}, explore=True)
+    metrics = agent.update(make_batch(spec=STATE), torch.randn(8), bc_weight=0.0, step=1)
+    assert 0.0 < metrics["proposal/acted_fraction"] < 1.0  # practice's actions over the last 1000 or more
 
 
 def test_proposal_bootstraps_the_target_from_the_better_action():
