@@ -140,7 +140,6 @@ def test_mse_bc_mixes_rl_and_the_mean_actions_squared_error():
 def test_log_likelihood_bc_mixes_rl_and_demo_log_prob():
     # The authors' form: (1 − λ)·L_RL − λ·mean log π(a_d | s_d), on a separate demo batch.
     agent = make_agent()
-    batch = make_batch(n_demo=0)
     h = torch.randn(8, agent.encoder.repr_dim)
     demo_h, demo_a = torch.randn(5, agent.encoder.repr_dim), torch.rand(5, A) * 2 - 1
     torch.manual_seed(1)
@@ -330,7 +329,6 @@ def test_entropy_bonus_does_not_drive_std_to_its_ceiling():
 def test_q_scale_makes_the_actor_step_independent_of_the_q_magnitude():
     # TD3+BC: with q_scale, multiplying every Q by 10 leaves the actor's loss (hence the
     # weight the BC term has against it) unchanged; without it the Q term grows tenfold.
-    batch = make_batch(n_demo=3)
     h = torch.randn(8, make_agent().encoder.repr_dim)
     for q_scale, expected_ratio in ((2.5, 1.0), (None, 10.0)):
         agent = make_agent(q_scale=q_scale)
