@@ -101,7 +101,8 @@ def _fmt(value: float | None) -> str:
 
 
 def plot(results: dict[str, Any], out: Path) -> Path:
-    """Writes the Figure-2-style plot: one panel per task. Returns its path."""
+    """Writes the Figure-2-style plot: one panel per task (the mean over seeds where every seed
+    has an evaluation, their spread, and each seed's own curve). Returns its path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,6 +120,8 @@ def plot(results: dict[str, Any], out: Path) -> Path:
             ys = np.stack([c[:common, 1] for c in curves])
             ax.plot(steps, ys.mean(0), color="C0", label=f"resetfree ({len(curves)} seeds)")
             ax.fill_between(steps, ys.min(0), ys.max(0), color="C0", alpha=0.2)
+            for c in curves:  # each seed on its own, so one carried further than the others shows
+                ax.plot(c[:, 0], c[:, 1], color="C0", lw=0.6, alpha=0.45)
         if t["bc"]:
             ax.axhline(t["bc"]["success"], color="C3", ls="--", label=f"BC ({len(t['bc']['success_seeds'])} seeds)")
         if t["goal"] is not None:
