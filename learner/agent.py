@@ -178,7 +178,7 @@ class RedqAgent:
             sampled, _, mean_action = self.actor.sample(h)
             action = sampled if explore else mean_action
             if self.proposal is not None:
-                action, chose = choose(self.critic, self.proposal, h, tensors, action)
+                action, chose, _ = choose(self.critic, self.proposal, h, tensors, action)
                 if explore:  # practice's actions, not an evaluation's
                     self._acted[0] += int(chose.sum())
                     self._acted[1] += int(chose.numel())
@@ -217,8 +217,7 @@ class RedqAgent:
             h = self.encoder(obs).float()
             with torch.no_grad():
                 h_next = self.encoder(next_obs).float()
-        metrics = self.update_critic(h, batch.action, reward, batch.discount, h_next,
-                                     next_obs=next_obs if self.proposal is not None else None)
+        metrics = self.update_critic(h, batch.action, reward, batch.discount, h_next, next_obs=next_obs)
         if self.proposal is not None and self._acted[1] >= _ACTED_WINDOW:
             metrics["proposal/acted_fraction"] = self._acted[0] / self._acted[1]
             self._acted = [0, 0]
@@ -247,11 +246,12 @@ class RedqAgent:
             members = torch.randperm(self.net_cfg.num_critics, device=self.device)[
                 : self.net_cfg.num_min_target
             ]
-            if self.proposal is not None and next_obs is not None:
-                action, chose = choose(self.critic_target, self.proposal, h_next, next_obs, action, members)
+            if self.proposal is not None and next_obs is not None:  # α = 0 here: no entropy term
+                _, chose, q_next = choose(self.critic_target, self.proposal, h_next, next_obs, action, members)
                 self._target_chose = float(chose.float().mean())
-            q_next = self.critic_target(h_next, action, members).min(dim=0).values
-            q_next = q_next - self.alpha * log_prob
+            else:
+                q_next = self.critic_target(h_next, action, members).min(dim=0).values
+                q_next = q_next - self.alpha * log_prob
             return reward + discount * q_next, members
 
     def update_critic(

@@ -45,14 +45,14 @@ def load_proposal(weights: Mapping[str, Tensor], obs_spec: ObsSpec, action_dim: 
 
 
 def choose(critic: CriticEnsemble, proposal: PolicyNetwork, h: Tensor, obs: Mapping[str, Tensor], action: Tensor,
-           members: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Returns ``(action (B, A), chose the proposal (B,) bool)``: per row, ``action`` (the
-    actor's) or the proposal's at ``obs``, whichever ``critic`` rates higher by the minimum over
-    ``members`` (all by default: pessimistic where the actor's action is off the data). ``h``
-    are ``obs``'s features for the critic. No gradient."""
+           members: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Returns ``(action (B, A), chose the proposal (B,) bool, its Q (B,))``: per row, ``action``
+    (the actor's) or the proposal's at ``obs``, whichever ``critic`` rates higher by the minimum
+    over ``members`` (all by default: pessimistic where the actor's action is off the data), and
+    that minimum for the chosen action. ``h`` are ``obs``'s features for the critic. No gradient."""
     with torch.no_grad():
         proposed = proposal(obs).to(action.dtype)
         q_actor = critic(h, action, members).min(dim=0).values
         q_proposal = critic(h, proposed, members).min(dim=0).values
         chose = q_proposal > q_actor
-        return torch.where(chose.unsqueeze(-1), proposed, action), chose
+        return torch.where(chose.unsqueeze(-1), proposed, action), chose, torch.maximum(q_actor, q_proposal)
